@@ -1,0 +1,88 @@
+"""What the SSH layer needs from a node. The daemon passes an implementation
+(`swarm.node.Node`); tests pass a fake. Every method raises `swarm.errors.PCError`
+subclasses with a readable reason; blocking methods are called off the event loop."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class AppRow:
+    name: str
+    owner: str
+    release: str  # "v3", or "-" before the first deploy
+    state: str  # "running", "stopped", "crashed", "not deployed"
+    scale: str  # "bot=1 web=2"
+
+
+@dataclass(frozen=True)
+class PsRow:
+    process: str  # "bot.1"
+    release: str
+    node: str
+    state: str  # "up", "starting", "crashed", "stopped"
+    since: str  # RFC 3339
+    command: str
+    why: str = ""  # why it is not up, when it is not
+
+
+@dataclass(frozen=True)
+class ReleaseRow:
+    version: str  # "v3"
+    current: bool
+    description: str  # "Deploy 1a2b3c4", "Rollback to v1", "Set TOKEN"
+    pushed_by: str
+    created: str
+    slug: str  # content id of the slug in the store
+
+
+class NodeService(Protocol):
+    node_name: str
+
+    # --- authentication and git -------------------------------------------
+    def user_for_key(self, openssh_public_key: str) -> str | None:
+        """The user owning this key ("ssh-ed25519 AAAA..."), or None: refuse it."""
+
+    def repo_for(self, user: str, app: str, write: bool) -> Path:
+        """The app's bare repo. With `write` it is created (and the app with it) on the
+        first push; raises ConfigError for a bad name, Forbidden, NotFound."""
+
+    def deploy(self, user: str, app: str, commit: str, say: Callable[[str], None]) -> str:
+        """Build `commit` of the app's repo, release it and wait until it runs.
+        `say` gets each output line as it happens. Returns the release ("v3").
+        Raises PCError (the push is refused, the old release keeps running)."""
+
+    # --- commands ---------------------------------------------------------
+    def apps(self, user: str) -> list[AppRow]: ...
+    def app_info(self, user: str, app: str) -> dict[str, str]: ...
+    def destroy(self, user: str, app: str) -> None: ...
+    def ps(self, user: str, app: str) -> list[PsRow]: ...
+    def scale(self, user: str, app: str, counts: dict[str, int]) -> None: ...
+    def restart(self, user: str, app: str, ptype: str | None) -> None: ...
+    def stop(self, user: str, app: str) -> None: ...
+    def start(self, user: str, app: str) -> None: ...
+    def config(self, user: str, app: str) -> dict[str, str]: ...
+    def config_set(self, user: str, app: str, values: dict[str, str]) -> None: ...
+    def config_unset(self, user: str, app: str, keys: list[str]) -> None: ...
+    def releases(self, user: str, app: str) -> list[ReleaseRow]: ...
+    def rollback(self, user: str, app: str, version: str) -> str: ...
+
+    def run(
+        self,
+        user: str,
+        app: str,
+        argv: list[str],
+        output: Callable[[bytes], None],
+        stdin: Callable[[], bytes] | None,
+    ) -> int:
+        """One-off process of the current release; returns its exit code."""
+
+    def logs(
+        self, user: str, app: str, lines: int, ptype: str | None, follow: bool
+    ) -> AsyncIterator[str]:
+        """The last `lines` log lines ("2026-11-23T21:00:03Z app[bot.1]: text"),
+        then, with `follow`, new ones until the caller stops iterating."""

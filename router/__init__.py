@@ -1,0 +1,1 @@
+"""HTTP routing: `Host: <app>.<domain>` -> a web instance of the app."""

@@ -1,0 +1,1 @@
+"""The node: daemon, settings, state, store, runtimes, the `pc` CLI."""

@@ -1,0 +1,137 @@
+"""One push, from a commit to a running release: checkout -> build -> store ->
+release -> reconcile -> check that it runs. A failure at any step before the
+release is recorded leaves the running release untouched."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import builder
+from swarm.errors import PCError
+from swarm.logbus import LogBus
+from swarm.reconciler import Reconciler
+from swarm.settings import Settings
+from swarm.state import Release, State, now
+from swarm.store import Store
+
+KEEP_RELEASES = 10  # older slugs are unpinned; their release rows stay for history
+
+
+class Deployer:
+    def __init__(
+        self,
+        settings: Settings,
+        state: State,
+        store: Store,
+        reconciler: Reconciler,
+        logbus: LogBus,
+        executor: builder.Executor,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.store = store
+        self.reconciler = reconciler
+        self.logbus = logbus
+        self.executor = executor
+        self._busy: set[str] = set()
+        self._busy_lock = threading.Lock()
+
+    def deploy(
+        self, user: str, app: str, repo: Path, commit: str, say: Callable[[str], None]
+    ) -> str:
+        """Build and release `commit`; returns "vN" once its instances run."""
+        with self._busy_lock:
+            if app in self._busy:
+                raise PCError(f"another push to {app} is being built; try again when it is done")
+            self._busy.add(app)
+        try:
+            return self._deploy(user, app, repo, commit, say)
+        finally:
+            with self._busy_lock:
+                self._busy.discard(app)
+
+    def _deploy(
+        self, user: str, app: str, repo: Path, commit: str, say: Callable[[str], None]
+    ) -> str:
+        tmp_root = self.settings.home / "tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f"build-{app}-", dir=tmp_root))
+        try:
+            src, out = work / "src", work / "slug"
+            builder.checkout(repo, commit, src)
+            try:
+                result = builder.build(src, out, self.settings.cache_dir, self.executor, say)
+            except builder.BuildError as e:
+                raise PCError(f"build failed: {e}") from None
+            cid = self.store.add(out)
+            self.store.pin(cid)
+            say(f"-----> Slug {cid[:19]} stored")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        release = self._record(app, user, commit, cid, result)
+        self.logbus.event(app, f"release {release.name} by {user}: {release.description}")
+        return self.wait_running(app, release.name, say)
+
+    def _record(
+        self, app: str, user: str, commit: str, cid: str, result: builder.BuildResult
+    ) -> Release:
+        unpin: list[str] = []
+        with self.state.change() as snap:
+            a = snap.app(app)
+            release = Release(
+                version=a.next_version(),
+                slug=cid,
+                kind=result.kind,
+                stack=result.stack,
+                processes=dict(result.processes),
+                commit=commit,
+                pushed_by=user,
+                created=now(),
+                description=f"Deploy {commit[:7]}",
+            )
+            a.releases.append(release)
+            a.current = release.version
+            # New process types start with one instance; types gone from the Procfile go.
+            a.scale = {t: a.scale.get(t, 1) for t in release.processes}
+            kept = {r.slug for r in a.releases[-KEEP_RELEASES:]}
+            unpin = [r.slug for r in a.releases[:-KEEP_RELEASES] if r.slug not in kept]
+        for cid in set(unpin):
+            self.store.unpin(cid)
+        return release
+
+    def wait_running(
+        self, app: str, release: str, say: Callable[[str], None], timeout: float = 20
+    ) -> str:
+        """Reconcile, then wait until every wanted instance of `release` runs."""
+        deadline = time.monotonic() + timeout
+        while True:
+            running = self.reconciler.reconcile()
+            snap = self.state.read()
+            a = snap.app(app)
+            wanted = [f"{t}.{n}" for t, c in a.scale.items() for n in range(1, c + 1)]
+            mine = {
+                p: s for (name, p), s in running.items() if name == app and s.release == release
+            }
+            up = [p for p in wanted if p in mine and mine[p].running]
+            if len(up) == len(wanted):
+                where = (
+                    ", ".join(f"{p} on {self.settings.name}" for p in up)
+                    or "no processes scaled up"
+                )
+                say(f"-----> Release {release} running: {where}")
+                return release
+            crashed = [p for p in wanted if p in mine and not mine[p].running]
+            if crashed or time.monotonic() > deadline:
+                p = (crashed or [p for p in wanted if p not in up])[0]
+                code = mine[p].exit_code if p in mine else None
+                raise PCError(
+                    f"release {release} is deployed but {p} is not running"
+                    + (f" (exit code {code})" if code is not None else "")
+                    + f": see `logs {app}`"
+                )
+            time.sleep(0.2)

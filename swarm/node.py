@@ -1,0 +1,313 @@
+"""The node as the SSH layer sees it: `gitserver.service.NodeService`.
+
+Every method checks who may do what, then changes the state (through
+`State.change`) and lets the reconciler make the world match.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shlex
+import shutil
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
+
+from dulwich.repo import Repo
+
+from gitserver.service import AppRow, PsRow, ReleaseRow
+from swarm.deploy import Deployer
+from swarm.errors import Forbidden, NotFound, PCError, UsageError
+from swarm.logbus import LogBus
+from swarm.reconciler import Reconciler, instance_spec
+from swarm.runtime.base import Runtime
+from swarm.settings import Settings, check_app_name
+from swarm.state import App, Snapshot, State, now
+from swarm.store import Store
+
+CONFIG_KEY_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+RESERVED_KEYS = {"PORT", "PC_APP", "PC_PROCESS", "PC_RELEASE", "PC_NODE", "HOME", "PATH"}
+
+
+class Node:
+    def __init__(
+        self,
+        settings: Settings,
+        state: State,
+        runtime: Runtime,
+        store: Store,
+        reconciler: Reconciler,
+        deployer: Deployer,
+        logbus: LogBus,
+    ) -> None:
+        self.settings = settings
+        self.node_name = settings.name
+        self.state = state
+        self.runtime = runtime
+        self.store = store
+        self.reconciler = reconciler
+        self.deployer = deployer
+        self.logbus = logbus
+        self._oneoff = itertools.count(1)
+
+    # --- who may do what ----------------------------------------------------
+    def _app(self, user: str, name: str, snap: Snapshot | None = None) -> App:
+        check_app_name(name)
+        snap = snap or self.state.read()
+        app = snap.app(name)
+        u = snap.users.get(user)
+        if app.owner != user and not (u and u.admin):
+            raise Forbidden(f"{name} belongs to {app.owner}; ask them or an admin")
+        return app
+
+    def user_for_key(self, openssh_public_key: str) -> str | None:
+        return self.state.read().user_for_key(openssh_public_key)
+
+    def repo_path(self, app: str) -> Path:
+        return self.settings.repos_dir / f"{app}.git"
+
+    def repo_for(self, user: str, app: str, write: bool) -> Path:
+        check_app_name(app)
+        snap = self.state.read()
+        if app in snap.apps:
+            self._app(user, app, snap)
+        elif not write:
+            raise NotFound(f"no app named {app!r}: push to create it")
+        else:
+            with self.state.change() as s:
+                if len(s.apps) >= self.settings.shares.max_apps:
+                    raise PCError(f"this node hosts {len(s.apps)} apps, its limit; ask the host")
+                s.apps[app] = App(name=app, owner=user, created=now())
+        path = self.repo_path(app)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Repo.init_bare(path, mkdir=True)
+        return path
+
+    def deploy(self, user: str, app: str, commit: str, say: Callable[[str], None]) -> str:
+        self._app(user, app)
+        return self.deployer.deploy(user, app, self.repo_path(app), commit, say)
+
+    # --- apps -----------------------------------------------------------------
+    def apps(self, user: str) -> list[AppRow]:
+        snap = self.state.read()
+        admin = bool(snap.users.get(user) and snap.users[user].admin)
+        return [
+            AppRow(
+                name=a.name,
+                owner=a.owner,
+                release=f"v{a.current}" if a.current else "-",
+                state=self._app_state(a),
+                scale=" ".join(f"{t}={n}" for t, n in sorted(a.scale.items())),
+            )
+            for a in sorted(snap.apps.values(), key=lambda a: a.name)
+            if admin or a.owner == user
+        ]
+
+    def _app_state(self, app: App) -> str:
+        if app.current is None:
+            return "not deployed"
+        if app.stopped:
+            return "stopped"
+        running = self.reconciler.instances()
+        mine = [s for (name, _), s in running.items() if name == app.name]
+        return "crashed" if any(not s.running for s in mine) else "running"
+
+    def app_info(self, user: str, app: str) -> dict[str, str]:
+        a = self._app(user, app)
+        info = {
+            "name": a.name,
+            "owner": a.owner,
+            "created": a.created,
+            "state": self._app_state(a),
+            "release": f"v{a.current}" if a.current else "-",
+            "git": f"ssh://pc@<this node>:{self.settings.ssh_port}/{a.name}",
+            "node": self.settings.name,
+        }
+        if a.current:
+            r = a.release()
+            info.update(kind=r.kind, stack=r.stack, slug=r.slug, commit=r.commit)
+            info["processes"] = "; ".join(f"{t}: {c}" for t, c in r.processes.items())
+            info["scale"] = " ".join(f"{t}={n}" for t, n in sorted(a.scale.items()))
+            if "web" in r.processes:
+                info["url"] = f"http://{a.name}.{self.settings.domain}:{self.settings.router_port}/"
+        return info
+
+    def destroy(self, user: str, app: str) -> None:
+        a = self._app(user, app)
+        with self.state.change() as s:
+            del s.apps[app]
+        self.reconciler.reconcile()
+        for r in a.releases:
+            self.store.unpin(r.slug)
+        shutil.rmtree(self.repo_path(app), ignore_errors=True)
+        self.logbus.forget(app)
+
+    # --- processes --------------------------------------------------------------
+    def ps(self, user: str, app: str) -> list[PsRow]:
+        a = self._app(user, app)
+        if a.current is None:
+            return []
+        release = a.release()
+        running = self.reconciler.instances()
+        rows = []
+        for ptype, count in sorted(a.scale.items()):
+            for n in range(1, count + 1):
+                process = f"{ptype}.{n}"
+                s = running.get((app, process))
+                crash = self.reconciler.crash(app, process)
+                if a.stopped:
+                    state, why = "stopped", "ps:start starts it"
+                elif s is None:
+                    state, why = "starting", ""
+                elif s.running:
+                    state, why = "up", ""
+                else:
+                    state = "crashed"
+                    why = f"exit code {s.exit_code}" + (f", {crash.count} crashes" if crash else "")
+                rows.append(
+                    PsRow(
+                        process=process,
+                        release=s.release if s else release.name,
+                        node=self.settings.name,
+                        state=state,
+                        since=s.started_at if s else "",
+                        command=release.processes.get(ptype, ""),
+                        why=why,
+                    )
+                )
+        return rows
+
+    def scale(self, user: str, app: str, counts: dict[str, int]) -> None:
+        self._app(user, app)
+        with self.state.change() as s:
+            a = s.app(app)
+            release = a.release()
+            for ptype, n in counts.items():
+                if ptype not in release.processes:
+                    known = ", ".join(release.processes)
+                    raise UsageError(f"{app} has no process type {ptype!r} (it has: {known})")
+                if not 0 <= n <= 20:
+                    raise UsageError(f"{ptype}={n}: scale between 0 and 20 instances")
+                a.scale[ptype] = n
+        self.reconciler.reconcile()
+
+    def restart(self, user: str, app: str, ptype: str | None) -> None:
+        a = self._app(user, app)
+        if ptype is not None and ptype not in a.scale:
+            raise UsageError(f"{app} has no process type {ptype!r}")
+        self.reconciler.restart(app, ptype)
+
+    def stop(self, user: str, app: str) -> None:
+        self._set_stopped(user, app, True)
+
+    def start(self, user: str, app: str) -> None:
+        self._set_stopped(user, app, False)
+
+    def _set_stopped(self, user: str, app: str, stopped: bool) -> None:
+        self._app(user, app).release()  # nothing to start or stop before a deploy
+        with self.state.change() as s:
+            s.app(app).stopped = stopped
+        self.reconciler.reconcile()
+
+    # --- config -------------------------------------------------------------------
+    def config(self, user: str, app: str) -> dict[str, str]:
+        return dict(sorted(self._app(user, app).config.items()))
+
+    def config_set(self, user: str, app: str, values: dict[str, str]) -> None:
+        self._app(user, app)
+        for key in values:
+            if not key or key[0].isdigit() or set(key) - CONFIG_KEY_CHARS:
+                raise UsageError(
+                    f"invalid config key {key!r}: letters, digits and '_', not first a digit"
+                )
+            if key in RESERVED_KEYS:
+                raise UsageError(f"{key} is set by People's Cloud and cannot be changed")
+        with self.state.change() as s:
+            s.app(app).config.update(values)
+        self.logbus.event(app, f"config set by {user}: {', '.join(sorted(values))}")
+        self.reconciler.restart(app)
+
+    def config_unset(self, user: str, app: str, keys: list[str]) -> None:
+        a = self._app(user, app)
+        missing = [k for k in keys if k not in a.config]
+        if missing:
+            raise NotFound(f"{app} has no config var {', '.join(missing)}")
+        with self.state.change() as s:
+            for k in keys:
+                del s.app(app).config[k]
+        self.logbus.event(app, f"config unset by {user}: {', '.join(keys)}")
+        self.reconciler.restart(app)
+
+    # --- releases -------------------------------------------------------------------
+    def releases(self, user: str, app: str) -> list[ReleaseRow]:
+        a = self._app(user, app)
+        return [
+            ReleaseRow(
+                version=r.name,
+                current=r.version == a.current,
+                description=r.description,
+                pushed_by=r.pushed_by,
+                created=r.created,
+                slug=r.slug,
+            )
+            for r in reversed(a.releases)
+        ]
+
+    def rollback(self, user: str, app: str, version: str) -> str:
+        a = self._app(user, app)
+        if not (version.startswith("v") and version[1:].isdigit()):
+            raise UsageError(f"{version!r} is not a release: use vN, as `releases {app}` shows")
+        target = a.release(int(version[1:]))
+        if not self.store.has(target.slug):
+            raise NotFound(f"the slug of {version} is no longer kept; push that commit again")
+        with self.state.change() as s:
+            a2 = s.app(app)
+            new = replace(
+                target,
+                version=a2.next_version(),
+                created=now(),
+                pushed_by=user,
+                description=f"Rollback to {version}",
+            )
+            a2.releases.append(new)
+            a2.current = new.version
+            a2.scale = {t: a2.scale.get(t, 1) for t in new.processes}
+        self.logbus.event(app, f"release {new.name} by {user}: rollback to {version}")
+        return self.deployer.wait_running(app, new.name, lambda _line: None)
+
+    # --- one-off processes and logs --------------------------------------------------
+    def run(
+        self,
+        user: str,
+        app: str,
+        argv: list[str],
+        output: Callable[[bytes], None],
+        stdin: Callable[[], bytes] | None,
+    ) -> int:
+        a = self._app(user, app)
+        if not argv:
+            raise UsageError("run needs a command, e.g. `run APP python -V`")
+        release = a.release()
+        spec = instance_spec(
+            a,
+            release.version,
+            f"run.{next(self._oneoff)}",
+            shlex.join(argv),
+            self.node_name,
+            self.settings,
+        )
+        if not spec.slug.exists():
+            self.store.get(release.slug, spec.slug)
+        self.logbus.event(app, f"{user} runs {spec.process}: {shlex.join(argv)}")
+        return self.runtime.run(spec, argv, output, stdin)
+
+    async def logs(
+        self, user: str, app: str, lines: int, ptype: str | None, follow: bool
+    ) -> AsyncIterator[str]:
+        self._app(user, app)
+        for line in self.logbus.tail(app, lines, ptype):
+            yield line
+        if follow:
+            async for line in self.logbus.follow(app, ptype):
+                yield line

@@ -1,0 +1,168 @@
+"""Make what runs on this node match the desired state.
+
+The same loop runs after a push, a config change, a scale, a daemon restart
+and every few seconds: it compares `state` (what should run) with
+`runtime.status()` (what runs) and starts, stops or restarts instances. A
+crashed instance is restarted with back-off (1 s, 2 s, 4 s ... 60 s).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from swarm.logbus import LogBus
+from swarm.runtime.base import InstanceSpec, InstanceStatus, Runtime
+from swarm.settings import Settings
+from swarm.state import App, Snapshot, State
+from swarm.store import Store
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MAX = 60.0
+HEALTHY_AFTER = 60.0  # an instance that ran this long starts its back-off over
+
+
+@dataclass
+class Crash:
+    count: int = 0
+    exit_code: int | None = None
+    retry_at: float | None = None  # set while a restart waits out its back-off
+    restarted_at: float = 0.0
+
+
+def desired_instances(
+    snap: Snapshot, node: str, settings: Settings
+) -> dict[tuple[str, str], InstanceSpec]:
+    """Every instance this node should run, keyed by (app, process)."""
+    out: dict[tuple[str, str], InstanceSpec] = {}
+    for app in snap.apps.values():
+        if app.stopped or app.current is None:
+            continue
+        release = app.release()
+        for ptype, command in release.processes.items():
+            for n in range(1, app.scale.get(ptype, 0) + 1):
+                process = f"{ptype}.{n}"
+                out[(app.name, process)] = instance_spec(
+                    app, release.version, process, command, node, settings
+                )
+    return out
+
+
+def instance_spec(
+    app: App, version: int, process: str, command: str, node: str, settings: Settings
+) -> InstanceSpec:
+    release = app.release(version)
+    return InstanceSpec(
+        app=app.name,
+        process=process,
+        release=release.name,
+        command=command,
+        slug=settings.slugs_dir / release.slug,
+        node=node,
+        env=dict(app.config),
+        memory_mb=settings.shares.instance_memory_mb,
+        web=process.rsplit(".", 1)[0] == "web",
+    )
+
+
+class Reconciler:
+    def __init__(
+        self, settings: Settings, state: State, store: Store, runtime: Runtime, logbus: LogBus
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.store = store
+        self.runtime = runtime
+        self.logbus = logbus
+        self._lock = threading.Lock()  # one pass at a time, whoever calls
+        self._crashes: dict[tuple[str, str], Crash] = {}
+        self._last: dict[tuple[str, str], InstanceStatus] = {}
+
+    def instances(self) -> dict[tuple[str, str], InstanceStatus]:
+        """What ran at the end of the last pass (cheap: no runtime call)."""
+        return dict(self._last)
+
+    def crash(self, app: str, process: str) -> Crash | None:
+        return self._crashes.get((app, process))
+
+    def reconcile(self) -> dict[tuple[str, str], InstanceStatus]:
+        """One pass; returns what runs afterwards."""
+        with self._lock:
+            want = desired_instances(self.state.read(), self.settings.name, self.settings)
+            have = {(s.app, s.process): s for s in self.runtime.status()}
+            for key, status in have.items():
+                if key not in want:
+                    self._stop(status, "no longer wanted")
+            for key, spec in want.items():
+                self._converge(spec, have.get(key))
+            self._gc_slugs(want.values())
+            self._last = {(s.app, s.process): s for s in self.runtime.status()}
+            return dict(self._last)
+
+    def restart(self, app: str, ptype: str | None = None) -> None:
+        """Stop the app's instances (of one type) so the next pass starts them afresh."""
+        with self._lock:
+            for s in self.runtime.status():
+                if s.app == app and (ptype is None or s.process.rsplit(".", 1)[0] == ptype):
+                    self.logbus.event(app, f"restarting {s.process}")
+                    self.runtime.stop(s.app, s.process)
+                    self._crashes.pop((s.app, s.process), None)
+        self.reconcile()
+
+    def _stop(self, status: InstanceStatus, why: str) -> None:
+        self.logbus.event(status.app, f"stopping {status.process} ({status.release}): {why}")
+        self.runtime.stop(status.app, status.process)
+        self._crashes.pop((status.app, status.process), None)
+
+    def _converge(self, spec: InstanceSpec, status: InstanceStatus | None) -> None:
+        key = (spec.app, spec.process)
+        if status is not None and status.release != spec.release:
+            self._stop(status, f"replaced by {spec.release}")
+            status = None
+        crash = self._crashes.get(key)
+        if status is not None and status.running:
+            if crash and time.monotonic() - crash.restarted_at > HEALTHY_AFTER:
+                del self._crashes[key]
+            self.logbus.watch(spec.app, spec.process)
+            return
+        if status is not None:  # it exited by itself: restart with back-off
+            crash = self._crashes.setdefault(key, Crash())
+            if crash.retry_at is None:
+                crash.count += 1
+                crash.exit_code = status.exit_code
+                delay = min(BACKOFF_MAX, 2.0 ** (crash.count - 1))
+                crash.retry_at = time.monotonic() + delay
+                why = f"exited with code {status.exit_code}; restarting in {delay:.0f}s"
+                self.logbus.event(spec.app, f"{spec.process} {why}")
+            if time.monotonic() < crash.retry_at:
+                return
+            crash.retry_at = None
+            crash.restarted_at = time.monotonic()
+        self._start(spec)
+
+    def _start(self, spec: InstanceSpec) -> None:
+        if not spec.slug.exists():
+            self.store.get(spec.slug.name, spec.slug)
+        self.logbus.event(spec.app, f"starting {spec.process} ({spec.release})")
+        try:
+            self.runtime.start(spec)
+        except Exception as e:  # a runtime failure must not stop the other apps' pass
+            log.exception("starting %s %s", spec.app, spec.process)
+            self.logbus.event(spec.app, f"could not start {spec.process}: {e}")
+            return
+        self.logbus.watch(spec.app, spec.process)
+
+    def _gc_slugs(self, wanted: Iterable[InstanceSpec]) -> None:
+        """Remove slug working copies no instance uses (the store keeps the original)."""
+        used = {s.slug.name for s in wanted}
+        slugs = self.settings.slugs_dir
+        if not slugs.is_dir():
+            return
+        for d in slugs.iterdir():
+            if d.name not in used and not d.name.endswith(".partial"):
+                shutil.rmtree(d, ignore_errors=True)

@@ -1,0 +1,114 @@
+"""The runtime contract, shared by every implementation.
+
+Like Nomad's task drivers: a runtime knows how to start one process instance,
+stop it, report what runs, give its output and run a one-off command. It keeps
+no state the daemon must save: everything it needs to re-adopt its instances
+after a daemon restart is on the instances themselves (container labels,
+a handle file next to a process), so `status()` after a restart finds them.
+Restart policy, log aggregation and placement live around the runtime, not in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+# Labels every container (and every process handle) carries.
+LABEL_NODE = "peoplescloud.node"
+LABEL_APP = "peoplescloud.app"
+LABEL_PROCESS = "peoplescloud.process"
+LABEL_RELEASE = "peoplescloud.release"
+
+WEB_PORT = 5000  # $PORT inside a container; the process runtime picks a free host port
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """One process instance to run: `bot.1` of release `v3` of app `mybot`."""
+
+    app: str
+    process: str  # "<type>.<n>", e.g. "bot.1"
+    release: str  # "v3"
+    command: str  # a shell command line from the Procfile, run by `sh -c`
+    slug: Path  # the built app directory on this node (read-only to the app)
+    node: str
+    env: dict[str, str] = field(default_factory=dict)  # config vars of the app
+    memory_mb: int = 512
+    web: bool = False  # gets $PORT and an address the router can reach
+
+    @property
+    def ptype(self) -> str:
+        return self.process.rsplit(".", 1)[0]
+
+    def environment(self, port: int | None) -> dict[str, str]:
+        """Config vars plus what every instance gets; ours win over the user's."""
+        env = dict(self.env)
+        env.update(
+            PC_APP=self.app,
+            PC_PROCESS=self.process,
+            PC_RELEASE=self.release,
+            PC_NODE=self.node,
+            HOME="/tmp",
+        )
+        if port is not None:
+            env["PORT"] = str(port)
+        return env
+
+    def labels(self) -> dict[str, str]:
+        return {
+            LABEL_NODE: self.node,
+            LABEL_APP: self.app,
+            LABEL_PROCESS: self.process,
+            LABEL_RELEASE: self.release,
+        }
+
+
+@dataclass(frozen=True)
+class InstanceStatus:
+    app: str
+    process: str
+    release: str
+    running: bool
+    exit_code: int | None = None  # when not running
+    started_at: str = ""  # RFC 3339, UTC
+    address: str | None = None  # "127.0.0.1:49153" for web instances the router can reach
+    detail: str = ""  # runtime-specific: container id, pid
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of an instance's output. `cursor` resumes `logs()` after it."""
+
+    cursor: str
+    timestamp: str  # RFC 3339 UTC, second precision: "2026-11-23T21:00:03Z"
+    text: str  # without the trailing newline
+
+
+class Runtime(Protocol):
+    name: str
+
+    def start(self, spec: InstanceSpec) -> InstanceStatus:
+        """Start the instance; an exited instance with the same app/process is replaced."""
+
+    def stop(self, app: str, process: str, timeout: float = 10) -> None:
+        """SIGTERM, then SIGKILL after `timeout`; then forget the instance. No error if absent."""
+
+    def status(self) -> list[InstanceStatus]:
+        """Every instance of this node (running or exited), re-adopted after a restart."""
+
+    def logs(self, app: str, process: str, follow: bool, cursor: str | None) -> Iterator[LogLine]:
+        """Output of one instance (stdout and stderr), from just after `cursor` (None: start).
+
+        With `follow`, blocks for new lines and ends when the instance is gone.
+        """
+
+    def run(
+        self,
+        spec: InstanceSpec,
+        argv: list[str],
+        output: Callable[[bytes], None],
+        stdin: Callable[[], bytes] | None = None,
+    ) -> int:
+        """Run a one-off command in the app's environment; stream output; return its exit code."""

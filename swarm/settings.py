@@ -1,0 +1,199 @@
+"""One typed settings object: defaults <- TOML file <- environment <- flags.
+
+Values are validated when they are set (here), never when they are used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from swarm.errors import ConfigError
+
+APP_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,29}$")
+NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+RUNTIMES = ("auto", "docker", "process")
+STORES = ("local",)
+
+
+def default_home() -> Path:
+    """`$PC_HOME`, else the platform data dir (XDG on Linux)."""
+    if os.environ.get("PC_HOME"):
+        return Path(os.environ["PC_HOME"]).expanduser().resolve()
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return (Path(data) / "peoplescloud").resolve()
+
+
+def check_app_name(name: str) -> str:
+    if not APP_NAME_RE.match(name):
+        raise ConfigError(
+            f"invalid app name {name!r}: use 2-30 characters, a lowercase letter first, "
+            "then lowercase letters, digits or '-'"
+        )
+    return name
+
+
+def _port(value: Any, what: str) -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a port number, not {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{what} must be between 0 and 65535, not {port}")
+    return port
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    stack_image: str = "peoplescloud/stack:bookworm"
+    # The host's CA bundle, mounted into build containers so pip and npm trust a
+    # proxy that re-signs TLS. Empty string: mount nothing.
+    ca_bundle: str = "/etc/ssl/certs/ca-certificates.crt"
+    timeout: int = 900  # seconds one build may take
+    max_push_mb: int = 200  # a pack bigger than this is refused while it arrives
+
+
+@dataclass(frozen=True)
+class Shares:
+    """What this host agreed to share with the swarm."""
+
+    memory_mb: int = 2048
+    cpus: float = 1.0
+    max_apps: int = 20
+    instance_memory_mb: int = 512  # limit of one process instance
+
+
+@dataclass(frozen=True)
+class Settings:
+    name: str = "node1"
+    home: Path = field(default_factory=default_home)
+    listen: str = "0.0.0.0"  # address of the SSH server and router
+    ssh_port: int = 2222
+    router_port: int = 8080
+    dashboard_port: int = 8800
+    domain: str = "localhost"  # web apps answer at <app>.<domain>
+    runtime: str = "auto"
+    store: str = "local"
+    build: BuildSettings = field(default_factory=BuildSettings)
+    shares: Shares = field(default_factory=Shares)
+
+    def __post_init__(self) -> None:
+        if not NODE_NAME_RE.match(self.name):
+            raise ConfigError(f"invalid node name {self.name!r}: lowercase letters, digits, '-'")
+        for attr in ("ssh_port", "router_port", "dashboard_port"):
+            object.__setattr__(self, attr, _port(getattr(self, attr), attr.replace("_", "-")))
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, not {self.runtime!r}")
+        if self.store not in STORES:
+            raise ConfigError(f"store must be one of {', '.join(STORES)}, not {self.store!r}")
+        object.__setattr__(self, "home", Path(self.home))
+
+    # Paths inside the node's home: one place names them all.
+    @property
+    def config_file(self) -> Path:
+        return self.home / "config.toml"
+
+    @property
+    def host_key(self) -> Path:
+        return self.home / "ssh_host_ed25519_key"
+
+    @property
+    def state_file(self) -> Path:
+        return self.home / "state.json"
+
+    @property
+    def repos_dir(self) -> Path:
+        return self.home / "repos"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.home / "store"
+
+    @property
+    def slugs_dir(self) -> Path:
+        return self.home / "slugs"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    def with_overrides(self, **values: Any) -> Settings:
+        """A copy with the given (non-None) top-level values replaced."""
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+
+ENV_PREFIX = "PC_"
+_SECTIONS = {"build": BuildSettings, "shares": Shares}
+
+
+def _typed(cls: type, data: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in {where}: {', '.join(sorted(unknown))}")
+    return cls(**data)
+
+
+def load(home: Path | None = None, **flags: Any) -> Settings:
+    """Settings for the node at `home`: defaults <- config.toml <- PC_* env <- flags."""
+    home = Path(home) if home else default_home()
+    data: dict[str, Any] = {}
+    cfg = home / "config.toml"
+    if cfg.exists():
+        try:
+            data = tomllib.loads(cfg.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{cfg}: {e}") from None
+    node = dict(data.pop("node", {}))
+    sections = {name: dict(data.pop(name, {})) for name in _SECTIONS}
+    if data:
+        raise ConfigError(f"unknown section(s) in {cfg}: {', '.join(sorted(data))}")
+    # Environment: PC_SSH_PORT=2223, PC_RUNTIME=process, PC_BUILD_STACK_IMAGE=...
+    for f in fields(Settings):
+        if f.name in ("home", *_SECTIONS):
+            continue
+        env = os.environ.get(ENV_PREFIX + f.name.upper())
+        if env is not None:
+            node[f.name] = env
+    for section, cls in _SECTIONS.items():
+        for f in fields(cls):
+            env = os.environ.get(f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}")
+            if env is not None:
+                sections[section][f.name] = type(f.default)(env)
+    node.update({k: v for k, v in flags.items() if v is not None})
+    built = {name: _typed(cls, sections[name], f"[{name}]") for name, cls in _SECTIONS.items()}
+    return _typed(Settings, {**node, **built, "home": home}, "[node]")
+
+
+def to_toml(s: Settings) -> str:
+    """The config file `pc init` writes: every setting, so hosts see what they can change."""
+
+    def val(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return str(v)
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = ["# People's Cloud node settings. Environment PC_<KEY> overrides a value.", "[node]"]
+    for f in fields(Settings):
+        if f.name in ("home", *_SECTIONS):
+            continue
+        lines.append(f"{f.name} = {val(getattr(s, f.name))}")
+    for section in _SECTIONS:
+        lines += ["", f"[{section}]"]
+        obj = getattr(s, section)
+        lines += [f"{f.name} = {val(getattr(obj, f.name))}" for f in fields(obj)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,145 @@
+"""The node's desired state: users and their keys, apps, releases, config vars,
+scale. Every change goes through `State.change()`; reconcilers make the world
+match what it holds.
+
+One node keeps it in a JSON file replaced atomically (write, fsync, rename), so
+a kill -9 leaves either the old or the new state, never half of one. The swarm
+will put the same changes through consensus; callers do not change.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from swarm.errors import NotFound
+
+
+def now() -> str:
+    """UTC, RFC 3339, second precision: the one timestamp format of the project."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class User:
+    name: str
+    keys: list[str] = field(default_factory=list)  # "ssh-ed25519 AAAA..." (comment stripped)
+    admin: bool = False
+
+
+@dataclass
+class Release:
+    version: int
+    slug: str  # content id in the store
+    kind: str  # python, node, procfile
+    stack: str
+    processes: dict[str, str]  # type -> command
+    commit: str
+    pushed_by: str
+    created: str
+    description: str
+
+    @property
+    def name(self) -> str:
+        return f"v{self.version}"
+
+
+@dataclass
+class App:
+    name: str
+    owner: str
+    created: str
+    config: dict[str, str] = field(default_factory=dict)
+    scale: dict[str, int] = field(default_factory=dict)  # process type -> instances
+    releases: list[Release] = field(default_factory=list)
+    current: int | None = None  # version that should run
+    stopped: bool = False  # ps:stop
+
+    def release(self, version: int | None = None) -> Release:
+        """The release `version` (default: the current one)."""
+        want = self.current if version is None else version
+        for r in self.releases:
+            if r.version == want:
+                return r
+        raise NotFound(
+            f"{self.name} has no release v{want}" if want else f"{self.name} has no release yet"
+        )
+
+    def next_version(self) -> int:
+        return max((r.version for r in self.releases), default=0) + 1
+
+
+@dataclass
+class Snapshot:
+    users: dict[str, User] = field(default_factory=dict)
+    apps: dict[str, App] = field(default_factory=dict)
+
+    def app(self, name: str) -> App:
+        try:
+            return self.apps[name]
+        except KeyError:
+            raise NotFound(f"no app named {name!r}: `apps` lists yours") from None
+
+    def user_for_key(self, key: str) -> str | None:
+        wanted = normalize_key(key)
+        for user in self.users.values():
+            if wanted in user.keys:
+                return user.name
+        return None
+
+
+def normalize_key(openssh: str) -> str:
+    """ "type base64 [comment]" -> "type base64": keys compare without their comment."""
+    parts = openssh.split()
+    if len(parts) < 2:
+        raise ValueError("not an OpenSSH public key line")
+    return f"{parts[0]} {parts[1]}"
+
+
+def _from_dict(data: dict) -> Snapshot:
+    users = {n: User(**u) for n, u in data.get("users", {}).items()}
+    apps = {}
+    for n, a in data.get("apps", {}).items():
+        a = dict(a)
+        a["releases"] = [Release(**r) for r in a.get("releases", [])]
+        apps[n] = App(**a)
+    return Snapshot(users=users, apps=apps)
+
+
+class State:
+    """The durable desired state of one node."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.RLock()
+        self._snap = _from_dict(json.loads(path.read_text())) if path.exists() else Snapshot()
+
+    def read(self) -> Snapshot:
+        """A copy: readers can never change state behind `change()`'s back."""
+        with self._lock:
+            return copy.deepcopy(self._snap)
+
+    @contextmanager
+    def change(self) -> Iterator[Snapshot]:
+        """Edit a copy; on a clean exit it becomes the state, durably.
+        An exception inside the block changes nothing."""
+        with self._lock:
+            draft = copy.deepcopy(self._snap)
+            yield draft
+            self._write(draft)
+            self._snap = draft
+
+    def _write(self, snap: Snapshot) -> None:
+        tmp = self._path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(asdict(snap), f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._path)
