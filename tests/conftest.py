@@ -1,0 +1,231 @@
+"""Shared fixtures: a real node (`pc daemon` in a subprocess) driven with the
+system `git` and `ssh` clients, exactly as a user would.
+
+Tests marked `docker` need an engine and the stack image. On a laptop they skip
+when none answers; with PC_REQUIRE_DOCKER=1 (set by scripts/test in CI) they
+fail instead, so CI can never pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+APPS = REPO / "tests" / "apps"
+STACK_IMAGE = os.environ.get("PC_BUILD_STACK_IMAGE", "peoplescloud/stack:bookworm")
+
+
+def _docker_problem() -> str | None:
+    from swarm.docker_engine import connect
+    from swarm.stack import image_exists
+
+    client = connect(timeout=10)
+    if client is None:
+        return "no Docker engine answers (scripts/start-dockerd starts one)"
+    if not image_exists(client, STACK_IMAGE):
+        return f"the stack image {STACK_IMAGE} is missing (`pc stack build`)"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("docker") is None:
+        return
+    problem = _docker_problem()
+    if problem is None:
+        return
+    if os.environ.get("PC_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"PC_REQUIRE_DOCKER=1 but {problem}", pytrace=False)
+    pytest.skip(problem)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def user_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A client key pair for the pushing user (private key path)."""
+    key = tmp_path_factory.mktemp("keys") / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return key
+
+
+@dataclass
+class NodeProc:
+    """A node home plus its daemon process, and the user's git and ssh."""
+
+    home: Path
+    name: str
+    ssh_port: int
+    router_port: int
+    key: Path
+    runtime: str
+    proc: subprocess.Popen | None = None
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.home / "daemon.log"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PC_HOME": str(self.home)}
+
+    def pc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "swarm.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+        )
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "swarm.cli", "daemon"],
+            env=self.env,
+            stdout=open(self.log, "a"),  # noqa: SIM115 - the daemon owns it
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited:\n{self.log.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.ssh_port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"daemon did not listen:\n{self.log.read_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    @property
+    def ssh_command(self) -> str:
+        return (
+            f"ssh -i {self.key} -p {self.ssh_port} -o IdentitiesOnly=yes -o BatchMode=yes "
+            "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+        )
+
+    def ssh(self, *args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess[str]:
+        """`ssh -p PORT pc@127.0.0.1 ARGS...` with the system client."""
+        return subprocess.run(
+            [*self.ssh_command.split(), "pc@127.0.0.1", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kw,
+        )
+
+    def git(self, cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "GIT_SSH_COMMAND": self.ssh_command,
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@example.org",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@example.org",
+        }
+        return subprocess.run(
+            ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def remote(self, app: str) -> str:
+        return f"ssh://pc@127.0.0.1:{self.ssh_port}/{app}"
+
+
+def make_repo(tmp: Path, sample: str) -> Path:
+    """A git work tree holding a copy of tests/apps/<sample>, committed on main."""
+    work = tmp / f"{sample}-{uuid.uuid4().hex[:6]}"
+    shutil.copytree(APPS / sample, work)
+    run = lambda *a: subprocess.run(["git", *a], cwd=work, check=True, capture_output=True)  # noqa: E731
+    run("init", "-q", "-b", "main")
+    run("-c", "user.name=t", "-c", "user.email=t@example.org", "add", "-A")
+    run("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", "first")
+    return work
+
+
+def commit_all(work: Path, message: str) -> None:
+    for args in (["add", "-A"], ["commit", "-qm", message]):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+            cwd=work,
+            check=True,
+            capture_output=True,
+        )
+
+
+def cleanup_instances(home: Path, name: str, runtime: str) -> None:
+    """Stop whatever the node left running: tests own their instances."""
+    from swarm.runtime.select import open_runtime
+    from swarm.settings import load
+
+    settings = load(home, runtime=runtime)
+    rt = open_runtime(settings, lambda _msg: None)
+    for s in rt.status():
+        rt.stop(s.app, s.process, timeout=2)
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path, user_key: Path) -> Iterator:
+    """Make nodes: `node_factory(runtime="docker")` -> a started NodeProc."""
+    made: list[NodeProc] = []
+
+    def make(runtime: str = "docker", start: bool = True) -> NodeProc:
+        name = f"t{uuid.uuid4().hex[:8]}"
+        node = NodeProc(
+            home=tmp_path / name,
+            name=name,
+            ssh_port=free_port(),
+            router_port=free_port(),
+            key=user_key,
+            runtime=runtime,
+        )
+        node.pc(
+            "init",
+            "--name", name,
+            "--admin-key", f"{user_key}.pub",
+            "--ssh-port", str(node.ssh_port),
+            "--router-port", str(node.router_port),
+            "--dashboard-port", str(free_port()),
+            "--runtime", runtime,
+            "--listen", "127.0.0.1",
+        )  # fmt: skip
+        made.append(node)
+        if start:
+            node.start()
+        return node
+
+    yield make
+    for node in made:
+        node.stop()
+        cleanup_instances(node.home, node.name, node.runtime)
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 0.3, what: str = "condition"):
+    """Poll until `predicate()` is truthy; return its value. Not a timing assertion:
+    the timeout only bounds how long a broken build hangs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")

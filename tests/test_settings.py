@@ -1,0 +1,39 @@
+from pathlib import Path
+
+import pytest
+
+from swarm import settings
+from swarm.errors import ConfigError
+
+
+def test_defaults_file_env_flags_in_that_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    s = settings.Settings(home=tmp_path, ssh_port=2300)
+    (tmp_path / "config.toml").write_text(settings.to_toml(s))
+    assert settings.load(tmp_path).ssh_port == 2300
+    monkeypatch.setenv("PC_SSH_PORT", "2400")
+    monkeypatch.setenv("PC_BUILD_MAX_PUSH_MB", "7")
+    loaded = settings.load(tmp_path)
+    assert loaded.ssh_port == 2400 and loaded.build.max_push_mb == 7
+    assert settings.load(tmp_path, ssh_port=2500).ssh_port == 2500
+
+
+def test_bad_values_are_refused_when_set(tmp_path: Path):
+    (tmp_path / "config.toml").write_text('[node]\nruntime = "kubernetes"\n')
+    with pytest.raises(ConfigError, match="runtime must be one of"):
+        settings.load(tmp_path)
+    (tmp_path / "config.toml").write_text("[node]\nsh_port = 22\n")
+    with pytest.raises(ConfigError, match="unknown setting.*sh_port"):
+        settings.load(tmp_path)
+    with pytest.raises(ConfigError, match="between 0 and 65535"):
+        settings.Settings(home=tmp_path, ssh_port=70000)
+
+
+@pytest.mark.parametrize("name", ["mybot", "a1", "my-bot-2", "x" * 30])
+def test_good_app_names(name: str):
+    assert settings.check_app_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "a", "1bot", "My", "my_bot", "x" * 31, "../etc", "a.b"])
+def test_bad_app_names(name: str):
+    with pytest.raises(ConfigError, match="invalid app name"):
+        settings.check_app_name(name)
