@@ -14,12 +14,15 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from swarm.logbus import LogBus
 from swarm.runtime.base import InstanceSpec, InstanceStatus, Runtime
 from swarm.settings import Settings
 from swarm.state import App, Snapshot, State
 from swarm.store import Store
+
+if TYPE_CHECKING:
+    from swarm.logbus import LogBus
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,139 @@
+"""The reconciler's decisions, against an in-memory runtime (a unit test: the
+real runtimes pass their own shared suite in test_runtime_suite.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from swarm import reconciler as rec
+from swarm.runtime.base import InstanceSpec, InstanceStatus
+from swarm.settings import Settings
+from swarm.state import App, Release, State
+from swarm.store import LocalStore
+
+
+class FakeRuntime:
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.instances: dict[tuple[str, str], InstanceStatus] = {}
+        self.started: list[tuple[str, str, str, dict]] = []
+
+    def start(self, spec: InstanceSpec) -> InstanceStatus:
+        self.started.append((spec.app, spec.process, spec.release, spec.environment(None)))
+        status = InstanceStatus(spec.app, spec.process, spec.release, running=True)
+        self.instances[(spec.app, spec.process)] = status
+        return status
+
+    def stop(self, app: str, process: str, timeout: float = 10) -> None:
+        self.instances.pop((app, process), None)
+
+    def status(self) -> list[InstanceStatus]:
+        return list(self.instances.values())
+
+    def crash(self, app: str, process: str, code: int) -> None:
+        s = self.instances[(app, process)]
+        self.instances[(app, process)] = InstanceStatus(s.app, s.process, s.release, False, code)
+
+
+class FakeBus:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def event(self, app: str, text: str) -> None:
+        self.events.append(f"{app}: {text}")
+
+    def watch(self, app: str, process: str) -> None:
+        pass
+
+
+def release(version: int, cid: str) -> Release:
+    return Release(version, cid, "python", "img", {"bot": "python bot.py"}, "c", "ann", "t", "")
+
+
+@pytest.fixture
+def world(tmp_path: Path):
+    settings = Settings(home=tmp_path, name="n1")
+    state = State(tmp_path / "state.json")
+    store = LocalStore(tmp_path / "store")
+    slug = tmp_path / "slug"
+    slug.mkdir()
+    (slug / "bot.py").write_text("")
+    cid = store.add(slug)
+    with state.change() as s:
+        app = App(name="mybot", owner="ann", created="t", scale={"bot": 2})
+        app.releases.append(
+            Release(1, cid, "python", "img", {"bot": "python bot.py"}, "c", "ann", "t", "d")
+        )
+        app.current = 1
+        s.apps["mybot"] = app
+    runtime, bus = FakeRuntime(), FakeBus()
+    r = rec.Reconciler(settings, state, store, runtime, bus)  # type: ignore[arg-type]
+    return r, state, runtime, bus, cid
+
+
+def test_starts_what_is_wanted_with_env_and_slug(world):
+    r, state, runtime, bus, cid = world
+    r.reconcile()
+    assert sorted(runtime.instances) == [("mybot", "bot.1"), ("mybot", "bot.2")]
+    env = runtime.started[0][3]
+    assert env["PC_APP"] == "mybot" and env["PC_RELEASE"] == "v1" and env["PC_NODE"] == "n1"
+    assert (r.settings.slugs_dir / cid / "bot.py").exists()
+    assert "mybot: starting bot.1 (v1)" in bus.events
+    r.reconcile()
+    assert len(runtime.started) == 2  # nothing more to do
+
+
+def test_scale_down_and_stop(world):
+    r, state, runtime, bus, _ = world
+    r.reconcile()
+    with state.change() as s:
+        s.apps["mybot"].scale["bot"] = 1
+    r.reconcile()
+    assert list(runtime.instances) == [("mybot", "bot.1")]
+    with state.change() as s:
+        s.apps["mybot"].stopped = True
+    r.reconcile()
+    assert runtime.instances == {}
+
+
+def test_new_release_replaces_old_instances(world):
+    r, state, runtime, bus, cid = world
+    r.reconcile()
+    with state.change() as s:
+        a = s.apps["mybot"]
+        a.releases.append(
+            Release(2, cid, "python", "img", {"bot": "python bot.py"}, "d", "ann", "t", "")
+        )
+        a.current = 2
+    r.reconcile()
+    assert {s.release for s in runtime.instances.values()} == {"v2"}
+    assert any("replaced by v2" in e for e in bus.events)
+
+
+def test_crash_restarts_with_backoff(world, monkeypatch: pytest.MonkeyPatch):
+    r, state, runtime, bus, _ = world
+    clock = [1000.0]
+    monkeypatch.setattr(rec.time, "monotonic", lambda: clock[0])
+    r.reconcile()
+    runtime.crash("mybot", "bot.1", 3)
+    r.reconcile()  # noticed: restart after 1 s
+    assert "mybot: bot.1 exited with code 3; restarting in 1s" in bus.events
+    assert not runtime.instances[("mybot", "bot.1")].running
+    clock[0] += 1.5
+    r.reconcile()
+    assert runtime.instances[("mybot", "bot.1")].running
+    runtime.crash("mybot", "bot.1", 3)
+    r.reconcile()
+    assert bus.events[-1] == "mybot: bot.1 exited with code 3; restarting in 2s"
+    assert r.crash("mybot", "bot.1").count == 2
+
+
+def test_a_new_reconciler_adopts_running_instances(world):
+    r, state, runtime, bus, _ = world
+    r.reconcile()
+    again = rec.Reconciler(r.settings, state, r.store, runtime, bus)  # daemon restart
+    again.reconcile()
+    assert len(runtime.started) == 2
