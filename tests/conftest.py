@@ -172,7 +172,7 @@ def commit_all(work: Path, message: str) -> None:
         )
 
 
-def cleanup_instances(home: Path, name: str, runtime: str) -> None:
+def cleanup_instances(home: Path, runtime: str) -> None:
     """Stop whatever the node left running: tests own their instances."""
     from swarm.runtime.select import open_runtime
     from swarm.settings import load
@@ -183,31 +183,37 @@ def cleanup_instances(home: Path, name: str, runtime: str) -> None:
         rt.stop(s.app, s.process, timeout=2)
 
 
+def init_node(root: Path, key: Path, runtime: str) -> NodeProc:
+    """`pc init` a node with free ports on loopback under `root` (not started)."""
+    name = f"t{uuid.uuid4().hex[:8]}"
+    node = NodeProc(
+        home=root / name,
+        name=name,
+        ssh_port=free_port(),
+        router_port=free_port(),
+        key=key,
+        runtime=runtime,
+    )
+    node.pc(
+        "init",
+        "--name", name,
+        "--admin-key", f"{key}.pub",
+        "--ssh-port", str(node.ssh_port),
+        "--router-port", str(node.router_port),
+        "--dashboard-port", str(free_port()),
+        "--runtime", runtime,
+        "--listen", "127.0.0.1",
+    )  # fmt: skip
+    return node
+
+
 @pytest.fixture
 def node_factory(tmp_path: Path, user_key: Path) -> Iterator:
     """Make nodes: `node_factory(runtime="docker")` -> a started NodeProc."""
     made: list[NodeProc] = []
 
     def make(runtime: str = "docker", start: bool = True) -> NodeProc:
-        name = f"t{uuid.uuid4().hex[:8]}"
-        node = NodeProc(
-            home=tmp_path / name,
-            name=name,
-            ssh_port=free_port(),
-            router_port=free_port(),
-            key=user_key,
-            runtime=runtime,
-        )
-        node.pc(
-            "init",
-            "--name", name,
-            "--admin-key", f"{user_key}.pub",
-            "--ssh-port", str(node.ssh_port),
-            "--router-port", str(node.router_port),
-            "--dashboard-port", str(free_port()),
-            "--runtime", runtime,
-            "--listen", "127.0.0.1",
-        )  # fmt: skip
+        node = init_node(tmp_path, user_key, runtime)
         made.append(node)
         if start:
             node.start()
@@ -216,7 +222,7 @@ def node_factory(tmp_path: Path, user_key: Path) -> Iterator:
     yield make
     for node in made:
         node.stop()
-        cleanup_instances(node.home, node.name, node.runtime)
+        cleanup_instances(node.home, node.runtime)
 
 
 def wait_for(predicate, timeout: float = 60, interval: float = 0.3, what: str = "condition"):

@@ -1,0 +1,95 @@
+"""Push-to-running and idle memory, on each runtime. Prints a table.
+
+    python -m bench.push_to_running [--runtime docker|process|both]
+
+For each runtime: a fresh node; a first push of a bot with one requirement
+(empty dependency cache) and a source-only second push, each timed from
+`git push` starting to the bot's first log line of the new release (read with
+`ssh logs`); then the daemon's RSS after it has idled a few seconds.
+Numbers vary with the machine's load: compare runs on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from tests.conftest import NodeProc, cleanup_instances, commit_all, init_node, make_repo
+
+BOT = """\
+import os, time
+import {module}
+print("first line of", os.environ["PC_RELEASE"], flush=True)
+while True:
+    time.sleep(60)
+"""
+# A small requirement that no earlier run has in the dependency cache: the cache
+# key is the requirements file, so a comment with a fresh token makes it new.
+REQUIREMENT = "six==1.17.0  # bench {token}\n"
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def timed_push(node: NodeProc, work: Path, release: str) -> float:
+    start = time.monotonic()
+    r = node.git(work, "push", node.remote("benchbot"), "main")
+    if r.returncode != 0:
+        raise SystemExit(f"push failed:\n{r.stderr}")
+    while f"first line of {release}" not in node.ssh("logs", "benchbot", "-n", "20").stdout:
+        if time.monotonic() - start > 300:
+            raise SystemExit("the bot never logged its first line")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def measure(runtime: str, root: Path, key: Path) -> dict[str, float]:
+    node = init_node(root, key, runtime)
+    node.start()
+    try:
+        work = make_repo(root, "python-bot")
+        (work / "bot.py").write_text(BOT.format(module="six"))
+        (work / "requirements.txt").write_text(REQUIREMENT.format(token=uuid.uuid4().hex))
+        commit_all(work, "first")
+        first = timed_push(node, work, "v1")
+        (work / "bot.py").write_text(BOT.format(module="six") + "# source change\n")
+        commit_all(work, "second")
+        second = timed_push(node, work, "v2")
+        time.sleep(5)
+        assert node.proc is not None
+        return {"first": first, "second": second, "rss": rss_mb(node.proc.pid)}
+    finally:
+        node.stop()
+        cleanup_instances(node.home, runtime)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runtime", choices=["docker", "process", "both"], default="both")
+    args = parser.parse_args()
+    runtimes = ["docker", "process"] if args.runtime == "both" else [args.runtime]
+    with tempfile.TemporaryDirectory(prefix="pc-bench-") as tmp:
+        root = Path(tmp)
+        key = root / "id_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        rows = [(rt, measure(rt, root, key)) for rt in runtimes]
+    print()
+    print(
+        "| runtime | first push, 1 requirement (s) | source-only push (s) | idle daemon RSS (MB) |"
+    )
+    print("|---|---|---|---|")
+    for rt, m in rows:
+        print(f"| {rt} | {m['first']:.2f} | {m['second']:.2f} | {m['rss']:.0f} |")
+    print("\ntargets: source-only < 1.5 s, first push < 6 s, idle daemon < 80 MB")
+
+
+if __name__ == "__main__":
+    main()
