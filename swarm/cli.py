@@ -107,13 +107,13 @@ def cmd_doctor(args: argparse.Namespace) -> None:
     s = config.load(Path(args.home) if args.home else None)
     failed = 0
     for c in checks(s):
-        mark = "ok  " if c.ok else "MISS"
+        mark = "ok  " if c.ok else ("MISS" if c.required else "opt ")
         say(f"{mark}  {c.name}: {c.detail}")
         if not c.ok:
             say(f"      fix: {c.fix}")
-            failed += 1
+            failed += c.required
     if failed:
-        raise PCError(f"{failed} check(s) need attention (see `fix:` lines)")
+        raise PCError(f"{failed} required check(s) failed (see the `fix:` lines)")
 
 
 def cmd_stack_build(args: argparse.Namespace) -> None:

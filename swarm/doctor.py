@@ -1,0 +1,122 @@
+"""What this host has and lacks for running a node, each gap with the command that fixes it.
+
+`checks` only looks; it changes nothing and prints nothing. The CLI shows the
+result (`pc doctor`) and decides the exit code from the required checks.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import socket
+from dataclasses import dataclass
+
+import docker
+
+from swarm.docker_engine import connect
+from swarm.settings import Settings
+from swarm.stack import image_exists
+
+KUBO_VERSION = "v0.38.1"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One thing the node needs: whether the host has it, what was seen, and how to fix it."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""  # the exact command (or setting) that makes this check pass; "" when ok
+    required: bool = True  # False: the node works without it, with less
+
+
+# Binaries the node runs: (name on PATH, what it is for, fix, required).
+BINARIES = (
+    ("git", "git client (tests, app checkouts)", "apt-get install -y git", True),
+    ("ssh", "ssh client (tests, swarm admin)", "apt-get install -y openssh-client", True),
+    (
+        "ipfs",
+        "kubo, the IPFS store of a swarm (the local store does without)",
+        f"go install github.com/ipfs/kubo/cmd/ipfs@{KUBO_VERSION}",
+        False,
+    ),
+    (
+        "bwrap",
+        "bubblewrap, the sandbox of the process runtime",
+        "apt-get install -y bubblewrap",
+        False,
+    ),
+)
+
+
+def checks(settings: Settings) -> list[Check]:
+    """Every check, in the order a host should fix them."""
+    client = connect(timeout=10)
+    try:
+        result = [check_docker(client), check_stack_image(client, settings.build.stack_image)]
+    finally:
+        if client is not None:
+            client.close()
+    result += [check_binary(*spec) for spec in BINARIES]
+    result += [
+        check_port(what, settings.listen, port)
+        for what, port in (
+            ("ssh_port", settings.ssh_port),
+            ("router_port", settings.router_port),
+            ("dashboard_port", settings.dashboard_port),
+        )
+    ]
+    return result
+
+
+def check_docker(client: docker.DockerClient | None) -> Check:
+    """The Docker engine answers (the docker runtime and builds need it)."""
+    name = "docker engine"
+    if client is not None:
+        return Check(name, True, f"Docker {client.version().get('Version', '?')} answers")
+    if not shutil.which("dockerd"):
+        return Check(name, False, "Docker is not installed", "apt-get install -y docker.io")
+    return Check(name, False, "dockerd is installed but no engine answers", "scripts/start-dockerd")
+
+
+def check_stack_image(client: docker.DockerClient | None, image: str) -> Check:
+    """The stack image that builds and apps run in is on the engine."""
+    name = "stack image"
+    if client is None:
+        return Check(name, False, f"cannot look for {image}: no Docker engine", "pc stack build")
+    if image_exists(client, image):
+        return Check(name, True, f"{image} is present")
+    return Check(name, False, f"{image} is missing", "pc stack build")
+
+
+def check_binary(binary: str, purpose: str, fix: str, required: bool = True) -> Check:
+    """`binary` is on PATH."""
+    path = shutil.which(binary)
+    if path:
+        return Check(binary, True, f"{path} ({purpose})", required=required)
+    return Check(binary, False, f"{binary} not found on PATH ({purpose})", fix, required)
+
+
+def check_port(setting: str, host: str, port: int) -> Check:
+    """Nothing listens on `host:port` yet, so the node can (port 0 means any free port)."""
+    name = f"{setting} {host}:{port}"
+    if port == 0:
+        return Check(name, True, "port 0: the system picks a free port")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # Same option the servers set, so a port in TIME_WAIT counts as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                detail = f"port {port} is in use on {host} (a running node holds it too)"
+            else:
+                detail = f"cannot bind {host}:{port}: {e.strerror}"
+            fix = (
+                f"free it (ss -ltnp 'sport = :{port}' shows who holds it) or choose another: "
+                f"PC_{setting.upper()}=<port>, or {setting} in config.toml [node]"
+            )
+            return Check(name, False, detail, fix)
+    return Check(name, True, "free")

@@ -1,0 +1,103 @@
+"""The doctor reports what is missing, each gap with the command that fixes it."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from swarm.doctor import check_binary, check_docker, check_port, check_stack_image, checks
+from swarm.settings import Settings
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port something listens on for the length of the test."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
+def empty_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """PATH holds only an empty dir: every binary is missing."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    return bin_dir
+
+
+def test_a_port_in_use_is_reported_with_a_fix(busy_port: int) -> None:
+    check = check_port("ssh_port", "127.0.0.1", busy_port)
+    assert not check.ok
+    assert str(busy_port) in check.detail
+    assert f"sport = :{busy_port}" in check.fix
+    assert "PC_SSH_PORT=" in check.fix
+
+
+def test_a_free_port_passes() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert check_port("router_port", "127.0.0.1", port).ok
+    assert check_port("router_port", "127.0.0.1", 0).ok
+
+
+def test_checks_name_the_busy_setting(busy_port: int, tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, listen="127.0.0.1", dashboard_port=busy_port)
+    by_name = {c.name: c for c in checks(settings)}
+    busy = by_name[f"dashboard_port 127.0.0.1:{busy_port}"]
+    assert not busy.ok
+    assert "PC_DASHBOARD_PORT=" in busy.fix
+
+
+def test_missing_binaries_have_install_commands(empty_path: Path) -> None:
+    git = check_binary("git", "git client", "apt-get install -y git")
+    assert not git.ok and git.required
+    assert git.fix == "apt-get install -y git"
+
+
+def test_checks_report_missing_tools_and_which_are_optional(
+    empty_path: Path, tmp_path: Path
+) -> None:
+    by_name = {c.name: c for c in checks(Settings(home=tmp_path, listen="127.0.0.1"))}
+    assert not by_name["git"].ok and by_name["git"].fix == "apt-get install -y git"
+    assert not by_name["ssh"].ok and by_name["ssh"].fix == "apt-get install -y openssh-client"
+    assert not by_name["bwrap"].ok and not by_name["bwrap"].required
+    assert by_name["bwrap"].fix == "apt-get install -y bubblewrap"
+    assert not by_name["ipfs"].ok and not by_name["ipfs"].required
+    assert by_name["ipfs"].fix.startswith("go install github.com/ipfs/kubo/cmd/ipfs@v")
+    assert all(c.fix for c in by_name.values() if not c.ok)
+
+
+def test_a_present_binary_passes(empty_path: Path) -> None:
+    tool = empty_path / "git"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    check = check_binary("git", "git client", "apt-get install -y git")
+    assert check.ok
+    assert str(tool) in check.detail
+
+
+def test_no_docker_installed_says_install_it(empty_path: Path) -> None:
+    check = check_docker(None)
+    assert not check.ok
+    assert check.fix == "apt-get install -y docker.io"
+
+
+def test_docker_installed_but_stopped_says_start_it(empty_path: Path) -> None:
+    dockerd = empty_path / "dockerd"
+    dockerd.write_text("#!/bin/sh\n")
+    dockerd.chmod(0o755)
+    check = check_docker(None)
+    assert not check.ok
+    assert check.fix == "scripts/start-dockerd"
+
+
+def test_stack_image_without_an_engine_says_build_it() -> None:
+    check = check_stack_image(None, "peoplescloud/stack:bookworm")
+    assert not check.ok
+    assert check.fix == "pc stack build"
