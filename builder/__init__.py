@@ -5,3 +5,20 @@ directory and says which process types it has. Each app kind is a small module
 in `builder.kinds` with `detect`, `build`, `default_processes`; the order they
 are tried in is `builder.kinds.ORDER`.
 """
+
+from builder.build import BuildResult, build
+from builder.checkout import checkout
+from builder.docker_executor import DockerExecutor
+from builder.errors import BuildError
+from builder.executor import Executor
+from builder.host_executor import HostExecutor
+
+__all__ = [
+    "BuildError",
+    "BuildResult",
+    "DockerExecutor",
+    "Executor",
+    "HostExecutor",
+    "build",
+    "checkout",
+]

@@ -56,7 +56,7 @@ def make_executor(settings: Settings, runtime: Runtime) -> builder.Executor:
             settings.build.ca_bundle,
             timeout=settings.build.timeout,
         )
-    return builder.HostExecutor(timeout=settings.build.timeout)
+    return builder.HostExecutor(timeout=settings.build.timeout, ca_bundle=settings.build.ca_bundle)
 
 
 def build_node(settings: Settings) -> tuple[Node, Reconciler, LogBus]:

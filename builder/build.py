@@ -1,0 +1,56 @@
+"""The build itself: detect the kind, copy the source, install, name the processes."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from builder.errors import BuildError
+from builder.executor import Executor, Say
+from builder.kinds import ORDER
+from builder.procfile import read_procfile
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    kind: str  # "python" | "node" | "procfile"
+    stack: str  # image name used, or "host"
+    processes: dict[str, str]  # type -> command line (a Procfile replaces the defaults)
+
+
+def build(src: Path, out: Path, cache: Path, executor: Executor, say: Say) -> BuildResult:
+    """Build the checked-out tree `src` into the slug directory `out` (missing or
+    empty): the source plus installed dependencies. `cache` is kept between builds
+    of the same app. Raises BuildError, with a reason the pusher can act on."""
+    kind = detect(src)
+    found = [name for name in (*kind.MARKERS, "Procfile") if (src / name).is_file()]
+    say(f"-----> {kind.NAME} app detected ({', '.join(dict.fromkeys(found))})")
+    processes = processes_for(kind, src)
+    if out.exists() and any(out.iterdir()):
+        raise BuildError(f"slug directory {out} is not empty")
+    shutil.copytree(src, out, symlinks=True, dirs_exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    kind.build(src, out, cache, executor, say)
+    say(f"-----> Process types: {', '.join(processes)}")
+    return BuildResult(kind=kind.KIND, stack=executor.stack, processes=processes)
+
+
+def detect(tree: Path) -> ModuleType:
+    """The first kind of `ORDER` that recognises the tree."""
+    for kind in ORDER:
+        if kind.detect(tree):
+            return kind
+    looked_for = ", ".join(kind.LOOKS_FOR for kind in ORDER)
+    raise BuildError(f"no app found: looked for {looked_for}")
+
+
+def processes_for(kind: ModuleType, tree: Path) -> dict[str, str]:
+    """The app's process types: its Procfile when it has one, else the kind's defaults."""
+    processes = read_procfile(tree)
+    if processes is None:
+        processes = kind.default_processes(tree)
+    if not processes:
+        raise BuildError(f"nothing to run: {kind.NOTHING_TO_RUN}")
+    return processes

@@ -1,0 +1,142 @@
+"""Build steps in throwaway containers of the stack image."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from builder.errors import BuildError
+from builder.executor import INDENT, Deadline, Say, check_step
+
+BUILD_LABEL = "peoplescloud.build"
+CA_IN_CONTAINER = "/etc/ssl/certs/pc-ca.crt"
+# Run each step through sh only to set the umask: the argv follows as "$@",
+# never as shell text. 022 keeps everything readable by the runtime's user.
+_UMASK_WRAPPER = ["sh", "-c", 'umask 022 && exec "$@"', "sh"]
+
+
+class DockerExecutor:
+    """Runs each step in a fresh container of `image`, the slug at /app (so the
+    venv is created at the path it runs from) and the cache at /cache.
+
+    Steps run as the uid of this process, so the daemon can later remove what
+    they wrote, and with umask 022, so the runtime's non-root user can read it.
+    """
+
+    slug_moves = False  # the runtime mounts the slug at /app, where it was built
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        image: str,
+        ca_bundle: str,
+        memory_mb: int = 1024,
+        timeout: int = 900,
+        network: str = "bridge",
+    ) -> None:
+        self.client = client
+        self.stack = image
+        self.ca_bundle = ca_bundle
+        self.memory_mb = memory_mb
+        self.timeout = timeout
+        # "bridge": steps reach the registries but not this host's loopback
+        # services; "host" only where Docker's bridge does not work.
+        self.network = network
+        self._python: str | None = None
+
+    def identity(self) -> str:
+        try:
+            return self.client.images.get(self.stack).id
+        except docker.errors.ImageNotFound:
+            raise BuildError(f"the stack image {self.stack} is not on this node") from None
+
+    def python_version(self) -> str:
+        if self._python is None:
+            lines: list[str] = []
+            argv = ["python3", "-c", "import platform; print(platform.python_version())"]
+            self._run(argv, {}, lines.append)
+            self._python = lines[-1].strip() if lines else ""
+        return self._python
+
+    def run(self, argv: Sequence[str], app: Path, cache: Path, say: Say) -> None:
+        volumes = {
+            str(app.resolve()): {"bind": "/app", "mode": "rw"},
+            str(cache.resolve()): {"bind": "/cache", "mode": "rw"},
+        }
+
+        def show(line: str) -> None:
+            if line.strip():
+                say(INDENT + line)
+
+        self._run(argv, volumes, show)
+
+    def _run(self, argv: Sequence[str], volumes: dict, on_line: Say) -> None:
+        """One container: start it, stream its output, wait, remove it."""
+        environment = {
+            "HOME": "/tmp",
+            "PIP_CACHE_DIR": "/cache/pip",
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            "PIP_NO_INPUT": "1",
+            "npm_config_cache": "/cache/npm",
+            "npm_config_update_notifier": "false",
+        }
+        if self.ca_bundle and os.path.isfile(self.ca_bundle):
+            volumes = {**volumes, self.ca_bundle: {"bind": CA_IN_CONTAINER, "mode": "ro"}}
+            for name in ("PIP_CERT", "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+                environment[name] = CA_IN_CONTAINER
+        try:
+            # create + start, not run: run() would try to pull a missing image
+            container = self.client.containers.create(
+                self.stack,
+                [*_UMASK_WRAPPER, *argv],
+                labels={BUILD_LABEL: "1"},
+                volumes=volumes,
+                working_dir="/app",
+                environment=environment,
+                user=f"{os.getuid()}:{os.getgid()}",
+                mem_limit=f"{self.memory_mb}m",
+                memswap_limit=f"{self.memory_mb}m",
+                network_mode=self.network,
+            )
+        except docker.errors.ImageNotFound:
+            raise BuildError(f"the stack image {self.stack} is not on this node") from None
+        except docker.errors.APIError as e:
+            raise BuildError(f"could not create a build container: {e.explanation or e}") from None
+        tail: deque[str] = deque(maxlen=30)
+        try:
+            try:
+                container.start()
+            except docker.errors.APIError as e:
+                raise BuildError(
+                    f"could not start a build container: {e.explanation or e}"
+                ) from None
+            with Deadline(self.timeout, container.kill) as deadline:
+                for line in _lines(container.logs(stream=True, follow=True)):
+                    tail.append(line)
+                    on_line(line)
+                code = container.wait().get("StatusCode", -1)
+        finally:
+            with contextlib.suppress(docker.errors.APIError):  # already gone
+                container.remove(force=True)
+        if code == 137 and not deadline.expired:
+            step = " ".join(argv)
+            raise BuildError(f"'{step}' was killed: did it need more than {self.memory_mb} MB?")
+        check_step(argv, code, tail, deadline)
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[str]:
+    """Whole lines out of a stream of byte chunks cut anywhere."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for raw in complete:
+            yield raw.decode("utf-8", "replace").rstrip("\r")
+    if pending:
+        yield pending.decode("utf-8", "replace").rstrip("\r")

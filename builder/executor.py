@@ -1,0 +1,88 @@
+"""What a build step runs on: the contract shared by the Docker and host executors."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from builder.errors import BuildError
+
+Say = Callable[[str], None]
+
+INDENT = " " * 7  # build output under a "-----> " line, Heroku style
+
+
+class Executor(Protocol):
+    """Runs build steps with the slug directory as the working directory.
+
+    A step sees the slug as its current directory (`/app` in a container) and
+    finds the pip and npm download caches through its environment, so the kinds
+    write the same argv for every executor.
+    """
+
+    stack: str  # the image name, or "host"
+    # True when the slug later runs at another path than the one it was built at
+    # (the process runtime), so absolute paths written by installers must go.
+    slug_moves: bool
+
+    def identity(self) -> str:
+        """What the installed dependencies depend on (image id, host versions):
+        part of the dependency cache key."""
+        ...
+
+    def python_version(self) -> str:
+        """The stack's Python, e.g. "3.11.2"."""
+        ...
+
+    def run(self, argv: Sequence[str], app: Path, cache: Path, say: Say) -> None:
+        """Run one step in `app`, sending each output line to `say` as it comes.
+        Raises BuildError on a non-zero exit or a timeout."""
+        ...
+
+
+def last_meaningful(lines: Iterable[str]) -> str:
+    """The last output line worth showing as the reason a step failed: pip and npm
+    end with notices and log-file pointers that say nothing about the cause."""
+    boring = ("[notice]", "npm ERR! A complete log", "npm error A complete log")
+    best = ""
+    for line in lines:
+        text = line.strip()
+        if text and not text.startswith(boring) and text not in ("npm ERR!", "npm error"):
+            best = text
+    return best
+
+
+class Deadline:
+    """Calls `kill` if the step is still running after `seconds` (a context manager
+    around the step); `expired` tells afterwards whether it had to."""
+
+    def __init__(self, seconds: float, kill: Callable[[], None]) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._kill = kill
+        self._timer = threading.Timer(seconds, self._fire)
+
+    def _fire(self) -> None:
+        self.expired = True
+        with contextlib.suppress(Exception):  # it may have ended on its own meanwhile
+            self._kill()
+
+    def __enter__(self) -> Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
+def check_step(argv: Sequence[str], code: int, tail: Iterable[str], deadline: Deadline) -> None:
+    """Raise the BuildError a finished step deserves, if any."""
+    step = " ".join(argv)
+    if deadline.expired:
+        raise BuildError(f"'{step}' took longer than {deadline.seconds:g} s and was stopped")
+    if code != 0:
+        reason = last_meaningful(tail) or f"exit status {code}"
+        raise BuildError(f"'{step}' failed: {reason}")

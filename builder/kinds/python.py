@@ -1,0 +1,102 @@
+"""Python apps: `requirements.txt` or `pyproject.toml`, dependencies in `.venv`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from builder.cache import cache_key, install_cached
+from builder.errors import BuildError
+from builder.executor import Executor, Say
+
+NAME = "Python"
+KIND = "python"
+LOOKS_FOR = "requirements.txt or pyproject.toml (Python)"
+NOTHING_TO_RUN = "add bot.py or a Procfile (e.g. 'web: gunicorn app:app')"
+MARKERS = ("bot.py", "requirements.txt", "pyproject.toml", "runtime.txt", ".python-version")
+DEPENDENCY_FILES = ("requirements.txt", "pyproject.toml", "runtime.txt", ".python-version")
+
+_RUNTIME_TXT = re.compile(r"python-(\d+)\.(\d+)(\.[0-9x]+)?")
+_PYTHON_VERSION = re.compile(r"(\d+)\.(\d+)(\.\d+)?")
+
+
+def detect(tree: Path) -> bool:
+    return (tree / "requirements.txt").is_file() or (tree / "pyproject.toml").is_file()
+
+
+def default_processes(tree: Path) -> dict[str, str]:
+    return {"bot": "python bot.py"} if (tree / "bot.py").is_file() else {}
+
+
+def build(tree: Path, out: Path, cache: Path, executor: Executor, say: Say) -> None:
+    """Check the requested Python against the stack's, then install the
+    dependencies into `out/.venv` (from the cache when they did not change)."""
+    check_python_version(tree, executor)
+    if (tree / "requirements.txt").is_file():
+        install = ["-r", "requirements.txt"]
+        key: str | None = cache_key(executor.identity(), KIND, tree, DEPENDENCY_FILES)
+    else:
+        # `pip install .` copies the app itself into the venv, so the result
+        # depends on every source file: never reuse it for another commit.
+        install = ["."]
+        key = None
+
+    def run_install() -> None:
+        executor.run(["python3", "-m", "venv", ".venv"], out, cache, say)
+        pip = [".venv/bin/pip", "install", "--no-input", "--disable-pip-version-check"]
+        executor.run([*pip, *install], out, cache, say)
+        if executor.slug_moves:
+            make_relocatable(out / ".venv")
+
+    install_cached(cache, key, out / ".venv", "Installing requirements", run_install, say)
+
+
+def check_python_version(tree: Path, executor: Executor) -> None:
+    """Refuse a runtime.txt or .python-version that asks for another major.minor
+    than the stack has: the app would build against one Python and break on it."""
+    wanted = _requested_python(tree)
+    if wanted is None:
+        return
+    have = ".".join(executor.python_version().split(".")[:2])
+    if wanted[1] != have:
+        raise BuildError(f"this stack has Python {have}; {wanted[0]} asks for {wanted[1]}")
+
+
+def _requested_python(tree: Path) -> tuple[str, str] | None:
+    """(file name, "3.11") of the first Python version request in the tree."""
+    for name, pattern in (("runtime.txt", _RUNTIME_TXT), (".python-version", _PYTHON_VERSION)):
+        path = tree / name
+        if not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+        match = pattern.fullmatch(text)
+        if match is None:
+            example = "python-3.11.x" if name == "runtime.txt" else "3.11"
+            raise BuildError(f"{name} should hold a Python version like {example}, not {text!r}")
+        return name, f"{match.group(1)}.{match.group(2)}"
+    return None
+
+
+def make_relocatable(venv: Path) -> None:
+    """Point the scripts of `venv/bin` at `python3` on PATH instead of the venv's
+    absolute build-time path.
+
+    pip writes `#!<venv>/bin/python3` into every script it installs. On the host
+    the slug is built in a temporary directory and run from another one (the
+    store's copy), where that path does not exist. The runtime puts
+    `<slug>/.venv/bin` first on PATH, so `/usr/bin/env python3` finds the venv's
+    own interpreter, which reads the `pyvenv.cfg` beside it and so uses the
+    venv's packages wherever the slug lies.
+    """
+    python = str(venv / "bin" / "python").encode()
+    for script in (venv / "bin").iterdir():
+        if script.is_symlink() or not script.is_file():
+            continue
+        lines = script.read_bytes().split(b"\n")
+        if lines[0].startswith(b"#!") and python in lines[0]:
+            skip = 1
+        elif lines[0] == b"#!/bin/sh" and len(lines) > 2 and python in lines[1]:
+            skip = 3  # pip's form for long paths: #!/bin/sh, '''exec' <python> "$0" "$@", ' '''
+        else:
+            continue
+        script.write_bytes(b"\n".join([b"#!/usr/bin/env python3", *lines[skip:]]))
