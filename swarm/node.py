@@ -306,8 +306,9 @@ class Node:
         self, user: str, app: str, lines: int, ptype: str | None, follow: bool
     ) -> AsyncIterator[str]:
         self._app(user, app)
-        for line in self.logbus.tail(app, lines, ptype):
-            yield line
-        if follow:
-            async for line in self.logbus.follow(app, ptype):
+        if not follow:
+            for line in self.logbus.tail(app, lines, ptype):
                 yield line
+            return
+        async for line in self.logbus.follow(app, ptype, backlog=lines):
+            yield line

@@ -51,6 +51,7 @@ class InstanceSpec:
             PC_RELEASE=self.release,
             PC_NODE=self.node,
             HOME="/tmp",
+            PYTHONUNBUFFERED="1",  # a bot's print() reaches the logs when it happens
         )
         if port is not None:
             env["PORT"] = str(port)

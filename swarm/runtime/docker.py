@@ -1,0 +1,265 @@
+"""The docker runtime: one container per instance, from the stack image.
+
+The slug is bind-mounted read-only at /app; the container runs as an
+unprivileged user with a read-only root, a private /tmp, a memory limit and no
+capabilities. Every container carries the instance's labels, and `status()`
+lists containers by the node label, which is how a restarted daemon re-adopts
+them (and how several nodes share one engine). No restart policy: the daemon
+decides about restarts.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from socket import SHUT_WR
+from typing import Any
+
+import docker
+import docker.errors
+from docker.types import LogConfig
+from docker.utils.socket import frames_iter
+
+from swarm.errors import RuntimeFailure
+from swarm.runtime.base import (
+    LABEL_APP,
+    LABEL_NODE,
+    LABEL_PROCESS,
+    LABEL_RELEASE,
+    WEB_PORT,
+    InstanceSpec,
+    InstanceStatus,
+    LogLine,
+)
+
+LABEL_ONEOFF = "peoplescloud.oneoff"  # one-off `run` containers: not instances
+APP_USER = "10001:10001"
+PATH = "/app/.venv/bin:/app/node_modules/.bin:/usr/local/bin:/usr/bin:/bin"
+# `docker stop` signals docker-init (tini); with this it signals the whole process
+# group, so the app gets SIGTERM even when `sh -c` did not exec it. The `trap` we
+# put before the command makes sh wait for the app instead of dying first (tini
+# would then end the container and SIGKILL the app mid-shutdown). `exec 2>&1`:
+# one stream, so docker stores lines in the order of their timestamps (its
+# stdout and stderr readers race), which timestamp cursors rely on.
+TINI_GROUP = {"TINI_KILL_PROCESS_GROUP": "1"}
+SH_PREFIX = "exec 2>&1; trap : TERM INT HUP; "
+LOG_CONFIG = LogConfig(type=LogConfig.types.JSON, config={"max-size": "10m", "max-file": "3"})
+
+
+class DockerRuntime:
+    """Instances as containers of one Docker engine, for node `node`."""
+
+    name = "docker"
+
+    def __init__(self, client: docker.DockerClient, node: str, image: str) -> None:
+        self.client = client
+        self.node = node
+        self.image = image
+
+    def container_name(self, app: str, process: str) -> str:
+        return f"pc-{self.node}-{app}-{process}"
+
+    def start(self, spec: InstanceSpec) -> InstanceStatus:
+        old = self._get(spec.app, spec.process)
+        if old is not None:
+            if old.status == "running":
+                raise RuntimeFailure(f"{spec.app} {spec.process} is already running")
+            self._remove(old)
+        env = {**spec.environment(WEB_PORT if spec.web else None), "PATH": PATH, **TINI_GROUP}
+        try:
+            container = self.client.containers.run(
+                self.image,
+                ["sh", "-c", SH_PREFIX + spec.command],
+                name=self.container_name(spec.app, spec.process),
+                detach=True,
+                environment=env,
+                labels=spec.labels(),
+                ports={f"{WEB_PORT}/tcp": ("127.0.0.1", None)} if spec.web else None,
+                log_config=LOG_CONFIG,
+                **self._sandbox(spec),
+            )
+            container.reload()
+        except docker.errors.DockerException as e:
+            if (left := self._get(spec.app, spec.process)) is not None:
+                self._remove(left)  # created but not started
+            raise RuntimeFailure(f"could not start {spec.app} {spec.process}: {e}") from None
+        return self._status(container)
+
+    def stop(self, app: str, process: str, timeout: float = 10) -> None:
+        container = self._get(app, process)
+        if container is None:
+            return
+        try:
+            container.stop(timeout=math.ceil(timeout))
+        except docker.errors.NotFound:
+            return
+        self._remove(container)
+
+    def status(self) -> list[InstanceStatus]:
+        containers = self.client.containers.list(
+            all=True, filters={"label": f"{LABEL_NODE}={self.node}"}, ignore_removed=True
+        )
+        return [self._status(c) for c in containers if LABEL_ONEOFF not in c.labels]
+
+    def logs(self, app: str, process: str, follow: bool, cursor: str | None) -> Iterator[LogLine]:
+        """Docker's own log, with timestamps; the cursor is docker's full-precision
+        timestamp of the last line seen (resumed with `since`, the boundary skipped)."""
+        while True:
+            container = self._get(app, process)
+            if container is None:
+                return
+            for line in self._read_logs(container, follow, cursor):
+                cursor = line.cursor
+                yield line
+            # A follow stream can end early (a broken connection): resume while it runs.
+            if not follow or not self._running(container):
+                return
+
+    def run(
+        self,
+        spec: InstanceSpec,
+        argv: list[str],
+        output: Callable[[bytes], None],
+        stdin: Callable[[], bytes] | None = None,
+    ) -> int:
+        """A one-off container like `docker run --rm -i`, attached before it starts."""
+        try:
+            container = self.client.containers.create(
+                self.image,
+                argv,
+                name=f"pc-{self.node}-{spec.app}-run-{uuid.uuid4().hex[:8]}",
+                environment={**spec.environment(None), "PATH": PATH},
+                labels={**spec.labels(), LABEL_ONEOFF: "1"},
+                stdin_open=stdin is not None,
+                **self._sandbox(spec),
+            )
+        except docker.errors.DockerException as e:
+            raise RuntimeFailure(f"could not run {argv[:1]} for {spec.app}: {e}") from None
+        try:
+            params = {"stdout": 1, "stderr": 1, "stream": 1, "stdin": int(stdin is not None)}
+            sock = container.attach_socket(params=params)
+            container.start()
+            if stdin is not None:
+                threading.Thread(target=_feed, args=(sock, stdin), daemon=True).start()
+            for _stream, data in frames_iter(sock, tty=False):
+                output(data)
+            sock.close()
+            return int(container.wait()["StatusCode"])
+        finally:
+            self._remove(container)
+
+    # -- helpers --
+
+    def _sandbox(self, spec: InstanceSpec) -> dict[str, Any]:
+        """What every container of an app gets: the slug, limits, no privileges."""
+        return dict(
+            volumes={str(spec.slug.resolve()): {"bind": "/app", "mode": "ro"}},
+            working_dir="/app",
+            user=APP_USER,
+            init=True,
+            mem_limit=f"{spec.memory_mb}m",
+            memswap_limit=f"{spec.memory_mb}m",
+            pids_limit=512,
+            read_only=True,
+            tmpfs={"/tmp": "rw,nosuid,nodev,size=256m,mode=1777"},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+        )
+
+    def _get(self, app: str, process: str) -> Any:
+        try:
+            container = self.client.containers.get(self.container_name(app, process))
+        except docker.errors.NotFound:
+            return None
+        return container if container.labels.get(LABEL_NODE) == self.node else None
+
+    def _running(self, container: Any) -> bool:
+        try:
+            container.reload()
+        except docker.errors.NotFound:
+            return False
+        return container.status == "running"
+
+    def _remove(self, container: Any) -> None:
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:  # 409: a removal already in progress
+            if e.status_code != 409:
+                raise
+
+    def _status(self, container: Any) -> InstanceStatus:
+        state = container.attrs["State"]
+        labels = container.labels
+        running = state["Running"]
+        address = None
+        bindings = (container.attrs["NetworkSettings"].get("Ports") or {}).get(f"{WEB_PORT}/tcp")
+        if running and bindings:
+            address = f"127.0.0.1:{bindings[0]['HostPort']}"
+        return InstanceStatus(
+            app=labels.get(LABEL_APP, ""),
+            process=labels.get(LABEL_PROCESS, ""),
+            release=labels.get(LABEL_RELEASE, ""),
+            running=running,
+            exit_code=None if running else state.get("ExitCode"),
+            started_at=state.get("StartedAt", "")[:19] + "Z",
+            address=address,
+            detail=container.short_id,
+        )
+
+    def _read_logs(self, container: Any, follow: bool, cursor: str | None) -> Iterator[LogLine]:
+        since = None
+        if cursor:
+            # docker-py takes a float; step back a microsecond so rounding never
+            # skips a line, then drop what is not after the cursor.
+            seconds, nanos = _ts_key(cursor)
+            since = max(seconds + nanos / 1e9 - 1e-6, 1e-6)
+        try:
+            stream = container.logs(stream=True, follow=follow, timestamps=True, since=since)
+            for raw in _split_lines(stream):
+                line = _log_line(raw)
+                if line and (cursor is None or _ts_key(line.cursor) > _ts_key(cursor)):
+                    yield line
+        except docker.errors.NotFound:
+            return
+
+
+def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Whole lines from a stream of chunks (the last one even without its newline)."""
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        yield from lines
+    if buffer:
+        yield buffer
+
+
+def _log_line(raw: bytes) -> LogLine | None:
+    """'2026-11-23T21:00:03.123456789Z text' -> LogLine."""
+    stamp, _, text = raw.decode("utf-8", "replace").partition(" ")
+    if not stamp.endswith("Z"):
+        return None
+    return LogLine(cursor=stamp, timestamp=stamp[:19] + "Z", text=text.rstrip("\r"))
+
+
+def _ts_key(stamp: str) -> tuple[int, int]:
+    """Docker's RFC 3339 nano timestamp as (unix seconds, nanoseconds), comparable."""
+    whole, _, frac = stamp.rstrip("Z").partition(".")
+    seconds = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
+    return int(seconds), int((frac + "000000000")[:9])
+
+
+def _feed(sock: Any, stdin: Callable[[], bytes]) -> None:
+    """Copy stdin into the attached socket, then half-close it: the app sees EOF."""
+    raw = getattr(sock, "_sock", sock)
+    try:
+        while data := stdin():
+            raw.sendall(data)
+        raw.shutdown(SHUT_WR)
+    except OSError:
+        pass  # the container ended first

@@ -1,0 +1,336 @@
+"""The process runtime: instances as plain child processes, for nodes without Docker.
+
+Each instance runs in its own session (so it outlives the daemon) under a small
+python shim, itself the session leader, that:
+  - timestamps every line of the app's stdout+stderr into `<process>.log`, so
+    logs carry the time they were written, like docker's;
+  - waits for the app and writes its exit code to `<process>.exit`. The daemon
+    is not the parent of an instance it re-adopted after a restart, so it cannot
+    `wait()` for it; the exit file is how it still learns the code.
+A handle file `<process>.json` (pid and kernel start time of the shim, to tell
+a reused pid apart, release, port, ...) is what `status()` re-adopts. Where
+`bwrap` works, the app runs in a bubblewrap sandbox: a read-only view of the
+host, the node's own files hidden, a private /tmp and pid namespace, network kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from swarm.errors import RuntimeFailure
+from swarm.runtime.base import InstanceSpec, InstanceStatus, LogLine
+
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+POLL = 0.2  # seconds between looks at a growing log or a dying process group
+SH_PREFIX = "trap : TERM INT HUP; "  # sh waits for the app on SIGTERM (see docker.py)
+_ROOT = str(Path(__file__).resolve().parents[2])  # makes `swarm` importable for the shim
+
+
+class ProcessRuntime:
+    """Instances as process groups of this host, for node `node`; state under `run_dir`."""
+
+    name = "process"
+
+    def __init__(self, run_dir: Path, node: str, hidden: tuple[Path, ...] = ()) -> None:
+        """`hidden`: host directories the sandbox hides from apps (the node's home)."""
+        self.run_dir = Path(run_dir)
+        self.node = node
+        self.hidden = (self.run_dir, *hidden)
+        self.bwrap = shutil.which("bwrap") if _bwrap_works() else None
+        self._children: dict[int, subprocess.Popen[bytes]] = {}  # to reap what we started
+
+    def start(self, spec: InstanceSpec) -> InstanceStatus:
+        files = self._files(spec.app, spec.process)
+        handle = self._handle(spec.app, spec.process)
+        if handle and _alive(handle):
+            raise RuntimeFailure(f"{spec.app} {spec.process} is already running")
+        self._forget(spec.app, spec.process)
+        files["dir"].mkdir(parents=True, exist_ok=True)
+        files["log"].write_bytes(b"")  # exists from now on: logs() may follow it at once
+        port = _free_port() if spec.web else None
+        argv = [sys.executable, "-I", "-c", SHIM, _ROOT, str(files["log"]), str(files["exit"])]
+        argv += self._sandboxed(spec, ["sh", "-c", SH_PREFIX + spec.command])
+        try:
+            child = subprocess.Popen(
+                argv,
+                cwd=spec.slug,
+                env=self._env(spec, port),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as e:
+            raise RuntimeFailure(f"could not start {spec.app} {spec.process}: {e}") from None
+        self._children[child.pid] = child
+        handle = {
+            "id": uuid.uuid4().hex,
+            "node": self.node,
+            "app": spec.app,
+            "process": spec.process,
+            "release": spec.release,
+            "pid": child.pid,
+            "pid_start": _start_time(child.pid),
+            "port": port,
+            "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "command": spec.command,
+        }
+        tmp = files["handle"].with_suffix(".tmp")
+        tmp.write_text(json.dumps(handle))
+        tmp.replace(files["handle"])
+        return self._status(handle)
+
+    def stop(self, app: str, process: str, timeout: float = 10) -> None:
+        handle = self._handle(app, process)
+        if handle and _alive(handle):
+            pgid = handle["pid"]
+            _killpg(pgid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while self._group_alive(pgid) and time.monotonic() < deadline:
+                time.sleep(POLL / 4)
+            _killpg(pgid, signal.SIGKILL)
+            self._reap()
+        self._forget(app, process)
+
+    def status(self) -> list[InstanceStatus]:
+        self._reap()
+        out = []
+        for path in sorted(self.run_dir.glob("*/*.json")):
+            handle = _read_json(path)
+            if handle and handle.get("node") == self.node:
+                out.append(self._status(handle))
+        return out
+
+    def logs(self, app: str, process: str, follow: bool, cursor: str | None) -> Iterator[LogLine]:
+        """The instance's log file; the cursor is '<instance id>:<byte offset>', so a
+        cursor of an earlier instance of the same process starts the new one from 0."""
+        handle = self._handle(app, process)
+        if handle is None:
+            return
+        instance, _, offset = (cursor or "").partition(":")
+        start = int(offset) if instance == handle["id"] and offset.isdigit() else 0
+        try:
+            log = open(self._files(app, process)["log"], "rb")  # noqa: SIM115 (closed below)
+        except FileNotFoundError:
+            return
+        with log:
+            log.seek(start)
+            pending = b""
+            while True:
+                gone = not follow or not self._is_current(handle)  # read once more after
+                pending += log.read()
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    start += len(raw) + 1
+                    yield _log_line(raw, f"{handle['id']}:{start}")
+                if gone:
+                    return
+                if not lines:
+                    time.sleep(POLL)
+
+    def run(
+        self,
+        spec: InstanceSpec,
+        argv: list[str],
+        output: Callable[[bytes], None],
+        stdin: Callable[[], bytes] | None = None,
+    ) -> int:
+        try:
+            child = subprocess.Popen(
+                self._sandboxed(spec, argv),
+                cwd=spec.slug,
+                env=self._env(spec, None),
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        except OSError as e:
+            raise RuntimeFailure(f"could not run {argv[:1]} for {spec.app}: {e}") from None
+        if stdin is not None and child.stdin is not None:
+            threading.Thread(target=_feed, args=(child.stdin, stdin), daemon=True).start()
+        assert child.stdout is not None
+        while data := child.stdout.read1(65536):
+            output(data)
+        return child.wait()
+
+    # -- helpers --
+
+    def _files(self, app: str, process: str) -> dict[str, Path]:
+        d = self.run_dir / app
+        return {
+            "dir": d,
+            "handle": d / f"{process}.json",
+            "log": d / f"{process}.log",
+            "exit": d / f"{process}.exit",
+        }
+
+    def _handle(self, app: str, process: str) -> dict[str, Any] | None:
+        return _read_json(self._files(app, process)["handle"])
+
+    def _is_current(self, handle: dict[str, Any]) -> bool:
+        """The instance of `handle` still runs and was not replaced."""
+        self._reap()
+        now = self._handle(handle["app"], handle["process"])
+        return bool(now and now["id"] == handle["id"] and _alive(now))
+
+    def _forget(self, app: str, process: str) -> None:
+        for key, path in self._files(app, process).items():
+            if key != "dir":
+                path.unlink(missing_ok=True)
+
+    def _status(self, handle: dict[str, Any]) -> InstanceStatus:
+        running = _alive(handle)
+        exit_code = None
+        if not running:
+            text = _read_text(self._files(handle["app"], handle["process"])["exit"])
+            exit_code = int(text) if text and text.strip().lstrip("-").isdigit() else None
+        port = handle.get("port")
+        return InstanceStatus(
+            app=handle["app"],
+            process=handle["process"],
+            release=handle["release"],
+            running=running,
+            exit_code=exit_code,
+            started_at=handle["started_at"],
+            address=f"127.0.0.1:{port}" if running and port else None,
+            detail=f"pid {handle['pid']}" + (" (bwrap)" if self.bwrap else ""),
+        )
+
+    def _env(self, spec: InstanceSpec, port: int | None) -> dict[str, str]:
+        """A clean environment: the daemon's own variables never reach apps."""
+        slug = spec.slug.resolve()
+        path = f"{slug}/.venv/bin:{slug}/node_modules/.bin:{SYSTEM_PATH}"
+        return {"LANG": "C.UTF-8", **spec.environment(port), "PATH": path}
+
+    def _sandboxed(self, spec: InstanceSpec, argv: list[str]) -> list[str]:
+        if not self.bwrap:
+            return argv
+        slug = str(spec.slug.resolve())
+        box = [self.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+        box += ["--tmpfs", "/tmp"]
+        for path in self.hidden:
+            box += ["--tmpfs", str(Path(path).resolve())]
+        box += ["--ro-bind", slug, slug, "--chdir", slug]
+        # No --die-with-parent: the group's SIGTERM ends bwrap's outer process too,
+        # and the app must live on to finish its own shutdown.
+        box += ["--unshare-ipc", "--unshare-pid", "--"]
+        return box + argv
+
+    def _reap(self) -> None:
+        for pid, child in list(self._children.items()):
+            if child.poll() is not None:
+                self._children.pop(pid, None)  # pumps' threads reap too
+
+    def _group_alive(self, pgid: int) -> bool:
+        self._reap()
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+# The shim (see the module docstring). argv: root log exit_file cmd...
+# It ignores SIGTERM/INT/HUP with a handler (not SIG_IGN, so the app gets the
+# default back at exec): the signal sent to the group reaches the app itself,
+# and the shim must outlive it to record its exit code.
+SHIM = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from swarm.runtime.process import shim_main
+shim_main(sys.argv[2], sys.argv[3], sys.argv[4:])
+"""
+
+
+def shim_main(log_path: str, exit_path: str, argv: list[str]) -> None:
+    """Run `argv`, timestamp its output into `log_path`, write its exit code to `exit_path`."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: None)
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert child.stdout is not None
+    with open(log_path, "ab", buffering=0) as log:
+        for line in iter(lambda: child.stdout.readline(65536), b""):  # type: ignore[union-attr]
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+            log.write(stamp + b" " + line.rstrip(b"\n") + b"\n")
+    code = child.wait()
+    tmp = exit_path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(str(128 - code if code < 0 else code))
+    os.replace(tmp, exit_path)
+
+
+def _log_line(raw: bytes, cursor: str) -> LogLine:
+    stamp, _, text = raw.decode("utf-8", "replace").partition(" ")
+    return LogLine(cursor=cursor, timestamp=stamp[:19] + "Z", text=text.rstrip("\r"))
+
+
+def _start_time(pid: int) -> int | None:
+    """The kernel's start time of `pid` (clock ticks after boot); None if it is gone."""
+    text = _read_text(Path(f"/proc/{pid}/stat"))
+    if not text:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # after "pid (comm)": the comm may hold spaces
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def _alive(handle: dict[str, Any]) -> bool:
+    start = _start_time(handle["pid"])
+    return start is not None and start == handle.get("pid_start")
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bwrap_works() -> bool:
+    """bwrap is installed and may make namespaces here (some kernels forbid it)."""
+    if not shutil.which("bwrap"):
+        return False
+    probe = ["bwrap", "--ro-bind", "/", "/", "--unshare-pid", "--", "true"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
+
+
+def _feed(pipe: Any, stdin: Callable[[], bytes]) -> None:
+    try:
+        while data := stdin():
+            pipe.write(data)
+            pipe.flush()
+        pipe.close()
+    except OSError:
+        pass  # the command ended first
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    text = _read_text(path)
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return None
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return None

@@ -1,0 +1,29 @@
+"""Pick the node's runtime from its settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from swarm import docker_engine
+from swarm.errors import RuntimeFailure
+from swarm.runtime.base import Runtime
+from swarm.runtime.docker import DockerRuntime
+from swarm.runtime.process import ProcessRuntime
+from swarm.settings import Settings
+
+CONNECT_TIMEOUT = 10  # seconds for the engine's ping
+
+
+def open_runtime(settings: Settings, say: Callable[[str], None]) -> Runtime:
+    """`docker` or `process` as configured; `auto` is docker when an engine answers."""
+    if settings.runtime != "process":
+        client = docker_engine.connect(CONNECT_TIMEOUT)
+        if client is not None:
+            return DockerRuntime(client, settings.name, settings.build.stack_image)
+        if settings.runtime == "docker":
+            raise RuntimeFailure("runtime is 'docker' but no Docker engine answers")
+        say("No Docker engine answers: apps run as plain processes")
+    runtime = ProcessRuntime(settings.run_dir, settings.name, hidden=(settings.home,))
+    if runtime.bwrap is None:
+        say("bubblewrap (bwrap) is missing or cannot sandbox here: apps run unsandboxed")
+    return runtime

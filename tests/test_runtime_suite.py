@@ -1,0 +1,366 @@
+"""One suite every runtime must pass: docker and process, same tests.
+
+A test needing Docker skips when no engine answers, unless PC_REQUIRE_DOCKER=1
+(then it fails): CI on a Docker host must not go green by skipping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from swarm.runtime.base import LABEL_APP, LABEL_NODE, InstanceSpec, InstanceStatus, Runtime
+from swarm.runtime.process import ProcessRuntime
+
+STACK_IMAGE = "peoplescloud/stack:bookworm"
+
+APP = """
+import http.server, json, os, signal, sys, time
+
+def bye(*_):
+    print("got SIGTERM", flush=True)
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, bye)
+env = {k: v for k, v in os.environ.items() if k.startswith("PC_") or k in ("PORT", "GREETING")}
+print("env " + json.dumps(env, sort_keys=True), flush=True)
+print("to stderr", file=sys.stderr, flush=True)
+mode = sys.argv[1]
+if mode == "crash":
+    sys.exit(3)
+if mode == "chatty":
+    for i in range(5):
+        print(f"line {i}", flush=True)
+        time.sleep(0.2)
+    sys.exit(0)
+if mode == "web":
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = ("hello from " + os.environ["PC_PROCESS"]).encode()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+    http.server.HTTPServer(("0.0.0.0", int(os.environ["PORT"])), Hello).serve_forever()
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.fixture(params=["process", "plain", pytest.param("docker", marks=pytest.mark.docker)])
+def make_runtime(request, tmp_path) -> Iterator[Callable[[str], Runtime]]:
+    """A factory of runtimes of one kind, one per node name; cleans up after.
+    "plain": the process runtime where bubblewrap is missing."""
+    made: list[Runtime] = []
+
+    def make(node: str) -> Runtime:
+        if request.param in ("process", "plain"):
+            runtime: Runtime = ProcessRuntime(tmp_path / node / "run", node)
+            if request.param == "plain":
+                runtime.bwrap = None
+        else:
+            from swarm.runtime.docker import DockerRuntime
+
+            runtime = DockerRuntime(_docker_client(), node, STACK_IMAGE)
+        made.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in made:
+        for s in runtime.status():
+            runtime.stop(s.app, s.process, timeout=1)
+
+
+def _docker_client():
+    from swarm.docker_engine import connect
+
+    client = connect(30)
+    if client is None or not client.images.list(name=STACK_IMAGE):
+        why = "no Docker engine answers" if client is None else f"no image {STACK_IMAGE}"
+        if os.environ.get("PC_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"PC_REQUIRE_DOCKER=1 but {why}")
+        pytest.skip(why)
+    return client
+
+
+@pytest.fixture
+def slug(tmp_path) -> Path:
+    """A tiny built app: one python script, readable by the containers' user."""
+    d = tmp_path / "slug"
+    d.mkdir()
+    (d / "app.py").write_text(textwrap.dedent(APP))
+    for p in (d, d / "app.py"):
+        p.chmod(0o755)
+    return d
+
+
+def node_name() -> str:
+    return "t" + uuid.uuid4().hex[:8]  # unique, so parallel runs on one engine never meet
+
+
+def spec_for(runtime: Runtime, slug: Path, node: str, mode: str, **kw) -> InstanceSpec:
+    python = "/usr/bin/python3" if runtime.name == "docker" else "python3"
+    ptype = "web" if mode == "web" else "bot"
+    values = dict(
+        app="demo",
+        process=f"{ptype}.1",
+        release="v1",
+        command=f"{python} -u app.py {mode}",
+        slug=slug,
+        node=node,
+        env={"GREETING": "hi", "PC_APP": "not-the-user's"},
+        memory_mb=128,
+        web=mode == "web",
+    )
+    return InstanceSpec(**{**values, **kw})
+
+
+def wait_for(check: Callable[[], object], what: str, timeout: float = 30) -> object:
+    """Poll until `check()` is truthy (a deadline only against hanging forever)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def one(runtime: Runtime, app: str, process: str) -> InstanceStatus | None:
+    found = [s for s in runtime.status() if (s.app, s.process) == (app, process)]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+def texts(runtime: Runtime, app: str, process: str) -> list[str]:
+    return [line.text for line in runtime.logs(app, process, follow=False, cursor=None)]
+
+
+def test_start_runs_with_the_instance_environment(make_runtime, slug):
+    node = node_name()
+    runtime = make_runtime(node)
+    spec = spec_for(runtime, slug, node, "idle")
+    started = runtime.start(spec)
+    assert (started.app, started.process, started.release) == ("demo", "bot.1", "v1")
+    assert started.running and started.exit_code is None and started.started_at.endswith("Z")
+    lines = wait_for(
+        lambda: [t for t in texts(runtime, "demo", "bot.1") if t.startswith("env ")], "env"
+    )
+    env = json.loads(lines[0][4:])
+    assert env == {
+        "GREETING": "hi",
+        "PC_APP": "demo",
+        "PC_NODE": node,
+        "PC_PROCESS": "bot.1",
+        "PC_RELEASE": "v1",
+    }
+    wait_for(lambda: "to stderr" in texts(runtime, "demo", "bot.1"), "stderr in the log")
+    status = one(runtime, "demo", "bot.1")
+    assert status is not None and status.running and status.address is None
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("make_runtime", ["docker"], indirect=True)
+def test_docker_containers_carry_the_labels(make_runtime, slug):
+    node = node_name()
+    runtime = make_runtime(node)
+    runtime.start(spec_for(runtime, slug, node, "idle"))
+    (container,) = _docker_client().containers.list(filters={"label": f"{LABEL_NODE}={node}"})
+    assert container.name == f"pc-{node}-demo-bot.1"
+    assert container.labels[LABEL_APP] == "demo"
+    assert container.labels["peoplescloud.release"] == "v1"
+    assert container.attrs["Config"]["User"] == "10001:10001"
+    assert container.attrs["HostConfig"]["Memory"] == 128 * 1024 * 1024
+
+
+def test_web_instance_answers_at_its_address(make_runtime, slug):
+    node = node_name()
+    runtime = make_runtime(node)
+    runtime.start(spec_for(runtime, slug, node, "web"))
+    status = one(runtime, "demo", "web.1")
+    assert status is not None and status.address and status.address.startswith("127.0.0.1:")
+
+    def get() -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://{status.address}/", timeout=2) as r:
+                return r.read().decode()
+        except OSError:
+            return None
+
+    assert wait_for(get, "the web instance") == "hello from web.1"
+
+
+def test_stop_sends_sigterm_and_forgets(make_runtime, slug):
+    node = node_name()
+    runtime = make_runtime(node)
+    runtime.start(spec_for(runtime, slug, node, "idle"))
+    seen: list[str] = []
+
+    def follow() -> None:
+        for line in runtime.logs("demo", "bot.1", follow=True, cursor=None):
+            seen.append(line.text)
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    wait_for(lambda: any(t.startswith("env ") for t in seen), "the app to start")
+    runtime.stop("demo", "bot.1", timeout=10)
+    assert one(runtime, "demo", "bot.1") is None
+    follower.join(30)
+    assert not follower.is_alive()  # a follow ends when its instance is gone
+    assert seen[-1] == "got SIGTERM"  # the app itself got SIGTERM, not only its shell
+    runtime.stop("demo", "bot.1")  # absent: no error
+
+
+def test_crash_shows_the_exit_code_and_start_replaces_it(make_runtime, slug):
+    node = node_name()
+    runtime = make_runtime(node)
+    runtime.start(spec_for(runtime, slug, node, "crash"))
+    status = wait_for(
+        lambda: (s := one(runtime, "demo", "bot.1")) and not s.running and s, "the crash"
+    )
+    assert status.exit_code == 3
+    restarted = runtime.start(spec_for(runtime, slug, node, "idle", release="v2"))
+    assert restarted.running and restarted.release == "v2"
+    assert [s.release for s in runtime.status()] == ["v2"]
+
+
+def test_a_new_runtime_object_readopts_running_instances(make_runtime, slug):
+    node = node_name()
+    first = make_runtime(node)
+    started = first.start(spec_for(first, slug, node, "web"))
+    again = make_runtime(node)  # a daemon restart
+    status = one(again, "demo", "web.1")
+    assert status is not None and status.running
+    assert (status.release, status.address, status.detail) == (
+        started.release,
+        started.address,
+        started.detail,
+    )
+    again.stop("demo", "web.1", timeout=5)
+    assert one(again, "demo", "web.1") is None and one(first, "demo", "web.1") is None
+
+
+def test_logs_resume_after_a_cursor_and_follow_to_the_end(make_runtime, slug):
+    node = node_name()
+    runtime = make_runtime(node)
+    runtime.start(spec_for(runtime, slug, node, "chatty"))
+    followed = list(runtime.logs("demo", "bot.1", follow=True, cursor=None))
+    texts_seen = [line.text for line in followed]
+    assert [t for t in texts_seen if t.startswith("line ")] == [f"line {i}" for i in range(5)]
+    assert all(line.timestamp.endswith("Z") and len(line.timestamp) == 20 for line in followed)
+    status = one(runtime, "demo", "bot.1")
+    assert status is not None and not status.running and status.exit_code == 0
+    # Resuming after any line gives exactly the lines after it.
+    for i, line in enumerate(followed):
+        rest = runtime.logs("demo", "bot.1", follow=False, cursor=line.cursor)
+        assert [x.text for x in rest] == texts_seen[i + 1 :]
+
+
+def test_run_passes_output_stdin_and_exit_code(make_runtime, slug):
+    node = node_name()
+    runtime = make_runtime(node)
+    spec = spec_for(runtime, slug, node, "idle")
+    (slug / "echo.py").write_text(
+        "import os, sys\n"
+        "print('app', os.environ['PC_APP'], 'stdin', sys.stdin.read().strip())\n"
+        "sys.exit(7)\n"
+    )
+    (slug / "echo.py").chmod(0o644)
+    python = "/usr/bin/python3" if runtime.name == "docker" else "python3"
+    out: list[bytes] = []
+    chunks = iter([b"hello ", b"there", b""])
+    code = runtime.run(spec, [python, "echo.py"], out.append, stdin=lambda: next(chunks))
+    assert code == 7
+    assert b"".join(out).decode().strip() == "app demo stdin hello there"
+    out.clear()
+    assert runtime.run(spec, ["sh", "-c", "echo no input; exit 0"], out.append) == 0
+    assert b"".join(out) == b"no input\n"
+    assert runtime.status() == []  # a one-off is not an instance
+
+
+def test_nodes_do_not_see_each_other(make_runtime, slug):
+    a, b = node_name(), node_name()
+    runtime_a, runtime_b = make_runtime(a), make_runtime(b)
+    runtime_a.start(spec_for(runtime_a, slug, a, "idle"))
+    runtime_b.start(spec_for(runtime_b, slug, b, "idle"))
+    assert [s.process for s in runtime_a.status()] == ["bot.1"]
+    runtime_b.stop("demo", "bot.1", timeout=5)
+    assert runtime_b.status() == []
+    status = one(runtime_a, "demo", "bot.1")
+    assert status is not None and status.running
+
+
+def test_the_app_cannot_write_its_slug_or_read_the_nodes_files(make_runtime, slug, tmp_path):
+    node = node_name()
+    runtime = make_runtime(node)
+    if isinstance(runtime, ProcessRuntime) and runtime.bwrap is None:
+        pytest.skip("no working bubblewrap: plain processes are not sandboxed")
+    spec = spec_for(runtime, slug, node, "idle")
+    slug.chmod(0o777)  # only the read-only mount can refuse now, not the permissions
+    out: list[bytes] = []
+    assert runtime.run(spec, ["sh", "-c", "touch new-file"], out.append) != 0
+    assert b"Read-only file system" in b"".join(out)
+    if isinstance(runtime, ProcessRuntime):
+        runtime.start(spec)  # its run dir now holds a log and a handle
+        check = f"ls -A {runtime.run_dir} | wc -l"
+        out.clear()
+        assert runtime.run(spec, ["sh", "-c", check], out.append) == 0
+        assert b"".join(out).strip() == b"0"
+
+
+@pytest.mark.parametrize("engine", [None, "a client"])
+@pytest.mark.parametrize("wanted", ["auto", "docker", "process"])
+def test_open_runtime_picks_by_settings_and_engine(monkeypatch, tmp_path, wanted, engine):
+    from swarm.errors import RuntimeFailure
+    from swarm.runtime import select
+    from swarm.settings import Settings
+
+    monkeypatch.setattr(select.docker_engine, "connect", lambda timeout: engine)
+    settings = Settings(name="n1", home=tmp_path, runtime=wanted)
+    said: list[str] = []
+    if wanted == "docker" and engine is None:
+        with pytest.raises(RuntimeFailure):
+            select.open_runtime(settings, said.append)
+        return
+    runtime = select.open_runtime(settings, said.append)
+    expected = "docker" if engine and wanted != "process" else "process"
+    assert runtime.name == expected
+    assert any("No Docker engine" in m for m in said) == (wanted == "auto" and engine is None)
+    if expected == "process":
+        assert runtime.run_dir == settings.run_dir and runtime.node == "n1"
+
+
+def test_process_instances_outlive_the_daemon_that_started_them(tmp_path, slug):
+    """The daemon that started them exits: a new one still sees them, learns the exit
+    code of one that crashed and can stop one that runs (none is its child)."""
+    run_dir = tmp_path / "run"
+    starter = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from swarm.runtime.base import InstanceSpec
+        from swarm.runtime.process import ProcessRuntime
+        runtime = ProcessRuntime(Path({str(run_dir)!r}), "n1")
+        for process, mode in (("bot.1", "idle"), ("bot.2", "crash")):
+            runtime.start(InstanceSpec("demo", process, "v1", f"python3 -u app.py {{mode}}",
+                                       Path({str(slug)!r}), "n1"))
+    """)
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", starter], cwd=root, check=True, timeout=60)
+    runtime = ProcessRuntime(run_dir, "n1")
+    crashed = wait_for(lambda: (s := one(runtime, "demo", "bot.2")) and not s.running and s, "exit")
+    assert crashed.exit_code == 3
+    running = one(runtime, "demo", "bot.1")
+    assert running is not None and running.running
+    runtime.stop("demo", "bot.1", timeout=10)
+    assert [s.process for s in runtime.status()] == ["bot.2"]
+    runtime.stop("demo", "bot.2")
+    assert runtime.status() == []
