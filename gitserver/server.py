@@ -1,0 +1,186 @@
+"""The SSH front door: authenticate a public key, then hand the session's command
+to git (`git-receive-pack` / `git-upload-pack`) or to the command table.
+
+Nothing here reaches a shell: the command is split with shlex and dispatched.
+Blocking work (dulwich, the node's methods) runs in worker threads; `ChannelIO`
+gives those threads blocking reads and writes on the asyncssh channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shlex
+from pathlib import Path
+
+import asyncssh
+
+from gitserver import commands, git
+from gitserver.service import NodeService
+
+log = logging.getLogger(__name__)
+
+SHELL_MESSAGE = "This server runs commands, not shells: try `ssh ... help`.\n"
+
+
+class ChannelIO:
+    """One SSH session's stdin/stdout/stderr, usable from the event loop (`read`,
+    `write`, `write_stderr`, `wait_closed`) and from worker threads (`read_blocking`,
+    `write_blocking`), which is how dulwich and one-off processes talk to the client."""
+
+    def __init__(self, process: asyncssh.SSHServerProcess, loop: asyncio.AbstractEventLoop):
+        self._process = process
+        self._loop = loop
+
+    # --- on the event loop ------------------------------------------------------
+    async def read(self, n: int) -> bytes:
+        """Up to `n` bytes of stdin; b"" at EOF or when the client is gone."""
+        try:
+            return await self._process.stdin.read(n)
+        except (asyncssh.Error, OSError):
+            return b""
+
+    def write(self, data: bytes) -> None:
+        self._process.stdout.write(data)
+
+    def write_stderr(self, data: bytes) -> None:
+        self._process.stderr.write(data)
+
+    async def wait_closed(self) -> None:
+        await self._process.wait_closed()
+
+    # --- from a worker thread -----------------------------------------------------
+    def read_blocking(self, n: int) -> bytes:
+        """Exactly `n` bytes, fewer only at EOF: dulwich's `read(n)` contract."""
+        return self._call(self._readexactly(n))
+
+    def write_blocking(self, data: bytes) -> None:
+        """Write and wait for the channel to take it (backpressure for big packs)."""
+        self._call(self._write_drain(data))
+
+    def _call(self, coro):  # noqa: ANN001, ANN202 - a coroutine and its result
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _readexactly(self, n: int) -> bytes:
+        try:
+            return await self._process.stdin.readexactly(n)
+        except asyncio.IncompleteReadError as e:
+            return e.partial
+
+    async def _write_drain(self, data: bytes) -> None:
+        self._process.stdout.write(data)
+        await self._process.stdout.drain()
+
+
+class _Server(asyncssh.SSHServer):
+    """Public-key authentication only; the key names the user (the SSH user name
+    is ignored). Every other hook keeps asyncssh's refusing default."""
+
+    def __init__(self, service: NodeService):
+        self._service = service
+        self._conn: asyncssh.SSHServerConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+
+    def begin_auth(self, username: str) -> bool:
+        return True  # authentication is always required
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        openssh = key.export_public_key().decode().strip()
+        user = await asyncio.to_thread(self._service.user_for_key, openssh)
+        if user is None:
+            log.info("refused key %s", key.get_fingerprint())
+            return False
+        assert self._conn is not None
+        self._conn.set_extra_info(pc_user=user)
+        return True
+
+
+def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
+    """The node's ed25519 host key, generated (mode 0600) on first start."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.export_private_key())
+        return key
+    return asyncssh.read_private_key(path)
+
+
+async def start_server(
+    service: NodeService,
+    host: str,
+    port: int,
+    host_key_path: Path,
+    max_push_bytes: int = 200 * 1024 * 1024,
+) -> asyncssh.SSHAcceptor:
+    """Listen for SSH on host:port (port 0 picks a free one: see
+    `acceptor.sockets[0].getsockname()`)."""
+    host_key = await asyncio.to_thread(load_or_create_host_key, host_key_path)
+
+    async def handle(process: asyncssh.SSHServerProcess) -> None:
+        user = process.get_extra_info("pc_user")
+        io = ChannelIO(process, asyncio.get_running_loop())
+        try:
+            status = await _dispatch(service, user, process.command, io, max_push_bytes)
+        except ConnectionError:  # BrokenPipeError included: the client left
+            log.info("%s left while running %r", user, process.command)
+            return
+        except Exception:
+            log.exception("session of %s running %r failed", user, process.command)
+            with contextlib.suppress(OSError, asyncssh.Error):
+                io.write_stderr(b" !     internal error; the node's log says more\n")
+            status = 1
+        process.exit(status)
+
+    return await asyncssh.create_server(
+        lambda: _Server(service),
+        host,
+        port,
+        server_host_keys=[host_key],
+        process_factory=handle,
+        encoding=None,
+        allow_pty=False,
+        agent_forwarding=False,
+        x11_forwarding=False,
+        line_editor=False,
+    )
+
+
+async def _dispatch(
+    service: NodeService, user: str, command: str | None, io: ChannelIO, max_push_bytes: int
+) -> int:
+    """Run one session's command; return its exit status."""
+    if not command or not command.strip():
+        io.write_stderr(SHELL_MESSAGE.encode())
+        return 1
+    try:
+        argv = shlex.split(command)
+    except ValueError as e:
+        io.write_stderr(f" !     cannot split the command: {e}\n".encode())
+        return 2
+    if argv[0] in git.GIT_COMMANDS and len(argv) == 2:
+        return await commands.in_thread(
+            git.serve,
+            service,
+            user,
+            argv[0],
+            argv[1],
+            io.read_blocking,
+            io.write_blocking,
+            max_push_bytes,
+        )
+    return await commands.dispatch(service, user, argv, io)

@@ -1,0 +1,298 @@
+"""The SSH command table with a fake node: parsing, --help, exit codes, formats."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from gitserver.commands import COMMANDS, dispatch, parse_assignments
+from gitserver.service import AppRow, PsRow, ReleaseRow
+from swarm.errors import Forbidden, NotFound, UsageError
+
+
+class FakeChannel:
+    """Collects stdout/stderr; stdin is given up front; `close()` is the client leaving."""
+
+    def __init__(self, stdin: bytes = b""):
+        self.stdout = b""
+        self.stderr = b""
+        self._stdin = stdin
+        self._closed = asyncio.Event()
+
+    async def read(self, n: int) -> bytes:
+        data, self._stdin = self._stdin[:n], self._stdin[n:]
+        return data
+
+    def write(self, data: bytes) -> None:
+        self.stdout += data
+
+    def write_stderr(self, data: bytes) -> None:
+        self.stderr += data
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+class FakeNode:
+    """Records every call as (method, args); answers with canned rows."""
+
+    node_name = "node1"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.vars = {"TOKEN": "abc=def", "MSG": "hi there"}
+        self.log_stopped = False
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        def record(*args: Any) -> None:
+            self.calls.append((name, args))
+
+        return record
+
+    def apps(self, user: str) -> list[AppRow]:
+        return [
+            AppRow("mybot", user, "v3", "running", "bot=1"),
+            AppRow("a-much-longer-name", user, "-", "not deployed", ""),
+        ]
+
+    def ps(self, user: str, app: str) -> list[PsRow]:
+        if app == "ghost":
+            raise NotFound("no app named 'ghost'")
+        if app == "theirs":
+            raise Forbidden("theirs belongs to bob")
+        return [
+            PsRow("bot.1", "v3", "node1", "up", "2026-11-23T21:00:00Z", "python bot.py"),
+            PsRow("web.1", "v3", "node2", "crashed", "2026-11-23T21:01:00Z", "gunicorn", "exit 1"),
+        ]
+
+    def config(self, user: str, app: str) -> dict[str, str]:
+        return dict(self.vars)
+
+    def releases(self, user: str, app: str) -> list[ReleaseRow]:
+        return [
+            ReleaseRow("v2", True, "Rollback to v1", "alice", "2026-11-23T21:02:00Z", "bafyslug2"),
+            ReleaseRow("v1", False, "Deploy 1a2b3c4", "alice", "2026-11-23T21:00:00Z", "bafyslug1"),
+        ]
+
+    def rollback(self, user: str, app: str, version: str) -> str:
+        self.calls.append(("rollback", (user, app, version)))
+        return "v9"
+
+    def run(
+        self,
+        user: str,
+        app: str,
+        argv: list[str],
+        output: Callable[[bytes], None],
+        stdin: Callable[[], bytes] | None,
+    ) -> int:
+        assert stdin is not None
+        received = b""
+        while chunk := stdin():
+            received += chunk
+        output(b"got " + received + b"\n")
+        return 42
+
+    async def logs(
+        self, user: str, app: str, lines: int, ptype: str | None, follow: bool
+    ) -> AsyncIterator[str]:
+        self.calls.append(("logs", (user, app, lines, ptype, follow)))
+        if app == "ghost":
+            raise NotFound("no app named 'ghost'")
+        try:
+            yield "line 1"
+            if follow:
+                yield "line 2"
+                await asyncio.Event().wait()  # no more lines, ever
+        finally:
+            self.log_stopped = True
+
+
+def call(command: str, node: FakeNode | None = None, stdin: bytes = b"") -> tuple[int, str, str]:
+    """Run one command line as the server would (shlex-split); (status, stdout, stderr)."""
+    node = node or FakeNode()
+    channel = FakeChannel(stdin)
+    status = asyncio.run(dispatch(node, "alice", shlex.split(command), channel))
+    return status, channel.stdout.decode(), channel.stderr.decode()
+
+
+def test_every_command_has_help():
+    for cmd in COMMANDS:
+        status, out, err = call(f"{cmd.name} --help")
+        assert status == 0 and err == ""
+        assert out == f"{cmd.name}: {cmd.summary}\nusage: {cmd.name} {cmd.args}".rstrip() + "\n"
+
+
+def test_help_lists_all_commands():
+    status, out, _ = call("help")
+    assert status == 0
+    for cmd in COMMANDS:
+        assert cmd.name in out and cmd.summary in out
+    assert "config:set APP 'MSG=\"hi there\"'" in out  # how to quote values with spaces
+
+
+@pytest.mark.parametrize(
+    ("command", "reason"),
+    [
+        ("logs", "missing APP"),
+        ("logs mybot -n", "-n needs a value"),
+        ("logs mybot -n lots", "-n needs a number"),
+        ("logs mybot --bogus", "unexpected option '--bogus'"),
+        ("ps", "missing APP"),
+        ("ps mybot extra", "unexpected argument 'extra'"),
+        ("ps:scale mybot", "missing TYPE=N"),
+        ("ps:scale mybot web", "'web' is not TYPE=N"),
+        ("ps:scale mybot web=-1", "web needs a number"),
+        ("config:get mybot", "missing KEY"),
+        ("config:set mybot", "missing KEY=VALUE"),
+        ("config:set mybot NOVALUE", "'NOVALUE' is not KEY=VALUE"),
+        ("config:set mybot =x", "'=x' is not KEY=VALUE"),
+        ("config:unset mybot", "missing KEY"),
+        ("rollback mybot 3", "'3' is not a release like v3"),
+        ("run mybot", "missing CMD"),
+        ("apps:destroy mybot", "repeat with --confirm mybot"),
+        ("apps:destroy mybot --confirm other", "repeat with --confirm mybot"),
+    ],
+)
+def test_wrong_arguments_say_why_and_show_usage(command: str, reason: str):
+    node = FakeNode()
+    status, out, err = call(command, node)
+    name = command.split()[0]
+    usage = next(c.usage for c in COMMANDS if c.name == name)
+    assert status == UsageError.exit_code == 2
+    assert out == ""
+    assert err.startswith(" !     ") and reason in err and usage in err
+    assert node.calls == []  # nothing was done
+
+
+def test_unknown_command_suggests_help_and_close_names():
+    status, _, err = call("frobnicate")
+    assert status == 2 and err.startswith(" !     unknown command 'frobnicate'") and "help" in err
+    status, _, err = call("config:sett mybot A=1")
+    assert status == 2 and "did you mean `config:set`?" in err
+    status, _, err = call("help frobnicate")
+    assert status == 2 and "unknown command" in err
+
+
+def test_service_errors_become_their_exit_codes():
+    status, out, err = call("ps ghost")
+    assert (status, out, err) == (NotFound.exit_code, "", " !     no app named 'ghost'\n")
+    status, _, err = call("ps theirs")
+    assert status == Forbidden.exit_code == 4 and err == " !     theirs belongs to bob\n"
+    status, _, err = call("logs ghost")
+    assert status == 3 and "no app named 'ghost'" in err
+    status, _, err = call("config:get mybot NOPE")
+    assert status == 3 and "mybot has no config var NOPE" in err
+
+
+def test_apps_is_an_aligned_table():
+    status, out, _ = call("apps")
+    lines = out.splitlines()
+    assert status == 0 and lines[0].split() == ["NAME", "OWNER", "RELEASE", "STATE", "SCALE"]
+    assert lines[1].split() == ["mybot", "alice", "v3", "running", "bot=1"]
+    assert lines[2].split() == ["a-much-longer-name", "alice", "-", "not", "deployed", "-"]
+    assert len({line.index(line.split()[1]) for line in lines}) == 1  # OWNER column lines up
+
+
+def test_ps_shows_states_and_why():
+    status, out, _ = call("ps mybot")
+    lines = out.splitlines()
+    assert status == 0 and lines[0].split()[:2] == ["PROCESS", "STATE"]
+    assert " up " in lines[1] and "python bot.py" in lines[1]
+    assert "crashed (exit 1)" in lines[2]
+
+
+def test_releases_mark_the_current_one():
+    status, out, _ = call("releases mybot")
+    lines = out.splitlines()
+    assert status == 0
+    assert lines[1].startswith("*") and "v2" in lines[1] and "Rollback to v1" in lines[1]
+    assert lines[2].startswith(" ") and "v1" in lines[2]
+
+
+def test_config_is_key_value_lines_and_get_prints_the_value():
+    assert call("config mybot")[1] == "MSG=hi there\nTOKEN=abc=def\n"
+    assert call("config:get mybot TOKEN")[1] == "abc=def\n"
+
+
+def test_config_set_splits_at_the_first_equals_sign():
+    node = FakeNode()
+    # What `ssh host config:set mybot 'MSG="hi there"' URL=a=b` sends to the server.
+    status, out, _ = call("""config:set mybot MSG="hi there" URL=a=b EMPTY=""", node)
+    assert status == 0 and out.startswith("-----> Setting MSG, URL, EMPTY on mybot")
+    assert node.calls == [
+        ("config_set", ("alice", "mybot", {"MSG": "hi there", "URL": "a=b", "EMPTY": ""}))
+    ]
+    assert parse_assignments(["A=1", "B=x=y"]) == {"A": "1", "B": "x=y"}
+
+
+def test_commands_pass_their_arguments():
+    node = FakeNode()
+    for command in [
+        "ps:scale mybot web=2 worker=0",
+        "ps:restart mybot",
+        "ps:restart mybot web",
+        "ps:stop mybot",
+        "ps:start mybot",
+        "config:unset mybot A B",
+        "apps:destroy mybot --confirm mybot",
+    ]:
+        assert call(command, node)[0] == 0, command
+    assert node.calls == [
+        ("scale", ("alice", "mybot", {"web": 2, "worker": 0})),
+        ("restart", ("alice", "mybot", None)),
+        ("restart", ("alice", "mybot", "web")),
+        ("stop", ("alice", "mybot")),
+        ("start", ("alice", "mybot")),
+        ("config_unset", ("alice", "mybot", ["A", "B"])),
+        ("destroy", ("alice", "mybot")),
+    ]
+
+
+def test_rollback_prints_the_new_release():
+    node = FakeNode()
+    status, out, _ = call("rollback mybot v1", node)
+    assert status == 0 and "-----> Release v9 running" in out
+    assert node.calls == [("rollback", ("alice", "mybot", "v1"))]
+
+
+def test_run_streams_output_forwards_stdin_and_passes_the_exit_code():
+    status, out, _ = call("run mybot python -c 'print(1)' --help", stdin=b"input")
+    assert status == 42 and out == "got input\n"
+
+
+def test_logs_options():
+    node = FakeNode()
+    status, out, _ = call("logs mybot -n 5 --ps web", node)
+    assert status == 0 and out == "line 1\n"
+    assert node.calls == [("logs", ("alice", "mybot", 5, "web", False))]
+    assert call("logs mybot", node)[0] == 0
+    assert node.calls[-1] == ("logs", ("alice", "mybot", 100, None, False))
+
+
+def test_logs_follow_stops_when_the_client_leaves():
+    node = FakeNode()
+    channel = FakeChannel()
+
+    async def scenario() -> int:
+        task = asyncio.ensure_future(dispatch(node, "alice", ["logs", "mybot", "-f"], channel))
+        while b"line 2" not in channel.stdout:  # the follower is now waiting for more
+            await asyncio.sleep(0.01)
+        channel.close()
+        return await asyncio.wait_for(task, 30)
+
+    assert asyncio.run(scenario()) == 0
+    assert channel.stdout == b"line 1\nline 2\n"
+    assert node.log_stopped  # the log stream was closed, not left hanging
+
+
+def test_version_names_the_node():
+    status, out, _ = call("version")
+    assert status == 0 and out.startswith("peoplescloud ") and "node1" in out
