@@ -62,7 +62,7 @@ class LogBus:
         """Record something the node did to `app` ("starting web.1 (v3)")."""
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         with self._lock:
-            self._append(app, f"{stamp} {app}[{EVENT_SOURCE}]: {text}")
+            self._append(app, f"{stamp} app[{EVENT_SOURCE}]: {text}")
 
     def watch(self, app: str, process: str) -> None:
         """Make sure a pump follows this instance (no-op when one already does)."""
@@ -137,7 +137,7 @@ class LogBus:
                 with self._lock:
                     if self._closed or self._pumps.get(key) is not me:
                         return
-                    self._append(app, f"{line.timestamp} {app}[{process}]: {line.text}")
+                    self._append(app, f"{line.timestamp} app[{process}]: {line.text}")
                     self._app_cursors(app)[process] = line.cursor
                     if time.monotonic() - last_save >= SAVE_EVERY:
                         self._save(app)

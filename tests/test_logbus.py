@@ -81,12 +81,12 @@ def test_pump_appends_instance_lines_and_events_then_ends(bus, runtime):
     bus.watch("demo", "bot.1")
     wait_for(lambda: len(bus.tail("demo", 10)) == 3, "three lines")
     lines = bus.tail("demo", 10)
-    assert lines[0].endswith(" demo[pc]: starting web.1 (v1)")
+    assert lines[0].endswith(" app[pc]: starting web.1 (v1)")
     assert sorted(lines[1:]) == [
-        "2026-11-23T21:00:03Z demo[bot.1]: logged in",
-        "2026-11-23T21:00:03Z demo[web.1]: listening",
+        "2026-11-23T21:00:03Z app[bot.1]: logged in",
+        "2026-11-23T21:00:03Z app[web.1]: listening",
     ]
-    assert bus.tail("demo", 10, ptype="web") == ["2026-11-23T21:00:03Z demo[web.1]: listening"]
+    assert bus.tail("demo", 10, ptype="web") == ["2026-11-23T21:00:03Z app[web.1]: listening"]
     assert bus.tail("demo", 10, ptype="pc") == lines[:1]
     assert bus.tail("demo", 1) == lines[-1:]
     assert bus.tail("other", 5) == []
@@ -112,7 +112,7 @@ def test_follow_sees_new_lines_of_its_type(bus, runtime):
         return got
 
     web_line, any_line = asyncio.run(scenario())
-    assert web_line == "2026-11-23T21:00:03Z demo[web.1]: for web"
+    assert web_line == "2026-11-23T21:00:03Z app[web.1]: for web"
     assert any_line.endswith("]: not for web") or any_line.endswith("]: for web")
     assert not bus._followers["demo"]  # closed followers unregister
 
@@ -161,7 +161,7 @@ def test_a_slow_follower_skips_lines_and_never_blocks_a_pump(bus, runtime):
     *read, notice, last = got
     assert [line.split("]: ", 1)[1] for line in read] == [f"n{i}" for i in range(len(read))]
     assert notice == f"... {total - len(read)} lines skipped"
-    assert last.endswith("demo[bot.1]: last")
+    assert last.endswith("app[bot.1]: last")
 
 
 def test_restart_resumes_from_the_saved_cursor_without_duplicates(tmp_path, runtime):
@@ -198,6 +198,6 @@ def test_forget_deletes_the_apps_logs_and_ends_its_followers(bus, runtime):
         return [first, await asyncio.wait_for(anext(follower, "ended"), 10)]
 
     first, after = asyncio.run(scenario())
-    assert first.endswith("demo[pc]: destroying") and after == "ended"
+    assert first.endswith("app[pc]: destroying") and after == "ended"
     assert bus.tail("demo", 10) == []
     assert list(bus.logs_dir.iterdir()) == []
