@@ -93,11 +93,8 @@ def cmd_daemon(args: argparse.Namespace) -> None:
     from swarm.daemon import serve  # the daemon's imports are heavy; other commands skip them
 
     s = config.load(Path(args.home) if args.home else None)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=LOG_FORMAT)
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)  # eight INFO lines per session
     asyncio.run(serve(s))
 
 
