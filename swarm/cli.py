@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncssh
 
+from gitserver.server import load_or_create_host_key
 from swarm import settings as config
 from swarm.errors import ConfigError, PCError
 from swarm.state import State, User, normalize_key
@@ -74,9 +75,7 @@ def cmd_init(args: argparse.Namespace) -> None:
     )
     home.mkdir(parents=True, exist_ok=True)
     s.config_file.write_text(config.to_toml(s))
-    host_key = asyncssh.generate_private_key("ssh-ed25519")
-    host_key.write_private_key(str(s.host_key))
-    s.host_key.chmod(0o600)
+    load_or_create_host_key(s.host_key)
     with State(s.state_file).change() as snap:
         snap.users[args.admin_name] = User(name=args.admin_name, keys=[admin_key], admin=True)
     say(f"-----> Node {s.name} created in {home}")
