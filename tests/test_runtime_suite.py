@@ -299,6 +299,9 @@ def test_nodes_do_not_see_each_other(make_runtime, slug):
     assert status is not None and status.running
 
 
+@pytest.mark.parametrize(  # "plain" is left out: it is the unsandboxed fallback
+    "make_runtime", ["process", pytest.param("docker", marks=pytest.mark.docker)], indirect=True
+)
 def test_the_app_cannot_write_its_slug_or_read_the_nodes_files(make_runtime, slug, tmp_path):
     node = node_name()
     runtime = make_runtime(node)
