@@ -65,10 +65,12 @@ class DockerExecutor:
         return self._python
 
     def run(self, argv: Sequence[str], app: Path, cache: Path, say: Say) -> None:
-        volumes = {
-            str(app.resolve()): {"bind": "/app", "mode": "rw"},
-            str(cache.resolve()): {"bind": "/cache", "mode": "rw"},
-        }
+        # Only the download caches: the built dependencies in cache/deps are hard-linked
+        # into other apps' slugs, so no app's install scripts may write there.
+        volumes = {str(app.resolve()): {"bind": "/app", "mode": "rw"}}
+        for name in ("pip", "npm"):
+            (cache / name).mkdir(parents=True, exist_ok=True)
+            volumes[str((cache / name).resolve())] = {"bind": f"/cache/{name}", "mode": "rw"}
 
         def show(line: str) -> None:
             if line.strip():
@@ -103,6 +105,10 @@ class DockerExecutor:
                 mem_limit=f"{self.memory_mb}m",
                 memswap_limit=f"{self.memory_mb}m",
                 network_mode=self.network,
+                # Install scripts are the pusher's code: no capabilities, no setuid, bounded.
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                pids_limit=512,
             )
         except docker.errors.ImageNotFound:
             raise BuildError(f"the stack image {self.stack} is not on this node") from None
