@@ -10,6 +10,7 @@ will put the same changes through consensus; callers do not change.
 from __future__ import annotations
 
 import copy
+import fcntl
 import json
 import os
 import threading
@@ -114,23 +115,43 @@ def _from_dict(data: dict) -> Snapshot:
 
 
 class State:
-    """The durable desired state of one node."""
+    """The durable desired state of one node.
+
+    Several processes may share the file (the daemon and `pc user add`): every
+    change holds an flock on `<file>.lock` and starts from the newest file, and
+    reads pick up a file another process replaced.
+    """
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._lock = threading.RLock()
-        self._snap = _from_dict(json.loads(path.read_text())) if path.exists() else Snapshot()
+        self._snap = Snapshot()
+        self._seen: tuple[int, int] | None = None  # (inode, mtime_ns) of the file loaded
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Reload when another process replaced the file (a stat, not a read, when it didn't)."""
+        try:
+            st = os.stat(self._path)
+        except FileNotFoundError:
+            return
+        if (st.st_ino, st.st_mtime_ns) != self._seen:
+            self._snap = _from_dict(json.loads(self._path.read_text()))
+            self._seen = (st.st_ino, st.st_mtime_ns)
 
     def read(self) -> Snapshot:
         """A copy: readers can never change state behind `change()`'s back."""
         with self._lock:
+            self._refresh()
             return copy.deepcopy(self._snap)
 
     @contextmanager
     def change(self) -> Iterator[Snapshot]:
         """Edit a copy; on a clean exit it becomes the state, durably.
         An exception inside the block changes nothing."""
-        with self._lock:
+        with self._lock, open(self._path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._refresh()
             draft = copy.deepcopy(self._snap)
             yield draft
             self._write(draft)
@@ -143,3 +164,5 @@ class State:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._path)
+        st = os.stat(self._path)
+        self._seen = (st.st_ino, st.st_mtime_ns)

@@ -35,3 +35,17 @@ def test_unknown_app_and_release(tmp_path: Path):
         snap.app("nope")
     with pytest.raises(NotFound, match="no release yet"):
         App(name="mybot", owner="ann", created="now").release()
+
+
+def test_two_processes_sharing_the_file_lose_nothing(tmp_path: Path):
+    """The daemon's State and `pc user add`'s State on one file (review finding)."""
+    daemon, cli = State(tmp_path / "state.json"), State(tmp_path / "state.json")
+    with daemon.change() as s:
+        s.apps["mybot"] = App(name="mybot", owner="ann", created="now")
+    with cli.change() as s:
+        s.users["bob"] = User(name="bob", keys=["ssh-ed25519 BBBB"])
+    assert daemon.read().user_for_key("ssh-ed25519 BBBB") == "bob"
+    with daemon.change() as s:
+        s.apps["mybot"].config["X"] = "1"
+    final = State(tmp_path / "state.json").read()
+    assert "bob" in final.users and final.apps["mybot"].config == {"X": "1"}
