@@ -175,7 +175,7 @@ def test_docker_containers_carry_the_labels(make_runtime, slug):
     runtime = make_runtime(node)
     runtime.start(spec_for(runtime, slug, node, "idle"))
     (container,) = _docker_client().containers.list(filters={"label": f"{LABEL_NODE}={node}"})
-    assert container.name == f"pc-{node}-demo-bot.1"
+    assert container.name == f"pc_{node}_demo_bot.1"
     assert container.labels[LABEL_APP] == "demo"
     assert container.labels["peoplescloud.release"] == "v1"
     assert container.attrs["Config"]["User"] == "10001:10001"

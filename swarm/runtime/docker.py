@@ -60,7 +60,9 @@ class DockerRuntime:
         self.image = image
 
     def container_name(self, app: str, process: str) -> str:
-        return f"pc-{self.node}-{app}-{process}"
+        # '_' cannot appear in node or app names, so "my" + "bot-x.1" and
+        # "my-bot" + "x.1" can never share a name.
+        return f"pc_{self.node}_{app}_{process}"
 
     def start(self, spec: InstanceSpec) -> InstanceStatus:
         old = self._get(spec.app, spec.process)
@@ -130,7 +132,7 @@ class DockerRuntime:
             container = self.client.containers.create(
                 self.image,
                 argv,
-                name=f"pc-{self.node}-{spec.app}-run-{uuid.uuid4().hex[:8]}",
+                name=f"pc_{self.node}_{spec.app}_run-{uuid.uuid4().hex[:8]}",
                 environment={**spec.environment(None), "PATH": PATH},
                 labels={**spec.labels(), LABEL_ONEOFF: "1"},
                 stdin_open=stdin is not None,
@@ -174,7 +176,9 @@ class DockerRuntime:
             container = self.client.containers.get(self.container_name(app, process))
         except docker.errors.NotFound:
             return None
-        return container if container.labels.get(LABEL_NODE) == self.node else None
+        labels = container.labels
+        mine = (labels.get(LABEL_NODE), labels.get(LABEL_APP), labels.get(LABEL_PROCESS))
+        return container if mine == (self.node, app, process) else None
 
     def _running(self, container: Any) -> bool:
         try:
