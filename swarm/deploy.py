@@ -55,6 +55,10 @@ class Deployer:
             with self._busy_lock:
                 self._busy.discard(app)
 
+    def busy(self, app: str) -> bool:
+        with self._busy_lock:
+            return app in self._busy
+
     def _deploy(
         self, user: str, app: str, repo: Path, commit: str, say: Callable[[str], None]
     ) -> str:
@@ -75,12 +79,11 @@ class Deployer:
             shutil.rmtree(work, ignore_errors=True)
         release = self._record(app, user, commit, cid, result)
         self.logbus.event(app, f"release {release.name} by {user}: {release.description}")
-        return self.wait_running(app, release.name, say)
+        return self.activate(app, release.version, say)
 
     def _record(
         self, app: str, user: str, commit: str, cid: str, result: builder.BuildResult
     ) -> Release:
-        unpin: list[str] = []
         with self.state.change() as snap:
             a = snap.app(app)
             release = Release(
@@ -95,14 +98,39 @@ class Deployer:
                 description=f"Deploy {commit[:7]}",
             )
             a.releases.append(release)
-            a.current = release.version
+            dropped = {r.slug for r in a.releases[:-KEEP_RELEASES]}
+        self.unpin_unused(dropped)
+        return release
+
+    def unpin_unused(self, cids: set[str]) -> None:
+        """Unpin the slugs that no app's kept releases use (apps may share a slug)."""
+        in_use = {
+            r.slug for a in self.state.read().apps.values() for r in a.releases[-KEEP_RELEASES:]
+        }
+        for cid in cids - in_use:
+            self.store.unpin(cid)
+
+    def activate(self, app: str, version: int, say: Callable[[str], None]) -> str:
+        """Make `version` the running release and wait until it runs. If it does not
+        start, the release that ran before runs again: a bad push changes nothing."""
+        with self.state.change() as snap:
+            a = snap.app(app)
+            previous, previous_scale = a.current, dict(a.scale)
+            release = a.release(version)
+            a.current = version
             # New process types start with one instance; types gone from the Procfile go.
             a.scale = {t: a.scale.get(t, 1) for t in release.processes}
-            kept = {r.slug for r in a.releases[-KEEP_RELEASES:]}
-            unpin = [r.slug for r in a.releases[:-KEEP_RELEASES] if r.slug not in kept]
-        for cid in set(unpin):
-            self.store.unpin(cid)
-        return release
+        try:
+            return self.wait_running(app, release.name, say)
+        except PCError as e:
+            if previous is None:
+                raise
+            with self.state.change() as snap:
+                a = snap.app(app)
+                a.current, a.scale = previous, previous_scale
+            self.reconciler.reconcile()
+            self.logbus.event(app, f"{release.name} did not start; v{previous} runs again")
+            raise PCError(f"{e}; v{previous} runs again") from None
 
     def wait_running(
         self, app: str, release: str, say: Callable[[str], None], timeout: float = 20

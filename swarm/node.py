@@ -6,6 +6,7 @@ Every method checks who may do what, then changes the state (through
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import shlex
 import shutil
@@ -68,15 +69,15 @@ class Node:
 
     def repo_for(self, user: str, app: str, write: bool) -> Path:
         check_app_name(app)
-        snap = self.state.read()
-        if app in snap.apps:
-            self._app(user, app, snap)
-        elif not write:
-            raise NotFound(f"no app named {app!r}: push to create it")
-        else:
-            with self.state.change() as s:
-                if len(s.apps) >= self.settings.shares.max_apps:
-                    raise PCError(f"this node hosts {len(s.apps)} apps, its limit; ask the host")
+        if not write:
+            self._app(user, app)
+            return self.repo_path(app)
+        with self.state.change() as s:  # check and create in one change: two first pushes race
+            if app in s.apps:
+                self._app(user, app, s)
+            elif len(s.apps) >= self.settings.shares.max_apps:
+                raise PCError(f"this node hosts {len(s.apps)} apps, its limit; ask the host")
+            else:
                 s.apps[app] = App(name=app, owner=user, created=now())
         path = self.repo_path(app)
         if not path.exists():
@@ -86,7 +87,21 @@ class Node:
 
     def deploy(self, user: str, app: str, commit: str, say: Callable[[str], None]) -> str:
         self._app(user, app)
-        return self.deployer.deploy(user, app, self.repo_path(app), commit, say)
+        try:
+            return self.deployer.deploy(user, app, self.repo_path(app), commit, say)
+        except PCError:
+            self._forget_if_never_deployed(app)
+            raise
+
+    def _forget_if_never_deployed(self, app: str) -> None:
+        """A first push that fails leaves no app behind (nor its repo)."""
+        if self.deployer.busy(app):  # refused because another push builds it: keep it
+            return
+        with self.state.change() as s:
+            if app not in s.apps or s.apps[app].releases:
+                return
+            del s.apps[app]
+        shutil.rmtree(self.repo_path(app), ignore_errors=True)
 
     # --- apps -----------------------------------------------------------------
     def apps(self, user: str) -> list[AppRow]:
@@ -138,8 +153,7 @@ class Node:
         with self.state.change() as s:
             del s.apps[app]
         self.reconciler.reconcile()
-        for r in a.releases:
-            self.store.unpin(r.slug)
+        self.deployer.unpin_unused({r.slug for r in a.releases})
         shutil.rmtree(self.repo_path(app), ignore_errors=True)
         self.logbus.forget(app)
 
@@ -271,10 +285,8 @@ class Node:
                 description=f"Rollback to {version}",
             )
             a2.releases.append(new)
-            a2.current = new.version
-            a2.scale = {t: a2.scale.get(t, 1) for t in new.processes}
         self.logbus.event(app, f"release {new.name} by {user}: rollback to {version}")
-        return self.deployer.wait_running(app, new.name, lambda _line: None)
+        return self.deployer.activate(app, new.version, lambda _line: None)
 
     # --- one-off processes and logs --------------------------------------------------
     def run(
@@ -297,17 +309,16 @@ class Node:
             self.node_name,
             self.settings,
         )
-        if not spec.slug.exists():
-            self.store.get(release.slug, spec.slug)
         self.logbus.event(app, f"{user} runs {spec.process}: {shlex.join(argv)}")
-        return self.runtime.run(spec, argv, output, stdin)
+        with self.reconciler.holding(spec):
+            return self.runtime.run(spec, argv, output, stdin)
 
     async def logs(
         self, user: str, app: str, lines: int, ptype: str | None, follow: bool
     ) -> AsyncIterator[str]:
-        self._app(user, app)
+        await asyncio.to_thread(self._app, user, app)
         if not follow:
-            for line in self.logbus.tail(app, lines, ptype):
+            for line in await asyncio.to_thread(self.logbus.tail, app, lines, ptype):
                 yield line
             return
         async for line in self.logbus.follow(app, ptype, backlog=lines):

@@ -12,7 +12,9 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,7 +35,6 @@ HEALTHY_AFTER = 60.0  # an instance that ran this long starts its back-off over
 @dataclass
 class Crash:
     count: int = 0
-    exit_code: int | None = None
     retry_at: float | None = None  # set while a restart waits out its back-off
     restarted_at: float = 0.0
 
@@ -85,6 +86,7 @@ class Reconciler:
         self._lock = threading.Lock()  # one pass at a time, whoever calls
         self._crashes: dict[tuple[str, str], Crash] = {}
         self._last: dict[tuple[str, str], InstanceStatus] = {}
+        self._held: Counter[str] = Counter()  # slug -> one-off processes using it
 
     def instances(self) -> dict[tuple[str, str], InstanceStatus]:
         """What ran at the end of the last pass (cheap: no runtime call)."""
@@ -137,7 +139,6 @@ class Reconciler:
             crash = self._crashes.setdefault(key, Crash())
             if crash.retry_at is None:
                 crash.count += 1
-                crash.exit_code = status.exit_code
                 delay = min(BACKOFF_MAX, 2.0 ** (crash.count - 1))
                 crash.retry_at = time.monotonic() + delay
                 why = f"exited with code {status.exit_code}; restarting in {delay:.0f}s"
@@ -149,10 +150,9 @@ class Reconciler:
         self._start(spec)
 
     def _start(self, spec: InstanceSpec) -> None:
-        if not spec.slug.exists():
-            self.store.get(spec.slug.name, spec.slug)
         self.logbus.event(spec.app, f"starting {spec.process} ({spec.release})")
         try:
+            self.fetch_slug(spec)
             self.runtime.start(spec)
         except Exception as e:  # a runtime failure must not stop the other apps' pass
             log.exception("starting %s %s", spec.app, spec.process)
@@ -160,9 +160,26 @@ class Reconciler:
             return
         self.logbus.watch(spec.app, spec.process)
 
+    def fetch_slug(self, spec: InstanceSpec) -> None:
+        """The slug's working copy on this node, from the store when missing."""
+        if not spec.slug.exists():
+            self.store.get(spec.slug.name, spec.slug)
+
+    @contextmanager
+    def holding(self, spec: InstanceSpec) -> Iterator[None]:
+        """Keep a one-off process's slug from the slug GC while it runs."""
+        with self._lock:
+            self._held[spec.slug.name] += 1
+            self.fetch_slug(spec)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held[spec.slug.name] -= 1
+
     def _gc_slugs(self, wanted: Iterable[InstanceSpec]) -> None:
         """Remove slug working copies no instance uses (the store keeps the original)."""
-        used = {s.slug.name for s in wanted}
+        used = {s.slug.name for s in wanted} | {cid for cid, n in self._held.items() if n}
         slugs = self.settings.slugs_dir
         if not slugs.is_dir():
             return

@@ -1,0 +1,128 @@
+"""Who may do what, and what a failed deploy leaves behind, on a real Node
+(real state, store, reconciler and deployer; an in-memory runtime)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from swarm.deploy import Deployer
+from swarm.errors import Forbidden, NotFound, PCError
+from swarm.node import Node
+from swarm.reconciler import Reconciler
+from swarm.runtime.base import InstanceSpec, InstanceStatus
+from swarm.settings import Settings
+from swarm.state import App, State, User
+from swarm.store import LocalStore
+from tests.test_reconciler import FakeBus, FakeRuntime, release
+
+
+class CrashingRuntime(FakeRuntime):
+    """Instances of the releases in `bad` exit at once with code 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bad: set[str] = set()
+
+    def start(self, spec: InstanceSpec) -> InstanceStatus:
+        status = super().start(spec)
+        if spec.release in self.bad:
+            self.crash(spec.app, spec.process, 1)
+        return status
+
+
+class Bus(FakeBus):
+    def forget(self, app: str) -> None:
+        pass
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Node:
+    settings = Settings(home=tmp_path, name="n1")
+    state = State(settings.state_file)
+    store = LocalStore(settings.store_dir)
+    slug = tmp_path / "slug"
+    slug.mkdir()
+    (slug / "bot.py").write_text("")
+    cid = store.add(slug)
+    store.pin(cid)
+    with state.change() as s:
+        s.users["ann"] = User(name="ann", keys=["ssh-ed25519 A"])
+        s.users["bob"] = User(name="bob", keys=["ssh-ed25519 B"])
+        s.users["root"] = User(name="root", keys=["ssh-ed25519 R"], admin=True)
+        for name, owner in (("annbot", "ann"), ("annbot-copy", "ann")):
+            app = App(name=name, owner=owner, created="t", scale={"bot": 1})
+            app.releases.append(release(1, cid))
+            app.current = 1
+            s.apps[name] = app
+    runtime, bus = CrashingRuntime(), Bus()
+    reconciler = Reconciler(settings, state, store, runtime, bus)  # type: ignore[arg-type]
+    deployer = Deployer(settings, state, store, reconciler, bus, executor=None)  # type: ignore[arg-type]
+    return Node(settings, state, runtime, store, reconciler, deployer, bus)  # type: ignore[arg-type]
+
+
+def test_only_the_owner_or_an_admin_touches_an_app(node: Node):
+    refused = [
+        lambda: node.repo_for("bob", "annbot", write=True),
+        lambda: node.repo_for("bob", "annbot", write=False),
+        lambda: node.config_set("bob", "annbot", {"X": "1"}),
+        lambda: node.config("bob", "annbot"),
+        lambda: node.destroy("bob", "annbot"),
+        lambda: node.run("bob", "annbot", ["true"], lambda _b: None, None),
+        lambda: node.rollback("bob", "annbot", "v1"),
+        lambda: node.scale("bob", "annbot", {"bot": 2}),
+    ]
+    for call in refused:
+        with pytest.raises(Forbidden, match="belongs to ann"):
+            call()
+
+    async def read_logs() -> None:
+        async for _ in node.logs("bob", "annbot", 10, None, False):
+            pass
+
+    with pytest.raises(Forbidden):
+        asyncio.run(read_logs())
+    assert [a.name for a in node.apps("bob")] == []
+    node.config_set("root", "annbot", {"X": "1"})  # an admin may
+    assert node.config("ann", "annbot") == {"X": "1"}
+
+
+def test_first_push_creates_the_app_once(node: Node):
+    node.repo_for("bob", "bobbot", write=True)
+    with pytest.raises(Forbidden):
+        node.repo_for("ann", "bobbot", write=True)  # the second pusher does not take it over
+    with pytest.raises(NotFound):
+        node.repo_for("ann", "nobody", write=False)  # a read never creates
+    assert not node.repo_path("nobody").exists()
+
+
+def test_a_failed_first_push_leaves_no_app(node: Node, monkeypatch: pytest.MonkeyPatch):
+    def failing(*_args, **_kw):
+        raise PCError("build failed: nothing to build")
+
+    node.repo_for("bob", "bobbot", write=True)
+    monkeypatch.setattr(node.deployer, "deploy", failing)
+    with pytest.raises(PCError):
+        node.deploy("bob", "bobbot", "0" * 40, lambda _line: None)
+    assert "bobbot" not in node.state.read().apps
+    assert not node.repo_path("bobbot").exists()
+
+
+def test_a_release_that_does_not_start_gives_way_to_the_last_good_one(node: Node):
+    node.reconciler.reconcile()
+    node.runtime.bad.add("v2")  # type: ignore[attr-defined]
+    with pytest.raises(PCError, match="v2 is deployed but bot.1 is not running.*v1 runs again"):
+        node.rollback("ann", "annbot", "v1")  # v2 = v1's slug, but this runtime crashes v2
+    a = node.state.read().apps["annbot"]
+    assert a.current == 1
+    assert node.runtime.instances[("annbot", "bot.1")].release == "v1"  # type: ignore[attr-defined]
+
+
+def test_a_slug_two_apps_share_survives_destroying_one(node: Node):
+    cid = node.state.read().apps["annbot"].release().slug
+    node.destroy("ann", "annbot-copy")
+    assert node.store.has(cid)
+    node.destroy("ann", "annbot")
+    assert not node.store.has(cid)
