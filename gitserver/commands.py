@@ -30,6 +30,7 @@ class Channel(Protocol):
 
     async def read(self, n: int) -> bytes: ...  # stdin, b"" at EOF
     def write(self, data: bytes) -> None: ...  # stdout
+    async def drain(self) -> None: ...  # until the client has taken what was written
     def write_stderr(self, data: bytes) -> None: ...
     async def wait_closed(self) -> None: ...  # returns when the client is gone
 
@@ -395,8 +396,14 @@ async def _run(ctx: Context, args: Args) -> int:
         raise UsageError("missing CMD")
     loop = asyncio.get_running_loop()
 
+    async def write_drained(data: bytes) -> None:
+        ctx.channel.write(data)
+        await ctx.channel.drain()
+
     def output(data: bytes) -> None:  # from the runtime's thread
-        loop.call_soon_threadsafe(ctx.channel.write, data)
+        # Wait for the client to take it: a chatty command must not fill our memory.
+        with contextlib.suppress(Exception):  # the client left: drop the rest
+            asyncio.run_coroutine_threadsafe(write_drained(data), loop).result()
 
     def stdin() -> bytes:  # from the runtime's thread; b"" at EOF
         try:

@@ -48,6 +48,9 @@ class ChannelIO:
     def write_stderr(self, data: bytes) -> None:
         self._process.stderr.write(data)
 
+    async def drain(self) -> None:
+        await self._process.stdout.drain()
+
     async def wait_closed(self) -> None:
         await self._process.wait_closed()
 
@@ -70,8 +73,8 @@ class ChannelIO:
             return e.partial
 
     async def _write_drain(self, data: bytes) -> None:
-        self._process.stdout.write(data)
-        await self._process.stdout.drain()
+        self.write(data)
+        await self.drain()
 
 
 class _Server(asyncssh.SSHServer):

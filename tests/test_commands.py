@@ -33,6 +33,9 @@ class FakeChannel:
     def write_stderr(self, data: bytes) -> None:
         self.stderr += data
 
+    async def drain(self) -> None:
+        pass
+
     async def wait_closed(self) -> None:
         await self._closed.wait()
 
