@@ -39,6 +39,8 @@ POLL = 0.2  # seconds between looks at a growing log or a dying process group
 SH_PREFIX = "trap : TERM INT HUP; "  # sh waits for the app on SIGTERM (see docker.py)
 _ROOT = str(Path(__file__).resolve().parents[2])  # makes `swarm` importable for the shim
 
+ENGINE_SOCKETS = ("/run/docker.sock", "/run/containerd/containerd.sock")
+
 
 class ProcessRuntime:
     """Instances as process groups of this host, for node `node`; state under `run_dir`."""
@@ -224,6 +226,10 @@ class ProcessRuntime:
         box += ["--tmpfs", "/tmp"]
         for path in self.hidden:
             box += ["--tmpfs", str(Path(path).resolve())]
+        # A container engine's socket is root on the host: cover it with /dev/null.
+        for sock in ENGINE_SOCKETS:
+            if Path(sock).exists():
+                box += ["--ro-bind", "/dev/null", str(Path(sock).resolve())]
         box += ["--ro-bind", slug, slug, "--chdir", slug]
         # No --die-with-parent: the group's SIGTERM ends bwrap's outer process too,
         # and the app must live on to finish its own shutdown.
