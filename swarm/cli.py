@@ -57,6 +57,7 @@ def cmd_init(args: argparse.Namespace) -> None:
             "no admin key: pass --admin-key FILE, or create one with `ssh-keygen -t ed25519`"
         )
     admin_key = read_public_key(key_file)
+    config.check_user_name(args.admin_name)
     s = config.Settings(
         home=home,
         **{
@@ -129,6 +130,7 @@ def cmd_stack_build(args: argparse.Namespace) -> None:
 
 def cmd_user_add(args: argparse.Namespace) -> None:
     s = config.load(Path(args.home) if args.home else None)
+    config.check_user_name(args.name)
     key = read_public_key(Path(args.key))
     with State(s.state_file).change() as snap:
         if snap.user_for_key(key):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from swarm.errors import ConfigError
 
 APP_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,29}$")
 NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+USER_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 RUNTIMES = ("auto", "docker", "process")
 STORES = ("local",)
 
@@ -37,6 +38,29 @@ def check_app_name(name: str) -> str:
     return name
 
 
+def check_user_name(name: str) -> str:
+    if not USER_NAME_RE.match(name):
+        raise ConfigError(
+            f"invalid user name {name!r}: up to 32 lowercase letters, digits, '-' or '_', "
+            "a letter first"
+        )
+    return name
+
+
+def _numbers(obj: Any, section: str, **specs: tuple[type, float]) -> None:
+    """Convert each named field to its type (values from the environment are text)
+    and refuse one below its minimum, with the setting's name in the message."""
+    for attr, (kind, minimum) in specs.items():
+        value = getattr(obj, attr)
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"[{section}] {attr} must be a number, not {value!r}") from None
+        if number < minimum:
+            raise ConfigError(f"[{section}] {attr} must be at least {minimum}, not {number}")
+        object.__setattr__(obj, attr, number)
+
+
 def _port(value: Any, what: str) -> int:
     try:
         port = int(value)
@@ -56,6 +80,9 @@ class BuildSettings:
     timeout: int = 900  # seconds one build may take
     max_push_mb: int = 200  # a pack bigger than this is refused while it arrives
 
+    def __post_init__(self) -> None:
+        _numbers(self, "build", timeout=(int, 1), max_push_mb=(int, 1))
+
 
 @dataclass(frozen=True)
 class Shares:
@@ -65,6 +92,16 @@ class Shares:
     cpus: float = 1.0
     max_apps: int = 20
     instance_memory_mb: int = 512  # limit of one process instance
+
+    def __post_init__(self) -> None:
+        _numbers(
+            self,
+            "shares",
+            memory_mb=(int, 64),
+            cpus=(float, 0.1),
+            max_apps=(int, 1),
+            instance_memory_mb=(int, 16),
+        )
 
 
 @dataclass(frozen=True)
@@ -129,10 +166,6 @@ class Settings:
     def run_dir(self) -> Path:
         return self.home / "run"
 
-    def with_overrides(self, **values: Any) -> Settings:
-        """A copy with the given (non-None) top-level values replaced."""
-        return replace(self, **{k: v for k, v in values.items() if v is not None})
-
 
 ENV_PREFIX = "PC_"
 _SECTIONS = {"build": BuildSettings, "shares": Shares}
@@ -171,7 +204,7 @@ def load(home: Path | None = None, **flags: Any) -> Settings:
         for f in fields(cls):
             env = os.environ.get(f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}")
             if env is not None:
-                sections[section][f.name] = type(f.default)(env)
+                sections[section][f.name] = env  # converted and checked by the section
     node.update({k: v for k, v in flags.items() if v is not None})
     built = {name: _typed(cls, sections[name], f"[{name}]") for name, cls in _SECTIONS.items()}
     return _typed(Settings, {**node, **built, "home": home}, "[node]")

@@ -37,3 +37,20 @@ def test_good_app_names(name: str):
 def test_bad_app_names(name: str):
     with pytest.raises(ConfigError, match="invalid app name"):
         settings.check_app_name(name)
+
+
+def test_numbers_from_the_environment_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("PC_BUILD_TIMEOUT", "abc")
+    with pytest.raises(ConfigError, match=r"\[build\] timeout must be a number"):
+        settings.load(tmp_path)
+    monkeypatch.setenv("PC_BUILD_TIMEOUT", "30")
+    assert settings.load(tmp_path).build.timeout == 30
+    (tmp_path / "config.toml").write_text("[shares]\nmax_apps = 0\n")
+    with pytest.raises(ConfigError, match=r"\[shares\] max_apps must be at least 1"):
+        settings.load(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["Ann", "1ann", "a b", "x" * 33, ""])
+def test_bad_user_names(name: str):
+    with pytest.raises(ConfigError, match="invalid user name"):
+        settings.check_user_name(name)
