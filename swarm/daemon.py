@@ -59,11 +59,23 @@ def make_executor(settings: Settings, runtime: Runtime) -> builder.Executor:
     return builder.HostExecutor(timeout=settings.build.timeout, ca_bundle=settings.build.ca_bundle)
 
 
+def sweep_leftovers(settings: Settings) -> None:
+    """What a killed daemon left half-made: nothing refers to any of it, and each
+    is written under a temporary name before an atomic rename."""
+    leftovers = [
+        settings.home / "tmp",  # build work dirs
+        settings.store_dir / "tmp",  # slugs being added to the store
+        *settings.slugs_dir.glob("*.partial"),  # slugs being fetched from the store
+        *(settings.cache_dir / "deps").glob(".tmp-*"),  # dependency cache entries
+    ]
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def build_node(settings: Settings) -> tuple[Node, Reconciler, LogBus]:
     if not settings.state_file.exists():
         raise PCError(f"no node at {settings.home}: run `pc init` first")
-    # Half-finished builds of a killed daemon: nothing refers to them.
-    shutil.rmtree(settings.home / "tmp", ignore_errors=True)
+    sweep_leftovers(settings)
     state = State(settings.state_file)
     store = LocalStore(settings.store_dir)
     runtime = open_runtime(settings, log.warning)
