@@ -242,12 +242,14 @@ class ProcessRuntime:
                 self._children.pop(pid, None)  # pumps' threads reap too
 
     def _group_alive(self, pgid: int) -> bool:
+        """Whether a live (not zombie) process is left in the group. A zombie is
+        dead: one re-parented to init can wait a second or more to be reaped."""
         self._reap()
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        return True
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            fields = (_read_text(stat) or ")  ").rsplit(")", 1)[1].split()
+            if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+                return True
+        return False
 
 
 # The shim (see the module docstring). argv: root log exit_file cmd...
