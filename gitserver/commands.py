@@ -411,8 +411,16 @@ async def _run(ctx: Context, args: Args) -> int:
         except RuntimeError:  # the loop is gone
             return b""
 
-    # The thread's last output callbacks are queued before its result: they run first.
-    return await in_thread(ctx.service.run, ctx.user, app, argv, output, stdin)
+    # The client leaving ends the command (set `cancel`); so does its own end, which
+    # lets the runtime's watcher thread go.
+    cancel = threading.Event()
+    gone = asyncio.ensure_future(ctx.channel.wait_closed())
+    gone.add_done_callback(lambda _f: cancel.set())
+    try:
+        return await in_thread(ctx.service.run, ctx.user, app, argv, output, stdin, cancel)
+    finally:
+        gone.cancel()
+        cancel.set()
 
 
 COMMANDS: tuple[Command, ...] = (

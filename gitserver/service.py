@@ -4,6 +4,7 @@ subclasses with a readable reason; blocking methods are called off the event loo
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,8 +79,10 @@ class NodeService(Protocol):
         argv: list[str],
         output: Callable[[bytes], None],
         stdin: Callable[[], bytes] | None,
+        cancel: threading.Event | None = None,
     ) -> int:
-        """One-off process of the current release; returns its exit code."""
+        """One-off process of the current release; returns its exit code. Setting
+        `cancel` (the client left) kills it."""
 
     def logs(
         self, user: str, app: str, lines: int, ptype: str | None, follow: bool

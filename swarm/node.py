@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import shlex
 import shutil
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -296,6 +297,7 @@ class Node:
         argv: list[str],
         output: Callable[[bytes], None],
         stdin: Callable[[], bytes] | None,
+        cancel: threading.Event | None = None,
     ) -> int:
         a = self._app(user, app)
         if not argv:
@@ -311,7 +313,7 @@ class Node:
         )
         self.logbus.event(app, f"{user} runs {spec.process}: {shlex.join(argv)}")
         with self.reconciler.holding(spec):
-            return self.runtime.run(spec, argv, output, stdin)
+            return self.runtime.run(spec, argv, output, stdin, cancel)
 
     async def logs(
         self, user: str, app: str, lines: int, ptype: str | None, follow: bool

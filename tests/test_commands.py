@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -95,6 +96,7 @@ class FakeNode:
         argv: list[str],
         output: Callable[[bytes], None],
         stdin: Callable[[], bytes] | None,
+        cancel: threading.Event | None = None,
     ) -> int:
         assert stdin is not None
         received = b""

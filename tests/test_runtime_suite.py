@@ -370,3 +370,16 @@ def test_process_instances_outlive_the_daemon_that_started_them(tmp_path, slug):
     assert [s.process for s in runtime.status()] == ["bot.2"]
     runtime.stop("demo", "bot.2")
     assert runtime.status() == []
+
+
+def test_a_cancelled_one_off_ends_at_once(make_runtime, slug):
+    """The client of `run` left: a command that would print nothing for a minute ends."""
+    node = node_name()
+    runtime = make_runtime(node)
+    cancel = threading.Event()
+    threading.Timer(1.0, cancel.set).start()
+    out: list[bytes] = []
+    code = runtime.run(
+        spec_for(runtime, slug, node, "idle"), ["sleep", "60"], out.append, None, cancel
+    )
+    assert code != 0  # killed, not the 0 of a sleep that ran its course

@@ -10,6 +10,7 @@ Restart policy, log aggregation and placement live around the runtime, not in it
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,13 @@ class LogLine:
     text: str  # without the trailing newline
 
 
+def on_set(event: threading.Event, action: Callable[[], None]) -> None:
+    """Call `action` from a thread of its own once `event` is set (how a one-off
+    `run` is ended when its client leaves). The caller sets `event` when the run
+    is over in any case, so the thread ends; `action` must then do nothing."""
+    threading.Thread(target=lambda: event.wait() and action(), daemon=True).start()
+
+
 class Runtime(Protocol):
     name: str
 
@@ -111,5 +119,7 @@ class Runtime(Protocol):
         argv: list[str],
         output: Callable[[bytes], None],
         stdin: Callable[[], bytes] | None = None,
+        cancel: threading.Event | None = None,
     ) -> int:
-        """Run a one-off command in the app's environment; stream output; return its exit code."""
+        """Run a one-off command in the app's environment; stream output; return its exit
+        code. Setting `cancel` (the client left) kills it."""

@@ -33,6 +33,7 @@ from swarm.runtime.base import (
     InstanceSpec,
     InstanceStatus,
     LogLine,
+    on_set,
 )
 
 LABEL_ONEOFF = "peoplescloud.oneoff"  # one-off `run` containers: not instances
@@ -126,6 +127,7 @@ class DockerRuntime:
         argv: list[str],
         output: Callable[[bytes], None],
         stdin: Callable[[], bytes] | None = None,
+        cancel: threading.Event | None = None,
     ) -> int:
         """A one-off container like `docker run --rm -i`, attached before it starts."""
         try:
@@ -144,6 +146,8 @@ class DockerRuntime:
             params = {"stdout": 1, "stderr": 1, "stream": 1, "stdin": int(stdin is not None)}
             sock = container.attach_socket(params=params)
             container.start()
+            if cancel is not None:  # removing the container ends the stream below
+                on_set(cancel, lambda: self._remove(container))
             if stdin is not None:
                 threading.Thread(target=_feed, args=(sock, stdin), daemon=True).start()
             for _stream, data in frames_iter(sock, tty=False):

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from swarm.errors import RuntimeFailure
-from swarm.runtime.base import InstanceSpec, InstanceStatus, LogLine
+from swarm.runtime.base import InstanceSpec, InstanceStatus, LogLine, on_set
 
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 POLL = 0.2  # seconds between looks at a growing log or a dying process group
@@ -150,6 +150,7 @@ class ProcessRuntime:
         argv: list[str],
         output: Callable[[bytes], None],
         stdin: Callable[[], bytes] | None = None,
+        cancel: threading.Event | None = None,
     ) -> int:
         try:
             child = subprocess.Popen(
@@ -159,9 +160,12 @@ class ProcessRuntime:
                 stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own group: `cancel` ends all it started
             )
         except OSError as e:
             raise RuntimeFailure(f"could not run {argv[:1]} for {spec.app}: {e}") from None
+        if cancel is not None:
+            on_set(cancel, lambda: child.poll() is None and _killpg(child.pid, signal.SIGKILL))
         if stdin is not None and child.stdin is not None:
             threading.Thread(target=_feed, args=(child.stdin, stdin), daemon=True).start()
         assert child.stdout is not None
