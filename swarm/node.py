@@ -238,21 +238,43 @@ class Node:
                 )
             if key in RESERVED_KEYS:
                 raise UsageError(f"{key} is set by People's Cloud and cannot be changed")
-        with self.state.change() as s:
-            s.app(app).config.update(values)
-        self.logbus.event(app, f"config set by {user}: {', '.join(sorted(values))}")
-        self.reconciler.restart(app)
+        self._change_config(
+            user, app, f"Set {', '.join(sorted(values))}", lambda config: config.update(values)
+        )
 
     def config_unset(self, user: str, app: str, keys: list[str]) -> None:
         a = self._app(user, app)
         missing = [k for k in keys if k not in a.config]
         if missing:
             raise NotFound(f"{app} has no config var {', '.join(missing)}")
-        with self.state.change() as s:
+
+        def unset(config: dict[str, str]) -> None:
             for k in keys:
-                del s.app(app).config[k]
-        self.logbus.event(app, f"config unset by {user}: {', '.join(keys)}")
-        self.reconciler.restart(app)
+                del config[k]
+
+        self._change_config(user, app, f"Unset {', '.join(keys)}", unset)
+
+    def _change_config(
+        self, user: str, app: str, description: str, edit: Callable[[dict[str, str]], None]
+    ) -> None:
+        """Config vars change with a new release of the same slug (as on Heroku), so
+        the reconciler replaces the instances: a daemon killed half-way through still
+        ends with every instance on the new environment."""
+        with self.state.change() as s:
+            a = s.app(app)
+            edit(a.config)
+            if a.current is not None:
+                new = replace(
+                    a.release(),
+                    version=a.next_version(),
+                    created=now(),
+                    pushed_by=user,
+                    description=description,
+                )
+                a.releases.append(new)
+                a.current = new.version
+        self.logbus.event(app, f"{description} by {user}")
+        self.reconciler.reconcile()
 
     # --- releases -------------------------------------------------------------------
     def releases(self, user: str, app: str) -> list[ReleaseRow]:

@@ -63,6 +63,7 @@ def scenario(node: NodeProc, tmp_path: Path) -> None:
     r = node.ssh("config:set", "mybot", "TOKEN=s3cret=x")
     assert r.returncode == 0, r.stderr
     wait_for(lambda: "TOKEN=s3cret=x" in logs(node), what="TOKEN in env")
+    assert "Set TOKEN" in node.ssh("releases", "mybot").stdout
     assert node.ssh("config:get", "mybot", "TOKEN").stdout.strip() == "s3cret=x"
 
     # run: a one-off process, output streamed, exit code passed through.
@@ -77,13 +78,13 @@ def scenario(node: NodeProc, tmp_path: Path) -> None:
     r = push(node, work)
     assert r.returncode != 0
     assert "build failed" in r.stderr
-    assert "v2" in node.ssh("ps", "mybot").stdout
+    assert "v3" in node.ssh("ps", "mybot").stdout  # v3: the release config:set made
     assert node.ssh("ps", "mybot").stdout.count(" up ") == 1
 
-    # Rollback to v1: a new release v3 runs v1's slug.
+    # Rollback to v1: a new release v4 runs v1's slug (with today's config).
     r = node.ssh("rollback", "mybot", "v1")
     assert r.returncode == 0, r.stderr
-    wait_for(lambda: "PC_RELEASE=v3" in logs(node), what="rollback running")
+    wait_for(lambda: "PC_RELEASE=v4" in logs(node), what="rollback running")
     releases = node.ssh("releases", "mybot").stdout
     assert "Rollback to v1" in releases
 
@@ -96,7 +97,7 @@ def scenario(node: NodeProc, tmp_path: Path) -> None:
     try:
         assert follower.stdout is not None
         seen = [follower.stdout.readline() for _ in range(3)]
-        assert any("app[bot.1]: tick-one" in line for line in seen), seen  # v1's code, as v3
+        assert any("app[bot.1]: tick-one" in line for line in seen), seen  # v1's code, as v4
     finally:
         follower.kill()
 
@@ -120,7 +121,7 @@ def test_python_bot_on_docker(node_factory, tmp_path: Path):
     [c] = client.containers.list(filters={"label": f"peoplescloud.node={node.name}"})
     assert c.labels["peoplescloud.app"] == "mybot"
     assert c.labels["peoplescloud.process"] == "bot.1"
-    assert c.labels["peoplescloud.release"] == "v3"
+    assert c.labels["peoplescloud.release"] == "v4"
     assert "uid 0" not in logs(node)
 
 

@@ -126,3 +126,14 @@ def test_a_slug_two_apps_share_survives_destroying_one(node: Node):
     assert node.store.has(cid)
     node.destroy("ann", "annbot")
     assert not node.store.has(cid)
+
+
+def test_a_config_change_is_a_release_the_reconciler_rolls_out(node: Node):
+    node.reconciler.reconcile()
+    node.config_set("ann", "annbot", {"TOKEN": "t=1"})
+    a = node.state.read().apps["annbot"]
+    assert (a.current, a.release().description) == (2, "Set TOKEN")
+    instance = node.runtime.started[-1]  # type: ignore[attr-defined]
+    assert instance[2] == "v2" and instance[3]["TOKEN"] == "t=1"
+    node.config_unset("ann", "annbot", ["TOKEN"])
+    assert "TOKEN" not in node.runtime.started[-1][3]  # type: ignore[attr-defined]
