@@ -1,0 +1,503 @@
+"""The peer API: real aiohttp servers on 127.0.0.1 (port 0) and real clients."""
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+
+from swarm.errors import NotFound
+from swarm.invite import InviteError, make_invite, parse_invite, redeem, usable
+from swarm.peer import (
+    NonceCache,
+    PeerClient,
+    PeerError,
+    PeerServer,
+    join_request_key,
+    join_response_key,
+    sign,
+    start_peer_server,
+    unseal,
+)
+from tests.conftest import free_port
+
+SECRET = b"the swarm secret, 32 bytes long!"
+MEMBERS = {"node1", "node2", "node3"}
+
+
+async def echo(sender: str, body: object) -> object:
+    return {"sender": sender, "body": body}
+
+
+async def missing(sender: str, body: object) -> object:
+    raise NotFound("no app named ghost")
+
+
+async def boom(sender: str, body: object) -> object:
+    raise RuntimeError("a bug")
+
+
+async def three_lines(sender: str, body: object) -> AsyncIterator[bytes | str]:
+    async def lines() -> AsyncIterator[bytes | str]:
+        yield "line 1\n"
+        yield b"line 2\n"
+        yield "line 3"
+
+    return lines()
+
+
+HANDLERS = {"echo": echo, "missing": missing, "boom": boom, "lines": three_lines}
+
+
+@contextlib.asynccontextmanager
+async def serving(server: PeerServer) -> AsyncIterator[str]:
+    """The address (host:port) of `server`, listening on a port the OS picked."""
+    runner = await start_peer_server(server.app(), "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def member_server(**options: object) -> PeerServer:
+    return PeerServer(lambda: SECRET, MEMBERS.__contains__, HANDLERS, **options)  # type: ignore[arg-type]
+
+
+def run_with_server(
+    scenario: Callable[[str], Awaitable[None]], server: PeerServer | None = None
+) -> None:
+    async def main() -> None:
+        async with serving(server or member_server()) as address:
+            await scenario(address)
+
+    asyncio.run(main())
+
+
+async def post(address: str, route: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+    """A raw request, to see statuses and to send what no PeerClient would."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"http://{address}/peer/{route}", data=body, headers=headers) as r,
+    ):
+        return r.status, json.loads(await r.read())
+
+
+def signed(body: bytes, route: str = "echo", sender: str = "node2", **kw: object) -> dict:
+    return sign(SECRET, "POST", f"/peer/{route}", body, sender, time.time(), **kw)  # type: ignore[arg-type]
+
+
+async def refusal(client: PeerClient, address: str, route: str = "echo") -> str:
+    with pytest.raises(PeerError) as e:
+        await client.call("node1", address, route, {"x": 1})
+    await client.close()
+    return str(e.value)
+
+
+# -- members ---------------------------------------------------------------------------
+
+
+def test_signed_call_works():
+    async def scenario(address: str) -> None:
+        async with PeerClient("node2", lambda: SECRET) as client:
+            body = {"app": "mybot", "lines": [1, 2], "text": "héllo"}
+            assert await client.call("node1", address, "echo", body) == {
+                "sender": "node2",
+                "body": body,
+            }
+            # the pool reuses connections: a second call is signed afresh
+            assert (await client.call("node1", address, "echo", None))["body"] is None
+
+    run_with_server(scenario)
+
+
+def test_tampered_body_is_refused():
+    async def scenario(address: str) -> None:
+        headers = signed(b'{"scale": 1}')
+        assert await post(address, "echo", b'{"scale": 9}', headers) == (
+            401,
+            {"error": "bad signature", "exit_code": 1},
+        )
+
+    run_with_server(scenario)
+
+
+def test_signature_covers_the_route():
+    async def scenario(address: str) -> None:
+        headers = signed(b"{}", route="echo")
+        status, answer = await post(address, "missing", b"{}", headers)
+        assert (status, answer["error"]) == (401, "bad signature")
+
+    run_with_server(scenario)
+
+
+def test_wrong_secret_is_refused():
+    async def scenario(address: str) -> None:
+        client = PeerClient("node2", lambda: b"another swarm's secret")
+        assert await refusal(client, address) == "node1 refused: bad signature"
+
+    run_with_server(scenario)
+
+
+def test_non_member_is_refused():
+    async def scenario(address: str) -> None:
+        client = PeerClient("node9", lambda: SECRET)
+        assert await refusal(client, address) == (
+            "node1 refused: node9 is not a member of this swarm"
+        )
+        status, _ = await post(address, "echo", b"{}", signed(b"{}", sender="node9"))
+        assert status == 403
+
+    run_with_server(scenario)
+
+
+def test_a_stranger_gets_nothing_not_even_route_names():
+    async def scenario(address: str) -> None:
+        stranger = PeerClient("node9", lambda: b"a guess")
+        assert await refusal(stranger, address, "nope") == "node1 refused: bad signature"
+        member = PeerClient("node2", lambda: SECRET)
+        assert await refusal(member, address, "nope") == "node1: no peer request named 'nope'"
+
+    run_with_server(scenario)
+
+
+@pytest.mark.parametrize("offset", [-120, +45])
+def test_request_from_a_skewed_clock_is_refused(offset):
+    now = 1_800_000_000.0
+
+    async def scenario(address: str) -> None:
+        client = PeerClient("node2", lambda: SECRET, clock=lambda: now + offset)
+        assert await refusal(client, address) == (
+            f"node1 refused: request time is {abs(offset)} s off this node's clock: "
+            "check both clocks"
+        )
+
+    run_with_server(scenario, member_server(clock=lambda: now))
+
+
+def test_replayed_request_is_refused():
+    async def scenario(address: str) -> None:
+        headers = signed(b'{"restart": "web.1"}')
+        assert (await post(address, "echo", b'{"restart": "web.1"}', headers))[0] == 200
+        assert await post(address, "echo", b'{"restart": "web.1"}', headers) == (
+            401,
+            {"error": "replayed request", "exit_code": 1},
+        )
+
+    run_with_server(scenario)
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({}, "unsigned request"),
+        ({"X-PC-Sender": "node2"}, "unsigned request"),
+        ({**signed(b"{}"), "X-PC-Sender": "Node 2"}, "malformed signature headers"),
+        ({**signed(b"{}"), "X-PC-Timestamp": "soon"}, "malformed signature headers"),
+        ({**signed(b"{}"), "X-PC-Nonce": "x" * 32}, "malformed signature headers"),
+    ],
+)
+def test_unsigned_or_malformed_request_is_refused(headers, message):
+    async def scenario(address: str) -> None:
+        assert await post(address, "echo", b"{}", headers) == (
+            401,
+            {"error": message, "exit_code": 1},
+        )
+
+    run_with_server(scenario)
+
+
+def test_node_outside_any_swarm_refuses_and_cannot_call():
+    async def scenario(address: str) -> None:
+        client = PeerClient("node2", lambda: SECRET)
+        assert await refusal(client, address) == "node1 refused: this node is not in a swarm"
+        lonely = PeerClient("node2", lambda: b"")
+        with pytest.raises(PeerError, match="this node is not in a swarm"):
+            await lonely.call("node1", address, "echo", {})
+
+    run_with_server(scenario, PeerServer(lambda: b"", MEMBERS.__contains__, HANDLERS))
+
+
+def test_handler_errors_reach_the_caller():
+    async def scenario(address: str) -> None:
+        async with PeerClient("node2", lambda: SECRET) as client:
+            with pytest.raises(PeerError, match="^node1: no app named ghost$") as e:
+                await client.call("node1", address, "missing", {})
+            assert e.value.exit_code == NotFound.exit_code
+            with pytest.raises(
+                PeerError, match=r"^node1: boom failed on this node \(see its log\)"
+            ):
+                await client.call("node1", address, "boom", {})
+        status, answer = await post(address, "echo", b"{", signed(b"{"))
+        assert (status, answer["error"]) == (400, "the request body is not JSON")
+
+    run_with_server(scenario)
+
+
+def test_unreachable_node_is_named():
+    async def scenario() -> None:
+        port = free_port()  # nobody listens there
+        async with PeerClient("node2", lambda: SECRET) as client:
+            with pytest.raises(PeerError, match=f"^node3 \\(127.0.0.1:{port}\\) does not answer$"):
+                await client.call("node3", f"127.0.0.1:{port}", "echo", {})
+            with pytest.raises(PeerError, match=f"^node3 \\(127.0.0.1:{port}\\) does not answer$"):
+                async for _ in client.stream("node3", f"127.0.0.1:{port}", "lines", {}):
+                    pass
+
+    asyncio.run(scenario())
+
+
+def test_address_that_is_not_a_peer_api():
+    async def scenario(address: str) -> None:
+        async with PeerClient("node2", lambda: SECRET) as client:
+            with pytest.raises(PeerError, match="node1 answered HTTP 404: is this a People's"):
+                await client.call("node1", address, "a/b", {})
+
+    run_with_server(scenario)
+
+
+# -- streams ---------------------------------------------------------------------------
+
+
+def test_stream_delivers_lines():
+    async def scenario(address: str) -> None:
+        async with PeerClient("node2", lambda: SECRET) as client:
+            got = [line async for line in client.stream("node1", address, "lines", {})]
+            assert got == [b"line 1\n", b"line 2\n", b"line 3"]
+
+    run_with_server(scenario)
+
+
+def test_stream_refusals_and_errors_are_peer_errors():
+    async def scenario(address: str) -> None:
+        async with PeerClient("node2", lambda: b"wrong") as client:
+            with pytest.raises(PeerError, match="^node1 refused: bad signature$"):
+                async for _ in client.stream("node1", address, "lines", {}):
+                    pass
+        async with PeerClient("node2", lambda: SECRET) as client:
+            with pytest.raises(PeerError, match="^node1: no app named ghost$"):
+                async for _ in client.stream("node1", address, "missing", {}):
+                    pass
+
+    run_with_server(scenario)
+
+
+def test_stream_that_breaks_on_the_sibling_is_an_error_not_an_end():
+    async def breaking(sender: str, body: object) -> AsyncIterator[str]:
+        async def lines() -> AsyncIterator[str]:
+            yield "one\n"
+            raise RuntimeError("the runtime lost the container")
+
+        return lines()
+
+    async def scenario(address: str) -> None:
+        got = []
+        async with PeerClient("node2", lambda: SECRET) as client:
+            with pytest.raises(PeerError, match=r"^node1 \(.*\) broke off the stream$"):
+                async for line in client.stream("node1", address, "breaking", {}):
+                    got.append(line)
+        assert got == [b"one\n"]
+
+    run_with_server(scenario, PeerServer(lambda: SECRET, bool, {"breaking": breaking}))
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["idle-follow", "busy-follow"])
+def test_stream_stops_when_the_client_stops(busy):
+    """`logs -f` on a sibling: closing the client's iterator ends the sibling's."""
+
+    async def scenario() -> None:
+        stopped = asyncio.Event()
+        quiet = asyncio.Event()  # never set: an app that logs nothing more
+
+        async def follow(sender: str, body: object) -> AsyncIterator[str]:
+            async def lines() -> AsyncIterator[str]:
+                try:
+                    n = 0
+                    while True:
+                        n += 1
+                        yield f"line {n}\n"
+                        if busy:
+                            await asyncio.sleep(0)
+                        elif n == 3:
+                            await quiet.wait()
+                finally:
+                    stopped.set()
+
+            return lines()
+
+        server = PeerServer(lambda: SECRET, MEMBERS.__contains__, {"follow": follow})
+        async with serving(server) as address, PeerClient("node2", lambda: SECRET) as client:
+            got = []
+            async with contextlib.aclosing(client.stream("node1", address, "follow", {})) as s:
+                async for line in s:
+                    got.append(line)
+                    if len(got) == 3:
+                        break
+            assert got == [b"line 1\n", b"line 2\n", b"line 3\n"]
+            await asyncio.wait_for(stopped.wait(), 30)  # a hang guard, not a timing claim
+
+    asyncio.run(scenario())
+
+
+# -- joining with an invite ------------------------------------------------------------
+
+SWARM_KEY = "/key/swarm/psk/1.0.0/\n/base16/\n" + "ab" * 32
+
+
+class Swarm:
+    """The part of a member that answers `join`: invites in, secrets out."""
+
+    def __init__(self) -> None:
+        self.records: dict = {}
+        self.now = time.time()
+        self.server = PeerServer(
+            lambda: SECRET,
+            MEMBERS.__contains__,
+            {"echo": echo},
+            invite_handlers={"join": self.join},
+            invite_key=lambda invite_id: usable(self.records, invite_id, self.now).key,
+        )
+
+    def invite(self, address: str, ttl: int = 600) -> str:
+        token, record = make_invite("swarm-1", address, ttl, self.now)
+        self.records[record.invite_id] = record
+        return token
+
+    async def join(self, sender: str, invite_id: str, body: object) -> object:
+        self.records[invite_id] = redeem(self.records, invite_id, self.now, by=sender)
+        return {"swarm_secret": SECRET.decode(), "swarm_key": SWARM_KEY, "members": sorted(MEMBERS)}
+
+
+def run_with_swarm(scenario: Callable[[Swarm, str], Awaitable[None]]) -> None:
+    swarm = Swarm()
+    run_with_server(lambda address: scenario(swarm, address), swarm.server)
+
+
+def test_join_with_an_invite_gives_the_swarm_secret_once():
+    async def scenario(swarm: Swarm, address: str) -> None:
+        invite = parse_invite(swarm.invite(address))
+        async with PeerClient("node4", lambda: b"") as joiner:
+            answer = await joiner.call("node1", invite.address, "join", {}, invite=invite)
+            assert answer == {
+                "swarm_secret": SECRET.decode(),
+                "swarm_key": SWARM_KEY,
+                "members": ["node1", "node2", "node3"],
+            }
+            assert swarm.records[invite.invite_id].used_by == "node4"
+            with pytest.raises(
+                PeerError, match="^node1 refused: this invite was already used by node4"
+            ):
+                await joiner.call("node1", invite.address, "join", {}, invite=invite)
+
+    run_with_swarm(scenario)
+
+
+def test_join_with_a_wrong_secret_changes_nothing():
+    async def scenario(swarm: Swarm, address: str) -> None:
+        invite = parse_invite(swarm.invite(address))
+        forged = dataclasses.replace(invite, secret="guessed")
+        async with PeerClient("node4", lambda: b"") as joiner:
+            with pytest.raises(PeerError, match="^node1 refused: invalid invite secret$"):
+                await joiner.call("node1", address, "join", {}, invite=forged)
+            assert swarm.records[invite.invite_id].used_at is None
+            assert "swarm_secret" in await joiner.call("node1", address, "join", {}, invite=invite)
+
+    run_with_swarm(scenario)
+
+
+def test_join_with_an_expired_or_unknown_invite_is_refused():
+    async def scenario(swarm: Swarm, address: str) -> None:
+        invite = parse_invite(swarm.invite(address, ttl=60))
+        swarm.now += 61
+        async with PeerClient("node4", lambda: b"") as joiner:
+            with pytest.raises(PeerError, match="^node1 refused: this invite expired at .*: ask"):
+                await joiner.call("node1", address, "join", {}, invite=invite)
+            unknown = dataclasses.replace(invite, invite_id="0123456789abcdef")
+            with pytest.raises(PeerError, match="^node1 refused: unknown invite: ask for a new"):
+                await joiner.call("node1", address, "join", {}, invite=unknown)
+        assert swarm.records[invite.invite_id].used_at is None
+
+    run_with_swarm(scenario)
+
+
+def test_join_needs_an_invite_not_the_swarm_secret():
+    async def scenario(swarm: Swarm, address: str) -> None:
+        member = PeerClient("node2", lambda: SECRET)
+        assert (
+            await refusal(member, address, "join") == "node1 refused: this request needs an invite"
+        )
+
+    run_with_swarm(scenario)
+
+
+def test_join_answer_decrypts_only_with_the_invite_secret():
+    async def scenario(swarm: Swarm, address: str) -> None:
+        invite = parse_invite(swarm.invite(address))
+        other = parse_invite(swarm.invite(address))
+        body = b'{"address": "127.0.0.1:7004"}'
+        key = join_request_key(invite.key)
+        headers = sign(key, "POST", "/peer/join", body, "node4", time.time(), invite.invite_id)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"http://{address}/peer/join", data=body, headers=headers) as r,
+        ):
+            assert r.status == 200 and r.content_type == "application/octet-stream"
+            sealed = await r.read()
+        assert SECRET not in sealed and b"swarm_secret" not in sealed
+        aad = headers["X-PC-Signature"].encode()
+        for wrong_key, wrong_aad in [
+            (join_response_key(other.key), aad),  # another invite's secret
+            (join_request_key(invite.key), aad),  # the signing key is not the answer's key
+            (join_response_key(invite.key), b"another request"),  # answer to another request
+        ]:
+            with pytest.raises(ValueError, match="cannot decrypt"):
+                unseal(wrong_key, sealed, wrong_aad)
+        answer = json.loads(unseal(join_response_key(invite.key), sealed, aad))
+        assert answer["swarm_secret"] == SECRET.decode()
+
+    run_with_swarm(scenario)
+
+
+def test_invite_key_lookup_errors_become_refusals():
+    def lookup(invite_id: str) -> bytes:
+        raise InviteError("unknown invite: ask for a new one with `pc swarm invite`")
+
+    server = PeerServer(
+        lambda: SECRET, MEMBERS.__contains__, {}, invite_handlers={"join": echo}, invite_key=lookup
+    )
+
+    async def scenario(address: str) -> None:
+        headers = sign(b"k", "POST", "/peer/join", b"{}", "node4", time.time(), "abcd")
+        status, answer = await post(address, "join", b"{}", headers)
+        assert status == 403 and answer["error"].startswith("unknown invite")
+
+    run_with_server(scenario, server)
+
+
+def test_server_refuses_ambiguous_routes():
+    with pytest.raises(ValueError, match="both member and invite"):
+        PeerServer(
+            lambda: SECRET, bool, {"join": echo}, invite_handlers={"join": echo}, invite_key=bytes
+        )
+    with pytest.raises(ValueError, match="invite_key"):
+        PeerServer(lambda: SECRET, bool, {}, invite_handlers={"join": echo})
+
+
+# -- the nonce cache -------------------------------------------------------------------
+
+
+def test_nonce_cache_forgets_after_its_window_and_stays_bounded():
+    now = [0.0]
+    cache = NonceCache(ttl=60, limit=2, clock=lambda: now[0])
+    assert cache.add("a") and not cache.add("a")
+    now[0] = 30
+    assert cache.add("b")
+    with pytest.raises(OverflowError):
+        cache.add("c")  # full of fresh nonces: refuse rather than forget one early
+    now[0] = 60  # "a" ages out, "b" does not
+    assert cache.add("c") and not cache.add("b")
+    now[0] = 90
+    assert cache.add("a")
