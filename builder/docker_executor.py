@@ -39,6 +39,7 @@ class DockerExecutor:
         memory_mb: int = 1024,
         timeout: int = 900,
         network: str = "bridge",
+        labels: dict[str, str] | None = None,
     ) -> None:
         self.client = client
         self.stack = image
@@ -48,6 +49,8 @@ class DockerExecutor:
         # "bridge": steps reach the registries but not this host's loopback
         # services; "host" only where Docker's bridge does not work.
         self.network = network
+        # Which node's builds these are, so a node sweeps only its own leftovers.
+        self.labels = {BUILD_LABEL: "1", **(labels or {})}
         self._python: str | None = None
 
     def identity(self) -> str:
@@ -97,7 +100,7 @@ class DockerExecutor:
             container = self.client.containers.create(
                 self.stack,
                 [*_UMASK_WRAPPER, *argv],
-                labels={BUILD_LABEL: "1"},
+                labels=self.labels,
                 volumes=volumes,
                 working_dir="/app",
                 environment=environment,

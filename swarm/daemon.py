@@ -15,6 +15,8 @@ import shutil
 import signal
 from typing import IO
 
+from docker import DockerClient
+
 import builder
 from gitserver.server import start_server
 from router.proxy import start_router
@@ -23,7 +25,7 @@ from swarm.errors import PCError
 from swarm.logbus import LogBus
 from swarm.node import Node
 from swarm.reconciler import Reconciler
-from swarm.runtime.base import Runtime
+from swarm.runtime.base import LABEL_NODE
 from swarm.runtime.select import open_runtime
 from swarm.settings import Settings
 from swarm.state import State
@@ -46,15 +48,15 @@ def lock_home(settings: Settings) -> IO[str]:
     return f
 
 
-def make_executor(settings: Settings, runtime: Runtime) -> builder.Executor:
+def make_executor(settings: Settings, client: DockerClient | None) -> builder.Executor:
     """Builds run where the app will: in the stack image for docker, on the host otherwise."""
-    client = getattr(runtime, "client", None)
     if client is not None:
         return builder.DockerExecutor(
             client,
             settings.build.stack_image,
             settings.build.ca_bundle,
             timeout=settings.build.timeout,
+            labels={LABEL_NODE: settings.name},
         )
     return builder.HostExecutor(timeout=settings.build.timeout, ca_bundle=settings.build.ca_bundle)
 
@@ -72,6 +74,13 @@ def sweep_leftovers(settings: Settings) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def sweep_build_containers(client: DockerClient, node: str) -> None:
+    """Build containers a killed daemon of this node left behind."""
+    labels = ["peoplescloud.build=1", f"{LABEL_NODE}={node}"]
+    for container in client.containers.list(all=True, filters={"label": labels}):
+        container.remove(force=True)
+
+
 def build_node(settings: Settings) -> tuple[Node, Reconciler, LogBus]:
     if not settings.state_file.exists():
         raise PCError(f"no node at {settings.home}: run `pc init` first")
@@ -80,11 +89,12 @@ def build_node(settings: Settings) -> tuple[Node, Reconciler, LogBus]:
     store = LocalStore(settings.store_dir)
     runtime = open_runtime(settings, log.warning)
     log.info("runtime: %s", runtime.name)
+    client: DockerClient | None = getattr(runtime, "client", None)  # the docker runtime's
+    if client is not None:
+        sweep_build_containers(client, settings.name)
     logbus = LogBus(settings.logs_dir, runtime)
     reconciler = Reconciler(settings, state, store, runtime, logbus)
-    deployer = Deployer(
-        settings, state, store, reconciler, logbus, make_executor(settings, runtime)
-    )
+    deployer = Deployer(settings, state, store, reconciler, logbus, make_executor(settings, client))
     node = Node(settings, state, runtime, store, reconciler, deployer, logbus)
     return node, reconciler, logbus
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def network(client: docker.DockerClient) -> str:
 
 @pytest.fixture
 def executor(client: docker.DockerClient, network: str) -> DockerExecutor:
-    return DockerExecutor(client, STACK, CA_BUNDLE, network=network)
+    return DockerExecutor(client, STACK, CA_BUNDLE, network=network, labels=MINE)
 
 
 def run_slug(client: docker.DockerClient, slug: Path, argv: list[str]) -> str:
@@ -70,8 +71,13 @@ def run_slug(client: docker.DockerClient, slug: Path, argv: list[str]) -> str:
     return output.decode()
 
 
+# This run's builds only: other builds may share the engine.
+MINE = {"peoplescloud.node": f"test-{uuid.uuid4().hex[:8]}"}
+
+
 def no_build_containers_left(client: docker.DockerClient) -> bool:
-    return client.containers.list(all=True, filters={"label": "peoplescloud.build=1"}) == []
+    mine = "peoplescloud.node=" + MINE["peoplescloud.node"]
+    return client.containers.list(all=True, filters={"label": ["peoplescloud.build=1", mine]}) == []
 
 
 @pytest.mark.docker
@@ -160,7 +166,7 @@ def test_runtime_txt_for_another_python_is_refused(
 def test_a_step_past_its_timeout_is_killed(
     tmp_path: Path, client: docker.DockerClient, network: str
 ) -> None:
-    executor = DockerExecutor(client, STACK, CA_BUNDLE, timeout=2, network=network)
+    executor = DockerExecutor(client, STACK, CA_BUNDLE, timeout=2, network=network, labels=MINE)
     with pytest.raises(BuildError, match="took longer than 2 s and was stopped"):
         executor.run(["sleep", "120"], tmp_path, tmp_path, print)
     assert no_build_containers_left(client)
