@@ -1,0 +1,222 @@
+"""kubo as a node's child: the quiet config it gets, the private network, peering.
+
+Tests marked `ipfs` need kubo (scripts/install-kubo builds it). They skip when
+it is missing, and fail instead with PC_REQUIRE_IPFS=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
+
+import pytest
+
+from swarm.errors import ConfigError, RuntimeFailure
+from swarm.ipfs import IpfsStore
+from swarm.ipfs.kubo import (
+    QUIET_CONFIG,
+    Kubo,
+    KuboError,
+    KuboUnreachable,
+    find_binary,
+    split_multiaddr,
+)
+from tests.conftest import REPO, free_port
+
+SWARM_KEY = secrets.token_hex(32)
+
+
+def kubo_binary() -> Path:
+    """The kubo to test with; skips (or fails with PC_REQUIRE_IPFS=1) when there is none."""
+    try:
+        return find_binary()
+    except ConfigError as e:
+        if os.environ.get("PC_REQUIRE_IPFS") == "1":
+            pytest.fail(f"PC_REQUIRE_IPFS=1 but {e}", pytrace=False)
+        pytest.skip(str(e))
+
+
+def new_kubo(repo: Path, swarm_key: str, peers: tuple[str, ...] = ()) -> Kubo:
+    """An initialised, started kubo on loopback with ports of its own."""
+    kubo = Kubo(repo, swarm_key, free_port(), free_port(), peers=peers, binary=kubo_binary())
+    kubo.init()
+    kubo.start()
+    return kubo
+
+
+def dotted(config: dict, key: str):
+    for name in key.split("."):
+        config = config[name]
+    return config
+
+
+def strings(value: None | str | list[str]) -> list[str]:
+    """kubo writes a list of addresses as null, a string or a list."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else value
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Kubo, Kubo]]:
+    root = tmp_path_factory.mktemp("kubo")
+    a = new_kubo(root / "a", SWARM_KEY)
+    b = new_kubo(root / "b", SWARM_KEY)
+    yield a, b
+    b.stop()
+    a.stop()
+
+
+# --- without kubo ------------------------------------------------------------------------
+
+
+def test_swarm_key_must_be_64_hex_digits(tmp_path: Path):
+    for bad in ("", "abc", "g" * 64, "A" * 64, "0" * 63):
+        with pytest.raises(ConfigError):
+            Kubo(tmp_path, bad, 1, 2, binary=Path("/bin/true"))
+
+
+def test_split_multiaddr():
+    assert split_multiaddr("/ip4/127.0.0.1/tcp/4001/p2p/12D3KooX") == (
+        "/ip4/127.0.0.1/tcp/4001",
+        "12D3KooX",
+    )
+    for bad in ("/ip4/127.0.0.1/tcp/4001", "/p2p/12D3KooX", "/ip4/1.2.3.4/tcp/1/p2p/"):
+        with pytest.raises(ConfigError):
+            split_multiaddr(bad)
+
+
+def test_find_binary_prefers_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    binary = tmp_path / "ipfs"
+    binary.write_text("#!/bin/sh\n")
+    monkeypatch.setenv("PC_IPFS_BIN", str(binary))
+    with pytest.raises(ConfigError, match="not an executable"):
+        find_binary()
+    binary.chmod(0o755)
+    assert find_binary() == binary
+
+
+def test_a_kubo_that_does_not_answer_is_unreachable_not_missing():
+    store = IpfsStore(f"http://127.0.0.1:{free_port()}", fetch_timeout=1)
+    try:
+        with pytest.raises(KuboUnreachable):
+            store.has("bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy")
+        with pytest.raises(KuboUnreachable):
+            store.pin("bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy")
+    finally:
+        store.close()
+
+
+# --- with kubo ---------------------------------------------------------------------------
+
+
+@pytest.mark.ipfs
+def test_init_writes_a_quiet_loopback_config(tmp_path: Path):
+    peer = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWFF8ENRDGR5U3LaK1aGQQWgwgDWjpbncfkwYNVSGijCfJ"
+    kubo = Kubo(tmp_path / "repo", "ab" * 32, 15001, 15002, peers=[peer], binary=kubo_binary())
+    kubo.init()
+    kubo.init()  # again on an existing repo: same result, no error
+    config = kubo.config_show()
+    for key, value in QUIET_CONFIG.items():
+        if key.startswith("Addresses."):
+            assert strings(dotted(config, key)) == value, key
+        else:
+            assert dotted(config, key) == value, key
+    # The ones that matter most, spelled out.
+    assert config["Bootstrap"] == []
+    assert config["Discovery"]["MDNS"]["Enabled"] is False
+    assert config["AutoConf"]["Enabled"] is False
+    assert config["Routing"]["Type"] == "none"
+    assert config["Plugins"]["Plugins"]["telemetry"]["Disabled"] is True
+    assert strings(config["Addresses"]["API"]) == ["/ip4/127.0.0.1/tcp/15001"]
+    assert strings(config["Addresses"]["Swarm"]) == ["/ip4/127.0.0.1/tcp/15002"]
+    assert strings(config["Addresses"]["Gateway"]) == []
+    assert config["Peering"]["Peers"] == [
+        {"ID": peer.rsplit("/", 1)[1], "Addrs": ["/ip4/127.0.0.1/tcp/4001"]}
+    ]
+    assert kubo.peer_id == config["Identity"]["PeerID"]
+    key_file = tmp_path / "repo" / "swarm.key"
+    assert key_file.read_text() == "/key/swarm/psk/1.0.0/\n/base16/\n" + "ab" * 32 + "\n"
+    assert key_file.stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.ipfs
+def test_kubo_refuses_to_start_outside_a_private_network(tmp_path: Path):
+    kubo = Kubo(tmp_path / "repo", "cd" * 32, free_port(), free_port(), binary=kubo_binary())
+    kubo.init()
+    (tmp_path / "repo" / "swarm.key").unlink()
+    with pytest.raises(RuntimeFailure, match="private network"):
+        kubo.start()
+    assert not kubo.running
+
+
+@pytest.mark.ipfs
+def test_connect_and_peering_survives_a_restart(pair: tuple[Kubo, Kubo]):
+    a, b = pair
+    assert a.multiaddr.startswith("/ip4/127.0.0.1/tcp/")
+    b.connect(a.multiaddr)
+    assert a.peer_id in b.connected_peers()
+    assert b.peer_id in a.connected_peers()
+    peering = json.loads(b.api.call("config", "Peering.Peers").text)["Value"]
+    assert [p["ID"] for p in peering] == [a.peer_id]
+    b.connect(a.multiaddr)  # idempotent
+    assert len(json.loads(b.api.call("config", "Peering.Peers").text)["Value"]) == 1
+
+    # A new Kubo on B's repo, told of no peers: the Peering.Peers that connect()
+    # saved bring A back as soon as it starts.
+    b.stop()
+    assert not b.running
+    again = Kubo(b.repo, SWARM_KEY, b.api_port, b.swarm_port, binary=b.binary)
+    again.init()
+    again.start()
+    try:
+        assert a.peer_id in again.connected_peers()
+    finally:
+        again.stop()
+    b.start()
+
+
+@pytest.mark.ipfs
+def test_a_kubo_left_running_is_adopted(tmp_path: Path):
+    """A node process starts kubo and dies; the next one takes that kubo over."""
+    repo, ports = tmp_path / "repo", (free_port(), free_port())
+    earlier_node = (
+        "import sys; from pathlib import Path; from swarm.ipfs import Kubo; "
+        "k = Kubo(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), "
+        "binary=Path(sys.argv[5])); k.init(); k.start()"
+    )
+    args = [str(repo), SWARM_KEY, *map(str, ports), str(kubo_binary())]
+    subprocess.run([sys.executable, "-c", earlier_node, *args], check=True, cwd=REPO)
+    pid = int((repo / "daemon.pid").read_text())
+    kubo = Kubo(repo, SWARM_KEY, *ports, binary=kubo_binary())
+    try:
+        kubo.init()
+        kubo.start()
+        assert kubo.running
+        assert kubo.connected_peers() == set()
+        kubo.stop()
+        assert not kubo.running
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    finally:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.ipfs
+def test_a_node_with_another_swarm_key_cannot_connect(pair: tuple[Kubo, Kubo], tmp_path: Path):
+    a, _ = pair
+    stranger = new_kubo(tmp_path / "stranger", secrets.token_hex(32))
+    try:
+        with pytest.raises(KuboError, match="failed to negotiate security protocol"):
+            stranger.connect(a.multiaddr)
+        assert stranger.peer_id not in a.connected_peers()
+    finally:
+        stranger.stop()
