@@ -25,7 +25,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from swarm.state import App
+from swarm.state import App, Member
 
 LEASE_SECONDS = 6.0
 MARGIN_SECONDS = 4.0
@@ -36,24 +36,6 @@ SUSPECT = "suspect"
 DOWN = "down"
 
 Key = tuple[str, str]  # (app, process), e.g. ("mybot", "bot.1")
-
-
-@dataclass(frozen=True)
-class Member:
-    """A node of the swarm: what its host shares, and how long its lease runs.
-
-    `lease_expires` is epoch seconds on the leader's clock (the leader stamps
-    each renewal when it commits it), so all decisions use one clock. A
-    `leaving` member (`pc swarm leave`) gets nothing new and its instances
-    move elsewhere while it still runs them.
-    """
-
-    name: str
-    memory_mb: int
-    cpus: float
-    max_apps: int
-    lease_expires: float
-    leaving: bool = False
 
 
 @dataclass(frozen=True)

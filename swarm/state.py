@@ -62,6 +62,7 @@ class App:
     releases: list[Release] = field(default_factory=list)
     current: int | None = None  # version that should run
     stopped: bool = False  # ps:stop
+    placement: dict[str, str] = field(default_factory=dict)  # process -> node (in a swarm)
 
     def release(self, version: int | None = None) -> Release:
         """The release `version` (default: the current one)."""
@@ -78,9 +79,34 @@ class App:
 
 
 @dataclass
+class Member:
+    """A node of the swarm: where to reach it, what its host shares, its lease.
+
+    `lease_expires` is epoch seconds: the node may run instances until then, and
+    renews it through the consensus every few seconds (see swarm/placement.py)."""
+
+    name: str
+    memory_mb: int
+    cpus: float
+    max_apps: int
+    lease_expires: float = 0.0
+    leaving: bool = False
+    address: str = ""  # "host:port" of its peer API
+    raft: str = ""  # "host:port" of its consensus endpoint
+    ipfs: str = ""  # its kubo's multiaddr, for the others to dial
+
+
+@dataclass
 class Snapshot:
     users: dict[str, User] = field(default_factory=dict)
     apps: dict[str, App] = field(default_factory=dict)
+    members: dict[str, Member] = field(default_factory=dict)  # empty: a lone node
+    invites: dict[str, dict] = field(default_factory=dict)  # id -> invite.InviteRecord.to_dict()
+    pins: dict[str, list[str]] = field(default_factory=dict)  # slug -> nodes that pin it
+    # node -> "app/process" -> what that node last saw of its instance:
+    # {"release", "running", "exit_code", "started_at", "address"}. Lets any node
+    # answer `ps` and wait for a release that runs on a sibling.
+    observed: dict[str, dict[str, dict]] = field(default_factory=dict)
 
     def app(self, name: str) -> App:
         try:
@@ -104,14 +130,22 @@ def normalize_key(openssh: str) -> str:
     return f"{parts[0]} {parts[1]}"
 
 
-def _from_dict(data: dict) -> Snapshot:
+def snapshot_from_dict(data: dict) -> Snapshot:
     users = {n: User(**u) for n, u in data.get("users", {}).items()}
     apps = {}
     for n, a in data.get("apps", {}).items():
         a = dict(a)
         a["releases"] = [Release(**r) for r in a.get("releases", [])]
         apps[n] = App(**a)
-    return Snapshot(users=users, apps=apps)
+    members = {n: Member(**m) for n, m in data.get("members", {}).items()}
+    return Snapshot(
+        users=users,
+        apps=apps,
+        members=members,
+        invites=dict(data.get("invites", {})),
+        pins=dict(data.get("pins", {})),
+        observed=dict(data.get("observed", {})),
+    )
 
 
 class State:
@@ -136,7 +170,7 @@ class State:
         except FileNotFoundError:
             return
         if (st.st_ino, st.st_mtime_ns) != self._seen:
-            self._snap = _from_dict(json.loads(self._path.read_text()))
+            self._snap = snapshot_from_dict(json.loads(self._path.read_text()))
             self._seen = (st.st_ino, st.st_mtime_ns)
 
     def read(self) -> Snapshot:
