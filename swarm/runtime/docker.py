@@ -5,16 +5,20 @@ unprivileged user with a read-only root, a private /tmp, a memory limit and no
 capabilities. Every container carries the instance's labels, and `status()`
 lists containers by the node label, which is how a restarted daemon re-adopts
 them (and how several nodes share one engine). No restart policy: the daemon
-decides about restarts.
+decides about restarts. Each instance's main process is the lease watchdog
+(`swarm.runtime.lease`), which runs the app's command as its child and ends it
+once the node's lease passes; the lease directory is mounted read-only for it.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from socket import SHUT_WR
 from typing import Any
 
@@ -24,6 +28,7 @@ from docker.types import LogConfig
 from docker.utils.socket import frames_iter
 
 from swarm.errors import RuntimeFailure
+from swarm.runtime import lease
 from swarm.runtime.base import (
     LABEL_APP,
     LABEL_NODE,
@@ -47,6 +52,9 @@ PATH = "/app/.venv/bin:/app/node_modules/.bin:/usr/local/bin:/usr/bin:/bin"
 # stdout and stderr readers race), which timestamp cursors rely on.
 TINI_GROUP = {"TINI_KILL_PROCESS_GROUP": "1"}
 SH_PREFIX = "exec 2>&1; trap : TERM INT HUP; "
+LEASE_MOUNT = "/run/pc"  # the lease directory, inside a container
+# `python3 -c WATCHDOG <lease dir> <process> <command...>`: lease.py, run as a script.
+WATCHDOG = inspect.getsource(lease) + "\nimport sys\nsys.exit(watchdog_main(sys.argv[1:]))\n"
 LOG_CONFIG = LogConfig(type=LogConfig.types.JSON, config={"max-size": "10m", "max-file": "3"})
 
 
@@ -55,10 +63,18 @@ class DockerRuntime:
 
     name = "docker"
 
-    def __init__(self, client: docker.DockerClient, node: str, image: str) -> None:
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        node: str,
+        image: str,
+        lease_dir: Path | None = None,
+    ) -> None:
+        """`lease_dir`: where the daemon keeps the node's lease (None: never enforced)."""
         self.client = client
         self.node = node
         self.image = image
+        self.lease_dir = lease_dir
 
     def container_name(self, app: str, process: str) -> str:
         # '_' cannot appear in node or app names, so "my" + "bot-x.1" and
@@ -72,17 +88,23 @@ class DockerRuntime:
                 raise RuntimeFailure(f"{spec.app} {spec.process} is already running")
             self._remove(old)
         env = {**spec.environment(WEB_PORT if spec.web else None), "PATH": PATH, **TINI_GROUP}
+        sandbox = self._sandbox(spec)
+        if self.lease_dir is not None:
+            lease.make_lease_dir(self.lease_dir)
+            mount = {"bind": LEASE_MOUNT, "mode": "ro"}
+            sandbox["volumes"][str(self.lease_dir.resolve())] = mount
+        watchdog = ["/usr/bin/python3", "-I", "-c", WATCHDOG, LEASE_MOUNT, spec.process]
         try:
             container = self.client.containers.run(
                 self.image,
-                ["sh", "-c", SH_PREFIX + spec.command],
+                [*watchdog, "sh", "-c", SH_PREFIX + spec.command],
                 name=self.container_name(spec.app, spec.process),
                 detach=True,
                 environment=env,
                 labels=spec.labels(),
                 ports={f"{WEB_PORT}/tcp": ("127.0.0.1", None)} if spec.web else None,
                 log_config=LOG_CONFIG,
-                **self._sandbox(spec),
+                **sandbox,
             )
             container.reload()
         except docker.errors.DockerException as e:

@@ -6,7 +6,8 @@ python shim, itself the session leader, that:
     logs carry the time they were written, like docker's;
   - waits for the app and writes its exit code to `<process>.exit`. The daemon
     is not the parent of an instance it re-adopted after a restart, so it cannot
-    `wait()` for it; the exit file is how it still learns the code.
+    `wait()` for it; the exit file is how it still learns the code;
+  - ends the app once the node's lease passes (`swarm.runtime.lease`).
 A handle file `<process>.json` (pid and kernel start time of the shim, to tell
 a reused pid apart, release, port, ...) is what `status()` re-adopts. Where
 `bwrap` works, the app runs in a bubblewrap sandbox: a read-only view of the
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from swarm.errors import RuntimeFailure
+from swarm.runtime import lease
 from swarm.runtime.base import InstanceSpec, InstanceStatus, LogLine, on_set
 
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -47,10 +49,18 @@ class ProcessRuntime:
 
     name = "process"
 
-    def __init__(self, run_dir: Path, node: str, hidden: tuple[Path, ...] = ()) -> None:
-        """`hidden`: host directories the sandbox hides from apps (the node's home)."""
+    def __init__(
+        self,
+        run_dir: Path,
+        node: str,
+        hidden: tuple[Path, ...] = (),
+        lease_dir: Path | None = None,
+    ) -> None:
+        """`hidden`: host directories the sandbox hides from apps (the node's home).
+        `lease_dir`: where the daemon keeps the node's lease (None: never enforced)."""
         self.run_dir = Path(run_dir)
         self.node = node
+        self.lease_dir = lease_dir
         self.hidden = (self.run_dir, *hidden)
         self.bwrap = shutil.which("bwrap") if _bwrap_works() else None
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # to reap what we started
@@ -64,7 +74,9 @@ class ProcessRuntime:
         files["dir"].mkdir(parents=True, exist_ok=True)
         files["log"].write_bytes(b"")  # exists from now on: logs() may follow it at once
         port = _free_port() if spec.web else None
+        lease_dir = str(self.lease_dir.resolve()) if self.lease_dir else ""
         argv = [sys.executable, "-I", "-c", SHIM, _ROOT, str(files["log"]), str(files["exit"])]
+        argv += [lease_dir, spec.process]
         argv += self._sandboxed(spec, ["sh", "-c", SH_PREFIX + spec.command])
         try:
             child = subprocess.Popen(
@@ -249,40 +261,51 @@ class ProcessRuntime:
         """Whether a live (not zombie) process is left in the group. A zombie is
         dead: one re-parented to init can wait a second or more to be reaped."""
         self._reap()
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            fields = (_read_text(stat) or ")  ").rsplit(")", 1)[1].split()
-            if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
-                return True
-        return False
+        return bool(lease.group_members(pgid))
 
 
-# The shim (see the module docstring). argv: root log exit_file cmd...
-# It ignores SIGTERM/INT/HUP with a handler (not SIG_IGN, so the app gets the
-# default back at exec): the signal sent to the group reaches the app itself,
-# and the shim must outlive it to record its exit code.
+# The shim (see the module docstring). argv: root log exit_file lease_dir process cmd...
+# It survives the SIGTERM sent to the group, which reaches the app itself: the
+# shim must outlive the app to record its exit code.
 SHIM = """
 import sys
 sys.path.insert(0, sys.argv[1])
 from swarm.runtime.process import shim_main
-shim_main(sys.argv[2], sys.argv[3], sys.argv[4:])
+shim_main(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:])
 """
 
 
-def shim_main(log_path: str, exit_path: str, argv: list[str]) -> None:
-    """Run `argv`, timestamp its output into `log_path`, write its exit code to `exit_path`."""
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda *_: None)
-    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert child.stdout is not None
+def shim_main(log_path: str, exit_path: str, lease_dir: str, process: str, argv: list[str]) -> None:
+    """Run `argv` while the lease in `lease_dir` ("": none) holds, timestamp its output
+    into `log_path`, write its exit code (LEASE_EXIT if the lease ended it) to `exit_path`."""
+    lease.ignore_stop_signals()
     with open(log_path, "ab", buffering=0) as log:
-        for line in iter(lambda: child.stdout.readline(65536), b""):  # type: ignore[union-attr]
-            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
-            log.write(stamp + b" " + line.rstrip(b"\n") + b"\n")
-    code = child.wait()
+        until = lease.passed(lease_dir)
+        if until is None:
+            child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            pump = threading.Thread(target=_pump, args=(child.stdout, log))
+            pump.start()
+            until = lease.guard(lease_dir, child)
+            pump.join()
+            code = lease.exit_status(child.returncode)
+        if until is not None:
+            _stamp(log, lease.expiry_message(until, process).encode())
+            code = lease.LEASE_EXIT
     tmp = exit_path + ".tmp"
     with open(tmp, "w") as f:
-        f.write(str(128 - code if code < 0 else code))
+        f.write(str(code))
     os.replace(tmp, exit_path)
+
+
+def _pump(out: Any, log: Any) -> None:
+    """Copy the app's output into the log, a timestamp before each line."""
+    for line in iter(lambda: out.readline(65536), b""):
+        _stamp(log, line.rstrip(b"\n"))
+
+
+def _stamp(log: Any, line: bytes) -> None:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+    log.write(stamp + b" " + line + b"\n")
 
 
 def _log_line(raw: bytes, cursor: str) -> LogLine:

@@ -15,15 +15,19 @@ CONNECT_TIMEOUT = 10  # seconds for the engine's ping
 
 
 def open_runtime(settings: Settings, say: Callable[[str], None]) -> Runtime:
-    """`docker` or `process` as configured; `auto` is docker when an engine answers."""
+    """`docker` or `process` as configured; `auto` is docker when an engine answers.
+    Both enforce the lease the daemon keeps in `<run_dir>/lease/` (see runtime.lease)."""
+    lease_dir = settings.run_dir / "lease"
     if settings.runtime != "process":
         client = docker_engine.connect(CONNECT_TIMEOUT)
         if client is not None:
-            return DockerRuntime(client, settings.name, settings.build.stack_image)
+            return DockerRuntime(client, settings.name, settings.build.stack_image, lease_dir)
         if settings.runtime == "docker":
             raise RuntimeFailure("runtime is 'docker' but no Docker engine answers")
         say("No Docker engine answers: apps run as plain processes")
-    runtime = ProcessRuntime(settings.run_dir, settings.name, hidden=(settings.home,))
+    runtime = ProcessRuntime(
+        settings.run_dir, settings.name, hidden=(settings.home,), lease_dir=lease_dir
+    )
     if runtime.bwrap is None:
         say("bubblewrap (bwrap) is missing or cannot sandbox here: apps run unsandboxed")
     return runtime
