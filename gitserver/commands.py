@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Protocol, TypeVar
 
-from gitserver.service import NodeService
+from gitserver.service import NodeRow, NodeService
 from swarm.errors import NotFound, PCError, UsageError
 
 T = TypeVar("T")
@@ -365,16 +365,34 @@ async def _releases(ctx: Context, args: Args) -> int:
     if not rows:
         ctx.out(f"-----> {app} has no releases yet: `git push` to make one")
         return 0
+    swarm = any(r.pinned_on for r in rows)
+    headers = ["", "VERSION", "CREATED", "BY", "SLUG", *(["PINNED ON"] if swarm else [])]
     for line in table(
-        ["", "VERSION", "CREATED", "BY", "SLUG", "DESCRIPTION"],
+        [*headers, "DESCRIPTION"],
         [
             ("*" if r.current else "", r.version, r.created, r.pushed_by, r.slug[:16])
+            + ((",".join(r.pinned_on) or "-",) if swarm else ())
             + (r.description,)
             for r in rows
         ],
     ):
         ctx.out(line)
     return 0
+
+
+async def _swarm_nodes(ctx: Context, args: Args) -> int:
+    args.done()
+    for line in node_table(await ctx.call(ctx.service.swarm_nodes)):
+        ctx.out(line)
+    return 0
+
+
+def node_table(rows: Sequence[NodeRow]) -> list[str]:
+    """The members of a swarm (`swarm:nodes` and `pc swarm status`)."""
+    return table(
+        ["NODE", "STATE", "ADDRESS", "SHARES", "INSTANCES"],
+        [(r.name, r.state, r.address, r.shares, str(r.instances)) for r in rows],
+    )
 
 
 async def _rollback(ctx: Context, args: Args) -> int:
@@ -442,6 +460,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("config:set", "APP KEY=VALUE...", "set config vars (restarts the app)", _config_set),
     Command("config:unset", "APP KEY...", "remove config vars (restarts the app)", _config_unset),
     Command("releases", "APP", "list an app's releases (* marks the current one)", _releases),
+    Command("swarm:nodes", "", "list the swarm's members, their state and load", _swarm_nodes),
     Command("rollback", "APP VERSION", "run an earlier release again, as a new one", _rollback),
     Command(
         "run", "APP CMD...", "run a one-off command in the app's environment", _run, verbatim=True

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -39,6 +39,18 @@ class ReleaseRow:
     pushed_by: str
     created: str
     slug: str  # content id of the slug in the store
+    pinned_on: list[str] = field(default_factory=list)  # in a swarm: the nodes that hold it
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    """One member of the swarm, as `swarm:nodes` shows it."""
+
+    name: str
+    state: str  # "up", "suspect", "down"; "(leaving)" appended while it leaves
+    address: str
+    shares: str  # "2048 MB, 1 cpu, 20 apps"
+    instances: int
 
 
 class NodeService(Protocol):
@@ -71,6 +83,8 @@ class NodeService(Protocol):
     def config_unset(self, user: str, app: str, keys: list[str]) -> None: ...
     def releases(self, user: str, app: str) -> list[ReleaseRow]: ...
     def rollback(self, user: str, app: str, version: str) -> str: ...
+    def swarm_nodes(self, user: str) -> list[NodeRow]:
+        """The swarm's members; raises PCError on a node that is in no swarm."""
 
     def run(
         self,

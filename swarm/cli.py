@@ -12,12 +12,14 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
 from gitserver.server import load_or_create_host_key
 from swarm import settings as config
 from swarm.errors import ConfigError, PCError
+from swarm.identity import SwarmIdentity
 from swarm.state import State, User, normalize_key
 
 DEFAULT_KEYS = ("~/.ssh/id_ed25519.pub", "~/.ssh/id_rsa.pub")
@@ -70,9 +72,14 @@ def cmd_init(args: argparse.Namespace) -> None:
                 runtime=args.runtime,
                 listen=args.listen,
                 domain=args.domain,
+                peer_port=args.peer_port,
+                raft_port=args.raft_port,
             ).items()
             if v is not None
         },
+        ipfs=config.IpfsSettings(
+            api_port=args.ipfs_api_port or 5001, swarm_port=args.ipfs_swarm_port or 4001
+        ),
     )
     home.mkdir(parents=True, exist_ok=True)
     s.config_file.write_text(config.to_toml(s))
@@ -94,7 +101,8 @@ def cmd_daemon(args: argparse.Namespace) -> None:
 
     s = config.load(Path(args.home) if args.home else None)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=LOG_FORMAT)
-    logging.getLogger("asyncssh").setLevel(logging.WARNING)  # eight INFO lines per session
+    for chatty in ("asyncssh", "httpx"):  # a line per session / per kubo call
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     asyncio.run(serve(s))
 
 
@@ -147,6 +155,91 @@ def cmd_user_list(args: argparse.Namespace) -> None:
         say(f"{user.name}{' (admin)' if user.admin else ''}: {len(user.keys)} key(s)")
 
 
+def _settings(args: argparse.Namespace) -> config.Settings:
+    return config.load(Path(args.home) if args.home else None)
+
+
+def _identity(s: config.Settings) -> SwarmIdentity:
+    identity = SwarmIdentity.load(s.swarm_file)
+    if identity is None:
+        raise PCError("this node is in no swarm: `pc swarm create` or `pc swarm join TOKEN`")
+    return identity
+
+
+def _ask_daemon(s: config.Settings, route: str, body: dict) -> Any:
+    """A signed request to this node's own daemon (it holds the swarm's state)."""
+    from swarm.peer import PeerClient
+
+    identity = _identity(s)
+
+    async def ask() -> Any:
+        async with PeerClient(s.name, lambda: identity.secret_bytes) as client:
+            address = f"{s.advertised}:{s.peer_port}"
+            return await client.call(s.name, address, route, body, timeout=30)
+
+    return asyncio.run(ask())
+
+
+def cmd_swarm_create(args: argparse.Namespace) -> None:
+    s = _settings(args)
+    if s.swarm_file.exists():
+        raise PCError(f"this node is already in swarm {_identity(s).name}")
+    identity = SwarmIdentity.create(args.name)
+    identity.save(s.swarm_file)
+    say(f"-----> Swarm {identity.name} ({identity.id}) created with {s.name} as its first member")
+    say("       (re)start `pc daemon`: it brings this node's users and apps into the swarm")
+
+
+def cmd_swarm_invite(args: argparse.Namespace) -> None:
+    answer = _ask_daemon(_settings(args), "invite", {"ttl": args.ttl})
+    say(f"-----> One-time invite, valid for {args.ttl} s. On the new node: pc swarm join TOKEN")
+    say(answer["token"])
+
+
+def cmd_swarm_join(args: argparse.Namespace) -> None:
+    from swarm.invite import parse_invite
+    from swarm.peer import PeerClient
+
+    s = _settings(args)
+    if s.swarm_file.exists():
+        raise PCError(f"this node is already in swarm {_identity(s).name}")
+    invite = parse_invite(args.token)
+    body = {
+        "address": f"{s.advertised}:{s.peer_port}",
+        "raft": f"{s.advertised}:{s.raft_port}",
+        "memory_mb": s.shares.memory_mb,
+        "cpus": s.shares.cpus,
+        "max_apps": s.shares.max_apps,
+    }
+
+    async def join() -> Any:
+        async with PeerClient(s.name, lambda: b"") as client:
+            return await client.call("the inviting node", invite.address, "join", body,
+                                     timeout=30, invite=invite)  # fmt: skip
+
+    answer = asyncio.run(join())
+    SwarmIdentity(
+        id=answer["id"],
+        name=answer["name"],
+        secret=answer["secret"],
+        swarm_key=answer["swarm_key"],
+        partners=list(answer["partners"]),
+        sponsor=answer["sponsor"],
+    ).save(s.swarm_file)
+    say(f"-----> {s.name} joined swarm {answer['name']}: start `pc daemon` now")
+    say("       (until it runs, the swarm counts it as a member that does not answer)")
+
+
+def cmd_swarm_status(args: argparse.Namespace) -> None:
+    from gitserver.commands import node_table
+    from swarm.node import member_row
+
+    answer = _ask_daemon(_settings(args), "status", {})
+    say(f"swarm {answer['name']} ({answer['id']}), leader {answer['leader'] or '-'}")
+    for line in node_table([member_row(m) for m in answer["members"]]):
+        say(line)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pc", description="People's Cloud node")
     p.add_argument("--home", help="the node's home (default $PC_HOME or the data dir)")
@@ -159,6 +252,10 @@ def parser() -> argparse.ArgumentParser:
     init.add_argument("--ssh-port", type=int)
     init.add_argument("--router-port", type=int)
     init.add_argument("--dashboard-port", type=int)
+    init.add_argument("--peer-port", type=int, help="node-to-node API (swarm)")
+    init.add_argument("--raft-port", type=int, help="the swarm's consensus")
+    init.add_argument("--ipfs-api-port", type=int, help="this node's kubo RPC API")
+    init.add_argument("--ipfs-swarm-port", type=int, help="this node's kubo libp2p port")
     init.add_argument("--runtime", choices=config.RUNTIMES)
     init.add_argument("--listen", help="address the SSH server and router listen on")
     init.add_argument("--domain", help="web apps answer at APP.DOMAIN")
@@ -181,6 +278,20 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--admin", action="store_true", help="may manage every app")
     add.set_defaults(func=cmd_user_add)
     user_sub.add_parser("list", help="users and their key counts").set_defaults(func=cmd_user_list)
+
+    swarm = sub.add_parser("swarm", help="pool this node with others")
+    swarm_sub = swarm.add_subparsers(dest="swarm_command", required=True)
+    create = swarm_sub.add_parser("create", help="make this node the first member of a swarm")
+    create.add_argument("--name", required=True, help="the swarm's name")
+    create.set_defaults(func=cmd_swarm_create)
+    invite = swarm_sub.add_parser("invite", help="print a one-time join token (last line)")
+    invite.add_argument("--ttl", type=int, default=3600, help="seconds it stays valid")
+    invite.set_defaults(func=cmd_swarm_invite)
+    join = swarm_sub.add_parser("join", help="join the swarm a token invites to")
+    join.add_argument("token")
+    join.set_defaults(func=cmd_swarm_join)
+    status = swarm_sub.add_parser("status", help="the members, their state and load")
+    status.set_defaults(func=cmd_swarm_status)
     return p
 
 

@@ -13,6 +13,9 @@ import logging
 import os
 import shutil
 import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO
 
 from docker import DockerClient
@@ -22,18 +25,28 @@ from gitserver.server import start_server
 from router.proxy import start_router
 from swarm.deploy import Deployer
 from swarm.errors import PCError
+from swarm.identity import SwarmIdentity
+from swarm.ipfs.kubo import Kubo
+from swarm.ipfs.store import IpfsStore
 from swarm.logbus import LogBus
+from swarm.membership import Membership
 from swarm.node import Node
+from swarm.peer import start_peer_server
+from swarm.raft import Conflict, NoQuorum
 from swarm.reconciler import Reconciler
+from swarm.replicated import ReplicatedState
 from swarm.runtime.base import LABEL_NODE
 from swarm.runtime.select import open_runtime
 from swarm.settings import Settings
 from swarm.state import State
-from swarm.store import LocalStore
+from swarm.store import LocalStore, Store
 
 log = logging.getLogger("pc")
 
 RECONCILE_EVERY = 2.0  # seconds between passes that notice crashes
+TICK_EVERY = 1.0  # in a swarm: lease renewal, placement, observation
+MAINTAIN_EVERY = 3.0  # in a swarm: kubo connections and pins
+PIN_TIMEOUT = 20.0  # one try at fetching a slug; the next round tries again
 
 
 def lock_home(settings: Settings) -> IO[str]:
@@ -81,38 +94,89 @@ def sweep_build_containers(client: DockerClient, node: str) -> None:
         container.remove(force=True)
 
 
-def build_node(settings: Settings) -> tuple[Node, Reconciler, LogBus]:
+@dataclass
+class Parts:
+    """The node, composed; `membership` and `kubo` only in a swarm."""
+
+    node: Node
+    reconciler: Reconciler
+    logbus: LogBus
+    membership: Membership | None = None
+    kubo: Kubo | None = None
+
+
+def build_node(settings: Settings) -> Parts:
     if not settings.state_file.exists():
         raise PCError(f"no node at {settings.home}: run `pc init` first")
     sweep_leftovers(settings)
-    state = State(settings.state_file)
-    store = LocalStore(settings.store_dir)
+    identity = SwarmIdentity.load(settings.swarm_file)
+    kubo = None
+    if identity is None:
+        state: State | ReplicatedState = State(settings.state_file)
+        store: Store = LocalStore(settings.store_dir)
+    else:  # a swarm: state agreed by Raft, slugs in the swarm's private IPFS
+        kubo = Kubo(
+            settings.ipfs_dir,
+            identity.swarm_key,
+            settings.ipfs.api_port,
+            settings.ipfs.swarm_port,
+            host=settings.advertised,
+        )
+        kubo.init()
+        kubo.start()
+        store = IpfsStore(kubo.api_url, fetch_timeout=PIN_TIMEOUT)
+        state = ReplicatedState(
+            f"{settings.advertised}:{settings.raft_port}",
+            identity.partners,
+            identity.secret,
+            settings.home / "raft",
+        )
     runtime = open_runtime(settings, log.warning)
-    log.info("runtime: %s", runtime.name)
+    log.info("runtime: %s, store: %s", runtime.name, "ipfs" if kubo else "local")
     client: DockerClient | None = getattr(runtime, "client", None)  # the docker runtime's
     if client is not None:
         sweep_build_containers(client, settings.name)
     logbus = LogBus(settings.logs_dir, runtime)
-    reconciler = Reconciler(settings, state, store, runtime, logbus)
-    deployer = Deployer(settings, state, store, reconciler, logbus, make_executor(settings, client))
-    node = Node(settings, state, runtime, store, reconciler, deployer, logbus)
-    return node, reconciler, logbus
+    reconciler = Reconciler(settings, state, store, runtime, logbus)  # type: ignore[arg-type]
+    executor = make_executor(settings, client)
+    deployer = Deployer(settings, state, store, reconciler, logbus, executor)  # type: ignore[arg-type]
+    node = Node(settings, state, runtime, store, reconciler, deployer, logbus)  # type: ignore[arg-type]
+    parts = Parts(node, reconciler, logbus, kubo=kubo)
+    if identity is not None:
+        assert isinstance(state, ReplicatedState) and isinstance(store, IpfsStore) and kubo
+        membership = Membership(settings, identity, state, kubo, store, runtime, reconciler, logbus)
+        reconciler.may_run = membership.may_run
+        reconciler.elsewhere = membership.remote_instances
+        node.membership = parts.membership = membership
+    return parts
 
 
 def web_addresses(reconciler: Reconciler, app: str) -> list[str]:
     return [
         s.address
-        for (name, process), s in reconciler.instances().items()
+        for (name, process), s in reconciler.everywhere().items()
         if name == app and s.running and s.address and process.startswith("web.")
     ]
 
 
 async def serve(settings: Settings) -> None:
     lock = lock_home(settings)
-    node, reconciler, logbus = build_node(settings)
+    parts = await asyncio.to_thread(build_node, settings)
+    reconciler, membership = parts.reconciler, parts.membership
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()  # a state change arrived: reconcile now
+    peers = admission = None
+    if membership is not None:
+        membership.loop = loop
+        membership.state.on_change(lambda _version: loop.call_soon_threadsafe(wake.set))
+        peers = await start_peer_server(membership.peer_app(), settings.listen, settings.peer_port)
+        if not membership.identity.partners:  # the first member brings the lone node's state
+            await asyncio.to_thread(seed_when_elected, membership, State(settings.state_file))
+        elif membership.identity.sponsor:  # joined, not yet admitted
+            admission = asyncio.ensure_future(membership.seek_admission())
     await asyncio.to_thread(reconciler.reconcile)  # re-adopt what already runs
     ssh = await start_server(
-        node,
+        parts.node,
         settings.listen,
         settings.ssh_port,
         settings.host_key,
@@ -125,7 +189,7 @@ async def serve(settings: Settings) -> None:
         settings.router_port,
     )
     log.info(
-        "node %s ready: ssh on %s:%d, router on %s:%d (http://APP.%s:%d/)",
+        "node %s ready: ssh on %s:%d, router on %s:%d (http://APP.%s:%d/)%s",
         settings.name,
         settings.listen,
         settings.ssh_port,
@@ -133,23 +197,72 @@ async def serve(settings: Settings) -> None:
         settings.router_port,
         settings.domain,
         settings.router_port,
+        f", swarm {membership.identity.name} (peer API :{settings.peer_port})"
+        if membership
+        else "",
     )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loops = [asyncio.ensure_future(every(RECONCILE_EVERY, reconciler.reconcile, stop, wake))]
+    if membership is not None:
+        loops.append(asyncio.ensure_future(every(TICK_EVERY, membership.tick, stop)))
+        loops.append(asyncio.ensure_future(every(MAINTAIN_EVERY, membership.maintain, stop)))
     try:
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), RECONCILE_EVERY)
-            except TimeoutError:
-                try:
-                    await asyncio.to_thread(reconciler.reconcile)
-                except Exception:  # one bad pass must not end the daemon
-                    log.exception("reconcile pass failed")
+        await stop.wait()
+        for task in loops:
+            task.cancel()
     finally:
         log.info("stopping (apps keep running)")
         ssh.close()
         await router.cleanup()
-        logbus.close()
+        if admission is not None:
+            admission.cancel()
+        if peers is not None:
+            await peers.cleanup()
+        if membership is not None:
+            await membership.client.close()
+            membership.state.close()
+        if parts.kubo is not None:
+            await asyncio.to_thread(parts.kubo.stop)  # the apps have their slugs already
+        parts.logbus.close()
         lock.close()
+
+
+async def every(
+    seconds: float,
+    work: Callable[[], object],
+    stop: asyncio.Event,
+    wake: asyncio.Event | None = None,
+) -> None:
+    """Run blocking `work` in a thread every `seconds` (at once when `wake` is set)
+    until `stop`. Loops are separate so a slow one never delays another: a lease
+    renewal never waits behind a slug fetch."""
+    while not stop.is_set():
+        waiters = [asyncio.ensure_future(stop.wait())]
+        if wake is not None:
+            waiters.append(asyncio.ensure_future(wake.wait()))
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+        if stop.is_set():
+            return
+        if wake is not None:
+            wake.clear()
+        try:
+            await asyncio.to_thread(work)
+        except Exception:  # one bad round must not end the daemon
+            log.exception("%s failed", getattr(work, "__qualname__", work))
+
+
+def seed_when_elected(membership: Membership, local: State) -> None:
+    """A one-member swarm elects itself within a few seconds; then seed it."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            membership.seed(local.read())
+            return
+        except (NoQuorum, Conflict):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)

@@ -138,7 +138,8 @@ class Deployer:
         """Reconcile, then wait until every wanted instance of `release` runs."""
         deadline = time.monotonic() + timeout
         while True:
-            running = self.reconciler.reconcile()
+            self.reconciler.reconcile()
+            running = self.reconciler.everywhere()
             snap = self.state.read()
             a = snap.app(app)
             wanted = [f"{t}.{n}" for t, c in a.scale.items() for n in range(1, c + 1)]
@@ -148,7 +149,7 @@ class Deployer:
             up = [p for p in wanted if p in mine and mine[p].running]
             if len(up) == len(wanted):
                 where = (
-                    ", ".join(f"{p} on {self.settings.name}" for p in up)
+                    ", ".join(f"{p} on {a.placement.get(p, self.settings.name)}" for p in up)
                     or "no processes scaled up"
                 )
                 say(f"-----> Release {release} running: {where}")

@@ -14,18 +14,23 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dulwich.repo import Repo
 
-from gitserver.service import AppRow, PsRow, ReleaseRow
+from gitserver.service import AppRow, NodeRow, PsRow, ReleaseRow
 from swarm.deploy import Deployer
 from swarm.errors import Forbidden, NotFound, PCError, UsageError
 from swarm.logbus import LogBus
+from swarm.peer import PeerError
 from swarm.reconciler import Reconciler, instance_spec
 from swarm.runtime.base import Runtime
 from swarm.settings import Settings, check_app_name
 from swarm.state import App, Snapshot, State, now
 from swarm.store import Store
+
+if TYPE_CHECKING:
+    from swarm.membership import Membership
 
 CONFIG_KEY_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 RESERVED_KEYS = {"PORT", "PC_APP", "PC_PROCESS", "PC_RELEASE", "PC_NODE", "HOME", "PATH"}
@@ -51,6 +56,7 @@ class Node:
         self.deployer = deployer
         self.logbus = logbus
         self._oneoff = itertools.count(1)
+        self.membership: Membership | None = None  # set by the daemon in a swarm
 
     # --- who may do what ----------------------------------------------------
     def _app(self, user: str, name: str, snap: Snapshot | None = None) -> App:
@@ -125,7 +131,7 @@ class Node:
             return "not deployed"
         if app.stopped:
             return "stopped"
-        running = self.reconciler.instances()
+        running = self.reconciler.everywhere()
         mine = [s for (name, _), s in running.items() if name == app.name]
         return "crashed" if any(not s.running for s in mine) else "running"
 
@@ -164,7 +170,7 @@ class Node:
         if a.current is None:
             return []
         release = a.release()
-        running = self.reconciler.instances()
+        running = self.reconciler.everywhere()
         rows = []
         for ptype, count in sorted(a.scale.items()):
             for n in range(1, count + 1):
@@ -184,7 +190,7 @@ class Node:
                     PsRow(
                         process=process,
                         release=s.release if s else release.name,
-                        node=self.settings.name,
+                        node=a.placement.get(process, self.settings.name),
                         state=state,
                         since=s.started_at if s else "",
                         command=release.processes.get(ptype, ""),
@@ -212,6 +218,8 @@ class Node:
         if ptype is not None and ptype not in a.scale:
             raise UsageError(f"{app} has no process type {ptype!r}")
         self.reconciler.restart(app, ptype)
+        if self.membership is not None:
+            self.membership.restart_everywhere(app, ptype)
 
     def stop(self, user: str, app: str) -> None:
         self._set_stopped(user, app, True)
@@ -279,6 +287,7 @@ class Node:
     # --- releases -------------------------------------------------------------------
     def releases(self, user: str, app: str) -> list[ReleaseRow]:
         a = self._app(user, app)
+        pins = self.state.read().pins
         return [
             ReleaseRow(
                 version=r.name,
@@ -287,9 +296,15 @@ class Node:
                 pushed_by=r.pushed_by,
                 created=r.created,
                 slug=r.slug,
+                pinned_on=pins.get(r.slug, []),
             )
             for r in reversed(a.releases)
         ]
+
+    def swarm_nodes(self, user: str) -> list[NodeRow]:
+        if self.membership is None:
+            raise PCError("this node is in no swarm (`pc swarm create` makes one)")
+        return [member_row(m) for m in self.membership.swarm_status()["members"]]
 
     def rollback(self, user: str, app: str, version: str) -> str:
         a = self._app(user, app)
@@ -341,9 +356,54 @@ class Node:
         self, user: str, app: str, lines: int, ptype: str | None, follow: bool
     ) -> AsyncIterator[str]:
         await asyncio.to_thread(self._app, user, app)
+        siblings = (
+            await self.membership.sibling_logs(app, lines, ptype, follow) if self.membership else []
+        )
         if not follow:
-            for line in await asyncio.to_thread(self.logbus.tail, app, lines, ptype):
+            mine = await asyncio.to_thread(self.logbus.tail, app, lines, ptype)
+            for stream in siblings:
+                mine += [line async for line in _decoded(stream)]
+            mine.sort(key=lambda line: line[:20])  # by timestamp; stable within a node
+            for line in mine[-lines:]:
                 yield line
             return
-        async for line in self.logbus.follow(app, ptype, backlog=lines):
+        sources = [self.logbus.follow(app, ptype, backlog=lines), *map(_decoded, siblings)]
+        async for line in merge(sources):
             yield line
+
+
+def member_row(m: dict) -> NodeRow:
+    """A member as `Membership.swarm_status()` gives it -> a row of `swarm:nodes`."""
+    return NodeRow(
+        name=m["name"],
+        state=m["state"] + (" (leaving)" if m.get("leaving") else ""),
+        address=m["address"],
+        shares=f"{m['memory_mb']} MB, {m['cpus']:g} cpu, {m['max_apps']} apps",
+        instances=m["instances"],
+    )
+
+
+async def _decoded(stream: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """A sibling's log lines; one that does not answer costs its lines, not the command."""
+    try:
+        async for raw in stream:
+            yield raw.decode().rstrip("\n")
+    except PeerError as e:
+        yield f"{now()} app[pc]: logs unavailable: {e}"
+
+
+async def merge(sources: list[AsyncIterator[str]]) -> AsyncIterator[str]:
+    """Lines of several followed logs as they come; stopping stops them all."""
+    queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1000)
+
+    async def pump(source: AsyncIterator[str]) -> None:
+        async for line in source:
+            await queue.put(line)
+
+    tasks = [asyncio.ensure_future(pump(s)) for s in sources]
+    try:
+        while True:
+            yield await queue.get()
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -13,7 +13,7 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -42,8 +42,10 @@ class Crash:
 def desired_instances(
     snap: Snapshot, node: str, settings: Settings
 ) -> dict[tuple[str, str], InstanceSpec]:
-    """Every instance this node should run, keyed by (app, process)."""
+    """Every instance this node should run, keyed by (app, process). In a swarm
+    (the state has members) that is what placement put on this node."""
     out: dict[tuple[str, str], InstanceSpec] = {}
+    swarm = bool(snap.members)
     for app in snap.apps.values():
         if app.stopped or app.current is None:
             continue
@@ -51,6 +53,8 @@ def desired_instances(
         for ptype, command in release.processes.items():
             for n in range(1, app.scale.get(ptype, 0) + 1):
                 process = f"{ptype}.{n}"
+                if swarm and app.placement.get(process) != node:
+                    continue
                 out[(app.name, process)] = instance_spec(
                     app, release.version, process, command, node, settings
                 )
@@ -83,6 +87,10 @@ class Reconciler:
         self.store = store
         self.runtime = runtime
         self.logbus = logbus
+        # In a swarm: whether this node's lease holds. Without it, nothing may run.
+        self.may_run: Callable[[], bool] = lambda: True
+        # In a swarm: what siblings last reported of their instances.
+        self.elsewhere: Callable[[], dict[tuple[str, str], InstanceStatus]] = dict
         self._lock = threading.Lock()  # one pass at a time, whoever calls
         self._crashes: dict[tuple[str, str], Crash] = {}
         self._last: dict[tuple[str, str], InstanceStatus] = {}
@@ -92,6 +100,10 @@ class Reconciler:
         """What ran at the end of the last pass (cheap: no runtime call)."""
         return dict(self._last)
 
+    def everywhere(self) -> dict[tuple[str, str], InstanceStatus]:
+        """Instances on this node (last pass) and, in a swarm, on its siblings."""
+        return {**self.elsewhere(), **self._last}
+
     def crash(self, app: str, process: str) -> Crash | None:
         return self._crashes.get((app, process))
 
@@ -99,6 +111,8 @@ class Reconciler:
         """One pass; returns what runs afterwards."""
         with self._lock:
             want = desired_instances(self.state.read(), self.settings.name, self.settings)
+            if not self.may_run():
+                want = {}
             have = {(s.app, s.process): s for s in self.runtime.status()}
             for key, status in have.items():
                 if key not in want:

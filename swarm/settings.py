@@ -18,7 +18,7 @@ APP_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,29}$")
 NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 USER_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 RUNTIMES = ("auto", "docker", "process")
-STORES = ("local",)
+STORES = ("local", "ipfs")
 
 
 def default_home() -> Path:
@@ -105,6 +105,39 @@ class Shares:
 
 
 @dataclass(frozen=True)
+class IpfsSettings:
+    """The node's kubo: started and supervised by the daemon unless `api_url` names one."""
+
+    api_url: str = ""  # e.g. "http://127.0.0.1:5001": use that kubo instead of starting one
+    api_port: int = 5001
+    swarm_port: int = 4001  # libp2p, on `listen`; only the swarm's private network uses it
+
+    def __post_init__(self) -> None:
+        for attr in ("api_port", "swarm_port"):
+            object.__setattr__(self, attr, _port(getattr(self, attr), f"[ipfs] {attr}"))
+
+
+@dataclass(frozen=True)
+class SwarmSettings:
+    """How the swarm decides: leases, failover, replication."""
+
+    lease_seconds: float = 4.0  # a node runs instances only while its lease holds
+    # Failover waits the lease plus this (10 s in all): a cut-off node stops its
+    # instances before its lease ends, a frozen one's watchdog within 6 s after.
+    margin_seconds: float = 6.0
+    replication: int = 3  # nodes that pin each slug (fewer when the swarm is smaller)
+
+    def __post_init__(self) -> None:
+        _numbers(
+            self,
+            "swarm",
+            lease_seconds=(float, 1.0),
+            margin_seconds=(float, 0.5),
+            replication=(int, 1),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     name: str = "node1"
     home: Path = field(default_factory=default_home)
@@ -112,16 +145,21 @@ class Settings:
     ssh_port: int = 2222
     router_port: int = 8080
     dashboard_port: int = 8800
+    peer_port: int = 7001  # node-to-node API (signed with the swarm secret)
+    raft_port: int = 7002  # the swarm's consensus (pysyncobj, encrypted with the swarm secret)
+    advertise: str = ""  # address siblings reach this node at; "" = `listen`, or 127.0.0.1
     domain: str = "localhost"  # web apps answer at <app>.<domain>
     runtime: str = "auto"
     store: str = "local"
     build: BuildSettings = field(default_factory=BuildSettings)
     shares: Shares = field(default_factory=Shares)
+    ipfs: IpfsSettings = field(default_factory=IpfsSettings)
+    swarm: SwarmSettings = field(default_factory=SwarmSettings)
 
     def __post_init__(self) -> None:
         if not NODE_NAME_RE.match(self.name):
             raise ConfigError(f"invalid node name {self.name!r}: lowercase letters, digits, '-'")
-        for attr in ("ssh_port", "router_port", "dashboard_port"):
+        for attr in ("ssh_port", "router_port", "dashboard_port", "peer_port", "raft_port"):
             object.__setattr__(self, attr, _port(getattr(self, attr), attr.replace("_", "-")))
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, not {self.runtime!r}")
@@ -130,6 +168,21 @@ class Settings:
         object.__setattr__(self, "home", Path(self.home))
 
     # Paths inside the node's home: one place names them all.
+    @property
+    def advertised(self) -> str:
+        """The host siblings dial to reach this node."""
+        if self.advertise:
+            return self.advertise
+        return "127.0.0.1" if self.listen in ("0.0.0.0", "::", "") else self.listen
+
+    @property
+    def swarm_file(self) -> Path:
+        return self.home / "swarm.json"  # the swarm's id and secrets, once created or joined
+
+    @property
+    def ipfs_dir(self) -> Path:
+        return self.home / "ipfs"
+
     @property
     def config_file(self) -> Path:
         return self.home / "config.toml"
@@ -168,7 +221,12 @@ class Settings:
 
 
 ENV_PREFIX = "PC_"
-_SECTIONS = {"build": BuildSettings, "shares": Shares}
+_SECTIONS = {
+    "build": BuildSettings,
+    "shares": Shares,
+    "ipfs": IpfsSettings,
+    "swarm": SwarmSettings,
+}
 
 
 def _typed(cls: type, data: dict[str, Any], where: str) -> Any:

@@ -76,6 +76,8 @@ class NodeProc:
     runtime: str
     proc: subprocess.Popen | None = None
     log: Path = field(init=False)
+    peer_port: int = 0
+    raft_port: int = 0
 
     def __post_init__(self) -> None:
         self.log = self.home / "daemon.log"
@@ -150,6 +152,40 @@ class NodeProc:
     def remote(self, app: str) -> str:
         return f"ssh://pc@127.0.0.1:{self.ssh_port}/{app}"
 
+    def kubo_pids(self) -> list[int]:
+        """The kubo daemons of this node (found by their repo)."""
+        pids = []
+        for environ in Path("/proc").glob("[0-9]*/environ"):
+            try:
+                if f"IPFS_PATH={self.home / 'ipfs'}".encode() in environ.read_bytes().split(b"\0"):
+                    pids.append(int(environ.parent.name))
+            except OSError:
+                continue
+        return pids
+
+    def kill(self) -> None:
+        """The machine dies: its daemon, its kubo and its containers, at once."""
+        import docker
+
+        for pid in [self.proc.pid] if self.proc else []:
+            os.kill(pid, signal.SIGKILL)
+        for pid in self.kubo_pids():
+            os.kill(pid, signal.SIGKILL)
+        if self.proc:
+            self.proc.wait()
+            self.proc = None
+        client = docker.from_env()
+        for c in client.containers.list(
+            all=True, filters={"label": f"peoplescloud.node={self.name}"}
+        ):
+            c.remove(force=True)
+
+    def signal_all(self, sig: int) -> None:
+        """SIGSTOP / SIGCONT the daemon and its kubo (a frozen machine)."""
+        assert self.proc is not None
+        for pid in [self.proc.pid, *self.kubo_pids()]:
+            os.kill(pid, sig)
+
 
 def make_repo(tmp: Path, sample: str) -> Path:
     """A git work tree holding a copy of tests/apps/<sample>, committed on main."""
@@ -193,6 +229,8 @@ def init_node(root: Path, key: Path, runtime: str) -> NodeProc:
         router_port=free_port(),
         key=key,
         runtime=runtime,
+        peer_port=free_port(),
+        raft_port=free_port(),
     )
     node.pc(
         "init",
@@ -203,6 +241,10 @@ def init_node(root: Path, key: Path, runtime: str) -> NodeProc:
         "--dashboard-port", str(free_port()),
         "--runtime", runtime,
         "--listen", "127.0.0.1",
+        "--peer-port", str(node.peer_port),
+        "--raft-port", str(node.raft_port),
+        "--ipfs-api-port", str(free_port()),
+        "--ipfs-swarm-port", str(free_port()),
     )  # fmt: skip
     return node
 
@@ -221,7 +263,11 @@ def node_factory(tmp_path: Path, user_key: Path) -> Iterator:
 
     yield make
     for node in made:
+        if node.proc is not None:
+            node.signal_all(signal.SIGCONT)  # a test may have left it frozen
         node.stop()
+        for pid in node.kubo_pids():
+            os.kill(pid, signal.SIGKILL)
         cleanup_instances(node.home, node.runtime)
 
 

@@ -187,6 +187,11 @@ class IpfsStore:
         if self.has(cid):
             self.api.call("pin/rm", cid, recursive=True)
 
+    def pinned(self) -> set[str]:
+        """Every slug this node pins (checked locally)."""
+        keys = self.api.json("pin/ls", type="recursive", offline=True).get("Keys") or {}
+        return set(keys)
+
     def has(self, cid: str) -> bool:
         """Whether this node pins `cid` (checked locally, never over the network)."""
         try:

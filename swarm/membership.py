@@ -1,0 +1,411 @@
+"""This node's part in its swarm.
+
+Every tick (about a second) each member:
+1. renews its lease through the consensus: it runs instances only while the
+   lease holds; when it cannot renew (no quorum: it is cut off), it stops its
+   own instances before the lease ends, so the others may take them over;
+2. if it leads, decides placement and which nodes pin each slug
+   (swarm/placement.py) and writes the answer into the state;
+3. pins the slugs it should hold and lets go of the others;
+4. publishes what its instances are doing (`observed`), so any node can answer
+   `ps` or wait for a release that runs on a sibling.
+
+The reconciler on each node then runs what is placed on it (swarm/reconciler.py).
+Siblings talk over the signed peer API (swarm/peer.py): invite, join, status,
+logs, restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, replace
+from typing import Any
+
+from aiohttp import web
+
+from swarm.identity import SwarmIdentity
+from swarm.invite import InviteError, InviteRecord, make_invite, redeem, usable
+from swarm.ipfs.kubo import Kubo
+from swarm.ipfs.store import IpfsStore
+from swarm.logbus import LogBus
+from swarm.peer import PeerClient, PeerError, make_peer_app
+from swarm.placement import holders, member_state, place, slugs_in_use
+from swarm.raft import Conflict, NoQuorum
+from swarm.reconciler import Reconciler
+from swarm.replicated import ReplicatedState
+from swarm.runtime.base import InstanceStatus, Runtime
+from swarm.runtime.lease import write_lease
+from swarm.settings import Settings
+from swarm.state import Member, Snapshot
+
+log = logging.getLogger(__name__)
+
+INVITE_TTL = 3600  # seconds an invite token stays usable
+KEEP_PINNED = 3  # releases per app whose slugs stay pinned (for rollback)
+
+
+def observation(status: InstanceStatus) -> dict[str, Any]:
+    return {
+        "release": status.release,
+        "running": status.running,
+        "exit_code": status.exit_code,
+        "started_at": status.started_at,
+        "address": status.address,
+    }
+
+
+class Membership:
+    def __init__(
+        self,
+        settings: Settings,
+        identity: SwarmIdentity,
+        state: ReplicatedState,
+        kubo: Kubo,
+        store: IpfsStore,
+        runtime: Runtime,
+        reconciler: Reconciler,
+        logbus: LogBus,
+    ) -> None:
+        self.settings = settings
+        self.me = settings.name
+        self.identity = identity
+        self.state = state
+        self.kubo = kubo
+        self.store = store
+        self.runtime = runtime
+        self.reconciler = reconciler
+        self.logbus = logbus
+        self.lease_until = 0.0
+        self.loop: asyncio.AbstractEventLoop | None = None  # the daemon's, set when it starts
+        self.client = PeerClient(self.me, lambda: identity.secret_bytes)
+
+    @property
+    def raft_address(self) -> str:
+        return f"{self.settings.advertised}:{self.settings.raft_port}"
+
+    @property
+    def peer_address(self) -> str:
+        return f"{self.settings.advertised}:{self.settings.peer_port}"
+
+    def may_run(self) -> bool:
+        """The reconciler's gate: instances run only while this node's lease holds."""
+        return time.time() < self.lease_until
+
+    # --- the tick ---------------------------------------------------------------
+    def tick(self) -> None:
+        """Lease, placement and observation: consensus only, never waiting on a
+        sibling's kubo or a slow fetch, so a lease is never lost to slow I/O."""
+        self._renew_lease()
+        snap = self.state.read()
+        if self.state.leader() == self.raft_address:
+            self._decide(snap)
+        self._observe(snap)
+
+    def maintain(self) -> None:
+        """The slow part, on its own pace: keep kubo connected to the members and
+        pin what placement gave this node."""
+        snap = self.state.read()
+        self._connect_peers(snap)
+        self._hold_pins(snap)
+
+    def seed(self, local: Snapshot) -> None:
+        """The first member: bring the lone node's users and apps into the swarm,
+        and make itself a member."""
+        with self.state.change() as s:
+            if not s.users:
+                s.users.update(local.users)
+                s.apps.update(local.apps)
+            s.members.setdefault(self.me, self._member(s.members.get(self.me)))
+
+    def _member(self, old: Member | None) -> Member:
+        shares = self.settings.shares
+        return Member(
+            name=self.me,
+            memory_mb=shares.memory_mb,
+            cpus=shares.cpus,
+            max_apps=shares.max_apps,
+            lease_expires=old.lease_expires if old else 0.0,
+            leaving=old.leaving if old else False,
+            address=self.peer_address,
+            raft=self.raft_address,
+            ipfs=self.kubo.multiaddr,
+        )
+
+    def _renew_lease(self) -> None:
+        until = time.time() + self.settings.swarm.lease_seconds
+        try:
+            with self.state.change(timeout=self.settings.swarm.lease_seconds / 2) as s:
+                if self.me not in s.members:
+                    return  # not (yet, or no longer) a member: no lease
+                member = self._member(s.members[self.me])
+                member.lease_expires = until
+                s.members[self.me] = member
+        except (NoQuorum, Conflict) as e:
+            if self.lease_until and time.time() > self.lease_until - 1:
+                self._stop_everything(f"lease not renewed ({e})")
+            return
+        self.lease_until = until
+        write_lease(self.settings.run_dir / "lease", until)
+
+    def _stop_everything(self, why: str) -> None:
+        """Cut off from the swarm: stop before the lease ends, so the others may
+        start these instances elsewhere without two copies running."""
+        for s in self.runtime.status():
+            if s.running:
+                self.logbus.event(s.app, f"stopping {s.process}: {why}")
+                self.runtime.stop(s.app, s.process, timeout=2)
+
+    def _decide(self, snap: Snapshot) -> None:
+        now = time.time()
+        margin = self.settings.swarm.margin_seconds
+        members = list(snap.members.values())
+        current = {(a.name, p): n for a in snap.apps.values() for p, n in a.placement.items()}
+        placed = place(
+            members, snap.apps, current, now, self.settings.shares.instance_memory_mb, margin
+        )
+        for line in placed.decisions:
+            log.info("placement: %s", line)
+        slugs = slugs_in_use(snap.apps, placed.nodes, KEEP_PINNED)
+        pins = holders(
+            members,
+            slugs,
+            snap.pins,
+            now,
+            min(self.settings.swarm.replication, len(members)),
+            placed.free_mb,
+            margin,
+        )
+        wanted = {
+            name: {p: n for (a, p), n in placed.nodes.items() if a == name} for name in snap.apps
+        }
+        if all(snap.apps[n].placement == wanted[n] for n in snap.apps) and pins == snap.pins:
+            return
+        try:
+            with self.state.change() as s:
+                for name, placement in wanted.items():
+                    if name in s.apps:
+                        s.apps[name].placement = placement
+                s.pins = pins
+        except (NoQuorum, Conflict) as e:
+            log.info("placement not written this round: %s", e)
+
+    def _hold_pins(self, snap: Snapshot) -> None:
+        for cid, nodes in snap.pins.items():
+            if self.me in nodes and not self.store.has(cid):
+                try:
+                    self.store.pin(cid)
+                    log.info("pinned %s", cid)
+                except Exception as e:  # no holder up yet: next round
+                    log.info("cannot pin %s yet: %s", cid, e)
+        # Let go of the slugs placement gave to others (slugs it does not know yet,
+        # like the one a push here just added, stay until it decides).
+        mine = {c for c, n in snap.pins.items() if self.me in n}
+        for cid in (self.store.pinned() & set(snap.pins)) - mine:
+            self.store.unpin(cid)
+
+    def _connect_peers(self, snap: Snapshot) -> None:
+        connected = self.kubo.connected_peers()
+        for m in snap.members.values():
+            if m.name != self.me and m.ipfs and m.ipfs.rsplit("/", 1)[-1] not in connected:
+                try:
+                    self.kubo.connect(m.ipfs)
+                    log.info("kubo connected to %s", m.name)
+                except Exception as e:
+                    log.info("kubo cannot reach %s yet: %s", m.name, e)
+
+    def _observe(self, snap: Snapshot) -> None:
+        mine = {f"{a}/{p}": observation(s) for (a, p), s in self.reconciler.instances().items()}
+        if snap.observed.get(self.me) == mine:
+            return
+        try:
+            with self.state.change() as s:
+                s.observed[self.me] = mine
+        except (NoQuorum, Conflict):
+            pass
+
+    # --- what siblings ask ------------------------------------------------------------
+    def peer_app(self) -> web.Application:
+        return make_peer_app(
+            lambda: self.identity.secret_bytes,
+            lambda name: name in self.state.read().members,
+            {
+                "invite": self._invite,
+                "status": self._status,
+                "logs": self._logs,
+                "restart": self._restart,
+                "admit": self._admit,
+            },
+            invite_handlers={"join": self._join},
+            invite_key=self._invite_key,
+        )
+
+    def _invite_key(self, invite_id: str) -> bytes:
+        records = {k: InviteRecord.from_dict(v) for k, v in self.state.read().invites.items()}
+        return usable(records, invite_id, time.time()).key
+
+    async def _invite(self, sender: str, body: Any) -> Any:
+        ttl = int(body.get("ttl", INVITE_TTL))
+        token, record = make_invite(self.identity.id, self.peer_address, ttl, time.time())
+
+        def store() -> None:
+            with self.state.change() as s:
+                s.invites[record.invite_id] = record.to_dict()
+
+        await asyncio.to_thread(store)
+        return {"token": token, "expires": record.expires}
+
+    async def _join(self, sender: str, invite_id: str, body: Any) -> Any:
+        def admit() -> list[str]:
+            with self.state.change() as s:
+                if sender in s.members:
+                    raise InviteError(f"the swarm already has a member named {sender}")
+                records = {k: InviteRecord.from_dict(v) for k, v in s.invites.items()}
+                s.invites[invite_id] = redeem(records, invite_id, time.time(), sender).to_dict()
+                s.members[sender] = Member(
+                    name=sender,
+                    memory_mb=int(body["memory_mb"]),
+                    cpus=float(body["cpus"]),
+                    max_apps=int(body["max_apps"]),
+                    address=str(body["address"]),
+                    raft=str(body["raft"]),
+                )
+                return [m.raft for m in s.members.values() if m.name != sender]
+
+        partners = await asyncio.to_thread(admit)
+        log.info("%s joined the swarm", sender)
+        return {
+            "id": self.identity.id,
+            "name": self.identity.name,
+            "secret": self.identity.secret,
+            "swarm_key": self.identity.swarm_key,
+            "partners": partners,
+            "sponsor": self.peer_address,
+        }
+
+    async def _admit(self, sender: str, body: Any) -> Any:
+        """A joined node's daemon runs: make it a Raft member (it must be up for
+        the change to commit)."""
+        member = self.state.read().members.get(sender)
+        if member is None or member.raft != body.get("raft"):
+            raise InviteError(f"{sender} has not joined with that address: `pc swarm join` first")
+        if member.raft not in self.state.members():
+            await asyncio.to_thread(self.state.add_member, member.raft, 15)
+            log.info("%s (%s) is now a Raft member", sender, member.raft)
+        return {"ok": True}
+
+    async def seek_admission(self) -> None:
+        """Ask the sponsor to admit this node until it does (see SwarmIdentity.sponsor)."""
+        body = {"raft": self.raft_address}
+        while True:
+            try:
+                await self.client.call("sponsor", self.identity.sponsor, "admit", body, timeout=30)
+            except PeerError as e:
+                log.info("not admitted yet: %s", e)
+                await asyncio.sleep(2)
+                continue
+            self.identity = replace(self.identity, sponsor="")
+            self.identity.save(self.settings.swarm_file)
+            log.info("admitted to swarm %s", self.identity.name)
+            return
+
+    async def _status(self, sender: str, body: Any) -> Any:
+        return self.swarm_status()
+
+    def swarm_status(self) -> dict[str, Any]:
+        snap = self.state.read()
+        now = time.time()
+        rows = []
+        for m in sorted(snap.members.values(), key=lambda m: m.name):
+            instances = sum(
+                1 for a in snap.apps.values() for n in a.placement.values() if n == m.name
+            )
+            rows.append(
+                {
+                    **asdict(m),
+                    "state": member_state(m, now, self.settings.swarm.margin_seconds),
+                    "instances": instances,
+                }
+            )
+        return {
+            "id": self.identity.id,
+            "name": self.identity.name,
+            "leader": self.state.leader(),
+            "members": rows,
+        }
+
+    async def _logs(self, sender: str, body: Any) -> AsyncIterator[bytes]:
+        app, lines, ptype = str(body["app"]), int(body["lines"]), body.get("ptype")
+        if not body.get("follow"):
+            tail = await asyncio.to_thread(self.logbus.tail, app, lines, ptype)
+            return _iterate([(line + "\n").encode() for line in tail])
+        return _encode(self.logbus.follow(app, ptype, backlog=lines))
+
+    async def _restart(self, sender: str, body: Any) -> Any:
+        await asyncio.to_thread(self.reconciler.restart, str(body["app"]), body.get("ptype"))
+        return {"ok": True}
+
+    # --- asking siblings ------------------------------------------------------------
+    def remote_instances(self) -> dict[tuple[str, str], InstanceStatus]:
+        """What the other members last reported of their instances."""
+        snap = self.state.read()
+        now = time.time()
+        out = {}
+        for node, seen in snap.observed.items():
+            member = snap.members.get(node)
+            if node == self.me or member is None or member.lease_expires < now:
+                continue  # a node whose lease ended may have stopped, or be frozen: unknown
+            for key, o in seen.items():
+                app, process = key.split("/", 1)
+                if app not in snap.apps or snap.apps[app].placement.get(process) != node:
+                    continue  # it ran there, but belongs elsewhere now
+                out[(app, process)] = InstanceStatus(
+                    app,
+                    process,
+                    o["release"],
+                    o["running"],
+                    o["exit_code"],
+                    o["started_at"],
+                    o["address"],
+                )
+        return out
+
+    def restart_everywhere(self, app: str, ptype: str | None) -> None:
+        """From a worker thread: ask the siblings that run `app` to restart it."""
+        assert self.loop is not None, "the daemon sets the loop when it starts"
+        future = asyncio.run_coroutine_threadsafe(self.restart_elsewhere(app, ptype), self.loop)
+        future.result(timeout=60)
+
+    def nodes_of(self, app: str) -> list[Member]:
+        """The other members that run instances of `app`."""
+        snap = self.state.read()
+        names = set(snap.apps[app].placement.values()) if app in snap.apps else set()
+        return [snap.members[n] for n in sorted(names - {self.me}) if n in snap.members]
+
+    async def sibling_logs(
+        self, app: str, lines: int, ptype: str | None, follow: bool
+    ) -> list[AsyncIterator[bytes]]:
+        body = {"app": app, "lines": lines, "ptype": ptype, "follow": follow}
+        streams = []
+        for m in self.nodes_of(app):
+            streams.append(self.client.stream(m.name, m.address, "logs", body))
+        return streams
+
+    async def restart_elsewhere(self, app: str, ptype: str | None) -> None:
+        for m in self.nodes_of(app):
+            try:
+                await self.client.call(m.name, m.address, "restart", {"app": app, "ptype": ptype})
+            except PeerError as e:
+                log.warning("restart of %s on %s: %s", app, m.name, e)
+
+
+async def _iterate(items: list[bytes]) -> AsyncIterator[bytes]:
+    for item in items:
+        yield item
+
+
+async def _encode(lines: AsyncIterator[str]) -> AsyncIterator[bytes]:
+    async for line in lines:
+        yield (line + "\n").encode()

@@ -1,0 +1,121 @@
+"""Three nodes on loopback, each with its own home, kubo and ports, one shared
+Docker engine; driven with the system git and ssh, and `pc swarm ...`.
+
+One long scenario, run once: create, invite, join; push to node 1; the bot runs
+where placement says and its slug is pinned on three nodes; logs from another
+node; kill the node that runs it and see it run elsewhere; bring the node back
+and see one copy; freeze a node past the failover time and see no second copy.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.conftest import NodeProc, make_repo, wait_for
+
+pytestmark = [pytest.mark.docker, pytest.mark.ipfs, pytest.mark.e2e]
+
+FAILOVER = 10  # seconds: the default lease (4 s) plus margin (6 s)
+
+
+NODES: set[str] = set()  # this test's node names: the engine may be shared
+
+
+def copies(app: str) -> list[str]:
+    """The nodes whose containers run an instance of `app` now (Docker's truth)."""
+    running = docker.from_env().containers.list(filters={"label": f"peoplescloud.app={app}"})
+    return sorted(n for c in running if (n := c.labels["peoplescloud.node"]) in NODES)
+
+
+def where(node: NodeProc, app: str) -> str | None:
+    """The node `ps` (asked of `node`) says runs bot.1, if it is up."""
+    r = node.ssh("ps", app)
+    for line in r.stdout.splitlines():
+        fields = line.split()
+        if fields[:2] == ["bot.1", "up"]:
+            return fields[3]
+    return None
+
+
+def test_three_nodes_place_replicate_and_fail_over(node_factory, tmp_path: Path):
+    n1, n2, n3 = (node_factory("docker", start=False) for _ in range(3))
+    by_name = {n.name: n for n in (n1, n2, n3)}
+    NODES.update(by_name)
+
+    assert n1.pc("swarm", "create", "--name", "friends").returncode == 0
+    n1.start()
+    for joiner in (n2, n3):
+        token = n1.pc("swarm", "invite").stdout.strip().splitlines()[-1]
+        assert joiner.pc("swarm", "join", token).returncode == 0
+        joiner.start()
+        # A token works once.
+        again = n3.pc("swarm", "join", token, check=False) if joiner is n2 else None
+        if again is not None:
+            assert again.returncode != 0 and "already used" in again.stderr
+    status = wait_for(
+        lambda: (s := n2.pc("swarm", "status").stdout).count(" up ") == 3 and s,
+        what="three members up",
+    )
+    assert all(n.name in status for n in (n1, n2, n3))
+    assert n2.ssh("swarm:nodes").stdout.count(" up ") == 3
+
+    # Push to node 1: it runs where placement says, the slug is pinned on all three.
+    work = make_repo(tmp_path, "python-bot")
+    r = n1.git(work, "push", n1.remote("mybot"), "main")
+    assert r.returncode == 0, r.stderr
+    assert "Release v1 running: bot.1 on" in r.stderr
+    home = wait_for(lambda: where(n2, "mybot"), what="bot.1 up")
+    assert copies("mybot") == [home]
+    releases = wait_for(
+        lambda: (o := n3.ssh("releases", "mybot").stdout).count(",") >= 2 and o,
+        what="slug pinned on three nodes",
+    )
+    assert all(n.name in releases for n in (n1, n2, n3))
+
+    # Logs from a node that does not run it.
+    reader = next(n for n in (n1, n2, n3) if n.name != home)
+    wait_for(lambda: "app[bot.1]: logged in" in reader.ssh("logs", "mybot").stdout, what="logs")
+
+    # Kill the node that runs the bot: it runs elsewhere, with its logs.
+    victim = by_name[home]
+    victim.kill()
+    survivor = next(n for n in (n1, n2, n3) if n is not victim)
+    killed_at = time.monotonic()
+    moved = wait_for(
+        lambda: (w := where(survivor, "mybot")) not in (None, home) and w,
+        timeout=FAILOVER + 30,
+        what="bot.1 running on another node",
+    )
+    assert copies("mybot") == [moved]
+    wait_for(
+        lambda: "app[bot.1]: logged in" in survivor.ssh("logs", "mybot").stdout,
+        what="the new copy's first line, read from a node",
+    )
+    print(f"failover: bot.1 up on {moved} {time.monotonic() - killed_at:.1f} s after the kill")
+
+    # The killed node comes back: still exactly one copy.
+    victim.start()
+    wait_for(lambda: n1.pc("swarm", "status").stdout.count(" up ") == 3, what="all up again")
+    time.sleep(3)
+    assert copies("mybot") == [moved]
+
+    # Freeze the node that runs it past the failover time; never two copies.
+    frozen = by_name[moved]
+    frozen.signal_all(signal.SIGSTOP)
+    deadline = time.monotonic() + FAILOVER + 20
+    seen_elsewhere = False
+    while time.monotonic() < deadline:
+        now = copies("mybot")
+        assert len(now) <= 1, f"two copies at once: {now}"
+        seen_elsewhere = seen_elsewhere or (now and now[0] != moved)
+        time.sleep(0.2)
+    frozen.signal_all(signal.SIGCONT)
+    assert seen_elsewhere, "the frozen node's bot was never taken over"
+    for _ in range(20):  # after it resumes, it must not start its stale copy again
+        assert len(copies("mybot")) == 1
+        time.sleep(0.25)
