@@ -139,6 +139,11 @@ def cmd_stack_build(args: argparse.Namespace) -> None:
 def cmd_user_add(args: argparse.Namespace) -> None:
     s = config.load(Path(args.home) if args.home else None)
     config.check_user_name(args.name)
+    if s.swarm_file.exists():  # the users live in the swarm's replicated state
+        raise PCError(
+            "this node is in a swarm: adding users there is not built yet "
+            "(add them before `pc swarm create`, on the first node)"
+        )
     key = read_public_key(Path(args.key))
     with State(s.state_file).change() as snap:
         if snap.user_for_key(key):
