@@ -200,10 +200,12 @@ class Membership:
                     log.info("pinned %s", cid)
                 except Exception as e:  # no holder up yet: next round
                     log.info("cannot pin %s yet: %s", cid, e)
-        # Let go of the slugs placement gave to others (slugs it does not know yet,
-        # like the one a push here just added, stay until it decides).
+        # Let go of the release slugs that are not this node's to hold: given to
+        # others, or of releases too old to keep. A slug no release names yet (a
+        # push here just added it) stays until the leader decides.
         mine = {c for c, n in snap.pins.items() if self.me in n}
-        for cid in (self.store.pinned() & set(snap.pins)) - mine:
+        known = {r.slug for a in snap.apps.values() for r in a.releases}
+        for cid in (self.store.pinned() & known) - mine:
             self.store.unpin(cid)
 
     def _connect_peers(self, snap: Snapshot) -> None:
