@@ -179,8 +179,8 @@ class Node:
                 crash = self.reconciler.crash(app, process)
                 if a.stopped:
                     state, why = "stopped", "ps:start starts it"
-                elif s is None:
-                    state, why = "starting", ""
+                elif s is None:  # e.g. its slug cannot be fetched yet: it retries
+                    state, why = "starting", self.reconciler.start_failure(app, process)
                 elif s.running:
                     state, why = "up", ""
                 else:

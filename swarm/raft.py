@@ -268,7 +268,7 @@ class RaftNode:
             return NoQuorum(
                 f"the swarm did not confirm the {what} within {limit:g} s "
                 f"({self._answering()}): it may still take effect when the swarm "
-                "recovers; running apps keep running"
+                "recovers; apps keep running wherever a majority of the swarm answers"
             )
         if denied:
             return Conflict(
@@ -277,7 +277,7 @@ class RaftNode:
             )
         return NoQuorum(
             f"the swarm has no quorum ({self._answering()}): nothing was changed; "
-            "running apps keep running"
+            "apps keep running wherever a majority of the swarm answers"
         )
 
     def _can_submit(self) -> bool:

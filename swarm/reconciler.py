@@ -95,6 +95,7 @@ class Reconciler:
         self._crashes: dict[tuple[str, str], Crash] = {}
         self._last: dict[tuple[str, str], InstanceStatus] = {}
         self._held: Counter[str] = Counter()  # slug -> one-off processes using it
+        self._failed: dict[tuple[str, str], str] = {}  # why an instance could not start
 
     def instances(self) -> dict[tuple[str, str], InstanceStatus]:
         """What ran at the end of the last pass (cheap: no runtime call)."""
@@ -103,6 +104,10 @@ class Reconciler:
     def everywhere(self) -> dict[tuple[str, str], InstanceStatus]:
         """Instances on this node (last pass) and, in a swarm, on its siblings."""
         return {**self.elsewhere(), **self._last}
+
+    def start_failure(self, app: str, process: str) -> str:
+        """Why the last try to start an instance here failed ("" if it did not)."""
+        return self._failed.get((app, process), "")
 
     def crash(self, app: str, process: str) -> Crash | None:
         return self._crashes.get((app, process))
@@ -165,13 +170,17 @@ class Reconciler:
 
     def _start(self, spec: InstanceSpec) -> None:
         self.logbus.event(spec.app, f"starting {spec.process} ({spec.release})")
+        key = (spec.app, spec.process)
         try:
             self.fetch_slug(spec)
             self.runtime.start(spec)
-        except Exception as e:  # a runtime failure must not stop the other apps' pass
+        except Exception as e:  # one failure must not stop the other apps' pass
             log.exception("starting %s %s", spec.app, spec.process)
-            self.logbus.event(spec.app, f"could not start {spec.process}: {e}")
+            if self._failed.get(key) != str(e):  # say it once, not every pass
+                self.logbus.event(spec.app, f"could not start {spec.process}: {e}")
+            self._failed[key] = str(e)
             return
+        self._failed.pop(key, None)
         self.logbus.watch(spec.app, spec.process)
 
     def fetch_slug(self, spec: InstanceSpec) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.conftest import NodeProc, make_repo, wait_for
+from tests.conftest import NodeProc, commit_all, make_repo, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.ipfs, pytest.mark.e2e]
 
@@ -119,3 +119,14 @@ def test_three_nodes_place_replicate_and_fail_over(node_factory, tmp_path: Path)
     for _ in range(20):  # after it resumes, it must not start its stale copy again
         assert len(copies("mybot")) == 1
         time.sleep(0.25)
+
+    # Two of three gone: no quorum. A push is refused and says why. (This node then
+    # stops its bot when its lease ends: it cannot tell dead siblings from a cut.)
+    alive = by_name[copies("mybot")[0]]
+    for n in (n1, n2, n3):
+        if n is not alive:
+            n.kill()
+    (work / "bot.py").write_text((work / "bot.py").read_text() + "# v2\n")
+    commit_all(work, "v2")
+    r = alive.git(work, "push", alive.remote("mybot"), "main")
+    assert r.returncode != 0 and "no quorum" in r.stderr, r.stderr

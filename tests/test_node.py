@@ -137,3 +137,12 @@ def test_a_config_change_is_a_release_the_reconciler_rolls_out(node: Node):
     assert instance[2] == "v2" and instance[3]["TOKEN"] == "t=1"
     node.config_unset("ann", "annbot", ["TOKEN"])
     assert "TOKEN" not in node.runtime.started[-1][3]  # type: ignore[attr-defined]
+
+
+def test_ps_says_why_an_instance_cannot_start(node: Node):
+    """Its slug cannot be had (in a swarm: no holder is up): it waits, retries, and ps says why."""
+    cid = node.state.read().apps["annbot"].release().slug
+    node.store.unpin(cid)
+    node.reconciler.reconcile()
+    [row] = node.ps("ann", "annbot")
+    assert row.state == "starting" and "not in this node's store" in row.why
