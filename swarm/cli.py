@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +236,43 @@ def cmd_swarm_join(args: argparse.Namespace) -> None:
     say("       (until it runs, the swarm counts it as a member that does not answer)")
 
 
+def cmd_swarm_leave(args: argparse.Namespace) -> None:
+    """Move this node's instances elsewhere, then leave; the node is alone again."""
+    from swarm.peer import PeerClient
+
+    s = _settings(args)
+    identity = _identity(s)
+    _ask_daemon(s, "leave", {})
+    say("-----> Leaving: moving this node's instances to the other members")
+    deadline = time.monotonic() + args.timeout
+    while True:
+        members = _ask_daemon(s, "status", {})["members"]
+        me = next(m for m in members if m["name"] == s.name)
+        if me["instances"] == 0 and me["running"] == 0:
+            break
+        if time.monotonic() > deadline:
+            raise PCError(
+                f"{me['instances']} instance(s) could not move within {args.timeout} s "
+                "(do the others have room?); this node stays, marked leaving"
+            )
+        time.sleep(1)
+    leader = _ask_daemon(s, "step_down", {})["leader"]  # Raft never removes its leader
+    others = [m for m in members if m["name"] != s.name and m["state"] == "up"]
+    others.sort(key=lambda m: m["raft"] != leader)  # the leader first
+    if not others:
+        raise PCError("no other member is up to take this node out of the swarm")
+
+    async def remove() -> None:
+        async with PeerClient(s.name, lambda: identity.secret_bytes) as client:
+            await client.call(others[0]["name"], others[0]["address"], "remove", {}, timeout=30)
+
+    asyncio.run(remove())
+    s.swarm_file.unlink()
+    with State(s.state_file).change() as snap:  # its apps now live in the swarm
+        snap.apps.clear()
+    say(f"-----> {s.name} left swarm {identity.name}: restart `pc daemon` to run alone")
+
+
 def cmd_swarm_status(args: argparse.Namespace) -> None:
     from gitserver.commands import node_table
     from swarm.node import member_row
@@ -295,6 +333,9 @@ def parser() -> argparse.ArgumentParser:
     join = swarm_sub.add_parser("join", help="join the swarm a token invites to")
     join.add_argument("token")
     join.set_defaults(func=cmd_swarm_join)
+    leave = swarm_sub.add_parser("leave", help="move this node's apps elsewhere, then leave")
+    leave.add_argument("--timeout", type=int, default=120, help="seconds to wait for the move")
+    leave.set_defaults(func=cmd_swarm_leave)
     status = swarm_sub.add_parser("status", help="the members, their state and load")
     status.set_defaults(func=cmd_swarm_status)
     return p

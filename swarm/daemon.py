@@ -147,6 +147,7 @@ def build_node(settings: Settings) -> Parts:
         membership = Membership(settings, identity, state, kubo, store, runtime, reconciler, logbus)
         reconciler.may_run = membership.may_run
         reconciler.elsewhere = membership.remote_instances
+        deployer.replicated = membership.wait_replicated
         node.membership = parts.membership = membership
     return parts
 

@@ -39,6 +39,8 @@ class Deployer:
         self.logbus = logbus
         self.executor = executor
         self._busy: set[str] = set()
+        # In a swarm: wait until the slug is pinned on its holders (Membership).
+        self.replicated: Callable[[str, Callable[[str], None]], None] = lambda _cid, _say: None
         self._busy_lock = threading.Lock()
 
     def deploy(
@@ -79,6 +81,7 @@ class Deployer:
             shutil.rmtree(work, ignore_errors=True)
         release = self._record(app, user, commit, cid, result)
         self.logbus.event(app, f"release {release.name} by {user}: {release.description}")
+        self.replicated(cid, say)
         return self.activate(app, release.version, say)
 
     def _record(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -207,6 +207,32 @@ class Membership:
         known = {r.slug for a in snap.apps.values() for r in a.releases}
         for cid in (self.store.pinned() & known) - mine:
             self.store.unpin(cid)
+        held = sorted(self.store.pinned() & known)
+        if snap.held.get(self.me) != held:  # what `releases` shows and a push waits for
+            try:
+                with self.state.change() as s:
+                    s.held[self.me] = held
+            except (NoQuorum, Conflict):
+                pass
+
+    def holders_of(self, cid: str) -> list[str]:
+        """The members that report pinning `cid`."""
+        return sorted(n for n, cids in self.state.read().held.items() if cid in cids)
+
+    def wait_replicated(self, cid: str, say: Callable[[str], None], timeout: float = 90) -> None:
+        """Until the slug is pinned on as many nodes as placement wants (a push
+        reports it); after `timeout` the push goes on and says so."""
+        deadline = time.monotonic() + timeout
+        while True:
+            want = len(self.state.read().pins.get(cid, [])) or None
+            have = self.holders_of(cid)
+            if want and len(have) >= want:
+                say(f"-----> Slug pinned on {len(have)} nodes: {', '.join(have)}")
+                return
+            if time.monotonic() > deadline:
+                say(f"-----> Slug pinned on {len(have)} node(s) so far: {', '.join(have)}")
+                return
+            time.sleep(0.3)
 
     def _connect_peers(self, snap: Snapshot) -> None:
         connected = self.kubo.connected_peers()
@@ -239,6 +265,9 @@ class Membership:
                 "logs": self._logs,
                 "restart": self._restart,
                 "admit": self._admit,
+                "leave": self._leave,
+                "step_down": self._step_down,
+                "remove": self._remove,
             },
             invite_handlers={"join": self._join},
             invite_key=self._invite_key,
@@ -313,22 +342,59 @@ class Membership:
             log.info("admitted to swarm %s", self.identity.name)
             return
 
+    async def _leave(self, sender: str, body: Any) -> Any:
+        """`sender` is leaving: placement gives it nothing new and moves its instances."""
+
+        def mark() -> None:
+            with self.state.change() as s:
+                s.members[sender].leaving = True
+
+        await asyncio.to_thread(mark)
+        return {"ok": True}
+
+    async def _step_down(self, sender: str, body: Any) -> Any:
+        await asyncio.to_thread(self.state.step_down)
+        return {"leader": self.state.leader()}
+
+    async def _remove(self, sender: str, body: Any) -> Any:
+        """Take a leaving member out of the swarm once nothing of it runs (asked of
+        another member: Raft does not let a member remove itself)."""
+        snap = self.state.read()
+        member = snap.members.get(sender)
+        if member is None or not member.leaving:
+            raise InviteError(f"{sender} is not leaving: `pc swarm leave` on it first")
+        placed = [p for a in snap.apps.values() for p, n in a.placement.items() if n == sender]
+        running = [k for k, o in snap.observed.get(sender, {}).items() if o.get("running")]
+        if placed or running:
+            raise InviteError(f"{sender} still runs {len(placed) or len(running)} instance(s)")
+
+        def remove() -> None:
+            self.state.remove_member(member.raft, 15)
+            with self.state.change() as s:
+                s.members.pop(sender, None)
+                s.observed.pop(sender, None)
+                s.pins = {c: [n for n in nodes if n != sender] for c, nodes in s.pins.items()}
+
+        await asyncio.to_thread(remove)
+        log.info("%s left the swarm", sender)
+        return {"ok": True}
+
     async def _status(self, sender: str, body: Any) -> Any:
         return self.swarm_status()
 
     def swarm_status(self) -> dict[str, Any]:
         snap = self.state.read()
         now = time.time()
+        placed = [n for a in snap.apps.values() for n in a.placement.values()]
         rows = []
         for m in sorted(snap.members.values(), key=lambda m: m.name):
-            instances = sum(
-                1 for a in snap.apps.values() for n in a.placement.values() if n == m.name
-            )
+            seen = snap.observed.get(m.name, {}).values()
             rows.append(
                 {
                     **asdict(m),
                     "state": member_state(m, now, self.settings.swarm.margin_seconds),
-                    "instances": instances,
+                    "instances": placed.count(m.name),  # placed there
+                    "running": sum(1 for o in seen if o.get("running")),  # as it reports
                 }
             )
         return {

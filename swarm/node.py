@@ -287,7 +287,11 @@ class Node:
     # --- releases -------------------------------------------------------------------
     def releases(self, user: str, app: str) -> list[ReleaseRow]:
         a = self._app(user, app)
-        pins = self.state.read().pins
+        snap = self.state.read()
+        pins: dict[str, list[str]] = {}
+        for node, cids in snap.held.items():
+            for cid in cids:
+                pins.setdefault(cid, []).append(node)
         return [
             ReleaseRow(
                 version=r.name,
@@ -296,7 +300,7 @@ class Node:
                 pushed_by=r.pushed_by,
                 created=r.created,
                 slug=r.slug,
-                pinned_on=pins.get(r.slug, []),
+                pinned_on=sorted(pins.get(r.slug, [])),
             )
             for r in reversed(a.releases)
         ]

@@ -237,6 +237,14 @@ class RaftNode:
             start, timeout, "membership change", done=lambda: address not in self.members()
         )
 
+    def step_down(self, timeout: float = 10.0) -> None:
+        """If this member leads, hand the lead to a caught-up follower: Raft never
+        lets a leader be removed, so a leaving member steps down first."""
+        deadline = time.monotonic() + timeout
+        while self.leader() == self.address and time.monotonic() < deadline:
+            self._sync.transferLeadership()
+            time.sleep(0.5)
+
     def _replicate(
         self,
         start: Callable[[Callback], None],

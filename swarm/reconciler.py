@@ -61,6 +61,23 @@ def desired_instances(
     return out
 
 
+def running_elsewhere(snap: Snapshot, node: str, now: float) -> set[tuple[str, str]]:
+    """Instances another member still reports running while its lease holds. A
+    node waits for them to stop before starting its own copy: a handoff (a node
+    leaving, a move) never runs two copies. A member whose lease ended does not
+    count: it has stopped them itself, or its watchdogs have."""
+    busy = set()
+    for other, seen in snap.observed.items():
+        member = snap.members.get(other)
+        if other == node or member is None or member.lease_expires < now:
+            continue
+        for key, o in seen.items():
+            if o.get("running"):
+                app, process = key.split("/", 1)
+                busy.add((app, process))
+    return busy
+
+
 def instance_spec(
     app: App, version: int, process: str, command: str, node: str, settings: Settings
 ) -> InstanceSpec:
@@ -115,15 +132,20 @@ class Reconciler:
     def reconcile(self) -> dict[tuple[str, str], InstanceStatus]:
         """One pass; returns what runs afterwards."""
         with self._lock:
-            want = desired_instances(self.state.read(), self.settings.name, self.settings)
+            snap = self.state.read()
+            want = desired_instances(snap, self.settings.name, self.settings)
             if not self.may_run():
                 want = {}
+            busy = running_elsewhere(snap, self.settings.name, time.time())
             have = {(s.app, s.process): s for s in self.runtime.status()}
             for key, status in have.items():
                 if key not in want:
                     self._stop(status, "no longer wanted")
             for key, spec in want.items():
-                self._converge(spec, have.get(key))
+                status = have.get(key)
+                if key in busy and not (status and status.running):
+                    continue  # still running on its previous node: start it once that stops
+                self._converge(spec, status)
             self._gc_slugs(want.values())
             self._last = {(s.app, s.process): s for s in self.runtime.status()}
             return dict(self._last)

@@ -197,6 +197,10 @@ class ReplicatedState:
         """Take `addr` out of the swarm (from another member than `addr`)."""
         self._raft.remove_member(addr, timeout)
 
+    def step_down(self) -> None:
+        """Stop leading, if this member leads (see RaftNode.step_down)."""
+        self._raft.step_down()
+
     def members(self) -> list[str]:
         """Addresses of all members as this member knows them, itself first."""
         return self._raft.members()

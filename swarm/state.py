@@ -102,7 +102,8 @@ class Snapshot:
     apps: dict[str, App] = field(default_factory=dict)
     members: dict[str, Member] = field(default_factory=dict)  # empty: a lone node
     invites: dict[str, dict] = field(default_factory=dict)  # id -> invite.InviteRecord.to_dict()
-    pins: dict[str, list[str]] = field(default_factory=dict)  # slug -> nodes that pin it
+    pins: dict[str, list[str]] = field(default_factory=dict)  # slug -> nodes that should pin it
+    held: dict[str, list[str]] = field(default_factory=dict)  # node -> slugs it does pin
     # node -> "app/process" -> what that node last saw of its instance:
     # {"release", "running", "exit_code", "started_at", "address"}. Lets any node
     # answer `ps` and wait for a release that runs on a sibling.
@@ -144,6 +145,7 @@ def snapshot_from_dict(data: dict) -> Snapshot:
         members=members,
         invites=dict(data.get("invites", {})),
         pins=dict(data.get("pins", {})),
+        held=dict(data.get("held", {})),
         observed=dict(data.get("observed", {})),
     )
 

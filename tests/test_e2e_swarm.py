@@ -120,6 +120,22 @@ def test_three_nodes_place_replicate_and_fail_over(node_factory, tmp_path: Path)
         assert len(copies("mybot")) == 1
         time.sleep(0.25)
 
+    # The node that runs the bot leaves: the bot moves (stopped there, then started
+    # on another node: a short gap, never two copies), then the node leaves.
+    leaver = by_name[copies("mybot")[0]]
+    r = leaver.pc("swarm", "leave", check=False)
+    assert r.returncode == 0, r.stderr
+    assert "left swarm friends" in r.stdout
+    [now_on] = wait_for(lambda: copies("mybot"), what="the bot running on another node")
+    assert now_on != leaver.name
+    leaver.stop()
+    stayer = by_name[now_on]
+    status = wait_for(
+        lambda: leaver.name not in (o := stayer.pc("swarm", "status").stdout) and o,
+        what="the leaver gone from the members",
+    )
+    assert status.count(" up ") == 2
+
     # Two of three gone: no quorum. A push is refused and says why. (This node then
     # stops its bot when its lease ends: it cannot tell dead siblings from a cut.)
     alive = by_name[copies("mybot")[0]]

@@ -137,3 +137,30 @@ def test_a_new_reconciler_adopts_running_instances(world):
     again = rec.Reconciler(r.settings, state, r.store, runtime, bus)  # daemon restart
     again.reconcile()
     assert len(runtime.started) == 2
+
+
+def test_a_handoff_waits_for_the_previous_node_to_stop(world):
+    """In a swarm, an instance placed here that a sibling (lease valid) still runs is
+    started only once that sibling reports it stopped; a sibling whose lease ended
+    does not count."""
+    import time as clock
+
+    from swarm.state import Member
+
+    r, state, runtime, bus, _ = world
+    with state.change() as s:
+        for name, lease in (("n1", clock.time() + 60), ("n2", clock.time() + 60)):
+            s.members[name] = Member(name, 2048, 1.0, 20, lease_expires=lease)
+        s.apps["mybot"].scale = {"bot": 1}
+        s.apps["mybot"].placement = {"bot.1": "n1"}
+        s.observed["n2"] = {"mybot/bot.1": {"running": True}}
+    r.reconcile()
+    assert runtime.instances == {}  # n2 still runs it
+    with state.change() as s:
+        s.members["n2"].lease_expires = clock.time() - 1  # n2 is gone
+    r.reconcile()
+    assert list(runtime.instances) == [("mybot", "bot.1")]
+    with state.change() as s:  # a stale report must not stop the copy that runs here
+        s.members["n2"].lease_expires = clock.time() + 60
+    r.reconcile()
+    assert list(runtime.instances) == [("mybot", "bot.1")]
