@@ -209,6 +209,8 @@ def cmd_swarm_join(args: argparse.Namespace) -> None:
     s = _settings(args)
     if s.swarm_file.exists():
         raise PCError(f"this node is already in swarm {_identity(s).name}")
+    if State(s.state_file).read().apps:
+        raise PCError("this node has apps: a node joins a swarm empty (move them, or destroy them)")
     invite = parse_invite(args.token)
     body = {
         "address": f"{s.advertised}:{s.peer_port}",

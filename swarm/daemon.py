@@ -36,6 +36,7 @@ from swarm.raft import Conflict, NoQuorum
 from swarm.reconciler import Reconciler
 from swarm.replicated import ReplicatedState
 from swarm.runtime.base import LABEL_NODE
+from swarm.runtime.lease import clear_lease
 from swarm.runtime.select import open_runtime
 from swarm.settings import Settings
 from swarm.state import State
@@ -112,6 +113,7 @@ def build_node(settings: Settings) -> Parts:
     identity = SwarmIdentity.load(settings.swarm_file)
     kubo = None
     if identity is None:
+        clear_lease(settings.run_dir / "lease")  # alone (again): no lease to enforce
         state: State | ReplicatedState = State(settings.state_file)
         store: Store = LocalStore(settings.store_dir)
     else:  # a swarm: state agreed by Raft, slugs in the swarm's private IPFS
@@ -171,10 +173,13 @@ async def serve(settings: Settings) -> None:
         membership.loop = loop
         membership.state.on_change(lambda _version: loop.call_soon_threadsafe(wake.set))
         peers = await start_peer_server(membership.peer_app(), settings.listen, settings.peer_port)
-        if not membership.identity.partners:  # the first member brings the lone node's state
+        if not membership.identity.partners and not membership.state.read().members:
+            # The swarm's first start: the first member brings the lone node's state.
             await asyncio.to_thread(seed_when_elected, membership, State(settings.state_file))
         elif membership.identity.sponsor:  # joined, not yet admitted
             admission = asyncio.ensure_future(membership.seek_admission())
+    if membership is not None:  # a lease first, or the first pass would stop everything
+        await asyncio.to_thread(membership.tick)
     await asyncio.to_thread(reconciler.reconcile)  # re-adopt what already runs
     ssh = await start_server(
         parts.node,

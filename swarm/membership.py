@@ -26,6 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
+from swarm.deploy import KEEP_RELEASES
 from swarm.identity import SwarmIdentity
 from swarm.invite import InviteError, InviteRecord, make_invite, redeem, usable
 from swarm.ipfs.kubo import Kubo
@@ -44,7 +45,6 @@ from swarm.state import Member, Snapshot
 log = logging.getLogger(__name__)
 
 INVITE_TTL = 3600  # seconds an invite token stays usable
-KEEP_PINNED = 3  # releases per app whose slugs stay pinned (for rollback)
 
 
 def observation(status: InstanceStatus) -> dict[str, Any]:
@@ -107,6 +107,9 @@ class Membership:
     def maintain(self) -> None:
         """The slow part, on its own pace: keep kubo connected to the members and
         pin what placement gave this node."""
+        if not self.kubo.running:
+            log.warning("kubo is not running: starting it again")
+            self.kubo.start()
         snap = self.state.read()
         self._connect_peers(snap)
         self._hold_pins(snap)
@@ -168,7 +171,7 @@ class Membership:
         )
         for line in placed.decisions:
             log.info("placement: %s", line)
-        slugs = slugs_in_use(snap.apps, placed.nodes, KEEP_PINNED)
+        slugs = slugs_in_use(snap.apps, placed.nodes, KEEP_RELEASES)
         pins = holders(
             members,
             slugs,
@@ -205,8 +208,9 @@ class Membership:
         # push here just added it) stays until the leader decides.
         mine = {c for c, n in snap.pins.items() if self.me in n}
         known = {r.slug for a in snap.apps.values() for r in a.releases}
-        for cid in (self.store.pinned() & known) - mine:
-            self.store.unpin(cid)
+        held_elsewhere = {c for n, cids in snap.held.items() if n != self.me for c in cids}
+        for cid in (self.store.pinned() & known & held_elsewhere) - mine:
+            self.store.unpin(cid)  # never the last copy: another node holds it
         held = sorted(self.store.pinned() & known)
         if snap.held.get(self.me) != held:  # what `releases` shows and a push waits for
             try:
@@ -278,7 +282,9 @@ class Membership:
         return usable(records, invite_id, time.time()).key
 
     async def _invite(self, sender: str, body: Any) -> Any:
-        ttl = int(body.get("ttl", INVITE_TTL))
+        ttl = int(body.get("ttl", INVITE_TTL)) if isinstance(body, dict) else INVITE_TTL
+        if not 60 <= ttl <= 7 * 86400:
+            raise InviteError(f"an invite lives between 60 s and a week, not {ttl} s")
         token, record = make_invite(self.identity.id, self.peer_address, ttl, time.time())
 
         def store() -> None:
@@ -369,11 +375,19 @@ class Membership:
             raise InviteError(f"{sender} still runs {len(placed) or len(running)} instance(s)")
 
         def remove() -> None:
-            self.state.remove_member(member.raft, 15)
-            with self.state.change() as s:
-                s.members.pop(sender, None)
-                s.observed.pop(sender, None)
-                s.pins = {c: [n for n in nodes if n != sender] for c, nodes in s.pins.items()}
+            for attempt in range(5):  # the leaver may still write its own entries
+                try:
+                    with self.state.change() as s:
+                        s.members.pop(sender, None)
+                        s.observed.pop(sender, None)
+                        s.held.pop(sender, None)
+                        s.pins = {c: [n for n in ns if n != sender] for c, ns in s.pins.items()}
+                    break
+                except Conflict:
+                    if attempt == 4:
+                        raise
+            if member.raft in self.state.members():
+                self.state.remove_member(member.raft, 15)
 
         await asyncio.to_thread(remove)
         log.info("%s left the swarm", sender)

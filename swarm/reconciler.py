@@ -66,7 +66,7 @@ def running_elsewhere(snap: Snapshot, node: str, now: float) -> set[tuple[str, s
     node waits for them to stop before starting its own copy: a handoff (a node
     leaving, a move) never runs two copies. A member whose lease ended does not
     count: it has stopped them itself, or its watchdogs have."""
-    busy = set()
+    busy = set()  # `now` minus the margin: a member counts until failover could move it
     for other, seen in snap.observed.items():
         member = snap.members.get(other)
         if other == node or member is None or member.lease_expires < now:
@@ -132,11 +132,13 @@ class Reconciler:
     def reconcile(self) -> dict[tuple[str, str], InstanceStatus]:
         """One pass; returns what runs afterwards."""
         with self._lock:
+            # The lease first: a renewal returns only once this node applied it, so
+            # a state read after a good lease is at least as new as that renewal.
+            may_run = self.may_run()
             snap = self.state.read()
-            want = desired_instances(snap, self.settings.name, self.settings)
-            if not self.may_run():
-                want = {}
-            busy = running_elsewhere(snap, self.settings.name, time.time())
+            want = desired_instances(snap, self.settings.name, self.settings) if may_run else {}
+            margin = self.settings.swarm.margin_seconds
+            busy = running_elsewhere(snap, self.settings.name, time.time() - margin)
             have = {(s.app, s.process): s for s in self.runtime.status()}
             for key, status in have.items():
                 if key not in want:

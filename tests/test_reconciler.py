@@ -157,7 +157,7 @@ def test_a_handoff_waits_for_the_previous_node_to_stop(world):
     r.reconcile()
     assert runtime.instances == {}  # n2 still runs it
     with state.change() as s:
-        s.members["n2"].lease_expires = clock.time() - 1  # n2 is gone
+        s.members["n2"].lease_expires = clock.time() - 60  # n2 is gone, past the margin
     r.reconcile()
     assert list(runtime.instances) == [("mybot", "bot.1")]
     with state.change() as s:  # a stale report must not stop the copy that runs here
