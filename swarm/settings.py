@@ -122,10 +122,10 @@ class SwarmSettings:
     """How the swarm decides: leases, failover, replication."""
 
     lease_seconds: float = 4.0  # a node runs instances only while its lease holds
-    # Failover waits the lease plus this (12 s in all): a cut-off node stops its
-    # instances before its lease ends, a frozen one's watchdog within 6 s after
-    # (a check a second, then 5 s from SIGTERM to SIGKILL), plus slack for clocks.
-    margin_seconds: float = 8.0
+    # Failover waits the lease plus this (10 s in all): a cut-off node stops its
+    # instances before its lease ends, a frozen one's watchdog within 4 s after
+    # (a check a second, then 3 s from SIGTERM to SIGKILL), plus slack for clocks.
+    margin_seconds: float = 6.0
     replication: int = 3  # nodes that pin each slug (fewer when the swarm is smaller)
 
     def __post_init__(self) -> None:
@@ -133,7 +133,7 @@ class SwarmSettings:
             self,
             "swarm",
             lease_seconds=(float, 1.0),
-            margin_seconds=(float, 7.0),  # must outlast the watchdog's 6 s
+            margin_seconds=(float, 5.0),  # must outlast the watchdog's 4 s
             replication=(int, 1),
         )
 

@@ -20,7 +20,7 @@ from tests.conftest import NodeProc, commit_all, make_repo, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.ipfs, pytest.mark.e2e]
 
-FAILOVER = 12  # seconds: the default lease (4 s) plus margin (8 s)
+FAILOVER = 10  # seconds: the default lease (4 s) plus margin (6 s)
 
 
 NODES: set[str] = set()  # this test's node names: the engine may be shared

@@ -25,7 +25,7 @@ from pathlib import Path
 LEASE_FILE = "lease"
 LEASE_EXIT = 75  # the exit code of an instance ended because its lease passed
 CHECK_EVERY = 1.0  # seconds between looks at the lease
-GRACE = 5.0  # seconds between SIGTERM and SIGKILL when the lease passes
+GRACE = 3.0  # seconds between SIGTERM and SIGKILL when the lease passes
 
 
 def make_lease_dir(lease_dir: Path) -> Path:
