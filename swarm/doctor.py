@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import docker
 
 from swarm.docker_engine import connect
+from swarm.errors import ConfigError
+from swarm.ipfs.kubo import find_binary
 from swarm.settings import Settings
 from swarm.stack import image_exists
 
@@ -36,18 +38,27 @@ BINARIES = (
     ("git", "git client (tests, app checkouts)", "apt-get install -y git", True),
     ("ssh", "ssh client (tests, swarm admin)", "apt-get install -y openssh-client", True),
     (
-        "ipfs",
-        "kubo, the IPFS store of a swarm (the local store does without)",
-        f"go install github.com/ipfs/kubo/cmd/ipfs@{KUBO_VERSION}",
-        False,
-    ),
-    (
         "bwrap",
         "bubblewrap, the sandbox of the process runtime",
         "apt-get install -y bubblewrap",
         False,
     ),
 )
+
+
+def check_kubo() -> Check:
+    """kubo, found the way a swarm node finds it (PC_IPFS_BIN, the cached build, PATH)."""
+    try:
+        found = find_binary()
+    except ConfigError:
+        return Check(
+            "ipfs",
+            False,
+            "kubo not found (a swarm needs it; a lone node with the local store does not)",
+            f"bash scripts/install-kubo  (builds kubo {KUBO_VERSION} into ~/.cache/peoplescloud)",
+            required=False,
+        )
+    return Check("ipfs", True, f"{found} (kubo, the IPFS store of a swarm)", required=False)
 
 
 def checks(settings: Settings) -> list[Check]:
@@ -59,6 +70,7 @@ def checks(settings: Settings) -> list[Check]:
         if client is not None:
             client.close()
     result += [check_binary(*spec) for spec in BINARIES]
+    result.append(check_kubo())
     result += [
         check_port(what, settings.listen, port)
         for what, port in (

@@ -61,15 +61,19 @@ def test_missing_binaries_have_install_commands(empty_path: Path) -> None:
 
 
 def test_checks_report_missing_tools_and_which_are_optional(
-    empty_path: Path, tmp_path: Path
+    empty_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import swarm.ipfs.kubo
+
+    monkeypatch.delenv("PC_IPFS_BIN", raising=False)  # no kubo anywhere
+    monkeypatch.setattr(swarm.ipfs.kubo, "CACHED_BIN", tmp_path / "no-ipfs")
     by_name = {c.name: c for c in checks(Settings(home=tmp_path, listen="127.0.0.1"))}
     assert not by_name["git"].ok and by_name["git"].fix == "apt-get install -y git"
     assert not by_name["ssh"].ok and by_name["ssh"].fix == "apt-get install -y openssh-client"
     assert not by_name["bwrap"].ok and not by_name["bwrap"].required
     assert by_name["bwrap"].fix == "apt-get install -y bubblewrap"
     assert not by_name["ipfs"].ok and not by_name["ipfs"].required
-    assert by_name["ipfs"].fix.startswith("go install github.com/ipfs/kubo/cmd/ipfs@v")
+    assert by_name["ipfs"].fix.startswith("bash scripts/install-kubo")
     assert all(c.fix for c in by_name.values() if not c.ok)
 
 
