@@ -106,9 +106,8 @@ class Shares:
 
 @dataclass(frozen=True)
 class IpfsSettings:
-    """The node's kubo: started and supervised by the daemon unless `api_url` names one."""
+    """The kubo a swarm node's daemon starts and supervises (repo in $PC_HOME/ipfs)."""
 
-    api_url: str = ""  # e.g. "http://127.0.0.1:5001": use that kubo instead of starting one
     api_port: int = 5001
     swarm_port: int = 4001  # libp2p, on `listen`; only the swarm's private network uses it
 
