@@ -171,7 +171,9 @@ async def serve(settings: Settings) -> None:
     peers = admission = None
     if membership is not None:
         membership.loop = loop
-        membership.state.on_change(lambda _version: loop.call_soon_threadsafe(wake.set))
+        membership.state.on_change(  # what to run changed: reconcile now, not in 2 s
+            lambda _version: loop.call_soon_threadsafe(wake.set), only={"apps"}
+        )
         peers = await start_peer_server(membership.peer_app(), settings.listen, settings.peer_port)
         if not membership.identity.partners and not membership.state.read().members:
             # The swarm's first start: the first member brings the lone node's state.

@@ -196,22 +196,24 @@ class Membership:
             log.info("placement not written this round: %s", e)
 
     def _hold_pins(self, snap: Snapshot) -> None:
-        for cid, nodes in snap.pins.items():
-            if self.me in nodes and not self.store.has(cid):
-                try:
-                    self.store.pin(cid)
-                    log.info("pinned %s", cid)
-                except Exception as e:  # no holder up yet: next round
-                    log.info("cannot pin %s yet: %s", cid, e)
+        pinned = self.store.pinned()  # one look at kubo a round, not one per slug
+        mine = {c for c, n in snap.pins.items() if self.me in n}
+        for cid in sorted(mine - pinned):
+            try:
+                self.store.pin(cid)
+                pinned.add(cid)
+                log.info("pinned %s", cid)
+            except Exception as e:  # no holder up yet: next round
+                log.info("cannot pin %s yet: %s", cid, e)
         # Let go of the release slugs that are not this node's to hold: given to
         # others, or of releases too old to keep. A slug no release names yet (a
         # push here just added it) stays until the leader decides.
-        mine = {c for c, n in snap.pins.items() if self.me in n}
         known = {r.slug for a in snap.apps.values() for r in a.releases}
         held_elsewhere = {c for n, cids in snap.held.items() if n != self.me for c in cids}
-        for cid in (self.store.pinned() & known & held_elsewhere) - mine:
+        for cid in (pinned & known & held_elsewhere) - mine:
             self.store.unpin(cid)  # never the last copy: another node holds it
-        held = sorted(self.store.pinned() & known)
+            pinned.discard(cid)
+        held = sorted(pinned & known)
         if snap.held.get(self.me) != held:  # what `releases` shows and a push waits for
             try:
                 with self.state.change() as s:

@@ -76,7 +76,8 @@ class SnapshotMachine:
         self._lock = threading.Lock()
         self._data: dict = asdict(Snapshot())
         self._version = 0
-        self._listeners: list[Callable[[int], None]] = []
+        # (callback, the fields it cares about; None: all)
+        self._listeners: list[tuple[Callable[[int], None], frozenset[str] | None]] = []
 
     def apply(self, edits: list[Edit]) -> int | None:
         """Apply all the edits if every entry still has its `old` value: the new
@@ -89,7 +90,7 @@ class SnapshotMachine:
                 self._put(name, key, new)
             self._version += 1
             version = self._version
-        self._notify(version)
+        self._notify(version, frozenset(name for name, _, _, _ in edits))
         return version
 
     def _get(self, name: str, key: str | None) -> list:
@@ -114,21 +115,23 @@ class SnapshotMachine:
             self._version = data["version"]
             self._data = copy.deepcopy(data["data"])
             version = self._version
-        self._notify(version)
+        self._notify(version, None)  # a whole new state: every field may have changed
 
     def read(self) -> tuple[int, dict]:
         """(version, a deep copy of the data)."""
         with self._lock:
             return self._version, copy.deepcopy(self._data)
 
-    def listen(self, callback: Callable[[int], None]) -> None:
+    def listen(self, callback: Callable[[int], None], only: frozenset[str] | None) -> None:
         with self._lock:
-            self._listeners.append(callback)
+            self._listeners.append((callback, only))
 
-    def _notify(self, version: int) -> None:
+    def _notify(self, version: int, touched: frozenset[str] | None) -> None:
         with self._lock:
             listeners = list(self._listeners)
-        for callback in listeners:
+        for callback, only in listeners:
+            if only is not None and touched is not None and not only & touched:
+                continue
             try:
                 callback(version)
             except Exception:  # a listener's bug must not stop this member applying changes
@@ -182,11 +185,13 @@ class ReplicatedState:
                     "nothing was changed; try again"
                 )
 
-    def on_change(self, callback: Callable[[int], None]) -> None:
+    def on_change(self, callback: Callable[[int], None], only: set[str] | None = None) -> None:
         """Call `callback(version)` after every change applied on this member (also
-        when it catches up after a restart). It runs on the raft thread: keep it
-        short and hand work over (`loop.call_soon_threadsafe`)."""
-        self._machine.listen(callback)
+        when it catches up after a restart); with `only`, just after changes to those
+        fields of the snapshot (lease renewals touch `members` every second). It
+        runs on the raft thread: keep it short and hand work over
+        (`loop.call_soon_threadsafe`)."""
+        self._machine.listen(callback, frozenset(only) if only is not None else None)
 
     def add_member(self, addr: str, timeout: float | None = None) -> None:
         """Make `addr` a member; start it first with the current `members()` as its
