@@ -12,16 +12,15 @@ import asyncio
 import logging
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-
-import asyncssh
 
 from gitserver.server import load_or_create_host_key
 from swarm import settings as config
 from swarm.errors import ConfigError, PCError
 from swarm.identity import SwarmIdentity
-from swarm.state import State, User, normalize_key
+from swarm.state import State, User
 
 DEFAULT_KEYS = ("~/.ssh/id_ed25519.pub", "~/.ssh/id_rsa.pub")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -33,15 +32,10 @@ def say(line: str) -> None:
 
 def read_public_key(path: Path) -> str:
     try:
-        text = path.expanduser().read_text().strip()
-        key = asyncssh.import_public_key(text)
+        text = path.expanduser().read_text()
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
-    except (asyncssh.KeyImportError, ValueError):
-        raise ConfigError(
-            f"{path} is not an OpenSSH public key (e.g. ~/.ssh/id_ed25519.pub)"
-        ) from None
-    return normalize_key(key.export_public_key().decode())
+    return config.check_public_key(text, str(path))
 
 
 def cmd_init(args: argparse.Namespace) -> None:
@@ -138,27 +132,25 @@ def cmd_stack_build(args: argparse.Namespace) -> None:
 
 
 def cmd_user_add(args: argparse.Namespace) -> None:
-    s = config.load(Path(args.home) if args.home else None)
+    s = _settings(args)
     config.check_user_name(args.name)
-    if s.swarm_file.exists():  # the users live in the swarm's replicated state
-        raise PCError(
-            "this node is in a swarm: adding users there is not built yet "
-            "(add them before `pc swarm create`, on the first node)"
-        )
     key = read_public_key(Path(args.key))
-    with State(s.state_file).change() as snap:
-        if snap.user_for_key(key):
-            raise PCError(f"that key already belongs to {snap.user_for_key(key)}")
-        user = snap.users.setdefault(args.name, User(name=args.name))
-        user.keys.append(key)
-        user.admin = user.admin or args.admin
+    if s.swarm_file.exists():  # the users live in the swarm's state, which the daemon holds
+        _ask_daemon(s, "user_add", {"name": args.name, "key": key, "admin": args.admin})
+    else:
+        with State(s.state_file).change() as snap:
+            snap.add_user_key(args.name, key, args.admin)
     say(f"-----> {args.name} can now push with the key from {args.key}")
 
 
 def cmd_user_list(args: argparse.Namespace) -> None:
-    s = config.load(Path(args.home) if args.home else None)
-    for user in State(s.state_file).read().users.values():
-        say(f"{user.name}{' (admin)' if user.admin else ''}: {len(user.keys)} key(s)")
+    s = _settings(args)
+    if s.swarm_file.exists():
+        users = _ask_daemon(s, "users", {})["users"]
+    else:
+        users = [asdict(u) for u in State(s.state_file).read().users.values()]
+    for user in users:
+        say(f"{user['name']}{' (admin)' if user['admin'] else ''}: {len(user['keys'])} key(s)")
 
 
 def _settings(args: argparse.Namespace) -> config.Settings:
@@ -233,6 +225,7 @@ def cmd_swarm_join(args: argparse.Namespace) -> None:
         swarm_key=answer["swarm_key"],
         partners=list(answer["partners"]),
         sponsor=answer["sponsor"],
+        sponsor_name=answer["sponsor_name"],
     ).save(s.swarm_file)
     say(f"-----> {s.name} joined swarm {answer['name']}: start `pc daemon` now")
     say("       (until it runs, the swarm counts it as a member that does not answer)")

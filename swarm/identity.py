@@ -28,6 +28,7 @@ class SwarmIdentity:
     # commits a new member only once that member runs, so the new daemon asks the
     # sponsor to add it after starting, then forgets the sponsor.
     sponsor: str = ""
+    sponsor_name: str = ""  # its node name: peer requests name their recipient
 
     @classmethod
     def create(cls, name: str) -> SwarmIdentity:

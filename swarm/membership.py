@@ -27,6 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from swarm.deploy import KEEP_RELEASES
+from swarm.errors import Forbidden
 from swarm.identity import SwarmIdentity
 from swarm.invite import InviteError, InviteRecord, make_invite, redeem, usable
 from swarm.ipfs.kubo import Kubo
@@ -39,7 +40,7 @@ from swarm.reconciler import Reconciler
 from swarm.replicated import ReplicatedState
 from swarm.runtime.base import InstanceStatus, Runtime
 from swarm.runtime.lease import write_lease
-from swarm.settings import Settings
+from swarm.settings import Settings, check_public_key, check_user_name
 from swarm.state import Member, Snapshot
 
 log = logging.getLogger(__name__)
@@ -274,7 +275,10 @@ class Membership:
                 "leave": self._leave,
                 "step_down": self._step_down,
                 "remove": self._remove,
+                "user_add": self._user_add,
+                "users": self._users,
             },
+            name=self.me,
             invite_handlers={"join": self._join},
             invite_key=self._invite_key,
         )
@@ -322,6 +326,7 @@ class Membership:
             "swarm_key": self.identity.swarm_key,
             "partners": partners,
             "sponsor": self.peer_address,
+            "sponsor_name": self.me,
         }
 
     async def _admit(self, sender: str, body: Any) -> Any:
@@ -340,12 +345,13 @@ class Membership:
         body = {"raft": self.raft_address}
         while True:
             try:
-                await self.client.call("sponsor", self.identity.sponsor, "admit", body, timeout=30)
+                sponsor = self.identity.sponsor_name
+                await self.client.call(sponsor, self.identity.sponsor, "admit", body, timeout=30)
             except PeerError as e:
                 log.info("not admitted yet: %s", e)
                 await asyncio.sleep(2)
                 continue
-            self.identity = replace(self.identity, sponsor="")
+            self.identity = replace(self.identity, sponsor="", sponsor_name="")
             self.identity.save(self.settings.swarm_file)
             log.info("admitted to swarm %s", self.identity.name)
             return
@@ -394,6 +400,24 @@ class Membership:
         await asyncio.to_thread(remove)
         log.info("%s left the swarm", sender)
         return {"ok": True}
+
+    async def _user_add(self, sender: str, body: Any) -> Any:
+        """`pc user add` on this node: the swarm's users live in its replicated state."""
+        if sender != self.me:
+            raise Forbidden("users are added by a node's host with `pc user add` on that node")
+        name = check_user_name(str(body["name"]))
+        key = check_public_key(str(body["key"]), "the key")
+
+        def add() -> None:
+            with self.state.change() as s:
+                s.add_user_key(name, key, bool(body.get("admin")))
+
+        await asyncio.to_thread(add)
+        log.info("user %s added (a key)", name)
+        return {"ok": True}
+
+    async def _users(self, sender: str, body: Any) -> Any:
+        return {"users": [asdict(u) for u in self.state.read().users.values()]}
 
     async def _status(self, sender: str, body: Any) -> Any:
         return self.swarm_status()

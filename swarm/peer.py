@@ -1,12 +1,13 @@
 """Authenticated node-to-node requests over HTTP ("logs of app X", "run", "status", "join").
 
 Every request is `POST /peer/<route>` with a JSON body, signed with HMAC-SHA256
-over (method, path, SHA-256 of the body, timestamp, nonce, sender, invite id).
-The key is the swarm secret; a member route also needs the sender to be a
-member. The server refuses, before any handler runs, a request that is unsigned
-or wrongly signed, from a non-member, more than `MAX_SKEW` seconds off its
-clock, or whose nonce it has already seen: a machine that is not a member gets
-a short JSON error and nothing else.
+over (method, path, SHA-256 of the body, timestamp, nonce, sender, invite id,
+recipient). The key is the swarm secret; a member route also needs the sender
+to be a member. The server refuses, before any handler runs, a request that is
+unsigned or wrongly signed, addressed to another node, from a non-member, more
+than `MAX_SKEW` seconds off its clock, or whose nonce it has already seen: a
+machine that is not a member gets a short JSON error and nothing else. Naming
+the recipient keeps a captured request from being replayed to another member.
 
 Invite routes (`join`) are the one exception: the joiner has no swarm secret
 yet. It signs with a key derived from its invite (`Invite.key`, the SHA-256 of
@@ -63,6 +64,7 @@ H_TIMESTAMP = "X-PC-Timestamp"
 H_NONCE = "X-PC-Nonce"
 H_INVITE = "X-PC-Invite"
 H_SIGNATURE = "X-PC-Signature"
+BAD_SIGNATURE = "bad signature (or a request meant for another node)"
 _NONCE_RE = re.compile(r"^[0-9a-f]{32}$")
 _INVITE_RE = re.compile(r"^[0-9a-zA-Z_-]{1,64}$")
 
@@ -96,10 +98,17 @@ def join_response_key(invite_key: bytes) -> bytes:
 
 
 def _canonical(
-    method: str, path: str, body: bytes, ts: str, nonce: str, sender: str, invite_id: str
+    method: str,
+    path: str,
+    body: bytes,
+    ts: str,
+    nonce: str,
+    sender: str,
+    invite_id: str,
+    recipient: str,
 ) -> bytes:
-    parts = ["pc-peer-1", method, path, hashlib.sha256(body).hexdigest(), ts, nonce, sender]
-    return "\n".join([*parts, invite_id]).encode()
+    parts = ["pc-peer-2", method, path, hashlib.sha256(body).hexdigest(), ts, nonce, sender]
+    return "\n".join([*parts, invite_id, recipient]).encode()
 
 
 def sign(
@@ -110,10 +119,16 @@ def sign(
     sender: str,
     now: float,
     invite_id: str = "",
+    recipient: str = "",
 ) -> dict[str, str]:
-    """The headers that authenticate one request (a fresh nonce each time)."""
+    """The headers that authenticate one request (a fresh nonce each time).
+
+    `recipient` is the name of the node it is for; a request authenticated by
+    an invite names none (the joiner does not know it; the invite is one-time).
+    """
     ts, nonce = str(int(now)), secrets.token_hex(16)
-    mac = hmac.new(key, _canonical(method, path, body, ts, nonce, sender, invite_id), "sha256")
+    canonical = _canonical(method, path, body, ts, nonce, sender, invite_id, recipient)
+    mac = hmac.new(key, canonical, "sha256")
     headers = {H_SENDER: sender, H_TIMESTAMP: ts, H_NONCE: nonce, H_SIGNATURE: mac.hexdigest()}
     if invite_id:
         headers[H_INVITE] = invite_id
@@ -179,6 +194,7 @@ def _error(status: int, reason: str, exit_code: int = 1) -> web.Response:
 class PeerServer:
     """Answers `POST /peer/<route>` for members (and, on invite routes, for joiners).
 
+    `name` is this node's: member requests must be addressed to it.
     `secret_provider()` gives the swarm secret (empty: this node is in no swarm);
     `invite_key(invite_id)` gives an invite's `InviteRecord.key` or raises a
     PCError saying why that invite cannot be used (unknown, expired, used).
@@ -190,6 +206,7 @@ class PeerServer:
         is_member: Callable[[str], bool],
         handlers: dict[str, MemberHandler],
         *,
+        name: str,
         invite_handlers: dict[str, InviteHandler] | None = None,
         invite_key: Callable[[str], bytes] | None = None,
         clock: Callable[[], float] = time.time,
@@ -201,6 +218,7 @@ class PeerServer:
             )
         if invite_handlers and invite_key is None:
             raise ValueError("invite routes need an invite_key lookup")
+        self.name = name
         self.secret_provider = secret_provider
         self.is_member = is_member
         self.handlers = dict(handlers)
@@ -291,10 +309,13 @@ class PeerServer:
             key = self.secret_provider()
             if not key:
                 raise _Refused(403, "this node is not in a swarm")
-        canonical = _canonical(request.method, request.path, body, ts, nonce, sender, invite_id)
+        recipient = "" if invited else self.name
+        canonical = _canonical(
+            request.method, request.path, body, ts, nonce, sender, invite_id, recipient
+        )
         expected = hmac.new(key, canonical, "sha256").hexdigest()
         if not hmac.compare_digest(expected, signature):
-            raise _Refused(401, "invalid invite secret" if invited else "bad signature")
+            raise _Refused(401, "invalid invite secret" if invited else BAD_SIGNATURE)
         if not invited and not self.is_member(sender):
             raise _Refused(403, f"{sender} is not a member of this swarm")
         try:
@@ -379,7 +400,7 @@ class PeerClient:
         return self._session
 
     def _prepare(
-        self, route: str, body: Any, invite: Invite | None
+        self, node: str, route: str, body: Any, invite: Invite | None
     ) -> tuple[bytes, dict[str, str]]:
         raw = json.dumps(body).encode()
         path = f"/peer/{route}"
@@ -389,7 +410,7 @@ class PeerClient:
         secret = self.secret_provider()
         if not secret:
             raise PeerError("this node is not in a swarm")
-        return raw, sign(secret, "POST", path, raw, self.node_name, self.clock())
+        return raw, sign(secret, "POST", path, raw, self.node_name, self.clock(), recipient=node)
 
     async def call(
         self,
@@ -401,13 +422,14 @@ class PeerClient:
         timeout: float = 10.0,
         invite: Invite | None = None,
     ) -> Any:
-        """`route`'s JSON answer from `node` at `address` (host:port), or PeerError.
+        """`route`'s JSON answer from the node named `node` at `address` (host:port),
+        or PeerError.
 
         With `invite`, the request is signed with the invite instead of the
         swarm secret, and the (encrypted) answer is decrypted with it.
         """
         label = f"{node} ({address})"
-        raw, headers = self._prepare(route, body, invite)
+        raw, headers = self._prepare(node, route, body, invite)
         try:
             async with self._http().post(
                 f"http://{address}/peer/{route}",
@@ -441,7 +463,7 @@ class PeerClient:
         Close it (`contextlib.aclosing`) to stop early: the sibling then stops too.
         """
         label = f"{node} ({address})"
-        raw, headers = self._prepare(route, body, None)
+        raw, headers = self._prepare(node, route, body, None)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
         try:
             response = await self._http().post(

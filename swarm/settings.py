@@ -47,6 +47,19 @@ def check_user_name(name: str) -> str:
     return name
 
 
+def check_public_key(text: str, origin: str) -> str:
+    """An OpenSSH public key line as "type base64" (no comment), or ConfigError."""
+    import asyncssh  # only the commands that take keys need it
+
+    try:
+        key = asyncssh.import_public_key(text.strip())
+    except (asyncssh.KeyImportError, ValueError):
+        raise ConfigError(
+            f"{origin} is not an OpenSSH public key (e.g. ~/.ssh/id_ed25519.pub)"
+        ) from None
+    return " ".join(key.export_public_key().decode().split()[:2])
+
+
 def _numbers(obj: Any, section: str, **specs: tuple[type, float]) -> None:
     """Convert each named field to its type (values from the environment are text)
     and refuse one below its minimum, with the setting's name in the message."""

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from swarm.errors import NotFound
+from swarm.errors import NotFound, PCError
 
 
 def now() -> str:
@@ -121,6 +121,16 @@ class Snapshot:
             if wanted in user.keys:
                 return user.name
         return None
+
+    def add_user_key(self, name: str, key: str, admin: bool) -> None:
+        """Let `key` push as `name` (created if new); a key belongs to one user."""
+        key = normalize_key(key)
+        owner = self.user_for_key(key)
+        if owner:
+            raise PCError(f"that key already belongs to {owner}")
+        user = self.users.setdefault(name, User(name=name))
+        user.keys.append(key)
+        user.admin = user.admin or admin
 
 
 def normalize_key(openssh: str) -> str:

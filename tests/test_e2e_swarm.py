@@ -9,7 +9,9 @@ and see one copy; freeze a node past the failover time and see no second copy.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -63,6 +65,14 @@ def test_three_nodes_place_replicate_and_fail_over(node_factory, tmp_path: Path)
     )
     assert all(n.name in status for n in (n1, n2, n3))
     assert n2.ssh("swarm:nodes").stdout.count(" up ") == 3
+
+    # A user added on one node is known on every node.
+    ann_key = tmp_path / "ann"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ann_key)], check=True)
+    n3.pc("user", "add", "ann", "--key", f"{ann_key}.pub")
+    assert "ann: 1 key(s)" in n2.pc("user", "list").stdout
+    r = dataclasses.replace(n1, key=ann_key).ssh("apps")
+    assert r.returncode == 0 and "No apps yet" in r.stdout, r.stderr
 
     # Push to node 1: it runs where placement says, the slug is pinned on all three.
     work = make_repo(tmp_path, "python-bot")

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -13,6 +14,7 @@ import pytest
 from swarm.errors import NotFound
 from swarm.invite import InviteError, make_invite, parse_invite, redeem, usable
 from swarm.peer import (
+    BAD_SIGNATURE,
     NonceCache,
     PeerClient,
     PeerError,
@@ -64,7 +66,7 @@ async def serving(server: PeerServer) -> AsyncIterator[str]:
 
 
 def member_server(**options: object) -> PeerServer:
-    return PeerServer(lambda: SECRET, MEMBERS.__contains__, HANDLERS, **options)  # type: ignore[arg-type]
+    return PeerServer(lambda: SECRET, MEMBERS.__contains__, HANDLERS, name="node1", **options)  # type: ignore[arg-type]
 
 
 def run_with_server(
@@ -87,6 +89,7 @@ async def post(address: str, route: str, body: bytes, headers: dict[str, str]) -
 
 
 def signed(body: bytes, route: str = "echo", sender: str = "node2", **kw: object) -> dict:
+    kw.setdefault("recipient", "node1")
     return sign(SECRET, "POST", f"/peer/{route}", body, sender, time.time(), **kw)  # type: ignore[arg-type]
 
 
@@ -119,7 +122,7 @@ def test_tampered_body_is_refused():
         headers = signed(b'{"scale": 1}')
         assert await post(address, "echo", b'{"scale": 9}', headers) == (
             401,
-            {"error": "bad signature", "exit_code": 1},
+            {"error": BAD_SIGNATURE, "exit_code": 1},
         )
 
     run_with_server(scenario)
@@ -129,7 +132,10 @@ def test_signature_covers_the_route():
     async def scenario(address: str) -> None:
         headers = signed(b"{}", route="echo")
         status, answer = await post(address, "missing", b"{}", headers)
-        assert (status, answer["error"]) == (401, "bad signature")
+        assert (status, answer["error"]) == (
+            401,
+            BAD_SIGNATURE,
+        )
 
     run_with_server(scenario)
 
@@ -137,7 +143,7 @@ def test_signature_covers_the_route():
 def test_wrong_secret_is_refused():
     async def scenario(address: str) -> None:
         client = PeerClient("node2", lambda: b"another swarm's secret")
-        assert await refusal(client, address) == "node1 refused: bad signature"
+        assert await refusal(client, address) == f"node1 refused: {BAD_SIGNATURE}"
 
     run_with_server(scenario)
 
@@ -157,7 +163,7 @@ def test_non_member_is_refused():
 def test_a_stranger_gets_nothing_not_even_route_names():
     async def scenario(address: str) -> None:
         stranger = PeerClient("node9", lambda: b"a guess")
-        assert await refusal(stranger, address, "nope") == "node1 refused: bad signature"
+        assert await refusal(stranger, address, "nope") == f"node1 refused: {BAD_SIGNATURE}"
         member = PeerClient("node2", lambda: SECRET)
         assert await refusal(member, address, "nope") == "node1: no peer request named 'nope'"
 
@@ -190,6 +196,23 @@ def test_replayed_request_is_refused():
     run_with_server(scenario)
 
 
+def test_request_for_another_member_cannot_be_replayed_here():
+    """Captured on its way to node3, a request does nothing on node1."""
+
+    async def scenario(address: str) -> None:
+        headers = signed(b'{"restart": "web.1"}', recipient="node3")
+        status, answer = await post(address, "echo", b'{"restart": "web.1"}', headers)
+        assert (status, answer["error"]) == (
+            401,
+            BAD_SIGNATURE,
+        )
+        async with PeerClient("node2", lambda: SECRET) as client:
+            with pytest.raises(PeerError, match=f"node3 refused: {re.escape(BAD_SIGNATURE)}"):
+                await client.call("node3", address, "echo", {})  # node1 answers at that address
+
+    run_with_server(scenario)
+
+
 @pytest.mark.parametrize(
     ("headers", "message"),
     [
@@ -218,7 +241,7 @@ def test_node_outside_any_swarm_refuses_and_cannot_call():
         with pytest.raises(PeerError, match="this node is not in a swarm"):
             await lonely.call("node1", address, "echo", {})
 
-    run_with_server(scenario, PeerServer(lambda: b"", MEMBERS.__contains__, HANDLERS))
+    run_with_server(scenario, PeerServer(lambda: b"", MEMBERS.__contains__, HANDLERS, name="node1"))
 
 
 def test_handler_errors_reach_the_caller():
@@ -274,7 +297,10 @@ def test_stream_delivers_lines():
 def test_stream_refusals_and_errors_are_peer_errors():
     async def scenario(address: str) -> None:
         async with PeerClient("node2", lambda: b"wrong") as client:
-            with pytest.raises(PeerError, match="^node1 refused: bad signature$"):
+            with pytest.raises(
+                PeerError,
+                match=f"^node1 refused: {re.escape(BAD_SIGNATURE)}$",
+            ):
                 async for _ in client.stream("node1", address, "lines", {}):
                     pass
         async with PeerClient("node2", lambda: SECRET) as client:
@@ -301,7 +327,9 @@ def test_stream_that_breaks_on_the_sibling_is_an_error_not_an_end():
                     got.append(line)
         assert got == [b"one\n"]
 
-    run_with_server(scenario, PeerServer(lambda: SECRET, bool, {"breaking": breaking}))
+    run_with_server(
+        scenario, PeerServer(lambda: SECRET, bool, {"breaking": breaking}, name="node1")
+    )
 
 
 @pytest.mark.parametrize("busy", [False, True], ids=["idle-follow", "busy-follow"])
@@ -328,7 +356,7 @@ def test_stream_stops_when_the_client_stops(busy):
 
             return lines()
 
-        server = PeerServer(lambda: SECRET, MEMBERS.__contains__, {"follow": follow})
+        server = PeerServer(lambda: SECRET, MEMBERS.__contains__, {"follow": follow}, name="node1")
         async with serving(server) as address, PeerClient("node2", lambda: SECRET) as client:
             got = []
             async with contextlib.aclosing(client.stream("node1", address, "follow", {})) as s:
@@ -357,6 +385,7 @@ class Swarm:
             lambda: SECRET,
             MEMBERS.__contains__,
             {"echo": echo},
+            name="node1",
             invite_handlers={"join": self.join},
             invite_key=lambda invite_id: usable(self.records, invite_id, self.now).key,
         )
@@ -466,7 +495,12 @@ def test_invite_key_lookup_errors_become_refusals():
         raise InviteError("unknown invite: ask for a new one with `pc swarm invite`")
 
     server = PeerServer(
-        lambda: SECRET, MEMBERS.__contains__, {}, invite_handlers={"join": echo}, invite_key=lookup
+        lambda: SECRET,
+        MEMBERS.__contains__,
+        {},
+        name="node1",
+        invite_handlers={"join": echo},
+        invite_key=lookup,
     )
 
     async def scenario(address: str) -> None:
@@ -480,10 +514,15 @@ def test_invite_key_lookup_errors_become_refusals():
 def test_server_refuses_ambiguous_routes():
     with pytest.raises(ValueError, match="both member and invite"):
         PeerServer(
-            lambda: SECRET, bool, {"join": echo}, invite_handlers={"join": echo}, invite_key=bytes
+            lambda: SECRET,
+            bool,
+            {"join": echo},
+            name="node1",
+            invite_handlers={"join": echo},
+            invite_key=bytes,
         )
     with pytest.raises(ValueError, match="invite_key"):
-        PeerServer(lambda: SECRET, bool, {}, invite_handlers={"join": echo})
+        PeerServer(lambda: SECRET, bool, {}, name="node1", invite_handlers={"join": echo})
 
 
 # -- the nonce cache -------------------------------------------------------------------

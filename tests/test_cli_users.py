@@ -1,0 +1,41 @@
+"""`pc user add|list` on a lone node: the command line a host types (no daemon).
+
+In a swarm the same commands go through the node's daemon to the replicated
+state; tests/test_e2e_swarm.py adds a user on one node and uses it on another.
+"""
+
+import subprocess
+from pathlib import Path
+
+from tests.conftest import init_node
+
+
+def new_key(tmp_path: Path, name: str) -> Path:
+    key = tmp_path / name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return key.with_suffix(".pub")
+
+
+def test_user_add_then_list(tmp_path: Path, user_key: Path):
+    node = init_node(tmp_path, user_key, "process")
+    ann = new_key(tmp_path, "ann")
+    r = node.pc("user", "add", "ann", "--key", str(ann))
+    assert r.stdout.strip() == f"-----> ann can now push with the key from {ann}"
+    node.pc("user", "add", "ann", "--key", str(new_key(tmp_path, "ann2")), "--admin")
+    listed = node.pc("user", "list").stdout.splitlines()
+    assert "ann (admin): 2 key(s)" in listed
+    assert any(line.endswith("(admin): 1 key(s)") for line in listed)  # the one from init
+
+
+def test_user_add_refuses_a_taken_key_or_a_bad_one(tmp_path: Path, user_key: Path):
+    node = init_node(tmp_path, user_key, "process")
+    taken = node.pc("user", "add", "bob", "--key", f"{user_key}.pub", check=False)
+    assert taken.returncode != 0
+    assert "that key already belongs to" in taken.stderr
+    junk = tmp_path / "junk.pub"
+    junk.write_text("hello\n")
+    bad = node.pc("user", "add", "bob", "--key", str(junk), check=False)
+    assert bad.returncode != 0 and "is not an OpenSSH public key" in bad.stderr
+    name = node.pc("user", "add", "Bob!", "--key", str(new_key(tmp_path, "b")), check=False)
+    assert name.returncode != 0 and "invalid user name 'Bob!'" in name.stderr
+    assert "bob" not in node.pc("user", "list").stdout
