@@ -14,10 +14,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from swarm.errors import NotFound
+from swarm.observed import running_elsewhere
 from swarm.runtime.base import InstanceSpec, InstanceStatus, Runtime
 from swarm.settings import Settings
 from swarm.state import App, Snapshot, State
@@ -30,6 +34,10 @@ log = logging.getLogger(__name__)
 
 BACKOFF_MAX = 60.0
 HEALTHY_AFTER = 60.0  # an instance that ran this long starts its back-off over
+# How long a pass waits for a missing slug before going on without it (the
+# fetch goes on in the background): a local copy or a quick fetch starts the
+# instance in this pass, a slow one never holds up the others for long.
+FETCH_WAIT = 2.0
 
 
 @dataclass
@@ -61,23 +69,6 @@ def desired_instances(
     return out
 
 
-def running_elsewhere(snap: Snapshot, node: str, now: float) -> set[tuple[str, str]]:
-    """Instances another member still reports running while its lease holds. A
-    node waits for them to stop before starting its own copy: a handoff (a node
-    leaving, a move) never runs two copies. A member whose lease ended does not
-    count: it has stopped them itself, or its watchdogs have."""
-    busy = set()  # `now` minus the margin: a member counts until failover could move it
-    for other, seen in snap.observed.items():
-        member = snap.members.get(other)
-        if other == node or member is None or member.lease_expires < now:
-            continue
-        for key, o in seen.items():
-            if o.get("running"):
-                app, process = key.split("/", 1)
-                busy.add((app, process))
-    return busy
-
-
 def instance_spec(
     app: App, version: int, process: str, command: str, node: str, settings: Settings
 ) -> InstanceSpec:
@@ -106,13 +97,19 @@ class Reconciler:
         self.logbus = logbus
         # In a swarm: whether this node's lease holds. Without it, nothing may run.
         self.may_run: Callable[[], bool] = lambda: True
-        # In a swarm: what siblings last reported of their instances.
+        # In a swarm: what siblings last reported of their instances, and why the
+        # node an instance is placed on cannot start it.
         self.elsewhere: Callable[[], dict[tuple[str, str], InstanceStatus]] = dict
+        self.failed_elsewhere: Callable[[str, str], str] = lambda app, process: ""
         self._lock = threading.Lock()  # one pass at a time, whoever calls
         self._crashes: dict[tuple[str, str], Crash] = {}
         self._last: dict[tuple[str, str], InstanceStatus] = {}
         self._held: Counter[str] = Counter()  # slug -> one-off processes using it
         self._failed: dict[tuple[str, str], str] = {}  # why an instance could not start
+        # Slug fetches run beside the passes: one from a slow or absent holder may
+        # take the store's whole timeout, and other apps must not wait for it.
+        self._fetcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="slug-fetch")
+        self._fetches: dict[str, Future[None]] = {}  # slug -> its fetch in progress
 
     def instances(self) -> dict[tuple[str, str], InstanceStatus]:
         """What ran at the end of the last pass (cheap: no runtime call)."""
@@ -123,8 +120,13 @@ class Reconciler:
         return {**self.elsewhere(), **self._last}
 
     def start_failure(self, app: str, process: str) -> str:
-        """Why the last try to start an instance here failed ("" if it did not)."""
-        return self._failed.get((app, process), "")
+        """Why the last try to start an instance failed ("" if it did not): here,
+        or on the sibling it is placed on."""
+        return self._failed.get((app, process), "") or self.failed_elsewhere(app, process)
+
+    def failures(self) -> dict[tuple[str, str], str]:
+        """Why this node's instances that do not run could not start."""
+        return dict(self._failed)
 
     def crash(self, app: str, process: str) -> Crash | None:
         return self._crashes.get((app, process))
@@ -143,6 +145,8 @@ class Reconciler:
             for key, status in have.items():
                 if key not in want:
                     self._stop(status, "no longer wanted")
+            for key in set(self._failed) - set(want):
+                del self._failed[key]  # no longer this node's to start
             for key, spec in want.items():
                 status = have.get(key)
                 if key in busy and not (status and status.running):
@@ -193,32 +197,54 @@ class Reconciler:
         self._start(spec)
 
     def _start(self, spec: InstanceSpec) -> None:
-        self.logbus.event(spec.app, f"starting {spec.process} ({spec.release})")
         key = (spec.app, spec.process)
         try:
-            self.fetch_slug(spec)
+            if not self._slug_here(spec):
+                self._failed.setdefault(key, f"fetching its slug {spec.slug.name} from the store")
+                return
+            self.logbus.event(spec.app, f"starting {spec.process} ({spec.release})")
             self.runtime.start(spec)
         except Exception as e:  # one failure must not stop the other apps' pass
-            log.exception("starting %s %s", spec.app, spec.process)
-            if self._failed.get(key) != str(e):  # say it once, not every pass
-                self.logbus.event(spec.app, f"could not start {spec.process}: {e}")
-            self._failed[key] = str(e)
+            log.warning("cannot start %s %s: %s", spec.app, spec.process, e)
+            why = f"{e}; trying again"
+            if self._failed.get(key) != why:  # say it once, not every pass
+                self.logbus.event(spec.app, f"could not start {spec.process}: {why}")
+            self._failed[key] = why
             return
         self._failed.pop(key, None)
         self.logbus.watch(spec.app, spec.process)
 
-    def fetch_slug(self, spec: InstanceSpec) -> None:
-        """The slug's working copy on this node, from the store when missing."""
-        if not spec.slug.exists():
-            self.store.get(spec.slug.name, spec.slug)
+    def _slug_here(self, spec: InstanceSpec, wait: float | None = None) -> bool:
+        """Whether the slug's working copy is on this node, fetching it when not:
+        up to `wait` seconds here, then on in the background while the passes go
+        on (`wait` None: FETCH_WAIT). Raises what the fetch failed with (the next
+        call tries again)."""
+        if spec.slug.exists():
+            return True
+        cid = spec.slug.name
+        fetch = self._fetches.get(cid)
+        if fetch is None:
+            fetch = self._fetches[cid] = self._fetcher.submit(self.store.get, cid, spec.slug)
+        if not wait_futures([fetch], timeout=FETCH_WAIT if wait is None else wait).done:
+            return False
+        del self._fetches[cid]
+        fetch.result()
+        return spec.slug.exists()
 
     @contextmanager
     def holding(self, spec: InstanceSpec) -> Iterator[None]:
-        """Keep a one-off process's slug from the slug GC while it runs."""
+        """A one-off process's slug, here and kept from the slug GC while it runs."""
         with self._lock:
             self._held[spec.slug.name] += 1
-            self.fetch_slug(spec)
         try:
+            for _ in range(3):  # the fetch runs beside the passes; wait for it here
+                with self._lock:
+                    if self._slug_here(spec, wait=0):
+                        break
+                    fetch = self._fetches[spec.slug.name]
+                fetch.exception()  # until done; its error is raised by the next look
+            else:  # a pass took the outcome twice: say so rather than wait on
+                raise NotFound(f"slug {spec.slug.name} is not here yet: try again shortly")
             yield
         finally:
             with self._lock:

@@ -105,8 +105,9 @@ class Snapshot:
     pins: dict[str, list[str]] = field(default_factory=dict)  # slug -> nodes that should pin it
     held: dict[str, list[str]] = field(default_factory=dict)  # node -> slugs it does pin
     # node -> "app/process" -> what that node last saw of its instance:
-    # {"release", "running", "exit_code", "started_at", "address"}. Lets any node
-    # answer `ps` and wait for a release that runs on a sibling.
+    # {"release", "running", "exit_code", "started_at", "address"}, or {"why"} when
+    # it cannot start it. Lets any node answer `ps` and wait for a release that
+    # runs on a sibling.
     observed: dict[str, dict[str, dict]] = field(default_factory=dict)
 
     def app(self, name: str) -> App:

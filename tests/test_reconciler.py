@@ -3,11 +3,14 @@ real runtimes pass their own shared suite in test_runtime_suite.py)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from swarm import reconciler as rec
+from swarm.errors import NotFound
 from swarm.runtime.base import InstanceSpec, InstanceStatus
 from swarm.settings import Settings
 from swarm.state import App, Release, State
@@ -164,3 +167,59 @@ def test_a_handoff_waits_for_the_previous_node_to_stop(world):
         s.members["n2"].lease_expires = clock.time() + 60
     r.reconcile()
     assert list(runtime.instances) == [("mybot", "bot.1")]
+
+
+class SlowStore:
+    """A store whose fetches wait for `release` (a holder that is slow or away)."""
+
+    def __init__(self, store: LocalStore) -> None:
+        self.store = store
+        self.release = threading.Event()
+        self.fail: Exception | None = None
+
+    def get(self, cid: str, dest: Path) -> None:
+        self.release.wait(10)
+        if self.fail is not None:
+            raise self.fail
+        self.store.get(cid, dest)
+
+
+def test_a_slug_that_cannot_be_fetched_yet_waits_without_holding_up_others(
+    world, monkeypatch: pytest.MonkeyPatch
+):
+    r, state, runtime, bus, cid = world
+    monkeypatch.setattr(rec, "FETCH_WAIT", 0.05)
+    r.store = slow = SlowStore(r.store)
+    with state.change() as s:  # a second app whose slug is already here
+        other = App(name="other", owner="ann", created="t", scale={"bot": 1})
+        other.releases.append(release(1, cid))
+        other.current = 1
+        s.apps["other"] = other
+        s.apps["mybot"].releases.append(release(2, "sha256-" + "ab" * 32))
+        s.apps["mybot"].current = 2
+    (r.settings.slugs_dir / cid).mkdir(parents=True)  # other's slug: no fetch needed
+    r.reconcile()  # returns at once although mybot's fetch hangs
+    assert sorted(runtime.instances) == [("other", "bot.1")]
+    assert r.start_failure("mybot", "bot.1").startswith("fetching its slug sha256-abab")
+
+    slow.fail = NotFound("slug sha256-abab... could not be fetched from the swarm within 20s")
+    slow.release.set()
+    for _ in range(50):
+        r.reconcile()
+        if "could not be fetched" in r.start_failure("mybot", "bot.1"):
+            break
+        time.sleep(0.05)
+    assert r.start_failure("mybot", "bot.1") == (
+        "slug sha256-abab... could not be fetched from the swarm within 20s; trying again"
+    )
+    assert r.failures() == {
+        ("mybot", "bot.1"): r.start_failure("mybot", "bot.1"),
+        ("mybot", "bot.2"): r.start_failure("mybot", "bot.2"),
+    }
+    assert ("mybot", "bot.1") not in runtime.instances
+
+
+def test_a_failure_reported_by_a_sibling_is_what_start_failure_says(world):
+    r, *_ = world
+    r.failed_elsewhere = lambda app, process: f"n2: cannot fetch the slug of {app} {process}"
+    assert r.start_failure("mybot", "bot.1") == "n2: cannot fetch the slug of mybot bot.1"

@@ -161,7 +161,8 @@ class IpfsStore:
         """Write the slug to `dest` (which must not exist yet): whole or not at all."""
         dest = Path(dest)
         self.fetch(cid)
-        staging = dest.with_name(f".{dest.name}.partial-{secrets.token_hex(4)}")
+        staging = dest.with_name(dest.name + ".partial")  # the slug GC leaves these alone
+        shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         try:
             with self.api.stream("get", cid, archive=True, offline=True) as resp:

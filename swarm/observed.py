@@ -1,0 +1,76 @@
+"""What members report of their instances, through the swarm's state.
+
+Each member writes `Snapshot.observed[node]` ("app/process" -> report) when what
+it runs changes: a running or exited instance as `observation()`, an instance it
+cannot start as `{"why": reason}`. Any node reads those reports to answer `ps`,
+route web traffic, wait for a release that runs on a sibling, and hand an
+instance over without running two copies. Pure functions of a snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from swarm.runtime.base import InstanceStatus
+from swarm.state import Snapshot
+
+Key = tuple[str, str]  # (app, process)
+
+
+def report(instances: Mapping[Key, InstanceStatus], failures: Mapping[Key, str]) -> dict:
+    """This node's report: its instances, and why the others do not run."""
+    out: dict[str, dict[str, Any]] = {}
+    for (app, process), s in instances.items():
+        out[f"{app}/{process}"] = {
+            "release": s.release,
+            "running": s.running,
+            "exit_code": s.exit_code,
+            "started_at": s.started_at,
+            "address": s.address,
+        }
+    for (app, process), why in failures.items():
+        out.setdefault(f"{app}/{process}", {"why": why})
+    return out
+
+
+def _live_reports(
+    snap: Snapshot, me: str, lease_after: float
+) -> Iterator[tuple[str, str, str, dict[str, Any]]]:
+    """(node, app, process, report) from the other members whose lease ends after
+    `lease_after`: one whose lease ended may have stopped, or be frozen."""
+    for node, seen in snap.observed.items():
+        member = snap.members.get(node)
+        if node == me or member is None or member.lease_expires < lease_after:
+            continue
+        for key, o in seen.items():
+            app, process = key.split("/", 1)
+            yield node, app, process, o
+
+
+def running_elsewhere(snap: Snapshot, me: str, lease_after: float) -> set[Key]:
+    """Instances another member reports running while its lease holds. A node
+    waits for them to stop before starting its own copy: a handoff (a node
+    leaving, a move) never runs two copies."""
+    return {(app, p) for _, app, p, o in _live_reports(snap, me, lease_after) if o.get("running")}
+
+
+def instances_elsewhere(snap: Snapshot, me: str, now: float) -> dict[Key, InstanceStatus]:
+    """The instances the other members run (or ran) where placement puts them."""
+    out = {}
+    for node, app, process, o in _live_reports(snap, me, now):
+        if "why" in o or app not in snap.apps or snap.apps[app].placement.get(process) != node:
+            continue  # could not start there, or belongs elsewhere now
+        out[(app, process)] = InstanceStatus(
+            app, process, o["release"], o["running"], o["exit_code"], o["started_at"], o["address"]
+        )
+    return out
+
+
+def failure_elsewhere(snap: Snapshot, me: str, app: str, process: str) -> str:
+    """Why the member an instance is placed on says it cannot start it ("" if none)."""
+    node = snap.apps[app].placement.get(process) if app in snap.apps else None
+    if node is None or node == me:
+        return ""
+    why = snap.observed.get(node, {}).get(f"{app}/{process}", {}).get("why")
+    return f"{node}: {why}" if why else ""
