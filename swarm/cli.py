@@ -73,7 +73,9 @@ def cmd_init(args: argparse.Namespace) -> None:
             if v is not None
         },
         ipfs=config.IpfsSettings(
-            api_port=args.ipfs_api_port or 5001, swarm_port=args.ipfs_swarm_port or 4001
+            api=args.ipfs_api or "",
+            api_port=args.ipfs_api_port or 5001,
+            swarm_port=args.ipfs_swarm_port or 4001,
         ),
     )
     home.mkdir(parents=True, exist_ok=True)
@@ -292,6 +294,9 @@ def parser() -> argparse.ArgumentParser:
     init.add_argument("--dashboard-port", type=int)
     init.add_argument("--peer-port", type=int, help="node-to-node API (swarm)")
     init.add_argument("--raft-port", type=int, help="the swarm's consensus")
+    init.add_argument(
+        "--ipfs-api", metavar="URL", help="use the kubo you run at this RPC API URL (swarm)"
+    )
     init.add_argument("--ipfs-api-port", type=int, help="this node's kubo RPC API")
     init.add_argument("--ipfs-swarm-port", type=int, help="this node's kubo libp2p port")
     init.add_argument("--runtime", choices=config.RUNTIMES)

@@ -26,7 +26,7 @@ from router.proxy import start_router
 from swarm.deploy import Deployer
 from swarm.errors import PCError
 from swarm.identity import SwarmIdentity
-from swarm.ipfs.kubo import Kubo
+from swarm.ipfs.kubo import ExternalKubo, Kubo, KuboNode
 from swarm.ipfs.store import IpfsStore
 from swarm.logbus import LogBus
 from swarm.membership import Membership
@@ -103,7 +103,7 @@ class Parts:
     reconciler: Reconciler
     logbus: LogBus
     membership: Membership | None = None
-    kubo: Kubo | None = None
+    kubo: KuboNode | None = None
 
 
 def build_node(settings: Settings) -> Parts:
@@ -111,20 +111,28 @@ def build_node(settings: Settings) -> Parts:
         raise PCError(f"no node at {settings.home}: run `pc init` first")
     sweep_leftovers(settings)
     identity = SwarmIdentity.load(settings.swarm_file)
-    kubo = None
+    kubo: KuboNode | None = None
     if identity is None:
         clear_lease(settings.run_dir / "lease")  # alone (again): no lease to enforce
         state: State | ReplicatedState = State(settings.state_file)
         store: Store = LocalStore(settings.store_dir)
     else:  # a swarm: state agreed by Raft, slugs in the swarm's private IPFS
-        kubo = Kubo(
-            settings.ipfs_dir,
-            identity.swarm_key,
-            settings.ipfs.api_port,
-            settings.ipfs.swarm_port,
-            host=settings.advertised,
-        )
-        kubo.init()
+        if settings.ipfs.api:  # a kubo the operator runs: checked, never started or stopped
+            kubo = ExternalKubo(
+                settings.ipfs.api,
+                identity.swarm_key,
+                settings.home / "swarm.key",  # for the operator to put in that kubo's repo
+                host=settings.advertised,
+            )
+        else:
+            kubo = Kubo(
+                settings.ipfs_dir,
+                identity.swarm_key,
+                settings.ipfs.api_port,
+                settings.ipfs.swarm_port,
+                host=settings.advertised,
+            )
+            kubo.init()
         kubo.start()
         store = IpfsStore(kubo.api_url, fetch_timeout=PIN_TIMEOUT)
         state = ReplicatedState(
@@ -149,6 +157,7 @@ def build_node(settings: Settings) -> Parts:
         membership = Membership(settings, identity, state, kubo, store, runtime, reconciler, logbus)
         reconciler.may_run = membership.may_run
         reconciler.elsewhere = membership.remote_instances
+        reconciler.failed_elsewhere = membership.failed_elsewhere
         deployer.replicated = membership.wait_replicated
         node.membership = parts.membership = membership
     return parts

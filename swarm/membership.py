@@ -30,9 +30,10 @@ from swarm.deploy import KEEP_RELEASES
 from swarm.errors import Forbidden
 from swarm.identity import SwarmIdentity
 from swarm.invite import InviteError, InviteRecord, make_invite, redeem, usable
-from swarm.ipfs.kubo import Kubo
+from swarm.ipfs.kubo import KuboNode
 from swarm.ipfs.store import IpfsStore
 from swarm.logbus import LogBus
+from swarm.observed import failure_elsewhere, instances_elsewhere, report
 from swarm.peer import PeerClient, PeerError, make_peer_app
 from swarm.placement import holders, member_state, place, slugs_in_use
 from swarm.raft import Conflict, NoQuorum
@@ -48,23 +49,13 @@ log = logging.getLogger(__name__)
 INVITE_TTL = 3600  # seconds an invite token stays usable
 
 
-def observation(status: InstanceStatus) -> dict[str, Any]:
-    return {
-        "release": status.release,
-        "running": status.running,
-        "exit_code": status.exit_code,
-        "started_at": status.started_at,
-        "address": status.address,
-    }
-
-
 class Membership:
     def __init__(
         self,
         settings: Settings,
         identity: SwarmIdentity,
         state: ReplicatedState,
-        kubo: Kubo,
+        kubo: KuboNode,
         store: IpfsStore,
         runtime: Runtime,
         reconciler: Reconciler,
@@ -252,7 +243,7 @@ class Membership:
                     log.info("kubo cannot reach %s yet: %s", m.name, e)
 
     def _observe(self, snap: Snapshot) -> None:
-        mine = {f"{a}/{p}": observation(s) for (a, p), s in self.reconciler.instances().items()}
+        mine = report(self.reconciler.instances(), self.reconciler.failures())
         if snap.observed.get(self.me) == mine:
             return
         try:
@@ -458,27 +449,11 @@ class Membership:
     # --- asking siblings ------------------------------------------------------------
     def remote_instances(self) -> dict[tuple[str, str], InstanceStatus]:
         """What the other members last reported of their instances."""
-        snap = self.state.read()
-        now = time.time()
-        out = {}
-        for node, seen in snap.observed.items():
-            member = snap.members.get(node)
-            if node == self.me or member is None or member.lease_expires < now:
-                continue  # a node whose lease ended may have stopped, or be frozen: unknown
-            for key, o in seen.items():
-                app, process = key.split("/", 1)
-                if app not in snap.apps or snap.apps[app].placement.get(process) != node:
-                    continue  # it ran there, but belongs elsewhere now
-                out[(app, process)] = InstanceStatus(
-                    app,
-                    process,
-                    o["release"],
-                    o["running"],
-                    o["exit_code"],
-                    o["started_at"],
-                    o["address"],
-                )
-        return out
+        return instances_elsewhere(self.state.read(), self.me, time.time())
+
+    def failed_elsewhere(self, app: str, process: str) -> str:
+        """Why the member `process` is placed on reports it cannot start it."""
+        return failure_elsewhere(self.state.read(), self.me, app, process)
 
     def restart_everywhere(self, app: str, ptype: str | None) -> None:
         """From a worker thread: ask the siblings that run `app` to restart it."""

@@ -11,6 +11,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from swarm.errors import ConfigError
 
@@ -117,14 +118,39 @@ class Shares:
         )
 
 
+def _kubo_api_url(value: Any) -> str:
+    """The base URL of a kubo RPC API (like http://127.0.0.1:5001), or "" for none."""
+    url = str(value).strip().rstrip("/")
+    if not url:
+        return ""
+    why = 'use a URL like http://127.0.0.1:5001, or "" to let the node start its own kubo'
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ConfigError(f"[ipfs] api {url!r} is not a URL ({e}): {why}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"[ipfs] api {url!r} must start with http:// or https://: {why}")
+    if not parts.hostname or not port:
+        raise ConfigError(f"[ipfs] api {url!r} needs a host and a port: {why}")
+    if parts.path or parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f"[ipfs] api {url!r} must be only scheme, host and port: {why}")
+    return url
+
+
 @dataclass(frozen=True)
 class IpfsSettings:
-    """The kubo a swarm node's daemon starts and supervises (repo in $PC_HOME/ipfs)."""
+    """The swarm node's kubo: the daemon starts and supervises its own (repo in
+    $PC_HOME/ipfs, on `api_port` and `swarm_port`) unless `api` names a kubo the
+    operator runs."""
 
+    # The RPC API of a kubo the operator runs, e.g. "http://127.0.0.1:5001"; "" = own kubo.
+    api: str = ""
     api_port: int = 5001
     swarm_port: int = 4001  # libp2p, on `listen`; only the swarm's private network uses it
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "api", _kubo_api_url(self.api))
         for attr in ("api_port", "swarm_port"):
             object.__setattr__(self, attr, _port(getattr(self, attr), f"[ipfs] {attr}"))
 

@@ -21,12 +21,16 @@ import pytest
 from swarm.errors import ConfigError, RuntimeFailure
 from swarm.ipfs import IpfsStore
 from swarm.ipfs.kubo import (
+    PUBLIC_SWITCHES,
     QUIET_CONFIG,
+    ExternalKubo,
     Kubo,
     KuboError,
     KuboUnreachable,
     find_binary,
+    public_switches_on,
     split_multiaddr,
+    swarm_key_file,
 )
 from tests.conftest import REPO, free_port
 
@@ -220,3 +224,104 @@ def test_a_node_with_another_swarm_key_cannot_connect(pair: tuple[Kubo, Kubo], t
         assert stranger.peer_id not in a.connected_peers()
     finally:
         stranger.stop()
+
+
+# --- a kubo the operator runs ([ipfs] api) -----------------------------------------------
+
+
+def test_an_external_kubo_that_does_not_answer_is_refused_clearly(tmp_path: Path):
+    url = f"http://127.0.0.1:{free_port()}"
+    kubo = ExternalKubo(url, SWARM_KEY, tmp_path / "swarm.key")
+    assert not kubo.running
+    with pytest.raises(RuntimeFailure, match=f"kubo RPC API configured at {url}.*does not answer"):
+        kubo.start()
+    assert not (tmp_path / "swarm.key").exists()
+    kubo.stop()  # not ours: nothing to do, no error
+
+
+def test_an_external_kubo_is_dialled_on_the_advertised_host(tmp_path: Path):
+    peer = "12D3KooWFF8ENRDGR5U3LaK1aGQQWgwgDWjpbncfkwYNVSGijCfJ"
+    ident = {
+        "ID": peer,
+        "Addresses": [
+            f"/ip4/127.0.0.1/udp/4001/quic-v1/p2p/{peer}",
+            f"/ip4/127.0.0.1/tcp/4001/p2p/{peer}",
+            f"/ip4/192.0.2.7/tcp/4001/p2p/{peer}",
+            f"/ip4/192.0.2.7/tcp/4002/ws/p2p/{peer}",
+        ],
+    }
+    on = ExternalKubo("http://127.0.0.1:1", SWARM_KEY, tmp_path / "k", host="192.0.2.7")
+    assert on._pick_address(ident) == f"/ip4/192.0.2.7/tcp/4001/p2p/{peer}"
+    off = ExternalKubo("http://127.0.0.1:1", SWARM_KEY, tmp_path / "k", host="198.51.100.1")
+    assert off._pick_address(ident) == f"/ip4/127.0.0.1/tcp/4001/p2p/{peer}"
+    with pytest.raises(RuntimeFailure, match="no TCP address"):
+        on._pick_address({"ID": peer, "Addresses": ident["Addresses"][:1]})
+
+
+@pytest.fixture(scope="module")
+def operated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Kubo, Kubo]]:
+    """Two kubos as an operator would run them (quiet, on the swarm's key)."""
+    root = tmp_path_factory.mktemp("operated")
+    a = new_kubo(root / "a", SWARM_KEY)
+    b = new_kubo(root / "b", SWARM_KEY)
+    yield a, b
+    b.stop()
+    a.stop()
+
+
+@pytest.mark.ipfs
+def test_an_external_kubo_is_used_through_its_api(operated: tuple[Kubo, Kubo], tmp_path: Path):
+    a, b = operated
+    key_file = tmp_path / "home" / "swarm.key"
+    kubo = ExternalKubo(a.api_url + "/", SWARM_KEY, key_file)
+    assert kubo.running
+    kubo.start()
+    assert kubo.api_url == a.api_url
+    assert kubo.peer_id == a.peer_id
+    assert kubo.multiaddr == a.multiaddr
+    # The swarm key, ready for the operator to put in that kubo's repo.
+    assert key_file.read_text() == swarm_key_file(SWARM_KEY)
+    assert key_file.stat().st_mode & 0o077 == 0
+
+    kubo.connect(b.multiaddr)
+    assert b.peer_id in kubo.connected_peers()
+    assert a.peer_id in b.connected_peers()
+    assert a.config_show()["Peering"]["Peers"] in (None, [])  # its config stays the operator's
+
+    kubo.stop()  # not ours to stop
+    assert a.running and kubo.running
+
+
+@pytest.mark.ipfs
+def test_an_external_kubo_on_the_public_network_is_refused(
+    operated: tuple[Kubo, Kubo], tmp_path: Path
+):
+    _, b = operated
+    kubo = ExternalKubo(b.api_url, SWARM_KEY, tmp_path / "swarm.key")
+    # Set through the API, as an operator might; kubo applies it only at its next
+    # start, so nothing is dialled here (and the address is loopback anyway).
+    public = [f"/ip4/127.0.0.1/tcp/{free_port()}/p2p/{b.peer_id}"]
+    b.api.call("config", "Bootstrap", json.dumps(public), json=True)
+    b.api.call("config", "Discovery.MDNS.Enabled", "true", json=True)
+    try:
+        with pytest.raises(ConfigError) as refused:
+            kubo.start()
+        message = str(refused.value)
+        assert "public network (Bootstrap, Discovery.MDNS.Enabled)" in message
+        assert "ipfs bootstrap rm --all" in message
+        assert "ipfs config --json Discovery.MDNS.Enabled false" in message
+        assert not (tmp_path / "swarm.key").exists()
+    finally:
+        b.api.call("config", "Bootstrap", "[]", json=True)
+        b.api.call("config", "Discovery.MDNS.Enabled", "false", json=True)
+    kubo.start()
+
+
+@pytest.mark.ipfs
+def test_kubos_defaults_are_all_public_switches(tmp_path: Path):
+    """What `ipfs init` writes, read the way the node reads an operator's kubo."""
+    env = {**os.environ, "IPFS_PATH": str(tmp_path / "repo")}
+    run = [str(kubo_binary())]
+    subprocess.run([*run, "init", "--empty-repo"], env=env, check=True, capture_output=True)
+    shown = subprocess.run([*run, "config", "show"], env=env, check=True, capture_output=True)
+    assert set(public_switches_on(json.loads(shown.stdout))) == set(PUBLIC_SWITCHES)

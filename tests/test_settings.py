@@ -54,3 +54,36 @@ def test_numbers_from_the_environment_are_checked(tmp_path: Path, monkeypatch: p
 def test_bad_user_names(name: str):
     with pytest.raises(ConfigError, match="invalid user name"):
         settings.check_user_name(name)
+
+
+def test_ipfs_api_names_a_kubo_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    assert settings.load(tmp_path).ipfs.api == ""  # the daemon starts its own kubo
+    s = settings.Settings(home=tmp_path, ipfs=settings.IpfsSettings(api="http://127.0.0.1:5001/"))
+    assert s.ipfs.api == "http://127.0.0.1:5001"
+    (tmp_path / "config.toml").write_text(settings.to_toml(s))
+    assert settings.load(tmp_path).ipfs.api == "http://127.0.0.1:5001"
+    monkeypatch.setenv("PC_IPFS_API", "https://kubo.example.org:5443")
+    assert settings.load(tmp_path).ipfs.api == "https://kubo.example.org:5443"
+    monkeypatch.setenv("PC_IPFS_API", "")
+    assert settings.load(tmp_path).ipfs.api == ""
+    monkeypatch.setenv("PC_IPFS_API", "127.0.0.1:5001")
+    with pytest.raises(ConfigError, match=r"\[ipfs\] api '127.0.0.1:5001' must start with http"):
+        settings.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ftp://127.0.0.1:5001", "must start with http:// or https://"),
+        ("http://127.0.0.1", "needs a host and a port"),
+        ("http://:5001", "needs a host and a port"),
+        ("http://127.0.0.1:0", "needs a host and a port"),
+        ("http://127.0.0.1:70000", "is not a URL"),
+        ("http://127.0.0.1:api", "is not a URL"),
+        ("http://127.0.0.1:5001/api/v0", "must be only scheme, host and port"),
+        ("http://user:pw@127.0.0.1:5001", "must be only scheme, host and port"),
+    ],
+)
+def test_bad_ipfs_api_urls_are_refused(url: str, reason: str):
+    with pytest.raises(ConfigError, match=r"\[ipfs\] api .*" + reason):
+        settings.IpfsSettings(api=url)

@@ -8,18 +8,28 @@ cannot drift back to kubo's defaults.
 
 `KuboAPI` is the one way this project talks to kubo: a thin httpx client of its
 HTTP RPC API (`POST /api/v0/<command>`).
+
+`ExternalKubo` is the other case: a kubo the operator runs (`[ipfs] api`). Its
+config is not ours to write, so the node reads it through the API and refuses
+one that would talk to the public network (`PUBLIC_SWITCHES`). Whether it runs
+on the swarm's private network cannot be checked: no RPC command tells whether
+kubo loaded a swarm.key (kubo prints its fingerprint only on the daemon's
+stdout). The operator must give it the swarm's swarm.key; the node writes a
+copy for that and says where.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -27,6 +37,8 @@ from typing import Any
 import httpx
 
 from swarm.errors import ConfigError, PCError, RuntimeFailure
+
+log = logging.getLogger("pc")
 
 CACHED_BIN = Path.home() / ".cache" / "peoplescloud" / "bin" / "ipfs"
 SWARM_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -67,6 +79,27 @@ QUIET_CONFIG: dict[str, Any] = {
     "Addresses.AppendAnnounce": [],
 }
 CHILD_ENV = {"LIBP2P_FORCE_PNET": "1", "IPFS_TELEMETRY": "off"}
+
+# What an operator's kubo must have off, as QUIET_CONFIG has it: each of these
+# reaches the public network whatever swarm.key says (bootstrap peers, routing,
+# HTTP fetches of kubo's autoconf, AutoTLS registration, telemetry) or the LAN
+# (MDNS). Dotted key -> (a test that its value, None when missing, is quiet; the
+# command that makes it so). A missing key means kubo's default, which is not quiet.
+PUBLIC_SWITCHES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "Bootstrap": (lambda v: not v, "ipfs bootstrap rm --all"),
+    "Discovery.MDNS.Enabled": (
+        lambda v: v is False,
+        "ipfs config --json Discovery.MDNS.Enabled false",
+    ),
+    "Routing.Type": (lambda v: v == "none", "ipfs config Routing.Type none"),
+    "AutoConf.Enabled": (lambda v: v is False, "ipfs config --json AutoConf.Enabled false"),
+    "AutoTLS.Enabled": (lambda v: v is False, "ipfs config --json AutoTLS.Enabled false"),
+    "Plugins.Plugins.telemetry.Disabled": (
+        lambda v: v is True,
+        "ipfs config --json Plugins.Plugins.telemetry.Disabled true",
+    ),
+}
+PEER_ADDR_RE = re.compile(r"^/(?:ip4|ip6|dns|dns4|dns6)/([^/]+)/tcp/\d+/p2p/[^/]+$")
 
 
 class KuboError(PCError):
@@ -126,6 +159,25 @@ def _terminate(pid: int) -> None:
             time.sleep(0.05)
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def get_dotted(config: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key, or None where any part is missing."""
+    node: Any = config
+    for name in key.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(name)
+    return node
+
+
+def public_switches_on(config: dict[str, Any]) -> dict[str, str]:
+    """The PUBLIC_SWITCHES that this kubo config leaves on, each with its fix."""
+    return {
+        key: fix
+        for key, (quiet, fix) in PUBLIC_SWITCHES.items()
+        if not quiet(get_dotted(config, key))
+    }
 
 
 def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
@@ -217,7 +269,54 @@ class KuboAPI:
             raise KuboUnreachable(f"kubo at {self.url} failed during {command}: {e}") from None
 
 
-class Kubo:
+class KuboNode(ABC):
+    """What a node uses of its kubo, whoever runs it: `Kubo` (the node's own
+    child) or `ExternalKubo` (one the operator runs). Peers are dialled through
+    the RPC API in both cases."""
+
+    api: KuboAPI
+
+    @property
+    @abstractmethod
+    def api_url(self) -> str: ...
+
+    @property
+    @abstractmethod
+    def peer_id(self) -> str: ...
+
+    @property
+    @abstractmethod
+    def multiaddr(self) -> str:
+        """The address siblings dial to reach this kubo (with its peer id)."""
+
+    @property
+    @abstractmethod
+    def running(self) -> bool: ...
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    def connect(self, addr: str) -> None:
+        """Connect to a peer now and keep reconnecting while kubo runs."""
+        split_multiaddr(addr)
+        self.api.call("swarm/connect", addr)
+        self.api.call("swarm/peering/add", addr)
+        self._remember(addr)
+
+    @abstractmethod
+    def _remember(self, addr: str) -> None:
+        """Keep a peer across kubo restarts, where kubo's config is ours to write."""
+
+    def connected_peers(self) -> set[str]:
+        """Peer ids this kubo is connected to now."""
+        found = self.api.json("swarm/peers").get("Peers") or []
+        return {p["Peer"] for p in found}
+
+
+class Kubo(KuboNode):
     """One kubo daemon with its own repo, owned by this process.
 
     `peers` are full multiaddrs (`/ip4/.../tcp/PORT/p2p/ID`) kubo keeps connected
@@ -407,11 +506,9 @@ class Kubo:
             self._proc = None
         self.pid_file.unlink(missing_ok=True)
 
-    def connect(self, addr: str) -> None:
-        """Connect to a peer now, and keep reconnecting (also after a restart)."""
+    def _remember(self, addr: str) -> None:
+        """In the repo's Peering.Peers, so kubo reconnects after a restart."""
         transport, peer = split_multiaddr(addr)
-        self.api.call("swarm/connect", addr)
-        self.api.call("swarm/peering/add", addr)
         peers = list(self.api.json("config", "Peering.Peers").get("Value") or [])
         if not any(p.get("ID") == peer for p in peers):
             peers.append({"ID": peer, "Addrs": [transport]})
@@ -419,7 +516,111 @@ class Kubo:
         if addr not in self._peers:
             self._peers.append(addr)
 
-    def connected_peers(self) -> set[str]:
-        """Peer ids this kubo is connected to now."""
-        found = self.api.json("swarm/peers").get("Peers") or []
-        return {p["Peer"] for p in found}
+
+class ExternalKubo(KuboNode):
+    """A kubo the operator runs and the node only uses, through its RPC API at `url`.
+
+    The node neither starts nor stops it and never writes its config: `start()`
+    checks that the API answers and that the config keeps kubo off the public
+    network (`PUBLIC_SWITCHES`), and refuses otherwise. The RPC API cannot show
+    whether kubo runs on the swarm's private network (a swarm.key in its repo),
+    so `start()` writes the swarm's swarm.key to `key_file` and logs a warning
+    that the operator must put it in that kubo's repo; a kubo without it cannot
+    connect to the other members ("failed to negotiate security protocol").
+    Peers are added at run time only (`swarm/peering/add`); the node connects
+    them again after that kubo restarts.
+    """
+
+    def __init__(self, url: str, swarm_key: str, key_file: Path, host: str = "127.0.0.1") -> None:
+        self.url = url.rstrip("/")
+        self._swarm_key = swarm_key_file(swarm_key)
+        self.key_file = Path(key_file)
+        self.host = host  # the node's advertised host: the address to prefer
+        self.api = KuboAPI(self.url)
+        self._peer_id: str | None = None
+        self._multiaddr: str | None = None
+
+    @property
+    def api_url(self) -> str:
+        return self.url
+
+    def _id(self) -> dict[str, Any]:
+        try:
+            return self.api.json("id", timeout="5s")
+        except KuboError as e:
+            raise RuntimeFailure(
+                f"the kubo RPC API configured at {self.url} ([ipfs] api) does not answer ({e}): "
+                'start that kubo, or set [ipfs] api = "" to let the node start its own'
+            ) from None
+
+    @property
+    def peer_id(self) -> str:
+        if self._peer_id is None:
+            self._peer_id = self._id()["ID"]
+        return self._peer_id
+
+    @property
+    def multiaddr(self) -> str:
+        if self._multiaddr is None:
+            self._multiaddr = self._pick_address(self._id())
+        return self._multiaddr
+
+    def _pick_address(self, ident: dict[str, Any]) -> str:
+        """A TCP address from kubo's own list: one on the node's advertised host if
+        there is one, else the first."""
+        hosts = {}  # address -> its host, for the TCP ones
+        for addr in ident.get("Addresses") or []:
+            if match := PEER_ADDR_RE.match(addr):
+                hosts[addr] = match[1]
+        if not hosts:
+            raise RuntimeFailure(
+                f"the kubo at {self.url} has no TCP address to reach it at "
+                f"(its addresses: {ident.get('Addresses') or 'none'}): "
+                "give it one in Addresses.Swarm, e.g. /ip4/0.0.0.0/tcp/4001, and restart it"
+            )
+        on_host = [addr for addr, host in hosts.items() if host == self.host]
+        return (on_host or list(hosts))[0]
+
+    @property
+    def running(self) -> bool:
+        """The API answers, as the same kubo as at start (else start() looks again)."""
+        try:
+            answer = self.api.json("id", timeout="2s")["ID"]
+        except KuboError:
+            return False
+        return self._peer_id is None or answer == self._peer_id
+
+    def start(self) -> None:
+        """Check the operator's kubo: it answers and stays off the public network."""
+        ident = self._id()
+        try:
+            config = self.api.json("config/show")
+        except KuboError as e:
+            raise RuntimeFailure(f"cannot read the config of the kubo at {self.url}: {e}") from None
+        loud = public_switches_on(config)
+        if loud:
+            raise ConfigError(
+                f"the kubo at {self.url} would talk to the public network "
+                f"({', '.join(loud)}): run {'; '.join(loud.values())}; then restart that kubo "
+                '(or set [ipfs] api = "" to let the node start its own)'
+            )
+        self._peer_id = ident["ID"]
+        self._multiaddr = self._pick_address(ident)
+        self.key_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self._swarm_key)
+        log.warning(
+            "using the kubo at %s (%s). Its API cannot show whether it runs on the swarm's "
+            "private network: its repo needs the swarm's swarm.key (a copy is in %s; best "
+            "run it with LIBP2P_FORCE_PNET=1), else it cannot reach the other members",
+            self.url,
+            self._multiaddr,
+            self.key_file,
+        )
+
+    def _remember(self, addr: str) -> None:
+        """Nothing: its config is the operator's (Membership connects again after a restart)."""
+
+    def stop(self) -> None:
+        """Nothing to stop: the operator runs this kubo."""
