@@ -1,8 +1,13 @@
 """A small streaming reverse proxy.
 
-The router knows nothing of apps or runtimes: it asks `lookup(app)` for the
-addresses ("127.0.0.1:49153") of the app's running web instances and spreads
-requests over them. The node passes a lookup that reads its reconciler.
+The router knows nothing of apps or runtimes: it asks `lookup(app, local_only)`
+for the upstreams of an app and spreads requests over them. An upstream is a
+web instance on this node ("127.0.0.1:49153"), or the router of a sibling node
+that runs one: a web process on another machine is reached through that
+machine's router, since instances publish their ports on loopback only. A
+request passed on to a sibling's router names the app in `X-PC-App`; that
+router serves it from its own instances only, so requests never go round in
+circles. Each router a request passed adds itself to the response's `Via`.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
@@ -25,11 +31,19 @@ HOP_HEADERS = {
     "trailer",
     "transfer-encoding",
     "upgrade",
-    "host",
     "content-length",
 }
 
-Lookup = Callable[[str], list[str]]
+H_APP = "X-PC-App"  # on a request one router passes to another: the app it is for
+
+
+@dataclass(frozen=True)
+class Upstream:
+    address: str  # "host:port"
+    router: bool = False  # a sibling's router, not an instance
+
+
+Lookup = Callable[[str, bool], list[Upstream]]  # (app, local_only) -> upstreams
 SESSION = web.AppKey("session", ClientSession)
 
 
@@ -43,41 +57,53 @@ def app_for_host(host: str, domain: str) -> str | None:
     return app if app and "." not in app else None
 
 
-def make_app(lookup: Lookup, domain: str) -> web.Application:
+def make_app(lookup: Lookup, domain: str, name: str) -> web.Application:
+    """The router of node `name` for apps at APP.`domain`."""
     counter = itertools.count()
+    via = f"1.1 {name}"
 
     async def proxy(request: web.Request) -> web.StreamResponse:
-        app = app_for_host(request.host, domain)
+        passed_on = request.headers.get(H_APP)  # from a sibling's router
+        app = passed_on or app_for_host(request.host, domain)
         if app is None:
             return web.Response(status=404, text=f"no app here: use http://APP.{domain}/\n")
-        addresses = lookup(app)
-        if not addresses:
+        upstreams = lookup(app, bool(passed_on))
+        if not upstreams:
             return web.Response(status=503, text=f"{app} has no running web process\n")
-        target = addresses[next(counter) % len(addresses)]
+        target = upstreams[next(counter) % len(upstreams)]
+        # Host goes through as the client sent it, as apps expect (Heroku does too).
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
-        headers["X-Forwarded-For"] = request.remote or ""
-        headers["X-Forwarded-Host"] = request.host
-        headers["X-Forwarded-Proto"] = request.scheme
+        headers.pop(H_APP, None)
+        if passed_on:  # the first router already said who asked
+            headers.setdefault("X-Forwarded-For", request.remote or "")
+        else:
+            headers["X-Forwarded-For"] = request.remote or ""
+            headers["X-Forwarded-Host"] = request.host
+            headers["X-Forwarded-Proto"] = request.scheme
+        if target.router:
+            headers[H_APP] = app
         session = request.app[SESSION]
         try:
             async with session.request(
                 request.method,
-                f"http://{target}{request.rel_url}",
+                f"http://{target.address}{request.rel_url}",
                 headers=headers,
                 data=request.content if request.body_exists else None,
                 allow_redirects=False,
             ) as upstream:
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
                 for k, v in upstream.headers.items():
-                    if k.lower() not in HOP_HEADERS:
+                    if k.lower() not in HOP_HEADERS and k.lower() != "via":
                         response.headers.add(k, v)
+                inner = upstream.headers.get("Via") if target.router else None
+                response.headers["Via"] = f"{via}, {inner}" if inner else via
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
                 await response.write_eof()
                 return response
         except ClientError as e:
-            log.warning("router: %s -> %s failed: %s", app, target, e)
+            log.warning("router: %s -> %s failed: %s", app, target.address, e)
             return web.Response(status=502, text=f"{app} did not answer\n")
 
     async def session_ctx(application: web.Application):  # type: ignore[no-untyped-def]
@@ -92,9 +118,11 @@ def make_app(lookup: Lookup, domain: str) -> web.Application:
     return application
 
 
-async def start_router(lookup: Lookup, domain: str, host: str, port: int) -> web.AppRunner:
+async def start_router(
+    lookup: Lookup, domain: str, name: str, host: str, port: int
+) -> web.AppRunner:
     """Serve until `runner.cleanup()`."""
-    runner = web.AppRunner(make_app(lookup, domain), access_log=None)
+    runner = web.AppRunner(make_app(lookup, domain, name), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

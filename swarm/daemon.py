@@ -22,7 +22,7 @@ from docker import DockerClient
 
 import builder
 from gitserver.server import start_server
-from router.proxy import start_router
+from router.proxy import Upstream, start_router
 from swarm.deploy import Deployer
 from swarm.errors import PCError
 from swarm.identity import SwarmIdentity
@@ -163,12 +163,19 @@ def build_node(settings: Settings) -> Parts:
     return parts
 
 
-def web_addresses(reconciler: Reconciler, app: str) -> list[str]:
-    return [
-        s.address
-        for (name, process), s in reconciler.everywhere().items()
+def web_upstreams(parts: Parts, app: str, local_only: bool) -> list[Upstream]:
+    """Where the router sends a request for `app`: this node's web instances,
+    and (unless a sibling's router passed the request on) the routers of the
+    siblings that run one."""
+    upstreams = [
+        Upstream(s.address)
+        for (name, process), s in parts.reconciler.instances().items()
         if name == app and s.running and s.address and process.startswith("web.")
     ]
+    if parts.membership is not None and not local_only:
+        routers = parts.membership.sibling_routers(app)
+        upstreams += [Upstream(address, router=True) for address in routers]
+    return upstreams
 
 
 async def serve(settings: Settings) -> None:
@@ -200,8 +207,9 @@ async def serve(settings: Settings) -> None:
         max_push_bytes=settings.build.max_push_mb * 1024 * 1024,
     )
     router = await start_router(
-        lambda app: web_addresses(reconciler, app),
+        lambda app, local_only: web_upstreams(parts, app, local_only),
         settings.domain,
+        settings.name,
         settings.listen,
         settings.router_port,
     )

@@ -33,7 +33,7 @@ from swarm.invite import InviteError, InviteRecord, make_invite, redeem, usable
 from swarm.ipfs.kubo import KuboNode
 from swarm.ipfs.store import IpfsStore
 from swarm.logbus import LogBus
-from swarm.observed import failure_elsewhere, instances_elsewhere, report
+from swarm.observed import failure_elsewhere, instances_elsewhere, report, web_nodes_elsewhere
 from swarm.peer import PeerClient, PeerError, make_peer_app
 from swarm.placement import holders, member_state, place, slugs_in_use
 from swarm.raft import Conflict, NoQuorum
@@ -127,6 +127,7 @@ class Membership:
             address=self.peer_address,
             raft=self.raft_address,
             ipfs=self.kubo.multiaddr,
+            router=f"{self.settings.advertised}:{self.settings.router_port}",
         )
 
     def _renew_lease(self) -> None:
@@ -450,6 +451,12 @@ class Membership:
     def remote_instances(self) -> dict[tuple[str, str], InstanceStatus]:
         """What the other members last reported of their instances."""
         return instances_elsewhere(self.state.read(), self.me, time.time())
+
+    def sibling_routers(self, app: str) -> list[str]:
+        """The routers of the other members that run a web instance of `app`."""
+        snap = self.state.read()
+        nodes = web_nodes_elsewhere(snap, self.me, time.time(), app)
+        return [snap.members[n].router for n in sorted(nodes) if snap.members[n].router]
 
     def failed_elsewhere(self, app: str, process: str) -> str:
         """Why the member `process` is placed on reports it cannot start it."""

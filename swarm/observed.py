@@ -67,6 +67,15 @@ def instances_elsewhere(snap: Snapshot, me: str, now: float) -> dict[Key, Instan
     return out
 
 
+def web_nodes_elsewhere(snap: Snapshot, me: str, now: float, app: str) -> set[str]:
+    """The other members that report a running web instance of `app`."""
+    return {
+        node
+        for node, a, process, o in _live_reports(snap, me, now)
+        if a == app and o.get("running") and process.rsplit(".", 1)[0] == "web"
+    }
+
+
 def failure_elsewhere(snap: Snapshot, me: str, app: str, process: str) -> str:
     """Why the member an instance is placed on says it cannot start it ("" if none)."""
     node = snap.apps[app].placement.get(process) if app in snap.apps else None

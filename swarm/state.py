@@ -94,6 +94,7 @@ class Member:
     address: str = ""  # "host:port" of its peer API
     raft: str = ""  # "host:port" of its consensus endpoint
     ipfs: str = ""  # its kubo's multiaddr, for the others to dial
+    router: str = ""  # "host:port" of its HTTP router, for web processes it runs
 
 
 @dataclass

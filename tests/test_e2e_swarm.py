@@ -13,6 +13,7 @@ import dataclasses
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import docker
@@ -34,14 +35,26 @@ def copies(app: str) -> list[str]:
     return sorted(n for c in running if (n := c.labels["peoplescloud.node"]) in NODES)
 
 
-def where(node: NodeProc, app: str) -> str | None:
-    """The node `ps` (asked of `node`) says runs bot.1, if it is up."""
+def where(node: NodeProc, app: str, process: str = "bot.1") -> str | None:
+    """The node `ps` (asked of `node`) says runs `process`, if it is up."""
     r = node.ssh("ps", app)
     for line in r.stdout.splitlines():
         fields = line.split()
-        if fields[:2] == ["bot.1", "up"]:
+        if fields[:2] == [process, "up"]:
             return fields[3]
     return None
+
+
+def get_web(node: NodeProc, app: str) -> tuple[str, str] | None:
+    """(body, Via header) of `GET /` for APP.localhost through `node`'s router."""
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{node.router_port}/", headers={"Host": f"{app}.localhost"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.read().decode(), resp.headers["Via"]
+    except OSError:
+        return None
 
 
 def test_three_nodes_place_replicate_and_fail_over(node_factory, tmp_path: Path):
@@ -86,6 +99,18 @@ def test_three_nodes_place_replicate_and_fail_over(node_factory, tmp_path: Path)
         what="slug pinned on three nodes",
     )
     assert all(n.name in releases for n in (n1, n2, n3))
+
+    # A web app answers through every node's router: a node that does not run
+    # it passes the request to the router of the node that does.
+    site = make_repo(tmp_path, "procfile-two")
+    r = n2.git(site, "push", n2.remote("site"), "main")
+    assert r.returncode == 0, r.stderr
+    web_home = wait_for(lambda: where(n1, "site", "web.1"), what="site's web.1 up")
+    for n in (n1, n2, n3):
+        body, via = wait_for(lambda n=n: get_web(n, "site"), what=f"site through {n.name}")
+        assert body == "hello from web.1\n"
+        assert via == (f"1.1 {n.name}" + (f", 1.1 {web_home}" if n.name != web_home else ""))
+    assert n1.ssh("apps:destroy", "site", "--confirm", "site").returncode == 0
 
     # Logs from a node that does not run it.
     reader = next(n for n in (n1, n2, n3) if n.name != home)

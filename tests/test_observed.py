@@ -1,6 +1,12 @@
 """Members' reports of their instances, read by any node (pure functions)."""
 
-from swarm.observed import failure_elsewhere, instances_elsewhere, report, running_elsewhere
+from swarm.observed import (
+    failure_elsewhere,
+    instances_elsewhere,
+    report,
+    running_elsewhere,
+    web_nodes_elsewhere,
+)
 from swarm.runtime.base import InstanceStatus
 from swarm.state import App, Member, Snapshot
 
@@ -58,3 +64,13 @@ def test_an_instance_placed_elsewhere_now_is_not_reported_where_it_ran():
     snap.apps["mybot"].placement["bot.1"] = "n1"
     assert instances_elsewhere(snap, "n1", NOW) == {}
     assert running_elsewhere(snap, "n1", NOW) == {("mybot", "bot.1")}  # still stopping there
+
+
+def test_routers_see_which_siblings_run_a_web_instance():
+    snap = snapshot()
+    assert web_nodes_elsewhere(snap, "n1", NOW, "mybot") == set()  # bots only so far
+    web = InstanceStatus("mybot", "web.1", "v3", True, None, "t0", "127.0.0.1:5000")
+    snap.observed["n2"] = report({("mybot", "web.1"): web}, {})
+    assert web_nodes_elsewhere(snap, "n1", NOW, "mybot") == {"n2"}
+    assert web_nodes_elsewhere(snap, "n2", NOW, "mybot") == set()  # its own: not elsewhere
+    assert web_nodes_elsewhere(snap, "n1", NOW, "other") == set()

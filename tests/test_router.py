@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from router.proxy import app_for_host, start_router
+from router.proxy import Upstream, app_for_host, start_router
 from tests.conftest import free_port
 
 
@@ -25,37 +25,95 @@ def test_app_for_host(host: str, app: str | None):
     assert app_for_host(host, domain) == app
 
 
+async def serve_upstream() -> tuple[web.AppRunner, str]:
+    """An app instance that answers with what it received."""
+
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        seen = [request.headers.get(h, "-") for h in ("Host", "X-Forwarded-Host", "X-PC-App")]
+        return web.Response(text=f"{request.method} {request.path_qs} {len(body)} {seen}")
+
+    upstream = web.Application()
+    upstream.router.add_route("*", "/{tail:.*}", echo)
+    runner = web.AppRunner(upstream)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"127.0.0.1:{port}"
+
+
 def test_routes_by_host_and_streams_bodies():
     async def scenario() -> None:
-        async def echo(request: web.Request) -> web.Response:
-            body = await request.read()
-            return web.Response(text=f"{request.method} {request.path_qs} {len(body)}")
-
-        upstream = web.Application()
-        upstream.router.add_route("*", "/{tail:.*}", echo)
-        up_runner = web.AppRunner(upstream)
-        await up_runner.setup()
-        up_port = free_port()
-        await web.TCPSite(up_runner, "127.0.0.1", up_port).start()
-        routes = {"mybot": [f"127.0.0.1:{up_port}"], "idle": []}
+        up_runner, instance = await serve_upstream()
+        routes = {"mybot": [Upstream(instance)], "idle": []}
         port = free_port()
-        runner = await start_router(lambda app: routes.get(app, []), "localhost", "127.0.0.1", port)
+        runner = await start_router(
+            lambda app, local_only: routes.get(app, []), "localhost", "n1", "127.0.0.1", port
+        )
         try:
             async with aiohttp.ClientSession() as http:
                 url = f"http://127.0.0.1:{port}/x?y=1"
                 async with http.post(
                     url, data=b"z" * 100_000, headers={"Host": "mybot.localhost"}
                 ) as r:
-                    assert (r.status, await r.text()) == (200, "POST /x?y=1 100000")
+                    assert (r.status, await r.text()) == (
+                        200,
+                        "POST /x?y=1 100000 ['mybot.localhost', 'mybot.localhost', '-']",
+                    )
+                    assert r.headers["Via"] == "1.1 n1"
                 async with http.get(url, headers={"Host": "idle.localhost"}) as r:
                     assert r.status == 503 and "no running web process" in await r.text()
                 async with http.get(url, headers={"Host": "localhost"}) as r:
                     assert r.status == 404
-                routes["mybot"] = [f"127.0.0.1:{free_port()}"]  # nobody listens there
+                routes["mybot"] = [Upstream(f"127.0.0.1:{free_port()}")]  # nobody listens there
                 async with http.get(url, headers={"Host": "mybot.localhost"}) as r:
                     assert r.status == 502
         finally:
             await runner.cleanup()
+            await up_runner.cleanup()
+
+    asyncio.run(scenario())
+
+
+def test_a_web_process_on_a_sibling_is_reached_through_its_router():
+    """n1 runs no instance of mybot; n2 does. n1 passes requests to n2's router,
+    which serves them from its own instance and never passes them back."""
+
+    async def scenario() -> None:
+        up_runner, instance = await serve_upstream()
+        p1, p2 = free_port(), free_port()
+        n1_routes = {"mybot": [Upstream(f"127.0.0.1:{p2}", router=True)]}
+        n2_routes = {"mybot": [Upstream(instance)], "ghost": [Upstream(f"127.0.0.1:{p1}", True)]}
+
+        def lookup(routes: dict, local: dict):  # local: what a router runs itself
+            return lambda app, local_only: (local if local_only else routes).get(app, [])
+
+        r1 = await start_router(
+            lookup(n1_routes | {"ghost": [Upstream(f"127.0.0.1:{p2}", True)]}, {}),
+            "localhost",
+            "n1",
+            "127.0.0.1",
+            p1,
+        )
+        r2 = await start_router(
+            lookup(n2_routes, {"mybot": [Upstream(instance)]}), "other.org", "n2", "127.0.0.1", p2
+        )
+        try:
+            async with aiohttp.ClientSession() as http:
+                url = f"http://127.0.0.1:{p1}/x"
+                async with http.get(url, headers={"Host": "mybot.localhost"}) as r:
+                    assert (r.status, await r.text()) == (
+                        200,
+                        "GET /x 0 ['mybot.localhost', 'mybot.localhost', '-']",
+                    )
+                    assert r.headers["Via"] == "1.1 n1, 1.1 n2"
+                # Both routers think the other runs it: one hop, then "no web process".
+                async with http.get(url, headers={"Host": "ghost.localhost"}) as r:
+                    assert r.status == 503 and "ghost has no running web process" in await r.text()
+                    assert r.headers["Via"] == "1.1 n1"
+        finally:
+            await r1.cleanup()
+            await r2.cleanup()
             await up_runner.cleanup()
 
     asyncio.run(scenario())
