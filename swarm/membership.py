@@ -47,6 +47,7 @@ from swarm.state import Member, Snapshot
 log = logging.getLogger(__name__)
 
 INVITE_TTL = 3600  # seconds an invite token stays usable
+LOGS_READ_TIMEOUT = 10.0  # seconds a sibling may pause while sending a log's tail
 
 
 class Membership:
@@ -478,10 +479,11 @@ class Membership:
         self, app: str, lines: int, ptype: str | None, follow: bool
     ) -> list[AsyncIterator[bytes]]:
         body = {"app": app, "lines": lines, "ptype": ptype, "follow": follow}
-        streams = []
-        for m in self.nodes_of(app):
-            streams.append(self.client.stream(m.name, m.address, "logs", body))
-        return streams
+        wait = None if follow else LOGS_READ_TIMEOUT  # a frozen sibling must not hang `logs`
+        return [
+            self.client.stream(m.name, m.address, "logs", body, read_timeout=wait)
+            for m in self.nodes_of(app)
+        ]
 
     async def restart_elsewhere(self, app: str, ptype: str | None) -> None:
         for m in self.nodes_of(app):

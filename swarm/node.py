@@ -365,8 +365,8 @@ class Node:
         )
         if not follow:
             mine = await asyncio.to_thread(self.logbus.tail, app, lines, ptype)
-            for stream in siblings:
-                mine += [line async for line in _decoded(stream)]
+            for theirs in await asyncio.gather(*(_collect(_decoded(s)) for s in siblings)):
+                mine += theirs
             mine.sort(key=lambda line: line[:20])  # by timestamp; stable within a node
             for line in mine[-lines:]:
                 yield line
@@ -385,6 +385,10 @@ def member_row(m: dict) -> NodeRow:
         shares=f"{m['memory_mb']} MB, {m['cpus']:g} cpu, {m['max_apps']} apps",
         instances=m["instances"],
     )
+
+
+async def _collect(lines: AsyncIterator[str]) -> list[str]:
+    return [line async for line in lines]
 
 
 async def _decoded(stream: AsyncIterator[bytes]) -> AsyncIterator[str]:

@@ -456,15 +456,26 @@ class PeerClient:
             raise PeerError(f"{label} answered something that is not JSON") from None
 
     async def stream(
-        self, node: str, address: str, route: str, body: Any, *, connect_timeout: float = 10.0
+        self,
+        node: str,
+        address: str,
+        route: str,
+        body: Any,
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """The lines `route` streams from `node`, as they come (the last may lack "\\n").
 
-        Close it (`contextlib.aclosing`) to stop early: the sibling then stops too.
+        `read_timeout` bounds the wait for each chunk (None: a followed log may be
+        quiet for hours). Close it (`contextlib.aclosing`) to stop early: the
+        sibling then stops too.
         """
         label = f"{node} ({address})"
         raw, headers = self._prepare(node, route, body, None)
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
         try:
             response = await self._http().post(
                 f"http://{address}/peer/{route}", data=raw, headers=headers, timeout=timeout
@@ -479,6 +490,8 @@ class PeerClient:
             try:
                 async for line in response.content:
                     yield line
+            except TimeoutError:
+                raise PeerError(f"{label} stopped sending for {read_timeout:g} s") from None
             except aiohttp.ClientError:
                 raise PeerError(f"{label} broke off the stream") from None
         finally:

@@ -332,6 +332,31 @@ def test_stream_that_breaks_on_the_sibling_is_an_error_not_an_end():
     )
 
 
+def test_a_sibling_that_stops_sending_is_an_error_when_a_read_timeout_is_set():
+    """A frozen sibling must not hang `logs` (its tail has a read timeout)."""
+
+    async def stalling(sender: str, body: object) -> AsyncIterator[str]:
+        async def lines() -> AsyncIterator[str]:
+            yield "one\n"
+            await asyncio.sleep(30)
+            yield "never\n"
+
+        return lines()
+
+    async def scenario(address: str) -> None:
+        got = []
+        async with PeerClient("node2", lambda: SECRET) as client:
+            stream = client.stream("node1", address, "stalling", {}, read_timeout=0.3)
+            with pytest.raises(PeerError, match=r"^node1 \(.*\) stopped sending for 0.3 s$"):
+                async for line in stream:
+                    got.append(line)
+        assert got == [b"one\n"]
+
+    run_with_server(
+        scenario, PeerServer(lambda: SECRET, bool, {"stalling": stalling}, name="node1")
+    )
+
+
 @pytest.mark.parametrize("busy", [False, True], ids=["idle-follow", "busy-follow"])
 def test_stream_stops_when_the_client_stops(busy):
     """`logs -f` on a sibling: closing the client's iterator ends the sibling's."""
