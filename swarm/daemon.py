@@ -8,6 +8,7 @@ on its first reconcile pass.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -112,55 +113,63 @@ def build_node(settings: Settings) -> Parts:
     sweep_leftovers(settings)
     identity = SwarmIdentity.load(settings.swarm_file)
     kubo: KuboNode | None = None
-    if identity is None:
-        clear_lease(settings.run_dir / "lease")  # alone (again): no lease to enforce
-        state: State | ReplicatedState = State(settings.state_file)
-        store: Store = LocalStore(settings.store_dir)
-    else:  # a swarm: state agreed by Raft, slugs in the swarm's private IPFS
-        if settings.ipfs.api:  # a kubo the operator runs: checked, never started or stopped
-            kubo = ExternalKubo(
-                settings.ipfs.api,
-                identity.swarm_key,
-                settings.home / "swarm.key",  # for the operator to put in that kubo's repo
-                host=settings.advertised,
+    # What is opened is closed again if a later step fails: no kubo or Raft node
+    # outlives a start that did not finish.
+    with contextlib.ExitStack() as opened:
+        if identity is None:
+            clear_lease(settings.run_dir / "lease")  # alone (again): no lease to enforce
+            state: State | ReplicatedState = State(settings.state_file)
+            store: Store = LocalStore(settings.store_dir)
+        else:  # a swarm: state agreed by Raft, slugs in the swarm's private IPFS
+            if settings.ipfs.api:  # a kubo the operator runs: checked, never started or stopped
+                kubo = ExternalKubo(
+                    settings.ipfs.api,
+                    identity.swarm_key,
+                    settings.home / "swarm.key",  # for the operator to put in that kubo's repo
+                    host=settings.advertised,
+                )
+            else:
+                kubo = Kubo(
+                    settings.ipfs_dir,
+                    identity.swarm_key,
+                    settings.ipfs.api_port,
+                    settings.ipfs.swarm_port,
+                    host=settings.advertised,
+                )
+                kubo.init()
+            kubo.start()
+            opened.callback(kubo.stop)
+            store = IpfsStore(kubo.api_url, fetch_timeout=PIN_TIMEOUT)
+            state = ReplicatedState(
+                f"{settings.advertised}:{settings.raft_port}",
+                identity.partners,
+                identity.secret,
+                settings.home / "raft",
             )
-        else:
-            kubo = Kubo(
-                settings.ipfs_dir,
-                identity.swarm_key,
-                settings.ipfs.api_port,
-                settings.ipfs.swarm_port,
-                host=settings.advertised,
+            opened.callback(state.close)
+        runtime = open_runtime(settings, log.warning)
+        log.info("runtime: %s, store: %s", runtime.name, "ipfs" if kubo else "local")
+        client: DockerClient | None = getattr(runtime, "client", None)  # the docker runtime's
+        if client is not None:
+            sweep_build_containers(client, settings.name)
+        logbus = LogBus(settings.logs_dir, runtime)
+        reconciler = Reconciler(settings, state, store, runtime, logbus)  # type: ignore[arg-type]
+        executor = make_executor(settings, client)
+        deployer = Deployer(settings, state, store, reconciler, logbus, executor)  # type: ignore[arg-type]
+        node = Node(settings, state, runtime, store, reconciler, deployer, logbus)  # type: ignore[arg-type]
+        parts = Parts(node, reconciler, logbus, kubo=kubo)
+        if identity is not None:
+            assert isinstance(state, ReplicatedState) and isinstance(store, IpfsStore) and kubo
+            membership = Membership(
+                settings, identity, state, kubo, store, runtime, reconciler, logbus
             )
-            kubo.init()
-        kubo.start()
-        store = IpfsStore(kubo.api_url, fetch_timeout=PIN_TIMEOUT)
-        state = ReplicatedState(
-            f"{settings.advertised}:{settings.raft_port}",
-            identity.partners,
-            identity.secret,
-            settings.home / "raft",
-        )
-    runtime = open_runtime(settings, log.warning)
-    log.info("runtime: %s, store: %s", runtime.name, "ipfs" if kubo else "local")
-    client: DockerClient | None = getattr(runtime, "client", None)  # the docker runtime's
-    if client is not None:
-        sweep_build_containers(client, settings.name)
-    logbus = LogBus(settings.logs_dir, runtime)
-    reconciler = Reconciler(settings, state, store, runtime, logbus)  # type: ignore[arg-type]
-    executor = make_executor(settings, client)
-    deployer = Deployer(settings, state, store, reconciler, logbus, executor)  # type: ignore[arg-type]
-    node = Node(settings, state, runtime, store, reconciler, deployer, logbus)  # type: ignore[arg-type]
-    parts = Parts(node, reconciler, logbus, kubo=kubo)
-    if identity is not None:
-        assert isinstance(state, ReplicatedState) and isinstance(store, IpfsStore) and kubo
-        membership = Membership(settings, identity, state, kubo, store, runtime, reconciler, logbus)
-        reconciler.may_run = membership.may_run
-        reconciler.elsewhere = membership.remote_instances
-        reconciler.failed_elsewhere = membership.failed_elsewhere
-        deployer.replicated = membership.wait_replicated
-        node.membership = parts.membership = membership
-    return parts
+            reconciler.may_run = membership.may_run
+            reconciler.elsewhere = membership.remote_instances
+            reconciler.failed_elsewhere = membership.failed_elsewhere
+            deployer.replicated = membership.wait_replicated
+            node.membership = parts.membership = membership
+        opened.pop_all()  # built: the daemon closes them when it stops
+        return parts
 
 
 def web_upstreams(parts: Parts, app: str, local_only: bool) -> list[Upstream]:
@@ -179,24 +188,32 @@ def web_upstreams(parts: Parts, app: str, local_only: bool) -> list[Upstream]:
 
 
 async def serve(settings: Settings) -> None:
-    lock = lock_home(settings)
-    parts = await asyncio.to_thread(build_node, settings)
+    # Each part is closed (last first) however far the start got: a daemon that
+    # fails half-way leaves no kubo, port or Raft node behind. Apps keep running.
+    async with contextlib.AsyncExitStack() as started:
+        started.callback(lock_home(settings).close)
+        parts = await asyncio.to_thread(build_node, settings)
+        started.push_async_callback(close_parts, parts)
+        await run_node(settings, parts, started)
+
+
+async def run_node(settings: Settings, parts: Parts, started: contextlib.AsyncExitStack) -> None:
     reconciler, membership = parts.reconciler, parts.membership
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()  # a state change arrived: reconcile now
-    peers = admission = None
     if membership is not None:
         membership.loop = loop
         membership.state.on_change(  # what to run changed: reconcile now, not in 2 s
             lambda _version: loop.call_soon_threadsafe(wake.set), only={"apps"}
         )
         peers = await start_peer_server(membership.peer_app(), settings.listen, settings.peer_port)
+        started.push_async_callback(peers.cleanup)
         if not membership.identity.partners and not membership.state.read().members:
             # The swarm's first start: the first member brings the lone node's state.
             await asyncio.to_thread(seed_when_elected, membership, State(settings.state_file))
         elif membership.identity.sponsor:  # joined, not yet admitted
-            admission = asyncio.ensure_future(membership.seek_admission())
-    if membership is not None:  # a lease first, or the first pass would stop everything
+            started.callback(asyncio.ensure_future(membership.seek_admission()).cancel)
+        # A lease first, or the first pass would stop everything.
         await asyncio.to_thread(membership.tick)
     await asyncio.to_thread(reconciler.reconcile)  # re-adopt what already runs
     ssh = await start_server(
@@ -206,6 +223,7 @@ async def serve(settings: Settings) -> None:
         settings.host_key,
         max_push_bytes=settings.build.max_push_mb * 1024 * 1024,
     )
+    started.callback(ssh.close)
     router = await start_router(
         lambda app, local_only: web_upstreams(parts, app, local_only),
         settings.domain,
@@ -213,6 +231,7 @@ async def serve(settings: Settings) -> None:
         settings.listen,
         settings.router_port,
     )
+    started.push_async_callback(router.cleanup)
     log.info(
         "node %s ready: ssh on %s:%d, router on %s:%d (http://APP.%s:%d/)%s",
         settings.name,
@@ -235,23 +254,19 @@ async def serve(settings: Settings) -> None:
         loops.append(asyncio.ensure_future(every(MAINTAIN_EVERY, membership.maintain, stop)))
     try:
         await stop.wait()
-        for task in loops:
-            task.cancel()
     finally:
         log.info("stopping (apps keep running)")
-        ssh.close()
-        await router.cleanup()
-        if admission is not None:
-            admission.cancel()
-        if peers is not None:
-            await peers.cleanup()
-        if membership is not None:
-            await membership.client.close()
-            membership.state.close()
-        if parts.kubo is not None:
-            await asyncio.to_thread(parts.kubo.stop)  # the apps have their slugs already
-        parts.logbus.close()
-        lock.close()
+        for task in loops:
+            task.cancel()
+
+
+async def close_parts(parts: Parts) -> None:
+    if parts.membership is not None:
+        await parts.membership.client.close()
+        parts.membership.state.close()
+    if parts.kubo is not None:
+        await asyncio.to_thread(parts.kubo.stop)  # the apps have their slugs already
+    parts.logbus.close()
 
 
 async def every(

@@ -1,0 +1,28 @@
+"""A daemon that cannot finish starting says why and leaves nothing running."""
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.ipfs]
+
+
+def test_a_daemon_that_cannot_start_leaves_no_kubo_behind(node_factory):
+    node = node_factory("process", start=False)
+    node.pc("swarm", "create", "--name", "solo")
+    with socket.socket() as taken:  # its SSH port: the last thing the daemon opens
+        taken.bind(("127.0.0.1", node.ssh_port))
+        taken.listen()
+        r = subprocess.run(
+            [sys.executable, "-m", "swarm.cli", "daemon"],
+            env=node.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert r.returncode != 0
+    assert f"{node.ssh_port}" in r.stderr and "in use" in r.stderr, r.stderr
+    assert "store: ipfs" in r.stderr  # its kubo had started
+    assert node.kubo_pids() == []
