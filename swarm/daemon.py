@@ -37,6 +37,7 @@ from swarm.raft import Conflict, NoQuorum
 from swarm.reconciler import Reconciler
 from swarm.replicated import ReplicatedState
 from swarm.runtime.base import LABEL_NODE
+from swarm.runtime.docker import LABEL_ONEOFF
 from swarm.runtime.lease import clear_lease
 from swarm.runtime.select import open_runtime
 from swarm.settings import Settings
@@ -89,11 +90,14 @@ def sweep_leftovers(settings: Settings) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def sweep_build_containers(client: DockerClient, node: str) -> None:
-    """Build containers a killed daemon of this node left behind."""
-    labels = ["peoplescloud.build=1", f"{LABEL_NODE}={node}"]
-    for container in client.containers.list(all=True, filters={"label": labels}):
-        container.remove(force=True)
+def sweep_containers(client: DockerClient, node: str) -> None:
+    """Build and one-off `run` containers a killed daemon of this node left
+    behind: nobody reads their output any more (as a one-off dyno ends with
+    its session on Heroku)."""
+    for kind in ("peoplescloud.build=1", f"{LABEL_ONEOFF}=1"):
+        labels = [kind, f"{LABEL_NODE}={node}"]
+        for container in client.containers.list(all=True, filters={"label": labels}):
+            container.remove(force=True)
 
 
 @dataclass
@@ -151,7 +155,7 @@ def build_node(settings: Settings) -> Parts:
         log.info("runtime: %s, store: %s", runtime.name, "ipfs" if kubo else "local")
         client: DockerClient | None = getattr(runtime, "client", None)  # the docker runtime's
         if client is not None:
-            sweep_build_containers(client, settings.name)
+            sweep_containers(client, settings.name)
         logbus = LogBus(settings.logs_dir, runtime)
         reconciler = Reconciler(settings, state, store, runtime, logbus)  # type: ignore[arg-type]
         executor = make_executor(settings, client)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -383,3 +384,57 @@ def test_a_cancelled_one_off_ends_at_once(make_runtime, slug):
         spec_for(runtime, slug, node, "idle"), ["sleep", "60"], out.append, None, cancel
     )
     assert code != 0  # killed, not the 0 of a sleep that ran its course
+
+
+@pytest.mark.docker
+def test_a_docker_one_off_left_by_a_killed_daemon_is_swept(slug):
+    """Nobody reads a one-off's output once its daemon died: the next daemon
+    removes the container, and leaves the node's instances alone."""
+    from swarm.daemon import sweep_containers
+    from swarm.runtime.docker import DockerRuntime
+
+    node = node_name()
+    client = _docker_client()
+    runtime = DockerRuntime(client, node, STACK_IMAGE)
+    spec = spec_for(runtime, slug, node, "idle")
+    threading.Thread(
+        target=runtime.run, args=(spec, ["sleep", "300"], lambda b: None), daemon=True
+    ).start()
+    oneoffs = {"label": ["peoplescloud.oneoff=1", f"peoplescloud.node={node}"]}
+    try:
+        wait_for(lambda: client.containers.list(filters=oneoffs), what="the one-off running")
+        runtime.start(spec)
+        sweep_containers(client, node)
+        assert client.containers.list(all=True, filters=oneoffs) == []
+        assert [s.process for s in runtime.status()] == ["bot.1"]
+    finally:
+        runtime.stop(spec.app, spec.process, timeout=1)
+
+
+def test_a_sandboxed_one_off_dies_with_its_daemon(slug, tmp_path):
+    """The process runtime's one-off `run` in bubblewrap ends when the daemon dies."""
+    node = node_name()
+    if ProcessRuntime(tmp_path / "probe", node).bwrap is None:
+        pytest.skip("bubblewrap is missing (scripts/test installs it)")
+    token = uuid.uuid4().hex  # names the one-off's process
+    spec = spec_for(ProcessRuntime(tmp_path / "run", node), slug, node, "idle")
+    script = tmp_path / "daemon.py"
+    script.write_text(
+        "import pickle, sys\n"
+        "from swarm.runtime.process import ProcessRuntime\n"
+        "spec = pickle.load(open(sys.argv[1], 'rb'))\n"
+        f"runtime = ProcessRuntime(sys.argv[2], {node!r})\n"
+        f"runtime.run(spec, ['sh', '-c', 'sleep 300; echo {token}'], lambda b: None)\n"
+    )
+    (tmp_path / "spec.pickle").write_bytes(pickle.dumps(spec))
+    args = [str(tmp_path / "spec.pickle"), str(tmp_path / "run")]
+    daemon = subprocess.Popen([sys.executable, str(script), *args])
+
+    def one_off_pids() -> list[str]:
+        found = subprocess.run(["pgrep", "-f", token], capture_output=True, text=True)
+        return found.stdout.split()
+
+    wait_for(one_off_pids, what="the one-off running")
+    daemon.kill()
+    daemon.wait()
+    wait_for(lambda: not one_off_pids(), what="the one-off gone with its daemon")

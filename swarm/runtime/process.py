@@ -166,7 +166,7 @@ class ProcessRuntime:
     ) -> int:
         try:
             child = subprocess.Popen(
-                self._sandboxed(spec, argv),
+                self._sandboxed(spec, argv, one_off=True),
                 cwd=spec.slug,
                 env=self._env(spec, None),
                 stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
@@ -234,7 +234,7 @@ class ProcessRuntime:
         path = f"{slug}/.venv/bin:{slug}/node_modules/.bin:{SYSTEM_PATH}"
         return {"LANG": "C.UTF-8", **spec.environment(port), "PATH": path}
 
-    def _sandboxed(self, spec: InstanceSpec, argv: list[str]) -> list[str]:
+    def _sandboxed(self, spec: InstanceSpec, argv: list[str], one_off: bool = False) -> list[str]:
         if not self.bwrap:
             return argv
         slug = str(spec.slug.resolve())
@@ -247,8 +247,10 @@ class ProcessRuntime:
             if Path(sock).exists():
                 box += ["--ro-bind", "/dev/null", str(Path(sock).resolve())]
         box += ["--ro-bind", slug, slug, "--chdir", slug]
-        # No --die-with-parent: the group's SIGTERM ends bwrap's outer process too,
-        # and the app must live on to finish its own shutdown.
+        # An instance outlives the daemon, and the group's SIGTERM ends bwrap's
+        # outer process too while the app must live on to finish its shutdown: no
+        # --die-with-parent. A one-off `run` ends with the daemon that reads it.
+        box += ["--die-with-parent"] if one_off else []
         box += ["--unshare-ipc", "--unshare-pid", "--"]
         return box + argv
 
