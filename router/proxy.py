@@ -4,17 +4,24 @@ The router knows nothing of apps or runtimes: it asks `lookup(app, local_only)`
 for the upstreams of an app and spreads requests over them. An upstream is a
 web instance on this node ("127.0.0.1:49153"), or the router of a sibling node
 that runs one: a web process on another machine is reached through that
-machine's router, since instances publish their ports on loopback only. A
-request passed on to a sibling's router names the app in `X-PC-App`; that
-router serves it from its own instances only, so requests never go round in
-circles. Each router a request passed adds itself to the response's `Via`.
+machine's router, since instances publish their ports on loopback only.
+
+A request passed on to a sibling's router names the app in `X-PC-App` and
+proves where it comes from in `X-PC-Hop` (an HMAC with the swarm's secret).
+That router serves it from its own instances only, so requests never go round
+in circles, and keeps the `X-Forwarded-*` headers the first router set. From
+anyone else those two headers are ignored and the request is routed by its
+Host. Every response says in `Via` which routers it passed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
@@ -35,6 +42,8 @@ HOP_HEADERS = {
 }
 
 H_APP = "X-PC-App"  # on a request one router passes to another: the app it is for
+H_HOP = "X-PC-Hop"  # "timestamp:hmac": a sibling's router sent it
+HOP_SKEW = 30  # seconds a hop's timestamp may be off
 
 
 @dataclass(frozen=True)
@@ -57,31 +66,54 @@ def app_for_host(host: str, domain: str) -> str | None:
     return app if app and "." not in app else None
 
 
-def make_app(lookup: Lookup, domain: str, name: str) -> web.Application:
-    """The router of node `name` for apps at APP.`domain`."""
+def hop_token(key: bytes, app: str, now: float) -> str:
+    ts = str(int(now))
+    return f"{ts}:{hmac.new(key, f'pc-hop-1 {app} {ts}'.encode(), hashlib.sha256).hexdigest()}"
+
+
+def passed_on(headers: Mapping[str, str], key: bytes, now: float) -> str | None:
+    """The app a sibling's router passed this request on for, if its hop is genuine."""
+    app, hop = headers.get(H_APP, ""), headers.get(H_HOP, "")
+    ts = hop.split(":", 1)[0]
+    if not (key and app and ts.isdigit()) or abs(now - int(ts)) > HOP_SKEW:
+        return None
+    return app if hmac.compare_digest(hop, hop_token(key, app, int(ts))) else None
+
+
+def make_app(
+    lookup: Lookup, domain: str, name: str, hop_key: Callable[[], bytes] = bytes
+) -> web.Application:
+    """The router of node `name` for apps at APP.`domain`; `hop_key()` is the
+    swarm's secret (empty on a lone node: nothing is passed on)."""
     counter = itertools.count()
     via = f"1.1 {name}"
 
+    def answer(status: int, text: str) -> web.Response:
+        return web.Response(status=status, text=text, headers={"Via": via})
+
     async def proxy(request: web.Request) -> web.StreamResponse:
-        passed_on = request.headers.get(H_APP)  # from a sibling's router
-        app = passed_on or app_for_host(request.host, domain)
+        key = hop_key()
+        sibling_app = passed_on(request.headers, key, time.time())
+        app = sibling_app or app_for_host(request.host, domain)
         if app is None:
-            return web.Response(status=404, text=f"no app here: use http://APP.{domain}/\n")
-        upstreams = lookup(app, bool(passed_on))
+            return answer(404, f"no app here: use http://APP.{domain}/\n")
+        upstreams = lookup(app, sibling_app is not None)
         if not upstreams:
-            return web.Response(status=503, text=f"{app} has no running web process\n")
+            return answer(503, f"{app} has no running web process\n")
         target = upstreams[next(counter) % len(upstreams)]
         # Host goes through as the client sent it, as apps expect (Heroku does too).
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         headers.pop(H_APP, None)
-        if passed_on:  # the first router already said who asked
-            headers.setdefault("X-Forwarded-For", request.remote or "")
-        else:
-            headers["X-Forwarded-For"] = request.remote or ""
+        headers.pop(H_HOP, None)
+        if sibling_app is None:  # from a client: say who asked (a sibling's router did)
+            client = request.remote or ""
+            earlier = headers.get("X-Forwarded-For")  # proxies in front of this one
+            headers["X-Forwarded-For"] = f"{earlier}, {client}" if earlier else client
             headers["X-Forwarded-Host"] = request.host
             headers["X-Forwarded-Proto"] = request.scheme
         if target.router:
             headers[H_APP] = app
+            headers[H_HOP] = hop_token(key, app, time.time())
         session = request.app[SESSION]
         try:
             async with session.request(
@@ -104,7 +136,7 @@ def make_app(lookup: Lookup, domain: str, name: str) -> web.Application:
                 return response
         except ClientError as e:
             log.warning("router: %s -> %s failed: %s", app, target.address, e)
-            return web.Response(status=502, text=f"{app} did not answer\n")
+            return answer(502, f"{app} did not answer\n")
 
     async def session_ctx(application: web.Application):  # type: ignore[no-untyped-def]
         timeout = ClientTimeout(total=None, sock_connect=5)
@@ -119,10 +151,15 @@ def make_app(lookup: Lookup, domain: str, name: str) -> web.Application:
 
 
 async def start_router(
-    lookup: Lookup, domain: str, name: str, host: str, port: int
+    lookup: Lookup,
+    domain: str,
+    name: str,
+    host: str,
+    port: int,
+    hop_key: Callable[[], bytes] = bytes,
 ) -> web.AppRunner:
     """Serve until `runner.cleanup()`."""
-    runner = web.AppRunner(make_app(lookup, domain, name), access_log=None)
+    runner = web.AppRunner(make_app(lookup, domain, name, hop_key), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

@@ -1,6 +1,7 @@
 """The router against a real upstream HTTP server on loopback."""
 
 import asyncio
+import time
 
 import aiohttp
 import pytest
@@ -88,15 +89,22 @@ def test_a_web_process_on_a_sibling_is_reached_through_its_router():
         def lookup(routes: dict, local: dict):  # local: what a router runs itself
             return lambda app, local_only: (local if local_only else routes).get(app, [])
 
+        secret = b"the swarm secret"
         r1 = await start_router(
             lookup(n1_routes | {"ghost": [Upstream(f"127.0.0.1:{p2}", True)]}, {}),
             "localhost",
             "n1",
             "127.0.0.1",
             p1,
+            hop_key=lambda: secret,
         )
         r2 = await start_router(
-            lookup(n2_routes, {"mybot": [Upstream(instance)]}), "other.org", "n2", "127.0.0.1", p2
+            lookup(n2_routes, {"mybot": [Upstream(instance)]}),
+            "other.org",
+            "n2",
+            "127.0.0.1",
+            p2,
+            hop_key=lambda: secret,
         )
         try:
             async with aiohttp.ClientSession() as http:
@@ -110,7 +118,21 @@ def test_a_web_process_on_a_sibling_is_reached_through_its_router():
                 # Both routers think the other runs it: one hop, then "no web process".
                 async with http.get(url, headers={"Host": "ghost.localhost"}) as r:
                     assert r.status == 503 and "ghost has no running web process" in await r.text()
-                    assert r.headers["Via"] == "1.1 n1"
+                    assert r.headers["Via"] == "1.1 n1, 1.1 n2"
+                # A client cannot pose as a router: its X-PC-App is ignored, and the
+                # X-Forwarded-* the app sees are the router's.
+                forged = {
+                    "Host": "mybot.other.org",
+                    "X-PC-App": "ghost",
+                    "X-PC-Hop": f"{int(time.time())}:{'0' * 64}",
+                    "X-Forwarded-Host": "evil.example",
+                }
+                async with http.get(f"http://127.0.0.1:{p2}/y", headers=forged) as r:
+                    assert (r.status, await r.text()) == (
+                        200,
+                        "GET /y 0 ['mybot.other.org', 'mybot.other.org', '-']",
+                    )
+                    assert r.headers["Via"] == "1.1 n2"
         finally:
             await r1.cleanup()
             await r2.cleanup()
