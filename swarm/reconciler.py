@@ -110,6 +110,7 @@ class Reconciler:
         # take the store's whole timeout, and other apps must not wait for it.
         self._fetcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="slug-fetch")
         self._fetches: dict[str, Future[None]] = {}  # slug -> its fetch in progress
+        self._fetch_deadline = 0.0  # until when this pass may wait for fetches
 
     def instances(self) -> dict[tuple[str, str], InstanceStatus]:
         """What ran at the end of the last pass (cheap: no runtime call)."""
@@ -134,6 +135,7 @@ class Reconciler:
     def reconcile(self) -> dict[tuple[str, str], InstanceStatus]:
         """One pass; returns what runs afterwards."""
         with self._lock:
+            self._fetch_deadline = time.monotonic() + FETCH_WAIT  # for the whole pass
             # The lease first: a renewal returns only once this node applied it, so
             # a state read after a good lease is at least as new as that renewal.
             may_run = self.may_run()
@@ -174,6 +176,8 @@ class Reconciler:
     def _converge(self, spec: InstanceSpec, status: InstanceStatus | None) -> None:
         key = (spec.app, spec.process)
         if status is not None and status.release != spec.release:
+            if status.running and not self._slug_ready(spec):
+                return  # the running release stays until the new one's slug is here
             self._stop(status, f"replaced by {spec.release}")
             status = None
         crash = self._crashes.get(key)
@@ -197,39 +201,59 @@ class Reconciler:
         self._start(spec)
 
     def _start(self, spec: InstanceSpec) -> None:
-        key = (spec.app, spec.process)
+        if not self._slug_ready(spec):
+            return
         try:
-            if not self._slug_here(spec):
-                self._failed.setdefault(key, f"fetching its slug {spec.slug.name} from the store")
-                return
             self.logbus.event(spec.app, f"starting {spec.process} ({spec.release})")
             self.runtime.start(spec)
         except Exception as e:  # one failure must not stop the other apps' pass
-            log.warning("cannot start %s %s: %s", spec.app, spec.process, e)
-            why = f"{e}; trying again"
-            if self._failed.get(key) != why:  # say it once, not every pass
-                self.logbus.event(spec.app, f"could not start {spec.process}: {why}")
-            self._failed[key] = why
+            self._cannot_start(spec, e)
             return
-        self._failed.pop(key, None)
+        self._failed.pop((spec.app, spec.process), None)
         self.logbus.watch(spec.app, spec.process)
+
+    def _cannot_start(self, spec: InstanceSpec, error: Exception) -> None:
+        log.warning("cannot start %s %s: %s", spec.app, spec.process, error)
+        why = f"{error}; trying again"
+        key = (spec.app, spec.process)
+        if self._failed.get(key) != why:  # say it once, not every pass
+            self.logbus.event(spec.app, f"could not start {spec.process}: {why}")
+        self._failed[key] = why
+
+    def _slug_ready(self, spec: InstanceSpec) -> bool:
+        """Whether the slug is here; says why not (a fetch under way, or failed)."""
+        try:
+            if self._slug_here(spec):
+                return True
+        except Exception as e:
+            self._cannot_start(spec, e)
+            return False
+        why = f"fetching its slug {spec.slug.name} from the store"
+        self._failed.setdefault((spec.app, spec.process), why)  # or the last failure
+        return False
 
     def _slug_here(self, spec: InstanceSpec, wait: float | None = None) -> bool:
         """Whether the slug's working copy is on this node, fetching it when not:
-        up to `wait` seconds here, then on in the background while the passes go
-        on (`wait` None: FETCH_WAIT). Raises what the fetch failed with (the next
-        call tries again)."""
+        for what is left of the pass's FETCH_WAIT (or `wait` seconds) here, then
+        on in the background while the passes go on. Raises what the fetch
+        failed with (the next call tries again)."""
         if spec.slug.exists():
             return True
         cid = spec.slug.name
         fetch = self._fetches.get(cid)
         if fetch is None:
             fetch = self._fetches[cid] = self._fetcher.submit(self.store.get, cid, spec.slug)
-        if not wait_futures([fetch], timeout=FETCH_WAIT if wait is None else wait).done:
+        if wait is None:
+            wait = max(0.0, self._fetch_deadline - time.monotonic())
+        if not wait_futures([fetch], timeout=wait).done:
             return False
         del self._fetches[cid]
         fetch.result()
         return spec.slug.exists()
+
+    def close(self) -> None:
+        """Drop the fetches not started; one under way ends with the store's timeout."""
+        self._fetcher.shutdown(wait=False, cancel_futures=True)
 
     @contextmanager
     def holding(self, spec: InstanceSpec) -> Iterator[None]:
@@ -241,8 +265,9 @@ class Reconciler:
                 with self._lock:
                     if self._slug_here(spec, wait=0):
                         break
-                    fetch = self._fetches[spec.slug.name]
-                fetch.exception()  # until done; its error is raised by the next look
+                    fetch = self._fetches.get(spec.slug.name)
+                if fetch is not None:
+                    fetch.exception()  # until done; its error is raised by the next look
             else:  # a pass took the outcome twice: say so rather than wait on
                 raise NotFound(f"slug {spec.slug.name} is not here yet: try again shortly")
             yield
@@ -253,6 +278,8 @@ class Reconciler:
     def _gc_slugs(self, wanted: Iterable[InstanceSpec]) -> None:
         """Remove slug working copies no instance uses (the store keeps the original)."""
         used = {s.slug.name for s in wanted} | {cid for cid, n in self._held.items() if n}
+        for cid in [c for c, f in self._fetches.items() if c not in used and f.done()]:
+            del self._fetches[cid]  # fetched for an instance that is no longer here
         slugs = self.settings.slugs_dir
         if not slugs.is_dir():
             return

@@ -223,3 +223,28 @@ def test_a_failure_reported_by_a_sibling_is_what_start_failure_says(world):
     r, *_ = world
     r.failed_elsewhere = lambda app, process: f"n2: cannot fetch the slug of {app} {process}"
     assert r.start_failure("mybot", "bot.1") == "n2: cannot fetch the slug of mybot bot.1"
+
+
+def test_an_update_keeps_the_running_release_until_the_new_slug_is_here(
+    world, monkeypatch: pytest.MonkeyPatch
+):
+    r, state, runtime, bus, cid = world
+    monkeypatch.setattr(rec, "FETCH_WAIT", 0.05)
+    r.reconcile()
+    slow = SlowStore(r.store)
+    r.store = slow
+    new = r.settings.home / "slug-v2"
+    new.mkdir()
+    (new / "bot.py").write_text("# v2\n")
+    new_cid = slow.store.add(new)
+    with state.change() as s:
+        s.apps["mybot"].releases.append(release(2, new_cid))
+        s.apps["mybot"].current = 2
+    r.reconcile()
+    assert {s.release for s in runtime.instances.values()} == {"v1"}  # still serving
+    slow.release.set()
+    for _ in range(50):
+        if {s.release for s in r.reconcile().values()} == {"v2"}:
+            break
+        time.sleep(0.05)
+    assert {s.release for s in runtime.instances.values()} == {"v2"}
