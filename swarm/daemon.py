@@ -50,6 +50,7 @@ RECONCILE_EVERY = 2.0  # seconds between passes that notice crashes
 TICK_EVERY = 1.0  # in a swarm: lease renewal, placement, observation
 MAINTAIN_EVERY = 3.0  # in a swarm: kubo connections and pins
 PIN_TIMEOUT = 20.0  # one try at fetching a slug; the next round tries again
+STOP_WAIT = 5.0  # seconds a loop's round under way may take to finish at stop
 
 
 def lock_home(settings: Settings) -> IO[str]:
@@ -192,16 +193,53 @@ def web_upstreams(parts: Parts, app: str, local_only: bool) -> list[Upstream]:
 
 
 async def serve(settings: Settings) -> None:
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    stop = asyncio.Event()
+    ready = False
+
+    def on_signal() -> None:
+        stop.set()
+        if not ready:  # still starting: unwind what has started
+            main.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
     # Each part is closed (last first) however far the start got: a daemon that
-    # fails half-way leaves no kubo, port or Raft node behind. Apps keep running.
-    async with contextlib.AsyncExitStack() as started:
-        started.callback(lock_home(settings).close)
-        parts = await asyncio.to_thread(build_node, settings)
-        started.push_async_callback(close_parts, parts)
-        await run_node(settings, parts, started)
+    # fails or is stopped half-way leaves no kubo, port or Raft node behind.
+    # Apps keep running.
+    try:
+        async with contextlib.AsyncExitStack() as started:
+            started.callback(lock_home(settings).close)
+            parts = await build_in_thread(settings)
+            started.push_async_callback(close_parts, parts)
+            loops = await start_node(settings, parts, started, stop)
+            ready = True
+            await stop.wait()
+            log.info("stopping (apps keep running)")
+            _, late = await asyncio.wait(loops, timeout=STOP_WAIT)  # let a round finish
+            for task in late:
+                task.cancel()
+    except asyncio.CancelledError:
+        log.info("stopped while starting (apps keep running)")
 
 
-async def run_node(settings: Settings, parts: Parts, started: contextlib.AsyncExitStack) -> None:
+async def build_in_thread(settings: Settings) -> Parts:
+    """`build_node` off the loop; stopped meanwhile, it closes what the build opened."""
+    build = asyncio.ensure_future(asyncio.to_thread(build_node, settings))
+    try:
+        return await asyncio.shield(build)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await close_parts(await build)
+        raise
+
+
+async def start_node(
+    settings: Settings, parts: Parts, started: contextlib.AsyncExitStack, stop: asyncio.Event
+) -> list[asyncio.Future[None]]:
+    """Serve the node's ports and start its loops (which end when `stop` is set)."""
     reconciler, membership = parts.reconciler, parts.membership
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()  # a state change arrived: reconcile now
@@ -214,7 +252,8 @@ async def run_node(settings: Settings, parts: Parts, started: contextlib.AsyncEx
         started.push_async_callback(peers.cleanup)
         if not membership.identity.partners and not membership.state.read().members:
             # The swarm's first start: the first member brings the lone node's state.
-            await asyncio.to_thread(seed_when_elected, membership, State(settings.state_file))
+            local = State(settings.state_file)
+            await asyncio.to_thread(seed_when_elected, membership, local, stop.is_set)
         elif membership.identity.sponsor:  # joined, not yet admitted
             started.callback(asyncio.ensure_future(membership.seek_admission()).cancel)
         # A lease first, or the first pass would stop everything.
@@ -234,6 +273,7 @@ async def run_node(settings: Settings, parts: Parts, started: contextlib.AsyncEx
         settings.name,
         settings.listen,
         settings.router_port,
+        hop_key=(lambda: membership.identity.secret_bytes) if membership else bytes,
     )
     started.push_async_callback(router.cleanup)
     log.info(
@@ -249,22 +289,15 @@ async def run_node(settings: Settings, parts: Parts, started: contextlib.AsyncEx
         if membership
         else "",
     )
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     loops = [asyncio.ensure_future(every(RECONCILE_EVERY, reconciler.reconcile, stop, wake))]
     if membership is not None:
         loops.append(asyncio.ensure_future(every(TICK_EVERY, membership.tick, stop)))
         loops.append(asyncio.ensure_future(every(MAINTAIN_EVERY, membership.maintain, stop)))
-    try:
-        await stop.wait()
-    finally:
-        log.info("stopping (apps keep running)")
-        for task in loops:
-            task.cancel()
+    return loops
 
 
 async def close_parts(parts: Parts) -> None:
+    parts.reconciler.close()
     if parts.membership is not None:
         await parts.membership.client.close()
         parts.membership.state.close()
@@ -299,10 +332,12 @@ async def every(
             log.exception("%s failed", getattr(work, "__qualname__", work))
 
 
-def seed_when_elected(membership: Membership, local: State) -> None:
+def seed_when_elected(
+    membership: Membership, local: State, stopping: Callable[[], bool] = bool
+) -> None:
     """A one-member swarm elects itself within a few seconds; then seed it."""
     deadline = time.monotonic() + 30
-    while True:
+    while not stopping():
         try:
             membership.seed(local.read())
             return
