@@ -99,6 +99,7 @@ PUBLIC_SWITCHES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "ipfs config --json Plugins.Plugins.telemetry.Disabled true",
     ),
 }
+NOT_PNET = ("/quic", "/webtransport", "/webrtc-direct")  # transports a private network lacks
 PEER_ADDR_RE = re.compile(r"^/(?:ip4|ip6|dns|dns4|dns6)/([^/]+)/tcp/\d+/p2p/[^/]+$")
 
 
@@ -159,6 +160,10 @@ def _terminate(pid: int) -> None:
             time.sleep(0.05)
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def _loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def get_dotted(config: dict[str, Any], key: str) -> Any:
@@ -579,7 +584,19 @@ class ExternalKubo(KuboNode):
                 "give it one in Addresses.Swarm, e.g. /ip4/0.0.0.0/tcp/4001, and restart it"
             )
         on_host = [addr for addr, host in hosts.items() if host == self.host]
-        return (on_host or list(hosts))[0]
+        if on_host:
+            return on_host[0]
+        # Siblings on other machines cannot dial a loopback address.
+        reachable = [addr for addr, host in hosts.items() if not _loopback(host)]
+        if reachable:
+            return reachable[0]
+        if _loopback(self.host):  # a swarm on one machine
+            return next(iter(hosts))
+        raise RuntimeFailure(
+            f"the kubo at {self.url} listens on loopback only, so the other members "
+            f"cannot reach it at {self.host}: add /ip4/{self.host}/tcp/4001 (or "
+            "/ip4/0.0.0.0/tcp/4001) to its Addresses.Swarm and restart it"
+        )
 
     @property
     def running(self) -> bool:
@@ -593,6 +610,11 @@ class ExternalKubo(KuboNode):
     def start(self) -> None:
         """Check the operator's kubo: it answers and stays off the public network."""
         ident = self._id()
+        # First: the messages below tell the operator to copy it.
+        self.key_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self._swarm_key)
         try:
             config = self.api.json("config/show")
         except KuboError as e:
@@ -604,12 +626,17 @@ class ExternalKubo(KuboNode):
                 f"({', '.join(loud)}): run {'; '.join(loud.values())}; then restart that kubo "
                 '(or set [ipfs] api = "" to let the node start its own)'
             )
+        outside = [a for a in ident.get("Addresses") or [] if any(t in a for t in NOT_PNET)]
+        if outside:
+            # kubo offers these transports only without a swarm.key (libp2p's private
+            # network covers TCP alone): this kubo is on the public network.
+            raise ConfigError(
+                f"the kubo at {self.url} has no swarm key (it listens on {outside[0]}): put "
+                f"{self.key_file} in its repo as swarm.key, set Swarm.Transports.Network.QUIC, "
+                "WebTransport and WebRTCDirect to false, and restart it with LIBP2P_FORCE_PNET=1"
+            )
         self._peer_id = ident["ID"]
         self._multiaddr = self._pick_address(ident)
-        self.key_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self._swarm_key)
         log.warning(
             "using the kubo at %s (%s). Its API cannot show whether it runs on the swarm's "
             "private network: its repo needs the swarm's swarm.key (a copy is in %s; best "
