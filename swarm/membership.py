@@ -341,6 +341,8 @@ class Membership:
                 sponsor = self.identity.sponsor_name
                 await self.client.call(sponsor, self.identity.sponsor, "admit", body, timeout=30)
             except PeerError as e:
+                if not self.identity.sponsor_name:  # joined with an older version
+                    log.error("swarm.json names no sponsor: `pc swarm join` again with a new token")
                 log.info("not admitted yet: %s", e)
                 await asyncio.sleep(2)
                 continue
@@ -461,7 +463,7 @@ class Membership:
 
     def failed_elsewhere(self, app: str, process: str) -> str:
         """Why the member `process` is placed on reports it cannot start it."""
-        return failure_elsewhere(self.state.read(), self.me, app, process)
+        return failure_elsewhere(self.state.read(), self.me, app, process, time.time())
 
     def restart_everywhere(self, app: str, ptype: str | None) -> None:
         """From a worker thread: ask the siblings that run `app` to restart it."""

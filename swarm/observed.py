@@ -76,10 +76,11 @@ def web_nodes_elsewhere(snap: Snapshot, me: str, now: float, app: str) -> set[st
     }
 
 
-def failure_elsewhere(snap: Snapshot, me: str, app: str, process: str) -> str:
-    """Why the member an instance is placed on says it cannot start it ("" if none)."""
+def failure_elsewhere(snap: Snapshot, me: str, app: str, process: str, now: float) -> str:
+    """Why the member an instance is placed on says it cannot start it ("" if none,
+    or if that member's lease ended: its word is stale)."""
     node = snap.apps[app].placement.get(process) if app in snap.apps else None
-    if node is None or node == me:
-        return ""
-    why = snap.observed.get(node, {}).get(f"{app}/{process}", {}).get("why")
-    return f"{node}: {why}" if why else ""
+    for reporter, a, p, o in _live_reports(snap, me, now):
+        if (reporter, a, p) == (node, app, process) and "why" in o:
+            return f"{node}: {o['why']}"
+    return ""

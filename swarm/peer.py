@@ -481,13 +481,13 @@ class PeerClient:
                 f"http://{address}/peer/{route}", data=raw, headers=headers, timeout=timeout
             )
         except TimeoutError:
-            raise PeerError(f"{label} did not answer within {connect_timeout:g} s") from None
+            raise PeerError(f"{label} did not answer in time") from None
         except aiohttp.ClientError:
             raise PeerError(f"{label} does not answer") from None
         try:
-            if response.status != 200:
-                raise _refusal(node, response.status, await response.read())
             try:
+                if response.status != 200:
+                    raise _refusal(node, response.status, await response.read())
                 async for line in response.content:
                     yield line
             except TimeoutError:

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from swarm.errors import ConfigError
+from swarm.state import normalize_key
 
 APP_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,29}$")
 NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -58,7 +59,7 @@ def check_public_key(text: str, origin: str) -> str:
         raise ConfigError(
             f"{origin} is not an OpenSSH public key (e.g. ~/.ssh/id_ed25519.pub)"
         ) from None
-    return " ".join(key.export_public_key().decode().split()[:2])
+    return normalize_key(key.export_public_key().decode())
 
 
 def _numbers(obj: Any, section: str, **specs: tuple[type, float]) -> None:

@@ -47,16 +47,17 @@ def test_any_node_sees_where_instances_run_and_why_one_does_not():
     snap = snapshot()
     assert list(instances_elsewhere(snap, "n1", NOW)) == [("mybot", "bot.1")]
     assert running_elsewhere(snap, "n1", NOW) == {("mybot", "bot.1")}
-    assert failure_elsewhere(snap, "n1", "mybot", "bot.2") == "n2: slug x: no holder"
-    assert failure_elsewhere(snap, "n1", "mybot", "bot.1") == ""
-    assert failure_elsewhere(snap, "n2", "mybot", "bot.2") == ""  # n2 asks its reconciler
-    assert failure_elsewhere(snap, "n1", "ghost", "bot.1") == ""
+    assert failure_elsewhere(snap, "n1", "mybot", "bot.2", NOW) == "n2: slug x: no holder"
+    assert failure_elsewhere(snap, "n1", "mybot", "bot.1", NOW) == ""
+    assert failure_elsewhere(snap, "n2", "mybot", "bot.2", NOW) == ""  # n2 asks its reconciler
+    assert failure_elsewhere(snap, "n1", "ghost", "bot.1", NOW) == ""
 
 
 def test_reports_of_a_member_whose_lease_ended_do_not_count():
     snap = snapshot(n2_lease=NOW - 1)
     assert instances_elsewhere(snap, "n1", NOW) == {}
     assert running_elsewhere(snap, "n1", NOW) == set()
+    assert failure_elsewhere(snap, "n1", "mybot", "bot.2", NOW) == ""
 
 
 def test_an_instance_placed_elsewhere_now_is_not_reported_where_it_ran():
