@@ -69,14 +69,17 @@ def strings(value: None | str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else value
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Kubo, Kubo]]:
-    root = tmp_path_factory.mktemp("kubo")
+def two_kubos(root: Path) -> Iterator[tuple[Kubo, Kubo]]:
     a = new_kubo(root / "a", SWARM_KEY)
     b = new_kubo(root / "b", SWARM_KEY)
     yield a, b
     b.stop()
     a.stop()
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Kubo, Kubo]]:
+    yield from two_kubos(tmp_path_factory.mktemp("kubo"))
 
 
 # --- without kubo ------------------------------------------------------------------------
@@ -288,13 +291,9 @@ def test_an_external_kubo_with_public_transports_has_no_swarm_key(
 
 @pytest.fixture(scope="module")
 def operated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Kubo, Kubo]]:
-    """Two kubos as an operator would run them (quiet, on the swarm's key)."""
-    root = tmp_path_factory.mktemp("operated")
-    a = new_kubo(root / "a", SWARM_KEY)
-    b = new_kubo(root / "b", SWARM_KEY)
-    yield a, b
-    b.stop()
-    a.stop()
+    """Two kubos as an operator would run them (quiet, on the swarm's key), with
+    no peering config yet (the tests on `pair` write some)."""
+    yield from two_kubos(tmp_path_factory.mktemp("operated"))
 
 
 @pytest.mark.ipfs
