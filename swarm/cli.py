@@ -267,7 +267,8 @@ def cmd_swarm_leave(args: argparse.Namespace) -> None:
     s.swarm_file.unlink()
     with State(s.state_file).change() as snap:  # its apps now live in the swarm
         snap.apps.clear()
-    say(f"-----> {s.name} left swarm {identity.name}: restart `pc daemon` to run alone")
+    say(f"-----> {s.name} left swarm {identity.name}; its daemon stops by itself")
+    say("       start `pc daemon` again to run alone")
 
 
 def cmd_swarm_status(args: argparse.Namespace) -> None:

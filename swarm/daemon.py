@@ -82,7 +82,7 @@ def sweep_leftovers(settings: Settings) -> None:
     """What a killed daemon left half-made: nothing refers to any of it, and each
     is written under a temporary name before an atomic rename."""
     leftovers = [
-        settings.home / "tmp",  # build work dirs
+        settings.tmp_dir,  # build work dirs, repo copies
         settings.store_dir / "tmp",  # slugs being added to the store
         *settings.slugs_dir.glob("*.partial"),  # slugs being fetched from the store
         *(settings.cache_dir / "deps").glob(".tmp-*"),  # dependency cache entries
@@ -245,6 +245,7 @@ async def start_node(
     wake = asyncio.Event()  # a state change arrived: reconcile now
     if membership is not None:
         membership.loop = loop
+        membership.on_removed = lambda: loop.call_soon_threadsafe(stop.set)
         membership.state.on_change(  # what to run changed: reconcile now, not in 2 s
             lambda _version: loop.call_soon_threadsafe(wake.set), only={"apps"}
         )

@@ -64,7 +64,7 @@ class Deployer:
     def _deploy(
         self, user: str, app: str, repo: Path, commit: str, say: Callable[[str], None]
     ) -> str:
-        tmp_root = self.settings.home / "tmp"
+        tmp_root = self.settings.tmp_dir
         tmp_root.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f"build-{app}-", dir=tmp_root))
         try:
@@ -99,6 +99,7 @@ class Deployer:
                 pushed_by=user,
                 created=now(),
                 description=f"Deploy {commit[:7]}",
+                pushed_to=self.settings.name,
             )
             a.releases.append(release)
             dropped = {r.slug for r in a.releases[:-KEEP_RELEASES]}

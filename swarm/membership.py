@@ -18,16 +18,20 @@ logs, restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import secrets
+import tarfile
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from swarm.deploy import KEEP_RELEASES
-from swarm.errors import Forbidden
+from swarm.errors import Forbidden, NotFound, PCError
 from swarm.identity import SwarmIdentity
 from swarm.invite import InviteError, InviteRecord, make_invite, redeem, usable
 from swarm.ipfs.kubo import KuboNode
@@ -39,14 +43,16 @@ from swarm.placement import holders, member_state, place, slugs_in_use
 from swarm.raft import Conflict, NoQuorum
 from swarm.reconciler import Reconciler
 from swarm.replicated import ReplicatedState
+from swarm.repos import install_repo, tar_repo
 from swarm.runtime.base import InstanceStatus, Runtime
 from swarm.runtime.lease import write_lease
-from swarm.settings import Settings, check_public_key, check_user_name
+from swarm.settings import Settings, check_app_name, check_public_key, check_user_name
 from swarm.state import Member, Snapshot
 
 log = logging.getLogger(__name__)
 
 INVITE_TTL = 3600  # seconds an invite token stays usable
+REPO_TIMEOUT = 120.0  # seconds copying an app's git history from a sibling may take
 LOGS_READ_TIMEOUT = 10.0  # seconds a sibling may pause while sending a log's tail
 
 
@@ -73,6 +79,11 @@ class Membership:
         self.logbus = logbus
         self.lease_until = 0.0
         self.loop: asyncio.AbstractEventLoop | None = None  # the daemon's, set when it starts
+        # Called when this node has left the swarm (`pc swarm leave` removes its
+        # swarm.json): its Raft must not go on asking the members for votes, so
+        # the daemon stops. The Raft log may never tell it: once out, no member
+        # sends it anything.
+        self.on_removed: Callable[[], None] = lambda: None
         self.client = PeerClient(self.me, lambda: identity.secret_bytes)
 
     @property
@@ -91,6 +102,10 @@ class Membership:
     def tick(self) -> None:
         """Lease, placement and observation: consensus only, never waiting on a
         sibling's kubo or a slow fetch, so a lease is never lost to slow I/O."""
+        if not self.settings.swarm_file.exists():  # `pc swarm leave` finished
+            log.warning("this node left the swarm: stopping (start `pc daemon` to run alone)")
+            self.on_removed()
+            return
         self._renew_lease()
         snap = self.state.read()
         if self.state.leader() == self.raft_address:
@@ -270,6 +285,7 @@ class Membership:
                 "remove": self._remove,
                 "user_add": self._user_add,
                 "users": self._users,
+                "repo": self._repo,
             },
             name=self.me,
             invite_handlers={"join": self._join},
@@ -414,6 +430,59 @@ class Membership:
     async def _users(self, sender: str, body: Any) -> Any:
         return {"users": [asdict(u) for u in self.state.read().users.values()]}
 
+    async def _repo(self, sender: str, body: Any) -> AsyncIterator[bytes]:
+        """An app's bare git repo, as a tar (see swarm/repos.py)."""
+        app = check_app_name(str(body["app"]))
+        repo = self.settings.repos_dir / f"{app}.git"
+        if not repo.is_dir():
+            raise NotFound(f"{self.me} holds no git history of {app}")
+        self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+        archive = self.settings.tmp_dir / f"repo-{app}-{secrets.token_hex(4)}.tar"
+        await asyncio.to_thread(tar_repo, repo, archive)
+        return _send_file(archive)
+
+    def sync_repo(self, app: str, commit: str, pushed_to: str, dest: Path) -> None:
+        """From a worker thread: make the repo at `dest` hold `commit`, copying it
+        from the member the release was pushed to, else from any other that has
+        it. Raises PCError when none can."""
+        assert self.loop is not None, "the daemon sets the loop when it starts"
+        copy = asyncio.run_coroutine_threadsafe(
+            self._copy_repo(app, commit, pushed_to, dest), self.loop
+        )
+        try:
+            copied = copy.result(REPO_TIMEOUT)
+        except TimeoutError:
+            copy.cancel()
+            copied = False
+        if not copied:
+            raise PCError(
+                f"the git history of {app} ({commit[:7]}) is on {pushed_to or 'another node'},"
+                " which does not answer: try again later, or use that node"
+            )
+
+    async def _copy_repo(self, app: str, commit: str, pushed_to: str, dest: Path) -> bool:
+        members = [m for m in self.state.read().members.values() if m.name != self.me]
+        members.sort(key=lambda m: m.name != pushed_to)  # the node it was pushed to first
+        self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+        for m in members:
+            archive = self.settings.tmp_dir / f"repo-{app}-{secrets.token_hex(4)}.tar"
+            try:
+                body = {"app": app}
+                stream = self.client.stream(m.name, m.address, "repo", body, read_timeout=30)
+                async with contextlib.aclosing(stream) as chunks:
+                    with open(archive, "wb") as f:
+                        async for chunk in chunks:
+                            f.write(chunk)
+                await asyncio.to_thread(install_repo, archive, dest, commit)
+            except (PCError, tarfile.TarError, OSError) as e:  # PeerError is a PCError
+                log.info("no git history of %s from %s: %s", app, m.name, e)
+                continue
+            finally:
+                archive.unlink(missing_ok=True)
+            log.info("git history of %s copied from %s", app, m.name)
+            return True
+        return False
+
     async def _status(self, sender: str, body: Any) -> Any:
         return self.swarm_status()
 
@@ -493,6 +562,16 @@ class Membership:
                 await self.client.call(m.name, m.address, "restart", {"app": app, "ptype": ptype})
             except PeerError as e:
                 log.warning("restart of %s on %s: %s", app, m.name, e)
+
+
+async def _send_file(path: Path) -> AsyncIterator[bytes]:
+    """The file's bytes, then the file is gone."""
+    try:
+        with open(path, "rb") as f:
+            while chunk := await asyncio.to_thread(f.read, 1 << 16):
+                yield chunk
+    finally:
+        path.unlink(missing_ok=True)
 
 
 async def _iterate(items: list[bytes]) -> AsyncIterator[bytes]:

@@ -24,6 +24,7 @@ from swarm.errors import Forbidden, NotFound, PCError, UsageError
 from swarm.logbus import LogBus
 from swarm.peer import PeerError
 from swarm.reconciler import Reconciler, instance_spec
+from swarm.repos import has_commit
 from swarm.runtime.base import Runtime
 from swarm.settings import Settings, check_app_name
 from swarm.state import App, Snapshot, State, now
@@ -56,6 +57,7 @@ class Node:
         self.deployer = deployer
         self.logbus = logbus
         self._oneoff = itertools.count(1)
+        self._repo_lock = threading.Lock()
         self.membership: Membership | None = None  # set by the daemon in a swarm
 
     # --- who may do what ----------------------------------------------------
@@ -77,20 +79,40 @@ class Node:
     def repo_for(self, user: str, app: str, write: bool) -> Path:
         check_app_name(app)
         if not write:
-            self._app(user, app)
+            self._up_to_date(self._app(user, app), write)
             return self.repo_path(app)
         with self.state.change() as s:  # check and create in one change: two first pushes race
             if app in s.apps:
-                self._app(user, app, s)
+                found = self._app(user, app, s)
             elif len(s.apps) >= self.settings.shares.max_apps:
                 raise PCError(f"this node hosts {len(s.apps)} apps, its limit; ask the host")
             else:
-                s.apps[app] = App(name=app, owner=user, created=now())
+                found = s.apps[app] = App(name=app, owner=user, created=now())
+        self._up_to_date(found, write)
         path = self.repo_path(app)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             Repo.init_bare(path, mkdir=True)
         return path
+
+    def _up_to_date(self, app: App, write: bool) -> None:
+        """In a swarm, the app's history may have been pushed to another node: copy
+        it here first, so clones (and the ref a push is checked against) are the
+        same on every node. A push goes on without it when no copy can be had."""
+        if self.membership is None or app.current is None:
+            return
+        release = app.release()
+        path = self.repo_path(app.name)
+        if has_commit(path, release.commit):
+            return
+        with self._repo_lock:  # one copy at a time
+            if has_commit(path, release.commit):
+                return
+            try:
+                self.membership.sync_repo(app.name, release.commit, release.pushed_to, path)
+            except PCError:
+                if not write:
+                    raise
 
     def deploy(self, user: str, app: str, commit: str, say: Callable[[str], None]) -> str:
         self._app(user, app)

@@ -236,6 +236,11 @@ class Settings:
         return self.home / "state.json"
 
     @property
+    def tmp_dir(self) -> Path:
+        """Work files (builds, repo copies); emptied when the daemon starts."""
+        return self.home / "tmp"
+
+    @property
     def repos_dir(self) -> Path:
         return self.home / "repos"
 

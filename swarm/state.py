@@ -46,6 +46,7 @@ class Release:
     pushed_by: str
     created: str
     description: str
+    pushed_to: str = ""  # the node that received the push: it holds the git history
 
     @property
     def name(self) -> str:

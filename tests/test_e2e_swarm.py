@@ -100,6 +100,12 @@ def test_three_nodes_place_replicate_and_fail_over(node_factory, tmp_path: Path)
     )
     assert all(n.name in releases for n in (n1, n2, n3))
 
+    # The git history is the same on every node: node 3 clones an app pushed to node 1.
+    clone = tmp_path / "clone"
+    r = n3.git(tmp_path, "clone", "-q", n3.remote("mybot"), str(clone))
+    assert r.returncode == 0, r.stderr
+    assert (clone / "bot.py").read_text() == (work / "bot.py").read_text()
+
     # A web app answers through every node's router: a node that does not run
     # it passes the request to the router of the node that does.
     site = make_repo(tmp_path, "procfile-two")
@@ -163,7 +169,9 @@ def test_three_nodes_place_replicate_and_fail_over(node_factory, tmp_path: Path)
     assert "left swarm friends" in r.stdout
     [now_on] = wait_for(lambda: copies("mybot"), what="the bot running on another node")
     assert now_on != leaver.name
-    leaver.stop()
+    assert leaver.proc is not None and leaver.proc.wait(timeout=30) == 0  # stops by itself
+    assert "this node left the swarm: stopping" in leaver.log.read_text()
+    leaver.proc = None
     stayer = by_name[now_on]
     status = wait_for(
         lambda: leaver.name not in (o := stayer.pc("swarm", "status").stdout) and o,
