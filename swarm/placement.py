@@ -15,8 +15,8 @@ renew. So a member is:
            running its instances (clocks drift, a stop takes a moment), so they
            are left where they are — moving them now could run two copies;
 - down     from `lease_expires + margin` on: its instances have surely stopped,
-           and they are placed elsewhere. With the default lease of 6 s and
-           margin of 4 s this is the issue's 10 s failover time.
+           and they are placed elsewhere. With the default lease (4 s) and
+           margin (6 s) this is the issue's 10 s failover time.
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from swarm.settings import SwarmSettings
 from swarm.state import App, Member
 
-LEASE_SECONDS = 6.0
-MARGIN_SECONDS = 4.0
-DEFAULT_REPLICATION = 3
+# The defaults are the settings' (`[swarm]` in a node's config.toml).
+LEASE_SECONDS = SwarmSettings.lease_seconds
+MARGIN_SECONDS = SwarmSettings.margin_seconds
+DEFAULT_REPLICATION = SwarmSettings.replication
 
 UP = "up"
 SUSPECT = "suspect"

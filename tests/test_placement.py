@@ -114,7 +114,7 @@ def test_suspect_node_keeps_its_instances_and_says_until_when() -> None:
     n1 = Member("n1", 2048, 1.0, 20, lease_expires=NOW - 1)  # down at NOW + 3
     p = run([n1, member("n2")], apps(app("mybot", bot=1)), {("mybot", "bot.1"): "n1"})
     assert p.nodes == {("mybot", "bot.1"): "n1"}
-    assert p.decisions == ["bot.1 of mybot: n1 is suspect; left there until it is down at 21:00:03"]
+    assert p.decisions == ["bot.1 of mybot: n1 is suspect; left there until it is down at 21:00:05"]
 
 
 def test_instances_stay_on_a_node_whose_shares_shrank_but_nothing_new_goes_there() -> None:
@@ -130,11 +130,11 @@ def test_instances_stay_on_a_node_whose_shares_shrank_but_nothing_new_goes_there
 
 
 def test_instance_on_a_down_node_moves_to_an_up_node() -> None:
-    n2 = Member("n2", 2048, 1.0, 20, lease_expires=NOW - 30)  # down since NOW - 26
+    n2 = Member("n2", 2048, 1.0, 20, lease_expires=NOW - 30)  # down since NOW - 24
     members = [member("n1", SUSPECT), n2, member("n3")]
     p = run(members, apps(app("mybot", bot=1)), {("mybot", "bot.1"): "n2"})
     assert p.nodes == {("mybot", "bot.1"): "n3"}  # never the suspect n1
-    assert p.decisions == ["bot.1 of mybot: n2 is down since 20:59:34; moved to n3"]
+    assert p.decisions == ["bot.1 of mybot: n2 is down since 20:59:36; moved to n3"]
     assert not p.handoffs  # its lease surely ended: n3 may start it at once
 
 
