@@ -390,8 +390,8 @@ async def _swarm_nodes(ctx: Context, args: Args) -> int:
 def node_table(rows: Sequence[NodeRow]) -> list[str]:
     """The members of a swarm (`swarm:nodes` and `pc swarm status`)."""
     return table(
-        ["NODE", "STATE", "ADDRESS", "SHARES", "INSTANCES"],
-        [(r.name, r.state, r.address, r.shares, str(r.instances)) for r in rows],
+        ["NODE", "STATE", "ADDRESS", "SHARES", "USES", "INSTANCES"],
+        [(r.name, r.state, r.address, r.shares, r.uses, str(r.instances)) for r in rows],
     )
 
 

@@ -50,6 +50,7 @@ class NodeRow:
     state: str  # "up", "suspect", "down"; "(leaving)" appended while it leaves
     address: str
     shares: str  # "2048 MB, 1 cpu, 20 apps"
+    uses: str  # "512 MB, 1 app": what placement put there
     instances: int
 
 

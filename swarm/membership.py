@@ -489,15 +489,19 @@ class Membership:
     def swarm_status(self) -> dict[str, Any]:
         snap = self.state.read()
         now = time.time()
-        placed = [n for a in snap.apps.values() for n in a.placement.values()]
+        placed = [(a.name, n) for a in snap.apps.values() for n in a.placement.values()]
         rows = []
         for m in sorted(snap.members.values(), key=lambda m: m.name):
             seen = snap.observed.get(m.name, {}).values()
+            instances = sum(1 for _, n in placed if n == m.name)  # placed there
             rows.append(
                 {
                     **asdict(m),
                     "state": member_state(m, now, self.settings.swarm.margin_seconds),
-                    "instances": placed.count(m.name),  # placed there
+                    "instances": instances,
+                    # What placement counts against its shares.
+                    "used_mb": instances * self.settings.shares.instance_memory_mb,
+                    "apps": len({a for a, n in placed if n == m.name}),
                     "running": sum(1 for o in seen if o.get("running")),  # as it reports
                 }
             )

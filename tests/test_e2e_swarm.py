@@ -94,6 +94,8 @@ def test_three_nodes_place_replicate_and_fail_over(node_factory, tmp_path: Path)
     assert "Release v1 running: bot.1 on" in r.stderr
     home = wait_for(lambda: where(n2, "mybot"), what="bot.1 up")
     assert copies("mybot") == [home]
+    rows = {line.split()[0]: line for line in n3.ssh("swarm:nodes").stdout.splitlines()}
+    assert "512 MB, 1 app " in rows[home]  # what it uses of its shares
     releases = wait_for(
         lambda: (o := n3.ssh("releases", "mybot").stdout).count(",") >= 2 and o,
         what="slug pinned on three nodes",
