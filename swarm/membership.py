@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import shutil
 import tarfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -121,6 +122,7 @@ class Membership:
         snap = self.state.read()
         self._connect_peers(snap)
         self._hold_pins(snap)
+        self._forget_destroyed(snap)
 
     def seed(self, local: Snapshot) -> None:
         """The first member: bring the lone node's users and apps into the swarm,
@@ -229,6 +231,17 @@ class Membership:
                     s.held[self.me] = held
             except (NoQuorum, Conflict):
                 pass
+
+    def _forget_destroyed(self, snap: Snapshot) -> None:
+        """An app destroyed on another node: its repo copy and its log here go too."""
+        if self.state.leader() is None:
+            return  # this member may not have caught up yet: do not trust its view
+        repos = {p.name.removesuffix(".git") for p in self.settings.repos_dir.glob("*.git")}
+        logs = {p.name.removesuffix(".log") for p in self.settings.logs_dir.glob("*.log")}
+        for app in (repos | logs) - set(snap.apps):
+            shutil.rmtree(self.settings.repos_dir / f"{app}.git", ignore_errors=True)
+            self.logbus.forget(app)
+            log.info("forgot %s: it was destroyed", app)
 
     def holders_of(self, cid: str) -> list[str]:
         """The members that report pinning `cid`."""

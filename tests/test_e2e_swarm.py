@@ -119,6 +119,8 @@ def test_three_nodes_place_replicate_and_fail_over(node_factory, tmp_path: Path)
         assert body == "hello from web.1\n"
         assert via == (f"1.1 {n.name}" + (f", 1.1 {web_home}" if n.name != web_home else ""))
     assert n1.ssh("apps:destroy", "site", "--confirm", "site").returncode == 0
+    site_repo = n2.home / "repos" / "site.git"  # pushed to node 2, destroyed on node 1
+    wait_for(lambda: not site_repo.exists(), what="site's repo gone from node 2 too")
 
     # Logs from a node that does not run it.
     reader = next(n for n in (n1, n2, n3) if n.name != home)
