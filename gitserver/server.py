@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 SHELL_MESSAGE = "This server runs commands, not shells: try `ssh ... help`.\n"
 
 
+WRITE_TIMEOUT = 60.0  # seconds a git client may take nothing of what is sent
+
+
 class ChannelIO:
     """One SSH session's stdin/stdout/stderr, usable from the event loop (`read`,
     `write`, `write_stderr`, `wait_closed`) and from worker threads (`read_blocking`,
@@ -60,8 +63,15 @@ class ChannelIO:
         return self._call(self._readexactly(n))
 
     def write_blocking(self, data: bytes) -> None:
-        """Write and wait for the channel to take it (backpressure for big packs)."""
-        self._call(self._write_drain(data))
+        """Write and wait for the channel to take it (backpressure for big packs).
+        A client that takes nothing for WRITE_TIMEOUT seconds is treated as gone
+        (ConnectionError): a pusher that stopped reading cannot hold a push open."""
+        future = asyncio.run_coroutine_threadsafe(self._write_drain(data), self._loop)
+        try:
+            future.result(WRITE_TIMEOUT)
+        except TimeoutError:
+            future.cancel()
+            raise ConnectionError(f"the client took nothing for {WRITE_TIMEOUT:g} s") from None
 
     def _call(self, coro):  # noqa: ANN001, ANN202 - a coroutine and its result
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()

@@ -355,3 +355,30 @@ def test_a_shell_is_refused_with_a_hint(setup):
 @pytest.mark.parametrize("path", ["/mybot", "mybot", "/mybot.git", "mybot.git/", "/mybot/"])
 def test_app_from_the_path_git_sends(path: str):
     assert app_from_path(path) == "mybot"
+
+
+def test_a_git_client_that_takes_nothing_is_treated_as_gone(monkeypatch: pytest.MonkeyPatch):
+    """A pusher that stops reading must not hold its push (and the app) open.
+    (A unit test of ChannelIO with a channel that never drains.)"""
+    from gitserver import server
+
+    monkeypatch.setattr(server, "WRITE_TIMEOUT", 0.2)
+
+    class Stuck:
+        def write(self, data: bytes) -> None:
+            pass
+
+        async def drain(self) -> None:
+            await asyncio.Event().wait()  # the client's window never opens again
+
+    class Process:
+        stdout = Stuck()
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    try:
+        io = server.ChannelIO(Process(), loop)  # type: ignore[arg-type]
+        with pytest.raises(ConnectionError, match="took nothing for 0.2 s"):
+            io.write_blocking(b"remote: -----> building\n")
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
