@@ -177,8 +177,9 @@ class Membership:
         margin = self.settings.swarm.margin_seconds
         members = list(snap.members.values())
         current = {(a.name, p): n for a in snap.apps.values() for p, n in a.placement.items()}
+        size = self.settings.shares
         placed = place(
-            members, snap.apps, current, now, self.settings.shares.instance_memory_mb, margin
+            members, snap.apps, current, now, size.instance_memory_mb, margin, size.instance_cpus
         )
         for line in placed.decisions:
             log.info("placement: %s", line)
@@ -514,6 +515,7 @@ class Membership:
                     "instances": instances,
                     # What placement counts against its shares.
                     "used_mb": instances * self.settings.shares.instance_memory_mb,
+                    "used_cpus": instances * self.settings.shares.instance_cpus,
                     "apps": len({a for a, n in placed if n == m.name}),
                     "running": sum(1 for o in seen if o.get("running")),  # as it reports
                 }

@@ -405,7 +405,8 @@ def member_row(m: dict) -> NodeRow:
         state=m["state"] + (" (leaving)" if m.get("leaving") else ""),
         address=m["address"],
         shares=f"{m['memory_mb']} MB, {m['cpus']:g} cpu, {m['max_apps']} apps",
-        uses=f"{m['used_mb']} MB, {m['apps']} app{'' if m['apps'] == 1 else 's'}",
+        uses=f"{m['used_mb']} MB, {m['used_cpus']:g} cpu, "
+        f"{m['apps']} app{'' if m['apps'] == 1 else 's'}",
         instances=m["instances"],
     )
 

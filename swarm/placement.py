@@ -96,6 +96,7 @@ class _Load:
     member: Member
     state: str
     memory_mb: int = 0
+    cpus: float = 0.0
     instances: int = 0
     apps: dict[str, int] = field(default_factory=dict)  # app -> instances here
 
@@ -103,19 +104,25 @@ class _Load:
     def free_mb(self) -> int:
         return self.member.memory_mb - self.memory_mb
 
-    def add(self, app: str, memory_mb: int) -> None:
+    @property
+    def free_cpus(self) -> float:
+        return self.member.cpus - self.cpus
+
+    def add(self, app: str, memory_mb: int, cpus: float) -> None:
         self.memory_mb += memory_mb
+        self.cpus += cpus
         self.instances += 1
         self.apps[app] = self.apps.get(app, 0) + 1
 
-    def remove(self, app: str, memory_mb: int) -> None:
+    def remove(self, app: str, memory_mb: int, cpus: float) -> None:
         self.memory_mb -= memory_mb
+        self.cpus -= cpus
         self.instances -= 1
         self.apps[app] -= 1
         if not self.apps[app]:
             del self.apps[app]
 
-    def refusal(self, app: str, memory_mb: int) -> str | None:
+    def refusal(self, app: str, memory_mb: int, cpus: float) -> str | None:
         """Why this member cannot take one more instance of `app` (None: it can)."""
         name = self.member.name
         if self.state != UP:
@@ -124,14 +131,16 @@ class _Load:
             return f"{name} is leaving"
         if memory_mb > self.free_mb:
             return f"{name} has {max(self.free_mb, 0)} MB free"
+        if cpus > self.free_cpus + 1e-9:  # sums of floats: 4 x 0.25 must fit in 1.0
+            return f"{name} has {max(self.free_cpus, 0):.2g} CPU free"
         if app not in self.apps and len(self.apps) >= self.member.max_apps:
             return f"{name} runs {len(self.apps)} apps (its max)"
         return None
 
     def rank(self, app: str) -> tuple[int, int, float, str]:
         """Sort key of a candidate, best first: spread the app's instances, then
-        the most free memory, then the fewest instances per shared CPU (CPUs
-        are a soft weight, never a limit), then the name (determinism)."""
+        the most free memory, then the fewest instances per shared CPU, then the
+        name (determinism)."""
         cpus = self.member.cpus
         per_cpu = self.instances / cpus if cpus > 0 else float("inf")
         return (self.apps.get(app, 0), -self.free_mb, per_cpu, self.member.name)
@@ -144,13 +153,15 @@ def place(
     now: float,
     instance_memory_mb: int,
     margin: float = MARGIN_SECONDS,
+    instance_cpus: float = 0.0,
 ) -> Placement:
     """Place every wanted instance of `apps` on `members`, starting from `current`.
 
     Running instances stay where they are while their node is up or suspect:
     never moved to balance load. Removed instances are dropped; those on down
     (or departed) nodes, new ones and those on leaving nodes go to up members
-    with room, spread over nodes. Instances are placed in the order bot.1 of
+    with room (each needs its memory and `instance_cpus` of what a member
+    shares), spread over nodes. Instances are placed in the order bot.1 of
     every app, then bot.2 of every app, ...: with scarce room, one app scaled
     high cannot starve the others of their first instance.
     """
@@ -172,7 +183,7 @@ def place(
             homeless.append((key, f"{node} is down since {_clock(load.member, margin)}"))
         else:
             nodes[key] = node
-            load.add(key[0], wanted[key])
+            load.add(key[0], wanted[key], instance_cpus)
             if load.state == SUSPECT:
                 decisions.append(
                     f"{_label(key)}: {node} is suspect; left there until it is down at "
@@ -185,25 +196,25 @@ def place(
 
     unplaced: dict[Key, str] = {}
     for key, why in homeless:
-        target, reason = _choose(loads, key[0], wanted[key])
+        target, reason = _choose(loads, key[0], wanted[key], instance_cpus)
         if target is None:
             unplaced[key] = reason
             decisions.append(f"{_label(key)}: {why + '; ' if why else ''}not placed: {reason}")
             continue
         nodes[key] = target
-        loads[target].add(key[0], wanted[key])
+        loads[target].add(key[0], wanted[key], instance_cpus)
         verb = f"{why}; moved to" if why else "placed on"
         decisions.append(f"{_label(key)}: {verb} {target}")
 
     handoffs: dict[Key, str] = {}
     for key in leaving:
         old = nodes[key]
-        target, reason = _choose(loads, key[0], wanted[key])
+        target, reason = _choose(loads, key[0], wanted[key], instance_cpus)
         if target is None:
             decisions.append(f"{_label(key)}: {old} is leaving; stays there: {reason}")
             continue
-        loads[old].remove(key[0], wanted[key])
-        loads[target].add(key[0], wanted[key])
+        loads[old].remove(key[0], wanted[key], instance_cpus)
+        loads[target].add(key[0], wanted[key], instance_cpus)
         nodes[key] = target
         handoffs[key] = old
         decisions.append(f"{_label(key)}: {old} is leaving; moved to {target}")
@@ -271,15 +282,18 @@ def slugs_in_use(
     return out
 
 
-def _choose(loads: Mapping[str, _Load], app: str, memory_mb: int) -> tuple[str | None, str]:
+def _choose(
+    loads: Mapping[str, _Load], app: str, memory_mb: int, cpus: float
+) -> tuple[str | None, str]:
     """The best member for one more instance of `app`, or None and why not."""
-    fits = [load for load in loads.values() if load.refusal(app, memory_mb) is None]
+    fits = [load for load in loads.values() if load.refusal(app, memory_mb, cpus) is None]
     if fits:
         return min(fits, key=lambda load: load.rank(app)).member.name, ""
     if not loads:
         return None, "the swarm has no members"
-    refusals = ", ".join(str(load.refusal(app, memory_mb)) for load in loads.values())
-    return None, f"no member has room for {memory_mb} MB: {refusals}"
+    refusals = ", ".join(str(load.refusal(app, memory_mb, cpus)) for load in loads.values())
+    need = f"{memory_mb} MB" + (f" and {cpus:g} CPU" if cpus else "")
+    return None, f"no member has room for {need}: {refusals}"
 
 
 def _order(key: Key) -> tuple[int, str, str]:

@@ -82,6 +82,7 @@ def instance_spec(
         node=node,
         env=dict(app.config),
         memory_mb=settings.shares.instance_memory_mb,
+        cpus=settings.shares.instance_cpus,
         web=process.rsplit(".", 1)[0] == "web",
     )
 

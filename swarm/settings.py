@@ -107,6 +107,7 @@ class Shares:
     cpus: float = 1.0
     max_apps: int = 20
     instance_memory_mb: int = 512  # limit of one process instance
+    instance_cpus: float = 0.25  # CPU limit of one instance (docker); placement counts it
 
     def __post_init__(self) -> None:
         _numbers(
@@ -116,6 +117,7 @@ class Shares:
             cpus=(float, 0.1),
             max_apps=(int, 1),
             instance_memory_mb=(int, 16),
+            instance_cpus=(float, 0.01),
         )
 
 

@@ -244,6 +244,17 @@ def test_memory_share_is_never_exceeded(members, expected_nodes, unplaced) -> No
     assert p.unplaced == unplaced
 
 
+def test_cpu_share_is_never_exceeded() -> None:
+    """Each instance counts `instance_cpus` against what its member shares."""
+    members = [member("n1", cpus=0.5), member("n2", cpus=0.25)]
+    p = place(members, apps(app("a", bot=4)), {}, NOW, 64, instance_cpus=0.25)
+    assert sorted(p.nodes.values()) == ["n1", "n1", "n2"]
+    assert p.unplaced == {
+        ("a", "bot.4"): "no member has room for 64 MB and 0.25 CPU: "
+        "n1 has 0 CPU free, n2 has 0 CPU free"
+    }
+
+
 def test_max_apps_counts_apps_not_instances() -> None:
     """The second instance of `a` fits (no new app); `b` would be a second app."""
     p = run([member("n1", max_apps=1)], apps(app("a", bot=2), app("b", bot=1)))

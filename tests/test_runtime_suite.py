@@ -181,6 +181,7 @@ def test_docker_containers_carry_the_labels(make_runtime, slug):
     assert container.labels["peoplescloud.release"] == "v1"
     assert container.attrs["Config"]["User"] == "10001:10001"
     assert container.attrs["HostConfig"]["Memory"] == 128 * 1024 * 1024
+    assert container.attrs["HostConfig"]["NanoCpus"] == 250_000_000  # spec.cpus 0.25
 
 
 def test_web_instance_answers_at_its_address(make_runtime, slug):

@@ -50,6 +50,17 @@ def test_numbers_from_the_environment_are_checked(tmp_path: Path, monkeypatch: p
         settings.load(tmp_path)
 
 
+def test_an_instance_cpu_share_is_a_positive_fraction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    assert settings.load(tmp_path).shares.instance_cpus == 0.25
+    monkeypatch.setenv("PC_SHARES_INSTANCE_CPUS", "0.5")
+    assert settings.load(tmp_path).shares.instance_cpus == 0.5
+    monkeypatch.setenv("PC_SHARES_INSTANCE_CPUS", "0")
+    with pytest.raises(ConfigError, match=r"\[shares\] instance_cpus must be at least 0.01"):
+        settings.load(tmp_path)
+
+
 @pytest.mark.parametrize("name", ["Ann", "1ann", "a b", "x" * 33, ""])
 def test_bad_user_names(name: str):
     with pytest.raises(ConfigError, match="invalid user name"):

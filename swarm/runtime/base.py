@@ -37,6 +37,7 @@ class InstanceSpec:
     node: str
     env: dict[str, str] = field(default_factory=dict)  # config vars of the app
     memory_mb: int = 512
+    cpus: float = 0.25
     web: bool = False  # gets $PORT and an address the router can reach
 
     @property

@@ -190,6 +190,7 @@ class DockerRuntime:
             init=True,
             mem_limit=f"{spec.memory_mb}m",
             memswap_limit=f"{spec.memory_mb}m",
+            nano_cpus=int(spec.cpus * 1e9),
             pids_limit=512,
             read_only=True,
             tmpfs={"/tmp": "rw,nosuid,nodev,size=256m,mode=1777"},
