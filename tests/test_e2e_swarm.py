@@ -95,7 +95,7 @@ def test_three_nodes_place_replicate_and_fail_over(node_factory, tmp_path: Path)
     home = wait_for(lambda: where(n2, "mybot"), what="bot.1 up")
     assert copies("mybot") == [home]
     rows = {line.split()[0]: line for line in n3.ssh("swarm:nodes").stdout.splitlines()}
-    assert "512 MB, 1 app " in rows[home]  # what it uses of its shares
+    assert "512 MB, 0.25 cpu, 1 app " in rows[home]  # what it uses of its shares
     releases = wait_for(
         lambda: (o := n3.ssh("releases", "mybot").stdout).count(",") >= 2 and o,
         what="slug pinned on three nodes",
