@@ -85,6 +85,7 @@ class Membership:
         # the daemon stops. The Raft log may never tell it: once out, no member
         # sends it anything.
         self.on_removed: Callable[[], None] = lambda: None
+        self._routers: tuple[int, dict[str, list[str]]] = (-1, {})  # state version, app -> routers
         self.client = PeerClient(self.me, lambda: identity.secret_bytes)
 
     @property
@@ -544,10 +545,22 @@ class Membership:
         return instances_elsewhere(self.state.read(), self.me, time.time())
 
     def sibling_routers(self, app: str) -> list[str]:
-        """The routers of the other members that run a web instance of `app`."""
-        snap = self.state.read()
-        nodes = web_nodes_elsewhere(snap, self.me, time.time(), app)
-        return [snap.members[n].router for n in sorted(nodes) if snap.members[n].router]
+        """The routers of the other members that run a web instance of `app`.
+        Asked for every web request: worked out again only when the state changed
+        (leases are renewed every second), not from a copy of it each time."""
+        version = self.state.version
+        if self._routers[0] != version:
+            snap, now = self.state.read(), time.time()
+            routers = {
+                name: [
+                    snap.members[n].router
+                    for n in sorted(web_nodes_elsewhere(snap, self.me, now, name))
+                    if snap.members[n].router
+                ]
+                for name in snap.apps
+            }
+            self._routers = (version, routers)
+        return self._routers[1].get(app, [])
 
     def failed_elsewhere(self, app: str, process: str) -> str:
         """Why the member `process` is placed on reports it cannot start it."""
