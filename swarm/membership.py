@@ -152,7 +152,8 @@ class Membership:
     def _renew_lease(self) -> None:
         until = time.time() + self.settings.swarm.lease_seconds
         try:
-            with self.state.change(timeout=self.settings.swarm.lease_seconds / 2) as s:
+            # Its own entry only: never queued behind this node's other changes.
+            with self.state.change(self.settings.swarm.lease_seconds / 2, queue=False) as s:
                 if self.me not in s.members:
                     return  # not (yet, or no longer) a member: no lease
                 member = self._member(s.members[self.me])

@@ -13,7 +13,8 @@ value, so:
 - the journal grows by what changed, not by the whole swarm's state each time.
 
 A member's own changes never conflict with each other (`change()` holds a lock
-and returns only once this member applied the change). Two members changing the
+and returns only once this member applied the change), except one that asks
+not to queue (a lease renewal). Two members changing the
 same entry at the same moment: the first one agreed wins, the other gets
 `Conflict` and nothing of it is kept.
 
@@ -25,6 +26,7 @@ thread (`asyncio.to_thread`), never on the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import threading
@@ -170,13 +172,18 @@ class ReplicatedState:
         return self._machine.version
 
     @contextmanager
-    def change(self, timeout: float | None = None) -> Iterator[Snapshot]:
+    def change(self, timeout: float | None = None, queue: bool = True) -> Iterator[Snapshot]:
         """Edit a copy; on a clean exit the swarm agrees on the edits and this member
         has applied them. An exception inside the block changes nothing. Raises
         `Conflict` if another member changed the same entries since the copy was
         taken, `NoQuorum` if no majority answers within `timeout` (default: the
-        timings' commit timeout); nothing was changed then."""
-        with self._lock:
+        timings' commit timeout); nothing was changed then.
+
+        This member's changes wait for each other, so they never conflict among
+        themselves. `queue=False` skips that wait, for entries only this member
+        writes (its lease must not wait behind a push's slow commit); such a
+        change may then meet `Conflict` from this member too."""
+        with self._lock if queue else contextlib.nullcontext():
             base = self._machine.read()[1]
             draft = snapshot_from_dict(copy.deepcopy(base))
             yield draft

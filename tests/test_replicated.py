@@ -4,6 +4,7 @@ each with its own port and data directory, with short Raft timings."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from swarm.replicated import (
     SnapshotMachine,
     diff,
 )
-from swarm.state import App, User
+from swarm.state import App, Member, User
 
 FAST = RaftTimings(
     heartbeat=0.05,
@@ -120,6 +121,30 @@ def test_a_block_that_raises_changes_nothing_and_reads_are_copies(swarm: Swarm):
     a.read().apps["mybot"].config["X"] = "1"
     assert a.read().apps["mybot"].config == {}
     assert a.version == 1
+
+
+def test_a_change_that_does_not_queue_passes_a_slow_one(swarm: Swarm):
+    """A lease renewal (queue=False) never waits behind this member's other changes."""
+    (a,) = swarm.start_all(1)
+    inside, release = threading.Event(), threading.Event()
+
+    def slow() -> None:
+        with a.change() as s:
+            inside.set()
+            release.wait(10)  # a change that takes long (a commit without quorum)
+            s.apps["slow"] = App(name="slow", owner="ann", created="t")
+
+    worker = threading.Thread(target=slow)
+    worker.start()
+    try:
+        assert inside.wait(10)
+        with a.change(queue=False) as s:
+            s.members["n1"] = Member("n1", 2048, 1.0, 20, lease_expires=1.0)
+        assert "n1" in a.read().members and "slow" not in a.read().apps
+    finally:
+        release.set()
+        worker.join()
+    assert set(a.read().apps) == {"slow"}
 
 
 def test_new_leader_after_the_leader_stops(swarm: Swarm):
