@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -40,15 +41,24 @@ def rss_mb(pid: int) -> float:
 
 
 def timed_push(node: NodeProc, work: Path, release: str) -> float:
+    """Seconds from `git push` starting to the new release's first log line. The
+    push itself returns a little later: it waits until the bot kept running."""
     start = time.monotonic()
-    r = node.git(work, "push", node.remote("benchbot"), "main")
-    if r.returncode != 0:
-        raise SystemExit(f"push failed:\n{r.stderr}")
+    pushed: list[subprocess.CompletedProcess[str]] = []
+    pusher = threading.Thread(
+        target=lambda: pushed.append(node.git(work, "push", node.remote("benchbot"), "main"))
+    )
+    pusher.start()
     while f"first line of {release}" not in node.ssh("logs", "benchbot", "-n", "20").stdout:
-        if time.monotonic() - start > 300:
-            raise SystemExit("the bot never logged its first line")
+        if time.monotonic() - start > 300 or (pushed and pushed[0].returncode != 0):
+            pusher.join()
+            raise SystemExit(f"the bot never logged its first line:\n{pushed[0].stderr}")
         time.sleep(0.05)
-    return time.monotonic() - start
+    took = time.monotonic() - start
+    pusher.join()
+    if pushed[0].returncode != 0:
+        raise SystemExit(f"push failed:\n{pushed[0].stderr}")
+    return took
 
 
 def measure(runtime: str, root: Path, key: Path) -> dict[str, float]:

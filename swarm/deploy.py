@@ -5,10 +5,12 @@ release is recorded leaves the running release untouched."""
 from __future__ import annotations
 
 import shutil
+import socket
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import builder
@@ -20,6 +22,7 @@ from swarm.state import Release, State, now
 from swarm.store import Store
 
 KEEP_RELEASES = 10  # older slugs are unpinned; their release rows stay for history
+SETTLE = 1.0  # seconds a new instance must keep running for its push to succeed
 
 
 class Deployer:
@@ -139,32 +142,66 @@ class Deployer:
     def wait_running(
         self, app: str, release: str, say: Callable[[str], None], timeout: float = 20
     ) -> str:
-        """Reconcile, then wait until every wanted instance of `release` runs."""
+        """Reconcile, then wait until every wanted instance of `release` runs and has
+        kept running for SETTLE seconds: a process that dies at once (a typo in
+        the Procfile, an exception at import) fails the push instead of passing
+        it. A local web instance is also given until `timeout` to accept
+        connections on its port, so the first request after a push finds it."""
         deadline = time.monotonic() + timeout
+        seen: dict[str, tuple[str, float]] = {}  # process -> (its start, first seen running)
         while True:
             self.reconciler.reconcile()
             running = self.reconciler.everywhere()
-            snap = self.state.read()
-            a = snap.app(app)
+            local = self.reconciler.instances()
+            a = self.state.read().app(app)
             wanted = [f"{t}.{n}" for t, c in a.scale.items() for n in range(1, c + 1)]
             mine = {
                 p: s for (name, p), s in running.items() if name == app and s.release == release
             }
-            up = [p for p in wanted if p in mine and mine[p].running]
-            if len(up) == len(wanted):
+            now = time.monotonic()
+            for p in wanted:
+                s = mine.get(p)
+                if s is None:
+                    continue
+                if s.running and seen.get(p, (s.started_at,))[0] != s.started_at:
+                    s = replace(s, running=False)  # it ran before: it died and came back
+                if not s.running:
+                    code = f" (exit code {s.exit_code})" if s.exit_code is not None else ""
+                    raise PCError(
+                        f"release {release} is deployed but {p} stopped{code}: see `logs {app}`"
+                    )
+                seen.setdefault(p, (s.started_at, now))
+            settled = [p for p in wanted if p in seen and now - seen[p][1] >= SETTLE]
+            listening = all(
+                _answers(local[(app, p)].address)
+                for p in settled
+                if p.startswith("web.") and (app, p) in local and local[(app, p)].address
+            )
+            if len(settled) == len(wanted) and (listening or now > deadline):
                 where = (
-                    ", ".join(f"{p} on {a.placement.get(p, self.settings.name)}" for p in up)
+                    ", ".join(f"{p} on {a.placement.get(p, self.settings.name)}" for p in wanted)
                     or "no processes scaled up"
                 )
                 say(f"-----> Release {release} running: {where}")
+                if not listening:
+                    say(f"       (its web process does not answer on its port yet: `logs {app}`)")
                 return release
-            crashed = [p for p in wanted if p in mine and not mine[p].running]
-            if crashed or time.monotonic() > deadline:
-                p = (crashed or [p for p in wanted if p not in up])[0]
-                code = mine[p].exit_code if p in mine else None
+            if now > deadline:
+                late = next(p for p in wanted if p not in settled)
                 raise PCError(
-                    f"release {release} is deployed but {p} is not running"
-                    + (f" (exit code {code})" if code is not None else "")
-                    + f": see `logs {app}`"
+                    f"release {release} is deployed but {late} is not running: see `logs {app}`"
                 )
             time.sleep(0.2)
+
+
+def _answers(address: str) -> bool:
+    """Whether an HTTP server answers at "host:port" (any status will do). A bare
+    connect is not enough: Docker's port proxy accepts for a container that does
+    not listen yet."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1) as conn:
+            conn.sendall(b"HEAD / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            return bool(conn.recv(1))
+    except OSError:
+        return False

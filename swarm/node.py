@@ -203,8 +203,8 @@ class Node:
                     state, why = "stopped", "ps:start starts it"
                 elif s is None:  # e.g. its slug cannot be fetched yet: it retries
                     state, why = "starting", self.reconciler.start_failure(app, process)
-                elif s.running:
-                    state, why = "up", ""
+                elif s.running:  # a crash loop shows here, between its restarts
+                    state, why = "up", f"restarted after {crash.count} crash(es)" if crash else ""
                 else:
                     state = "crashed"
                     why = f"exit code {s.exit_code}" + (f", {crash.count} crashes" if crash else "")

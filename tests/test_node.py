@@ -20,17 +20,28 @@ from tests.test_reconciler import FakeBus, FakeRuntime, release
 
 
 class CrashingRuntime(FakeRuntime):
-    """Instances of the releases in `bad` exit at once with code 1."""
+    """Instances of the releases in `bad` exit at once with code 1; those of the
+    releases in `short` run for their first look, then exit with code 0."""
 
     def __init__(self) -> None:
         super().__init__()
         self.bad: set[str] = set()
+        self.short: set[str] = set()
+        self._looked: set[tuple[str, str]] = set()
 
     def start(self, spec: InstanceSpec) -> InstanceStatus:
         status = super().start(spec)
         if spec.release in self.bad:
             self.crash(spec.app, spec.process, 1)
         return status
+
+    def status(self) -> list[InstanceStatus]:
+        for key, s in list(self.instances.items()):
+            if s.release in self.short and s.running:
+                if key in self._looked:
+                    self.crash(*key, 0)
+                self._looked.add(key)
+        return super().status()
 
 
 class Bus(FakeBus):
@@ -113,11 +124,20 @@ def test_a_failed_first_push_leaves_no_app(node: Node, monkeypatch: pytest.Monke
 def test_a_release_that_does_not_start_gives_way_to_the_last_good_one(node: Node):
     node.reconciler.reconcile()
     node.runtime.bad.add("v2")  # type: ignore[attr-defined]
-    with pytest.raises(PCError, match="v2 is deployed but bot.1 is not running.*v1 runs again"):
+    with pytest.raises(PCError, match=r"v2 is deployed but bot.1 stopped \(exit code 1\).*v1 runs"):
         node.rollback("ann", "annbot", "v1")  # v2 = v1's slug, but this runtime crashes v2
     a = node.state.read().apps["annbot"]
     assert a.current == 1
     assert node.runtime.instances[("annbot", "bot.1")].release == "v1"  # type: ignore[attr-defined]
+
+
+def test_a_release_whose_process_exits_at_once_fails_its_push(node: Node):
+    """Running for a moment is not running: the push waits until it kept running."""
+    node.reconciler.reconcile()
+    node.runtime.short.add("v2")  # type: ignore[attr-defined]
+    with pytest.raises(PCError, match=r"v2 is deployed but bot.1 stopped \(exit code 0\)"):
+        node.rollback("ann", "annbot", "v1")
+    assert node.state.read().apps["annbot"].current == 1
 
 
 def test_a_slug_two_apps_share_survives_destroying_one(node: Node):
