@@ -52,7 +52,8 @@ class Upstream:
     router: bool = False  # a sibling's router, not an instance
 
 
-Lookup = Callable[[str, bool], list[Upstream]]  # (app, local_only) -> upstreams
+Lookup = Callable[[str, bool], list[Upstream] | None]  # (app, local_only) -> upstreams
+# (None: no such app)
 SESSION = web.AppKey("session", ClientSession)
 
 
@@ -96,8 +97,12 @@ def make_app(
         sibling_app = passed_on(request.headers, key, time.time())
         app = sibling_app or app_for_host(request.host, domain)
         if app is None:
-            return answer(404, f"no app here: use http://APP.{domain}/\n")
+            port = request.host.rpartition(":")[2] if ":" in request.host else ""
+            where = f"APP.{domain}:{port}" if port.isdigit() else f"APP.{domain}"
+            return answer(404, f"no app here: use http://{where}/\n")
         upstreams = lookup(app, sibling_app is not None)
+        if upstreams is None:
+            return answer(404, f"no app named {app} here\n")
         if not upstreams:
             return answer(503, f"{app} has no running web process\n")
         target = upstreams[next(counter) % len(upstreams)]

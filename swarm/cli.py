@@ -12,7 +12,7 @@ import asyncio
 import logging
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,29 +55,21 @@ def cmd_init(args: argparse.Namespace) -> None:
         )
     admin_key = read_public_key(key_file)
     config.check_user_name(args.admin_name)
-    s = config.Settings(
-        home=home,
-        **{
-            k: v
-            for k, v in dict(
-                name=args.name,
-                ssh_port=args.ssh_port,
-                router_port=args.router_port,
-                dashboard_port=args.dashboard_port,
-                runtime=args.runtime,
-                listen=args.listen,
-                domain=args.domain,
-                peer_port=args.peer_port,
-                raft_port=args.raft_port,
-            ).items()
-            if v is not None
-        },
-        ipfs=config.IpfsSettings(
-            api=args.ipfs_api or "",
-            api_port=args.ipfs_api_port or 5001,
-            swarm_port=args.ipfs_swarm_port or 4001,
-        ),
+    # The same precedence as every other command: defaults <- PC_* env <- flags.
+    s = config.load(
+        home,
+        name=args.name,
+        ssh_port=args.ssh_port,
+        router_port=args.router_port,
+        dashboard_port=args.dashboard_port,
+        runtime=args.runtime,
+        listen=args.listen,
+        domain=args.domain,
+        peer_port=args.peer_port,
+        raft_port=args.raft_port,
     )
+    ipfs = dict(api=args.ipfs_api, api_port=args.ipfs_api_port, swarm_port=args.ipfs_swarm_port)
+    s = replace(s, ipfs=replace(s.ipfs, **{k: v for k, v in ipfs.items() if v is not None}))
     home.mkdir(parents=True, exist_ok=True)
     s.config_file.write_text(config.to_toml(s))
     load_or_create_host_key(s.host_key)
@@ -98,7 +90,7 @@ def cmd_daemon(args: argparse.Namespace) -> None:
 
     s = config.load(Path(args.home) if args.home else None)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=LOG_FORMAT)
-    for chatty in ("asyncssh", "httpx"):  # a line per session / per kubo call
+    for chatty in ("asyncssh", "httpx", "dulwich"):  # lines per session, kubo call, push
         logging.getLogger(chatty).setLevel(logging.WARNING)
     asyncio.run(serve(s))
 

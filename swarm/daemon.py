@@ -177,10 +177,12 @@ def build_node(settings: Settings) -> Parts:
         return parts
 
 
-def web_upstreams(parts: Parts, app: str, local_only: bool) -> list[Upstream]:
+def web_upstreams(parts: Parts, app: str, local_only: bool) -> list[Upstream] | None:
     """Where the router sends a request for `app`: this node's web instances,
     and (unless a sibling's router passed the request on) the routers of the
-    siblings that run one."""
+    siblings that run one. None: there is no such app."""
+    if app not in parts.reconciler.apps():
+        return None
     upstreams = [
         Upstream(s.address)
         for (name, process), s in parts.reconciler.instances().items()

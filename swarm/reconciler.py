@@ -105,6 +105,7 @@ class Reconciler:
         self._lock = threading.Lock()  # one pass at a time, whoever calls
         self._crashes: dict[tuple[str, str], Crash] = {}
         self._last: dict[tuple[str, str], InstanceStatus] = {}
+        self._apps: frozenset[str] = frozenset()
         self._held: Counter[str] = Counter()  # slug -> one-off processes using it
         self._failed: dict[tuple[str, str], str] = {}  # why an instance could not start
         # Slug fetches run beside the passes: one from a slow or absent holder may
@@ -112,6 +113,10 @@ class Reconciler:
         self._fetcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="slug-fetch")
         self._fetches: dict[str, Future[None]] = {}  # slug -> its fetch in progress
         self._fetch_deadline = 0.0  # until when this pass may wait for fetches
+
+    def apps(self) -> frozenset[str]:
+        """The apps that existed at the last pass (cheap: no state read)."""
+        return self._apps
 
     def instances(self) -> dict[tuple[str, str], InstanceStatus]:
         """What ran at the end of the last pass (cheap: no runtime call)."""
@@ -156,6 +161,7 @@ class Reconciler:
                     continue  # still running on its previous node: start it once that stops
                 self._converge(spec, status)
             self._gc_slugs(want.values())
+            self._apps = frozenset(snap.apps)
             self._last = {(s.app, s.process): s for s in self.runtime.status()}
             return dict(self._last)
 

@@ -49,7 +49,7 @@ def test_routes_by_host_and_streams_bodies():
         routes = {"mybot": [Upstream(instance)], "idle": []}
         port = free_port()
         runner = await start_router(
-            lambda app, local_only: routes.get(app, []), "localhost", "n1", "127.0.0.1", port
+            lambda app, local_only: routes.get(app), "localhost", "n1", "127.0.0.1", port
         )
         try:
             async with aiohttp.ClientSession() as http:
@@ -64,8 +64,11 @@ def test_routes_by_host_and_streams_bodies():
                     assert r.headers["Via"] == "1.1 n1"
                 async with http.get(url, headers={"Host": "idle.localhost"}) as r:
                     assert r.status == 503 and "no running web process" in await r.text()
-                async with http.get(url, headers={"Host": "localhost"}) as r:
-                    assert r.status == 404
+                async with http.get(url, headers={"Host": "ghost.localhost"}) as r:
+                    assert (r.status, await r.text()) == (404, "no app named ghost here\n")
+                async with http.get(url, headers={"Host": f"localhost:{port}"}) as r:
+                    hint = f"no app here: use http://APP.localhost:{port}/\n"
+                    assert (r.status, await r.text()) == (404, hint)
                 routes["mybot"] = [Upstream(f"127.0.0.1:{free_port()}")]  # nobody listens there
                 async with http.get(url, headers={"Host": "mybot.localhost"}) as r:
                     assert r.status == 502
