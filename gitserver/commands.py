@@ -344,8 +344,13 @@ async def _config_set(ctx: Context, args: Args) -> int:
     app = args.word("APP")
     values = parse_assignments(args.rest())
     ctx.out(f"-----> Setting {_words(list(values))} on {app}")
-    await ctx.call(ctx.service.config_set, app, values)
+    _restarting(ctx, await ctx.call(ctx.service.config_set, app, values))
     return 0
+
+
+def _restarting(ctx: Context, release: str | None) -> None:
+    if release is not None:
+        ctx.out(f"-----> Release {release}: restarting the app's processes")
 
 
 async def _config_unset(ctx: Context, args: Args) -> int:
@@ -354,7 +359,7 @@ async def _config_unset(ctx: Context, args: Args) -> int:
     if not keys:
         raise UsageError("missing KEY")
     ctx.out(f"-----> Unsetting {_words(keys)} on {app}")
-    await ctx.call(ctx.service.config_unset, app, keys)
+    _restarting(ctx, await ctx.call(ctx.service.config_unset, app, keys))
     return 0
 
 

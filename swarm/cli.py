@@ -160,16 +160,22 @@ def _identity(s: config.Settings) -> SwarmIdentity:
 
 def _ask_daemon(s: config.Settings, route: str, body: dict) -> Any:
     """A signed request to this node's own daemon (it holds the swarm's state)."""
-    from swarm.peer import PeerClient
+    from swarm.peer import PeerClient, PeerUnreachable
 
     identity = _identity(s)
 
+    address = f"{s.advertised}:{s.peer_port}"
+
     async def ask() -> Any:
         async with PeerClient(s.name, lambda: identity.secret_bytes) as client:
-            address = f"{s.advertised}:{s.peer_port}"
             return await client.call(s.name, address, route, body, timeout=30)
 
-    return asyncio.run(ask())
+    try:
+        return asyncio.run(ask())
+    except PeerUnreachable:
+        raise PCError(
+            f"this node's daemon does not answer at {address}: start `pc daemon` first"
+        ) from None
 
 
 def cmd_swarm_create(args: argparse.Namespace) -> None:

@@ -259,7 +259,7 @@ class Node:
     def config(self, user: str, app: str) -> dict[str, str]:
         return dict(sorted(self._app(user, app).config.items()))
 
-    def config_set(self, user: str, app: str, values: dict[str, str]) -> None:
+    def config_set(self, user: str, app: str, values: dict[str, str]) -> str | None:
         self._app(user, app)
         for key in values:
             if not key or key[0].isdigit() or set(key) - CONFIG_KEY_CHARS:
@@ -268,11 +268,11 @@ class Node:
                 )
             if key in RESERVED_KEYS:
                 raise UsageError(f"{key} is set by People's Cloud and cannot be changed")
-        self._change_config(
+        return self._change_config(
             user, app, f"Set {', '.join(sorted(values))}", lambda config: config.update(values)
         )
 
-    def config_unset(self, user: str, app: str, keys: list[str]) -> None:
+    def config_unset(self, user: str, app: str, keys: list[str]) -> str | None:
         a = self._app(user, app)
         missing = [k for k in keys if k not in a.config]
         if missing:
@@ -282,14 +282,15 @@ class Node:
             for k in keys:
                 del config[k]
 
-        self._change_config(user, app, f"Unset {', '.join(keys)}", unset)
+        return self._change_config(user, app, f"Unset {', '.join(keys)}", unset)
 
     def _change_config(
         self, user: str, app: str, description: str, edit: Callable[[dict[str, str]], None]
-    ) -> None:
+    ) -> str | None:
         """Config vars change with a new release of the same slug (as on Heroku), so
         the reconciler replaces the instances: a daemon killed half-way through still
-        ends with every instance on the new environment."""
+        ends with every instance on the new environment. The new release's name
+        (None before the first push: there is nothing to restart)."""
         with self.state.change() as s:
             a = s.app(app)
             edit(a.config)
@@ -303,8 +304,10 @@ class Node:
                 )
                 a.releases.append(new)
                 a.current = new.version
+            release = a.release().name if a.current is not None else None
         self.logbus.event(app, f"{description} by {user}")
         self.reconciler.reconcile()
+        return release
 
     # --- releases -------------------------------------------------------------------
     def releases(self, user: str, app: str) -> list[ReleaseRow]:

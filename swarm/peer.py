@@ -80,6 +80,10 @@ class PeerError(PCError):
         self.exit_code = exit_code
 
 
+class PeerUnreachable(PeerError):
+    """Nothing answered at the sibling's address."""
+
+
 # -- signatures and sealing ------------------------------------------------------------
 
 
@@ -441,7 +445,7 @@ class PeerClient:
         except TimeoutError:
             raise PeerError(f"{label} did not answer within {timeout:g} s") from None
         except aiohttp.ClientError:
-            raise PeerError(f"{label} does not answer") from None
+            raise PeerUnreachable(f"{label} does not answer") from None
         if status != 200:
             raise _refusal(node, status, answer)
         if invite is not None:

@@ -39,3 +39,12 @@ def test_user_add_refuses_a_taken_key_or_a_bad_one(tmp_path: Path, user_key: Pat
     name = node.pc("user", "add", "Bob!", "--key", str(new_key(tmp_path, "b")), check=False)
     assert name.returncode != 0 and "invalid user name 'Bob!'" in name.stderr
     assert "bob" not in node.pc("user", "list").stdout
+
+
+def test_in_a_swarm_user_add_needs_the_daemon_and_says_so(tmp_path: Path, user_key: Path):
+    node = init_node(tmp_path, user_key, "process")
+    node.pc("swarm", "create", "--name", "friends")
+    r = node.pc("user", "add", "ann", "--key", str(new_key(tmp_path, "ann")), check=False)
+    assert r.returncode != 0
+    assert f"daemon does not answer at 127.0.0.1:{node.peer_port}" in r.stderr
+    assert "start `pc daemon` first" in r.stderr

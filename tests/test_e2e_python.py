@@ -62,6 +62,7 @@ def scenario(node: NodeProc, tmp_path: Path) -> None:
     # config:set reaches the app's environment (it restarts).
     r = node.ssh("config:set", "mybot", "TOKEN=s3cret=x")
     assert r.returncode == 0, r.stderr
+    assert "-----> Release v3: restarting the app's processes" in r.stdout
     wait_for(lambda: "TOKEN=s3cret=x" in logs(node), what="TOKEN in env")
     assert "Set TOKEN" in node.ssh("releases", "mybot").stdout
     assert node.ssh("config:get", "mybot", "TOKEN").stdout.strip() == "s3cret=x"
