@@ -1,25 +1,31 @@
 """Three nodes on loopback, each with its own home, kubo and ports, one shared
-Docker engine; driven with the system git and ssh, and `pc swarm ...`.
+Docker engine; driven with the system git and ssh, and `pc swarm ...`. Node 3
+uses a kubo its host runs (`[ipfs] api`); the others start their own.
 
-One long scenario, run once: create, invite, join; push to node 1; the bot runs
-where placement says and its slug is pinned on three nodes; logs from another
-node; kill the node that runs it and see it run elsewhere; bring the node back
-and see one copy; freeze a node past the failover time and see no second copy.
+One long scenario, run once: create, invite, join; a user added on one node
+works on another; push to node 1; the bot runs where placement says and its
+slug is pinned on three nodes; a clone from node 3; a web app through every
+node's router; logs from another node; kill the node that runs the bot and see
+it run elsewhere; bring the node back and see one copy; freeze a node past the
+failover time and see no second copy; leave; no quorum.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
-from tests.conftest import NodeProc, commit_all, make_repo, wait_for
+from swarm.ipfs.kubo import Kubo
+from tests.conftest import NodeProc, commit_all, free_port, make_repo, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.ipfs, pytest.mark.e2e]
 
@@ -57,7 +63,26 @@ def get_web(node: NodeProc, app: str) -> tuple[str, str] | None:
         return None
 
 
-def test_three_nodes_place_replicate_and_fail_over(node_factory, tmp_path: Path):
+@pytest.fixture
+def operator_kubo(tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    """Start a kubo as a host would run one beside its node: its API URL."""
+    started: list[Kubo] = []
+
+    def start(swarm_key: str) -> str:
+        kubo = Kubo(tmp_path / "operator-kubo", swarm_key, free_port(), free_port())
+        kubo.init()  # our quiet config: what the node checks for
+        kubo.start()
+        started.append(kubo)
+        return kubo.api_url
+
+    yield start
+    for kubo in started:
+        kubo.stop()
+
+
+def test_three_nodes_place_replicate_and_fail_over(
+    node_factory, operator_kubo: Callable[[str], str], tmp_path: Path
+):
     n1, n2, n3 = (node_factory("docker", start=False) for _ in range(3))
     by_name = {n.name: n for n in (n1, n2, n3)}
     NODES.update(by_name)
@@ -67,6 +92,11 @@ def test_three_nodes_place_replicate_and_fail_over(node_factory, tmp_path: Path)
     for joiner in (n2, n3):
         token = n1.pc("swarm", "invite").stdout.strip().splitlines()[-1]
         assert joiner.pc("swarm", "join", token).returncode == 0
+        if joiner is n3:  # node 3 uses a kubo its host runs ([ipfs] api), not its own
+            swarm_key = json.loads((n3.home / "swarm.json").read_text())["swarm_key"]
+            config = n3.home / "config.toml"
+            api = operator_kubo(swarm_key)
+            config.write_text(config.read_text().replace('api = ""', f'api = "{api}"'))
         joiner.start()
         # A token works once.
         again = n3.pc("swarm", "join", token, check=False) if joiner is n2 else None
@@ -78,6 +108,7 @@ def test_three_nodes_place_replicate_and_fail_over(node_factory, tmp_path: Path)
     )
     assert all(n.name in status for n in (n1, n2, n3))
     assert n2.ssh("swarm:nodes").stdout.count(" up ") == 3
+    assert f"using the kubo at {api}" in n3.log.read_text()
 
     # A user added on one node is known on every node.
     ann_key = tmp_path / "ann"
