@@ -26,6 +26,7 @@ SHELL_MESSAGE = "This server runs commands, not shells: try `ssh ... help`.\n"
 
 
 WRITE_TIMEOUT = 60.0  # seconds a git client may take nothing of what is sent
+KEEPALIVE_SECONDS = 30
 
 
 class ChannelIO:
@@ -170,6 +171,10 @@ async def start_server(
         agent_forwarding=False,
         x11_forwarding=False,
         line_editor=False,
+        # A client that vanished (no FIN) is dropped after about 90 s, with what it
+        # held open: a half-received push, a `logs -f`.
+        keepalive_interval=KEEPALIVE_SECONDS,
+        keepalive_count_max=3,
     )
 
 

@@ -175,7 +175,10 @@ class Deployer:
             listening = all(
                 _answers(local[(app, p)].address)
                 for p in settled
-                if p.startswith("web.") and (app, p) in local and local[(app, p)].address
+                if p.startswith("web.")
+                and (app, p) in local
+                and local[(app, p)].release == release
+                and local[(app, p)].address
             )
             if len(settled) == len(wanted) and (listening or now > deadline):
                 where = (

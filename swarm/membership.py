@@ -44,7 +44,7 @@ from swarm.placement import holders, member_state, place, slugs_in_use
 from swarm.raft import Conflict, NoQuorum
 from swarm.reconciler import Reconciler
 from swarm.replicated import ReplicatedState
-from swarm.repos import install_repo, tar_repo
+from swarm.repos import merge_repo, tar_repo
 from swarm.runtime.base import InstanceStatus, Runtime
 from swarm.runtime.lease import write_lease
 from swarm.settings import Settings, check_app_name, check_public_key, check_user_name
@@ -85,7 +85,8 @@ class Membership:
         # the daemon stops. The Raft log may never tell it: once out, no member
         # sends it anything.
         self.on_removed: Callable[[], None] = lambda: None
-        self._routers: tuple[int, dict[str, list[str]]] = (-1, {})  # state version, app -> routers
+        # ((state version, second), app -> routers)
+        self._routers: tuple[tuple[int, int], dict[str, list[str]]] = ((-1, 0), {})
         self.client = PeerClient(self.me, lambda: identity.secret_bytes)
 
     @property
@@ -236,13 +237,16 @@ class Membership:
                 pass
 
     def _forget_destroyed(self, snap: Snapshot) -> None:
-        """An app destroyed on another node: its repo copy and its log here go too."""
-        if self.state.leader() is None:
-            return  # this member may not have caught up yet: do not trust its view
-        repos = {p.name.removesuffix(".git") for p in self.settings.repos_dir.glob("*.git")}
-        logs = {p.name.removesuffix(".log") for p in self.settings.logs_dir.glob("*.log")}
-        for app in (repos | logs) - set(snap.apps):
-            shutil.rmtree(self.settings.repos_dir / f"{app}.git", ignore_errors=True)
+        """An app destroyed on another node: its repo copy and its log here go too.
+        Only apps the state says were destroyed: a node that has not caught up
+        must never take an app it does not know of yet for a destroyed one."""
+        for app in snap.destroyed:
+            repo = self.settings.repos_dir / f"{app}.git"
+            if not (repo.exists() or (self.settings.logs_dir / f"{app}.log").exists()):
+                continue
+            if app in self.state.read().apps:
+                continue  # made again since (a first push takes the name back)
+            shutil.rmtree(repo, ignore_errors=True)
             self.logbus.forget(app)
             log.info("forgot %s: it was destroyed", app)
 
@@ -387,8 +391,14 @@ class Membership:
         """`sender` is leaving: placement gives it nothing new and moves its instances."""
 
         def mark() -> None:
-            with self.state.change() as s:
-                s.members[sender].leaving = True
+            for attempt in range(5):  # its lease renewal may write the same entry
+                try:
+                    with self.state.change() as s:
+                        s.members[sender].leaving = True
+                    return
+                except Conflict:
+                    if attempt == 4:
+                        raise
 
         await asyncio.to_thread(mark)
         return {"ok": True}
@@ -454,8 +464,12 @@ class Membership:
             raise NotFound(f"{self.me} holds no git history of {app}")
         self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
         archive = self.settings.tmp_dir / f"repo-{app}-{secrets.token_hex(4)}.tar"
-        await asyncio.to_thread(tar_repo, repo, archive)
-        return _send_file(archive)
+        try:
+            await asyncio.to_thread(tar_repo, repo, archive)
+        except BaseException:
+            archive.unlink(missing_ok=True)
+            raise
+        return _send_file(archive)  # (a copy left by a broken stream goes at restart)
 
     def sync_repo(self, app: str, commit: str, pushed_to: str, dest: Path) -> None:
         """From a worker thread: make the repo at `dest` hold `commit`, copying it
@@ -472,8 +486,8 @@ class Membership:
             copied = False
         if not copied:
             raise PCError(
-                f"the git history of {app} ({commit[:7]}) is on {pushed_to or 'another node'},"
-                " which does not answer: try again later, or use that node"
+                f"no member could give this node the git history of {app} ({commit[:7]}, "
+                f"pushed to {pushed_to or 'another node'}): try again later, or use that node"
             )
 
     async def _copy_repo(self, app: str, commit: str, pushed_to: str, dest: Path) -> bool:
@@ -484,12 +498,14 @@ class Membership:
             archive = self.settings.tmp_dir / f"repo-{app}-{secrets.token_hex(4)}.tar"
             try:
                 body = {"app": app}
-                stream = self.client.stream(m.name, m.address, "repo", body, read_timeout=30)
+                stream = self.client.stream(
+                    m.name, m.address, "repo", body, read_timeout=30, lines=False
+                )
                 async with contextlib.aclosing(stream) as chunks:
                     with open(archive, "wb") as f:
                         async for chunk in chunks:
                             f.write(chunk)
-                await asyncio.to_thread(install_repo, archive, dest, commit)
+                await asyncio.to_thread(merge_repo, archive, dest, commit)
             except (PCError, tarfile.TarError, OSError) as e:  # PeerError is a PCError
                 log.info("no git history of %s from %s: %s", app, m.name, e)
                 continue
@@ -547,9 +563,9 @@ class Membership:
 
     def sibling_routers(self, app: str) -> list[str]:
         """The routers of the other members that run a web instance of `app`.
-        Asked for every web request: worked out again only when the state changed
-        (leases are renewed every second), not from a copy of it each time."""
-        version = self.state.version
+        Asked for every web request: worked out again at most once a second, and
+        only when the state changed, not from a copy of it each time."""
+        version = (self.state.version, int(time.time()))  # leases also end with no change
         if self._routers[0] != version:
             snap, now = self.state.read(), time.time()
             routers = {

@@ -11,6 +11,7 @@ import itertools
 import shlex
 import shutil
 import threading
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -57,7 +58,7 @@ class Node:
         self.deployer = deployer
         self.logbus = logbus
         self._oneoff = itertools.count(1)
-        self._repo_lock = threading.Lock()
+        self._repo_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self.membership: Membership | None = None  # set by the daemon in a swarm
 
     # --- who may do what ----------------------------------------------------
@@ -88,6 +89,7 @@ class Node:
                 raise PCError(f"this node hosts {len(s.apps)} apps, its limit; ask the host")
             else:
                 found = s.apps[app] = App(name=app, owner=user, created=now())
+                s.destroyed.pop(app, None)
         self._up_to_date(found, write)
         path = self.repo_path(app)
         if not path.exists():
@@ -105,7 +107,7 @@ class Node:
         path = self.repo_path(app.name)
         if has_commit(path, release.commit):
             return
-        with self._repo_lock:  # one copy at a time
+        with self._repo_locks[app.name]:  # one copy of an app at a time
             if has_commit(path, release.commit):
                 return
             try:
@@ -181,6 +183,7 @@ class Node:
         a = self._app(user, app)
         with self.state.change() as s:
             del s.apps[app]
+            s.destroyed[app] = now()
         self.reconciler.reconcile()
         self.deployer.unpin_unused({r.slug for r in a.releases})
         shutil.rmtree(self.repo_path(app), ignore_errors=True)

@@ -468,8 +468,10 @@ class PeerClient:
         *,
         connect_timeout: float = 10.0,
         read_timeout: float | None = None,
+        lines: bool = True,
     ) -> AsyncGenerator[bytes, None]:
-        """The lines `route` streams from `node`, as they come (the last may lack "\\n").
+        """The lines `route` streams from `node`, as they come (the last may lack "\\n");
+        with `lines=False`, chunks of bytes as they come (a file).
 
         `read_timeout` bounds the wait for each chunk (None: a followed log may be
         quiet for hours). Close it (`contextlib.aclosing`) to stop early: the
@@ -492,8 +494,9 @@ class PeerClient:
             try:
                 if response.status != 200:
                     raise _refusal(node, response.status, await response.read())
-                async for line in response.content:
-                    yield line
+                chunks = response.content if lines else response.content.iter_chunked(1 << 16)
+                async for chunk in chunks:
+                    yield chunk
             except TimeoutError:
                 raise PeerError(f"{label} stopped sending for {read_timeout:g} s") from None
             except aiohttp.ClientError:

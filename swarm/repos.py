@@ -4,21 +4,27 @@ A push lands in the bare repo of the node that received it. So that `git
 clone` (and the ref a push is checked against) is the same on every node, a
 node whose repo lacks the commit of the app's current release copies the repo
 from a member that has it (the release names the node it was pushed to) before
-serving git. The copy is a tar of the bare repo, installed whole or not at all.
+serving git. The copy travels as a tar of the bare repo and is merged in, never
+swapped in: objects are only added, branches this node lacks are added, and
+the deployed branch moves (compare-and-set) to the release's commit. A push or
+clone under way on the same repo reads on undisturbed.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import tarfile
 from pathlib import Path
 
 from dulwich.errors import NotGitRepository
+from dulwich.refs import Ref
 from dulwich.repo import Repo
 
 from swarm.errors import PCError
+
+DEPLOY_REFS = (b"refs/heads/main", b"refs/heads/master")
+REFS_FIRST = ("HEAD", "packed-refs", "refs")  # a ref is written after its objects
 
 
 def has_commit(repo: Path, commit: str) -> bool:
@@ -31,24 +37,52 @@ def has_commit(repo: Path, commit: str) -> bool:
 
 
 def tar_repo(repo: Path, out: Path) -> None:
-    """Write the bare repo at `repo` to the tar file `out`."""
+    """Write the bare repo at `repo` to the tar file `out`. Refs go first: a push
+    landing meanwhile adds objects before it moves a ref, so every ref in the
+    tar finds its objects there."""
     with tarfile.open(out, "w") as tar:
-        tar.add(repo, arcname="repo")
+        for name in REFS_FIRST:
+            if (repo / name).exists():
+                tar.add(repo / name, arcname=f"repo/{name}")
+        for path in sorted(repo.iterdir()):
+            if path.name not in REFS_FIRST:
+                tar.add(path, arcname=f"repo/{path.name}")
 
 
-def install_repo(archive: Path, dest: Path, commit: str) -> None:
-    """Replace the repo at `dest` with the one in `archive` (from `tar_repo`),
-    provided it holds `commit`; else leave `dest` as it was."""
+def merge_repo(archive: Path, dest: Path, commit: str) -> None:
+    """Merge the repo in `archive` (from `tar_repo`) into the bare repo at `dest`
+    (created if missing), provided the copy holds `commit`; else change nothing."""
     staging = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}")
     try:
         with tarfile.open(archive) as tar:
             tar.extractall(staging, filter="data")  # no links out, no devices
-        if not has_commit(staging / "repo", commit):
-            raise PCError(f"the copy of {dest.name} lacks commit {commit[:7]}")
-        old = dest.with_name(f".{dest.name}.old-{secrets.token_hex(4)}")
-        if dest.exists():
-            os.rename(dest, old)
-        os.rename(staging / "repo", dest)
-        shutil.rmtree(old, ignore_errors=True)
+        with Repo(str(staging / "repo")) as copy:
+            if commit.encode() not in copy.object_store:
+                raise PCError(f"the copy of {dest.name} lacks commit {commit[:7]}")
+            if not dest.exists():
+                Repo.init_bare(dest, mkdir=True)
+            with Repo(str(dest)) as here:
+                copy.fetch(here)  # objects only: refs are set below
+                _merge_refs(copy, here, commit.encode())
+    except (NotGitRepository, tarfile.TarError) as e:
+        raise PCError(f"the copy of {dest.name} is not a git repo: {e}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _merge_refs(copy: Repo, here: Repo, commit: bytes) -> None:
+    """Branches this repo lacks come from the copy; the deployed branch moves to
+    the release's commit unless a push moved it meanwhile."""
+    ours = here.refs.as_dict()
+    for ref, sha in copy.refs.as_dict().items():
+        if not ref.startswith(b"refs/heads/") or sha not in here.object_store:
+            continue
+        if ref not in ours:
+            here.refs.add_if_new(Ref(ref), sha)
+        elif ref in DEPLOY_REFS and sha == commit and ours[ref] != sha:
+            here.refs.set_if_equals(Ref(ref), ours[ref], sha)
+    if b"HEAD" not in here.refs.as_dict():  # a new repo's HEAD names no branch yet
+        for ref in DEPLOY_REFS:
+            if ref in here.refs.as_dict():
+                here.refs.set_symbolic_ref(Ref(b"HEAD"), Ref(ref))
+                break

@@ -111,6 +111,9 @@ class Snapshot:
     # it cannot start it. Lets any node answer `ps` and wait for a release that
     # runs on a sibling.
     observed: dict[str, dict[str, dict]] = field(default_factory=dict)
+    # app -> when it was destroyed: every node then drops its repo copy and log.
+    # A new app of the same name takes the name back.
+    destroyed: dict[str, str] = field(default_factory=dict)
 
     def app(self, name: str) -> App:
         try:
@@ -160,6 +163,7 @@ def snapshot_from_dict(data: dict) -> Snapshot:
         pins=dict(data.get("pins", {})),
         held=dict(data.get("held", {})),
         observed=dict(data.get("observed", {})),
+        destroyed=dict(data.get("destroyed", {})),
     )
 
 
