@@ -19,7 +19,14 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.conftest import NodeProc, cleanup_instances, commit_all, init_node, make_repo
+from tests.conftest import (
+    NodeProc,
+    cleanup_instances,
+    commit_all,
+    init_node,
+    keygen,
+    make_repo,
+)
 
 BOT = """\
 import os, time
@@ -88,8 +95,7 @@ def main() -> None:
     runtimes = ["docker", "process"] if args.runtime == "both" else [args.runtime]
     with tempfile.TemporaryDirectory(prefix="pc-bench-") as tmp:
         root = Path(tmp)
-        key = root / "id_ed25519"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        key = keygen(root / "id_ed25519")
         rows = [(rt, measure(rt, root, key)) for rt in runtimes]
     print()
     print(

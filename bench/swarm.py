@@ -24,7 +24,14 @@ from pathlib import Path
 from bench.push_to_running import rss_mb
 from swarm.ipfs.kubo import Kubo, find_binary
 from swarm.ipfs.store import IpfsStore
-from tests.conftest import NodeProc, cleanup_instances, free_port, init_node, make_repo
+from tests.conftest import (
+    NodeProc,
+    cleanup_instances,
+    free_port,
+    init_node,
+    keygen,
+    make_repo,
+)
 
 SIZE_MB = 50
 
@@ -148,8 +155,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pc-bench-swarm-") as tmp:
         root = Path(tmp)
         pinned, got = replication(root / "ipfs")
-        key = root / "id_ed25519"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        key = keygen(root / "id_ed25519")
         took, idle = failover(root / "nodes", key)
     print()
     print("| measure | value |")

@@ -56,12 +56,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def keygen(path: Path) -> Path:
+    """A new ed25519 key pair at `path` (private) and `path`.pub; returns `path`."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path
+
+
 @pytest.fixture(scope="session")
 def user_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A client key pair for the pushing user (private key path)."""
-    key = tmp_path_factory.mktemp("keys") / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    return key
+    return keygen(tmp_path_factory.mktemp("keys") / "id_ed25519")
 
 
 @dataclass
@@ -271,7 +275,7 @@ def node_factory(tmp_path: Path, user_key: Path) -> Iterator:
         cleanup_instances(node.home, node.runtime)
 
 
-def wait_for(predicate, timeout: float = 60, interval: float = 0.3, what: str = "condition"):
+def wait_for(predicate, what: str = "condition", timeout: float = 60, interval: float = 0.3):
     """Poll until `predicate()` is truthy; return its value. Not a timing assertion:
     the timeout only bounds how long a broken build hangs."""
     deadline = time.monotonic() + timeout

@@ -4,16 +4,14 @@ In a swarm the same commands go through the node's daemon to the replicated
 state; tests/test_e2e_swarm.py adds a user on one node and uses it on another.
 """
 
-import subprocess
 from pathlib import Path
 
-from tests.conftest import init_node
+from tests.conftest import init_node, keygen
 
 
 def new_key(tmp_path: Path, name: str) -> Path:
-    key = tmp_path / name
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    return key.with_suffix(".pub")
+    """A new key pair's public key file."""
+    return keygen(tmp_path / name).with_suffix(".pub")
 
 
 def test_user_add_then_list(tmp_path: Path, user_key: Path):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import commit_all, make_repo, wait_for
+from tests.conftest import commit_all, keygen, make_repo, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.e2e]
 
@@ -89,8 +89,7 @@ def test_bad_input_gets_clear_errors(node_factory, tmp_path: Path):
     r = node.ssh("logs")
     assert r.returncode == 2 and "usage" in r.stderr.lower()
 
-    stranger = tmp_path / "stranger"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    stranger = keygen(tmp_path / "stranger")
     cmd = node.ssh_command.replace(str(node.key), str(stranger)).split()
     r = subprocess.run([*cmd, "pc@127.0.0.1", "apps"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 255 and "Permission denied" in r.stderr

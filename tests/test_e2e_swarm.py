@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
-import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -25,7 +24,7 @@ import docker
 import pytest
 
 from swarm.ipfs.kubo import Kubo
-from tests.conftest import NodeProc, commit_all, free_port, make_repo, wait_for
+from tests.conftest import NodeProc, commit_all, free_port, keygen, make_repo, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.ipfs, pytest.mark.e2e]
 
@@ -111,8 +110,7 @@ def test_three_nodes_place_replicate_and_fail_over(
     assert f"using the kubo at {api}" in n3.log.read_text()
 
     # A user added on one node is known on every node.
-    ann_key = tmp_path / "ann"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ann_key)], check=True)
+    ann_key = keygen(tmp_path / "ann")
     n3.pc("user", "add", "ann", "--key", f"{ann_key}.pub")
     assert "ann: 1 key(s)" in n2.pc("user", "list").stdout
     r = dataclasses.replace(n1, key=ann_key).ssh("apps")

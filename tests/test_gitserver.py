@@ -21,6 +21,7 @@ from gitserver.git import app_from_path
 from gitserver.server import start_server
 from gitserver.service import AppRow
 from swarm.errors import ConfigError, NotFound, PCError
+from tests.conftest import keygen
 
 MAX_PUSH = 256 * 1024
 
@@ -91,11 +92,6 @@ class ServerThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
         self.loop.close()
-
-
-def keygen(path: Path) -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
-    return path
 
 
 @dataclass

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from swarm.logbus import LogBus
 from swarm.runtime.base import LogLine
+from tests import conftest
 
 
 class FakeRuntime:
@@ -52,12 +53,7 @@ class FakeRuntime:
             i += 1
 
 
-def wait_for(check: Callable[[], object], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+wait_for = functools.partial(conftest.wait_for, timeout=10, interval=0.01)
 
 
 @pytest.fixture

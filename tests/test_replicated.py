@@ -3,10 +3,11 @@ each with its own port and data directory, with short Raft timings."""
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from swarm.replicated import (
     diff,
 )
 from swarm.state import App, Member, User
+from tests import conftest
 
 FAST = RaftTimings(
     heartbeat=0.05,
@@ -39,13 +41,7 @@ def free_address() -> str:
         return f"127.0.0.1:{s.getsockname()[1]}"
 
 
-def wait_for(check: Callable[[], object], what: str, limit: float = 15.0) -> None:
-    """Poll `check` until it is true; fail with `what` if it never becomes so."""
-    end = time.monotonic() + limit
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.05)
+wait_for = functools.partial(conftest.wait_for, timeout=15, interval=0.05)
 
 
 class Swarm:

@@ -6,6 +6,7 @@ A test needing Docker skips when no engine answers, unless PC_REQUIRE_DOCKER=1
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -13,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +23,7 @@ import pytest
 
 from swarm.runtime.base import LABEL_APP, LABEL_NODE, InstanceSpec, InstanceStatus, Runtime
 from swarm.runtime.process import ProcessRuntime
+from tests import conftest
 
 STACK_IMAGE = "peoplescloud/stack:bookworm"
 
@@ -126,14 +127,7 @@ def spec_for(runtime: Runtime, slug: Path, node: str, mode: str, **kw) -> Instan
     return InstanceSpec(**{**values, **kw})
 
 
-def wait_for(check: Callable[[], object], what: str, timeout: float = 30) -> object:
-    """Poll until `check()` is truthy (a deadline only against hanging forever)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_for = functools.partial(conftest.wait_for, timeout=30, interval=0.1)
 
 
 def one(runtime: Runtime, app: str, process: str) -> InstanceStatus | None:
