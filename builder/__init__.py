@@ -6,7 +6,7 @@ in `builder.kinds` with `detect`, `build`, `default_processes`; the order they
 are tried in is `builder.kinds.ORDER`.
 """
 
-from builder.build import BuildResult, build
+from builder.build import SLUG_PATH, BuildResult, build
 from builder.checkout import checkout
 from builder.docker_executor import DockerExecutor
 from builder.errors import BuildError
@@ -19,6 +19,7 @@ __all__ = [
     "DockerExecutor",
     "Executor",
     "HostExecutor",
+    "SLUG_PATH",
     "build",
     "checkout",
 ]

@@ -12,6 +12,10 @@ from builder.executor import Executor, Say
 from builder.kinds import ORDER
 from builder.procfile import read_procfile
 
+# Where a slug keeps its executables, relative to its top: runtimes put these
+# first on PATH (kinds own their layout; runtimes never guess it).
+SLUG_PATH: tuple[str, ...] = tuple(d for kind in ORDER for d in getattr(kind, "BIN_DIRS", ()))
+
 
 @dataclass(frozen=True)
 class BuildResult:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import cast
 
 from dulwich.objects import Blob, Commit, Tree
 from dulwich.repo import Repo
@@ -39,7 +40,7 @@ def checkout(repo_path: Path, commit: str, dest: Path) -> None:
         links: list[str] = []
         root_fd = os.open(dest, _DIR_FLAGS)
         try:
-            _write_tree(repo, repo[obj.tree], root_fd, "", links)
+            _write_tree(repo, cast(Tree, repo[obj.tree]), root_fd, "", links)  # a commit's tree
         finally:
             os.close(root_fd)
     _check_links(dest, links)
@@ -55,8 +56,8 @@ def _write_tree(repo: Repo, tree: Tree, dir_fd: int, prefix: str, links: list[st
         if stat.S_ISDIR(mode):
             os.mkdir(name, 0o755, dir_fd=dir_fd)
             sub_fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-            try:
-                _write_tree(repo, repo[entry.sha], sub_fd, rel + "/", links)
+            try:  # a directory entry names a tree
+                _write_tree(repo, cast(Tree, repo[entry.sha]), sub_fd, rel + "/", links)
             finally:
                 os.close(sub_fd)
         elif stat.S_ISLNK(mode):

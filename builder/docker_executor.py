@@ -55,9 +55,11 @@ class DockerExecutor:
 
     def identity(self) -> str:
         try:
-            return self.client.images.get(self.stack).id
+            image = self.client.images.get(self.stack)
         except docker.errors.ImageNotFound:
             raise BuildError(f"the stack image {self.stack} is not on this node") from None
+        assert image.id is not None  # an image the engine describes always has its id
+        return image.id
 
     def python_version(self) -> str:
         if self._python is None:

@@ -10,7 +10,7 @@ def test_init_takes_the_environment_and_flags_win(tmp_path: Path, user_key: Path
     env = {**os.environ, "PC_HOME": str(tmp_path / "home"), "PC_NAME": "envnode"}
     env |= {"PC_SSH_PORT": "15222", "PC_ROUTER_PORT": "15080", "PC_IPFS_API_PORT": "15001"}
     r = subprocess.run(
-        [sys.executable, "-m", "swarm.cli", "init", "--admin-key", f"{user_key}.pub"]
+        [sys.executable, "-m", "peoplescloud.cli", "init", "--admin-key", f"{user_key}.pub"]
         + ["--router-port", "15081"],
         env=env,
         capture_output=True,

@@ -18,7 +18,7 @@ def test_a_daemon_that_cannot_start_leaves_no_kubo_behind(node_factory):
         taken.bind(("127.0.0.1", node.ssh_port))
         taken.listen()
         r = subprocess.run(
-            [sys.executable, "-m", "swarm.cli", "daemon"],
+            [sys.executable, "-m", "peoplescloud.cli", "daemon"],
             env=node.env,
             capture_output=True,
             text=True,
@@ -36,7 +36,7 @@ def test_a_daemon_stopped_while_starting_leaves_no_kubo_behind(node_factory):
     log = node.home / "stopped.log"
     with open(log, "w") as out:
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "swarm.cli", "daemon"],
+            [sys.executable, "-m", "peoplescloud.cli", "daemon"],
             env=node.env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from swarm.doctor import check_binary, check_docker, check_port, check_stack_image, checks
-from swarm.settings import Settings
+from peoplescloud.doctor import check_binary, check_docker, check_port, check_stack_image, checks
+from peoplescloud.settings import Settings
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from swarm.runtime import lease
-from swarm.runtime.base import InstanceSpec, Runtime
-from swarm.runtime.process import ProcessRuntime
+from peoplescloud.runtime import lease
+from peoplescloud.runtime.base import InstanceSpec, Runtime
+from peoplescloud.runtime.process import ProcessRuntime
 from tests.test_runtime_suite import STACK_IMAGE, _docker_client, node_name, one, texts, wait_for
 
 LEASE = 2.0  # seconds of each lease the tests write
@@ -44,7 +44,7 @@ def runtime(request, tmp_path) -> Iterator[Runtime]:
     node, lease_dir = node_name(), tmp_path / "lease"
     made: Runtime
     if request.param == "docker":
-        from swarm.runtime.docker import DockerRuntime
+        from peoplescloud.runtime.docker import DockerRuntime
 
         made = DockerRuntime(_docker_client(), node, STACK_IMAGE, lease_dir=lease_dir)
     else:
@@ -53,7 +53,7 @@ def runtime(request, tmp_path) -> Iterator[Runtime]:
             made.bwrap = None
     yield made
     for s in made.status():
-        made.stop(s.app, s.process, timeout=1)
+        made.stop(s.key, timeout=1)
 
 
 @pytest.fixture
@@ -161,8 +161,8 @@ def test_an_expired_lease_does_not_let_it_start(runtime, slug):
 
 @pytest.mark.parametrize("engine", [None, "a client"])
 def test_open_runtime_gives_the_runtime_the_nodes_lease_dir(monkeypatch, tmp_path, engine):
-    from swarm.runtime import select
-    from swarm.settings import Settings
+    from peoplescloud.runtime import select
+    from peoplescloud.settings import Settings
 
     monkeypatch.setattr(select.docker_engine, "connect", lambda timeout: engine)
     settings = Settings(name="n1", home=tmp_path)

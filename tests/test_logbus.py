@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from swarm.logbus import LogBus
-from swarm.runtime.base import LogLine
+from peoplescloud.logbus import LogBus
+from peoplescloud.runtime.base import InstanceKey, LogLine
 from tests import conftest
 
 
@@ -37,7 +37,8 @@ class FakeRuntime:
             self.running.discard((app, process))
             self.changed.notify_all()
 
-    def logs(self, app: str, process: str, follow: bool, cursor: str | None) -> Iterator[LogLine]:
+    def logs(self, key: InstanceKey, follow: bool, cursor: str | None) -> Iterator[LogLine]:
+        app, process = key.slot
         self.cursors_asked.append(cursor)
         i = 0 if cursor is None else int(cursor) + 1
         while True:
@@ -72,9 +73,9 @@ def test_pump_appends_instance_lines_and_events_then_ends(bus, runtime):
     bus.event("demo", "starting web.1 (v1)")
     runtime.emit("demo", "web.1", "listening")
     runtime.emit("demo", "bot.1", "logged in")
-    bus.watch("demo", "web.1")
-    bus.watch("demo", "web.1")  # idempotent: one pump, no doubled lines
-    bus.watch("demo", "bot.1")
+    bus.watch(InstanceKey("demo", "web.1", "v1"))
+    bus.watch(InstanceKey("demo", "web.1", "v1"))  # idempotent: one pump, no doubled lines
+    bus.watch(InstanceKey("demo", "bot.1", "v1"))
     wait_for(lambda: len(bus.tail("demo", 10)) == 3, "three lines")
     lines = bus.tail("demo", 10)
     assert lines[0].endswith(" app[pc]: starting web.1 (v1)")
@@ -100,8 +101,8 @@ def test_follow_sees_new_lines_of_its_type(bus, runtime):
         await asyncio.sleep(0)  # both followers are registered now
         runtime.emit("demo", "bot.1", "not for web")
         runtime.emit("demo", "web.1", "for web")
-        bus.watch("demo", "bot.1")
-        bus.watch("demo", "web.1")
+        bus.watch(InstanceKey("demo", "bot.1", "v1"))
+        bus.watch(InstanceKey("demo", "web.1", "v1"))
         got = [await asyncio.wait_for(first, 10), await asyncio.wait_for(first_any, 10)]
         await web.aclose()
         await everything.aclose()
@@ -132,7 +133,7 @@ def test_follow_with_a_backlog_starts_with_the_last_lines(bus, runtime):
 
 
 def test_a_slow_follower_skips_lines_and_never_blocks_a_pump(bus, runtime):
-    from swarm.logbus import FOLLOW_QUEUE
+    from peoplescloud.logbus import FOLLOW_QUEUE
 
     total = FOLLOW_QUEUE * 3
 
@@ -141,7 +142,7 @@ def test_a_slow_follower_skips_lines_and_never_blocks_a_pump(bus, runtime):
         first = asyncio.ensure_future(anext(follower))
         await asyncio.sleep(0)
         runtime.emit("demo", "bot.1", *[f"n{i}" for i in range(total)])
-        bus.watch("demo", "bot.1")
+        bus.watch(InstanceKey("demo", "bot.1", "v1"))
         # The pump writes every line to the file although nobody reads the follower.
         await asyncio.to_thread(wait_for, lambda: len(bus.tail("demo", total)) == total, "all")
         got = [await first]
@@ -164,14 +165,14 @@ def test_restart_resumes_from_the_saved_cursor_without_duplicates(tmp_path, runt
     logs_dir = tmp_path / "logs"
     first = LogBus(logs_dir, runtime)
     runtime.emit("demo", "bot.1", "a", "b")
-    first.watch("demo", "bot.1")
+    first.watch(InstanceKey("demo", "bot.1", "v1"))
     wait_for(lambda: len(first.tail("demo", 10)) == 2, "a and b")
     first.close()  # the daemon stops; the instance runs on
     runtime.emit("demo", "bot.1", "c")  # written while no daemon ran
     assert json.loads((logs_dir / "demo.cursors.json").read_text()) == {"bot.1": "1"}
 
     second = LogBus(logs_dir, runtime)
-    second.watch("demo", "bot.1")
+    second.watch(InstanceKey("demo", "bot.1", "v1"))
     runtime.emit("demo", "bot.1", "d")
     wait_for(lambda: len(second.tail("demo", 10)) >= 4, "c and d")
     runtime.exit("demo", "bot.1")

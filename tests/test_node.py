@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from swarm.deploy import Deployer
-from swarm.errors import Forbidden, NotFound, PCError
-from swarm.node import Node
-from swarm.reconciler import Reconciler
-from swarm.runtime.base import InstanceSpec, InstanceStatus
-from swarm.settings import Settings
-from swarm.state import App, State, User
-from swarm.store import LocalStore
-from tests.test_reconciler import FakeBus, FakeRuntime, release
+from peoplescloud.deploy import Deployer
+from peoplescloud.errors import Forbidden, NotFound, PCError
+from peoplescloud.reconciler import Reconciler
+from peoplescloud.runtime.base import InstanceSpec, InstanceStatus
+from peoplescloud.service import Node
+from peoplescloud.settings import Settings
+from peoplescloud.state import App, State, User
+from peoplescloud.store import LocalStore
+from tests.fakes import FakeBus, FakeCluster, FakeRuntime, release
 
 
 class CrashingRuntime(FakeRuntime):
@@ -44,11 +44,6 @@ class CrashingRuntime(FakeRuntime):
         return super().status()
 
 
-class Bus(FakeBus):
-    def forget(self, app: str) -> None:
-        pass
-
-
 @pytest.fixture
 def node(tmp_path: Path) -> Node:
     settings = Settings(home=tmp_path, name="n1")
@@ -68,10 +63,10 @@ def node(tmp_path: Path) -> Node:
             app.releases.append(release(1, cid))
             app.current = 1
             s.apps[name] = app
-    runtime, bus = CrashingRuntime(), Bus()
-    reconciler = Reconciler(settings, state, store, runtime, bus)  # type: ignore[arg-type]
-    deployer = Deployer(settings, state, store, reconciler, bus, executor=None)  # type: ignore[arg-type]
-    return Node(settings, state, runtime, store, reconciler, deployer, bus)  # type: ignore[arg-type]
+    runtime, bus, cluster = CrashingRuntime(), FakeBus(), FakeCluster(state, store)
+    reconciler = Reconciler(settings, cluster, runtime, bus)  # type: ignore[arg-type]
+    deployer = Deployer(settings, cluster, reconciler, bus, executor=None)  # type: ignore[arg-type]
+    return Node(settings, cluster, runtime, reconciler, deployer, bus)  # type: ignore[arg-type]
 
 
 def test_only_the_owner_or_an_admin_touches_an_app(node: Node):
@@ -106,7 +101,7 @@ def test_first_push_creates_the_app_once(node: Node):
         node.repo_for("ann", "bobbot", write=True)  # the second pusher does not take it over
     with pytest.raises(NotFound):
         node.repo_for("ann", "nobody", write=False)  # a read never creates
-    assert not node.repo_path("nobody").exists()
+    assert not node.settings.repo_path("nobody").exists()
 
 
 def test_a_failed_first_push_leaves_no_app(node: Node, monkeypatch: pytest.MonkeyPatch):
@@ -118,7 +113,7 @@ def test_a_failed_first_push_leaves_no_app(node: Node, monkeypatch: pytest.Monke
     with pytest.raises(PCError):
         node.deploy("bob", "bobbot", "0" * 40, lambda _line: None)
     assert "bobbot" not in node.state.read().apps
-    assert not node.repo_path("bobbot").exists()
+    assert not node.settings.repo_path("bobbot").exists()
 
 
 def test_a_release_that_does_not_start_gives_way_to_the_last_good_one(node: Node):

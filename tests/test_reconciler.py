@@ -9,51 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from swarm import reconciler as rec
-from swarm.errors import NotFound
-from swarm.runtime.base import InstanceSpec, InstanceStatus
-from swarm.settings import Settings
-from swarm.state import App, Release, State
-from swarm.store import LocalStore
-
-
-class FakeRuntime:
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.instances: dict[tuple[str, str], InstanceStatus] = {}
-        self.started: list[tuple[str, str, str, dict]] = []
-
-    def start(self, spec: InstanceSpec) -> InstanceStatus:
-        self.started.append((spec.app, spec.process, spec.release, spec.environment(None)))
-        status = InstanceStatus(spec.app, spec.process, spec.release, running=True)
-        self.instances[(spec.app, spec.process)] = status
-        return status
-
-    def stop(self, app: str, process: str, timeout: float = 10) -> None:
-        self.instances.pop((app, process), None)
-
-    def status(self) -> list[InstanceStatus]:
-        return list(self.instances.values())
-
-    def crash(self, app: str, process: str, code: int) -> None:
-        s = self.instances[(app, process)]
-        self.instances[(app, process)] = InstanceStatus(s.app, s.process, s.release, False, code)
-
-
-class FakeBus:
-    def __init__(self) -> None:
-        self.events: list[str] = []
-
-    def event(self, app: str, text: str) -> None:
-        self.events.append(f"{app}: {text}")
-
-    def watch(self, app: str, process: str) -> None:
-        pass
-
-
-def release(version: int, cid: str) -> Release:
-    return Release(version, cid, "python", "img", {"bot": "python bot.py"}, "c", "ann", "t", "")
+from peoplescloud import reconciler as rec
+from peoplescloud.errors import NotFound
+from peoplescloud.settings import Settings
+from peoplescloud.state import App, Release, State
+from peoplescloud.store import LocalStore
+from tests.fakes import FakeBus, FakeCluster, FakeRuntime, release
 
 
 @pytest.fixture
@@ -73,7 +34,7 @@ def world(tmp_path: Path):
         app.current = 1
         s.apps["mybot"] = app
     runtime, bus = FakeRuntime(), FakeBus()
-    r = rec.Reconciler(settings, state, store, runtime, bus)  # type: ignore[arg-type]
+    r = rec.Reconciler(settings, FakeCluster(state, store), runtime, bus)  # type: ignore[arg-type]
     return r, state, runtime, bus, cid
 
 
@@ -137,7 +98,7 @@ def test_crash_restarts_with_backoff(world, monkeypatch: pytest.MonkeyPatch):
 def test_a_new_reconciler_adopts_running_instances(world):
     r, state, runtime, bus, _ = world
     r.reconcile()
-    again = rec.Reconciler(r.settings, state, r.store, runtime, bus)  # daemon restart
+    again = rec.Reconciler(r.settings, r.cluster, runtime, bus)  # type: ignore[arg-type]
     again.reconcile()
     assert len(runtime.started) == 2
 
@@ -148,7 +109,7 @@ def test_a_handoff_waits_for_the_previous_node_to_stop(world):
     does not count."""
     import time as clock
 
-    from swarm.state import Member
+    from peoplescloud.state import Member
 
     r, state, runtime, bus, _ = world
     with state.change() as s:
@@ -221,7 +182,7 @@ def test_a_slug_that_cannot_be_fetched_yet_waits_without_holding_up_others(
 
 def test_a_failure_reported_by_a_sibling_is_what_start_failure_says(world):
     r, *_ = world
-    r.failed_elsewhere = lambda app, process: f"n2: cannot fetch the slug of {app} {process}"
+    r.cluster.failed = lambda app, process: f"n2: cannot fetch the slug of {app} {process}"
     assert r.start_failure("mybot", "bot.1") == "n2: cannot fetch the slug of mybot bot.1"
 
 

@@ -21,8 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from swarm.runtime.base import LABEL_APP, LABEL_NODE, InstanceSpec, InstanceStatus, Runtime
-from swarm.runtime.process import ProcessRuntime
+from peoplescloud.runtime.base import (
+    LABEL_APP,
+    LABEL_NODE,
+    InstanceKey,
+    InstanceSpec,
+    InstanceStatus,
+    Runtime,
+)
+from peoplescloud.runtime.process import ProcessRuntime
 from tests import conftest
 
 STACK_IMAGE = "peoplescloud/stack:bookworm"
@@ -71,7 +78,7 @@ def make_runtime(request, tmp_path) -> Iterator[Callable[[str], Runtime]]:
             if request.param == "plain":
                 runtime.bwrap = None
         else:
-            from swarm.runtime.docker import DockerRuntime
+            from peoplescloud.runtime.docker import DockerRuntime
 
             runtime = DockerRuntime(_docker_client(), node, STACK_IMAGE)
         made.append(runtime)
@@ -80,11 +87,11 @@ def make_runtime(request, tmp_path) -> Iterator[Callable[[str], Runtime]]:
     yield make
     for runtime in made:
         for s in runtime.status():
-            runtime.stop(s.app, s.process, timeout=1)
+            runtime.stop(s.key, timeout=1)
 
 
 def _docker_client():
-    from swarm.docker_engine import connect
+    from peoplescloud.docker_engine import connect
 
     client = connect(30)
     if client is None or not client.images.list(name=STACK_IMAGE):
@@ -128,6 +135,7 @@ def spec_for(runtime: Runtime, slug: Path, node: str, mode: str, **kw) -> Instan
 
 
 wait_for = functools.partial(conftest.wait_for, timeout=30, interval=0.1)
+BOT_1 = InstanceKey("demo", "bot.1", "v1")
 
 
 def one(runtime: Runtime, app: str, process: str) -> InstanceStatus | None:
@@ -136,8 +144,9 @@ def one(runtime: Runtime, app: str, process: str) -> InstanceStatus | None:
     return found[0] if found else None
 
 
-def texts(runtime: Runtime, app: str, process: str) -> list[str]:
-    return [line.text for line in runtime.logs(app, process, follow=False, cursor=None)]
+def texts(runtime: Runtime, app: str, process: str, release: str = "v1") -> list[str]:
+    key = InstanceKey(app, process, release)
+    return [line.text for line in runtime.logs(key, follow=False, cursor=None)]
 
 
 def test_start_runs_with_the_instance_environment(make_runtime, slug):
@@ -170,7 +179,7 @@ def test_docker_containers_carry_the_labels(make_runtime, slug):
     runtime = make_runtime(node)
     runtime.start(spec_for(runtime, slug, node, "idle"))
     (container,) = _docker_client().containers.list(filters={"label": f"{LABEL_NODE}={node}"})
-    assert container.name == f"pc_{node}_demo_bot.1"
+    assert container.name == f"pc_{node}_demo_bot.1_v1"  # the key carries the release
     assert container.labels[LABEL_APP] == "demo"
     assert container.labels["peoplescloud.release"] == "v1"
     assert container.attrs["Config"]["User"] == "10001:10001"
@@ -202,18 +211,18 @@ def test_stop_sends_sigterm_and_forgets(make_runtime, slug):
     seen: list[str] = []
 
     def follow() -> None:
-        for line in runtime.logs("demo", "bot.1", follow=True, cursor=None):
+        for line in runtime.logs(BOT_1, follow=True, cursor=None):
             seen.append(line.text)
 
     follower = threading.Thread(target=follow)
     follower.start()
     wait_for(lambda: any(t.startswith("env ") for t in seen), "the app to start")
-    runtime.stop("demo", "bot.1", timeout=10)
+    runtime.stop(BOT_1, timeout=10)
     assert one(runtime, "demo", "bot.1") is None
     follower.join(30)
     assert not follower.is_alive()  # a follow ends when its instance is gone
     assert seen[-1] == "got SIGTERM"  # the app itself got SIGTERM, not only its shell
-    runtime.stop("demo", "bot.1")  # absent: no error
+    runtime.stop(BOT_1)  # absent: no error
 
 
 def test_crash_shows_the_exit_code_and_start_replaces_it(make_runtime, slug):
@@ -241,7 +250,7 @@ def test_a_new_runtime_object_readopts_running_instances(make_runtime, slug):
         started.address,
         started.detail,
     )
-    again.stop("demo", "web.1", timeout=5)
+    again.stop(InstanceKey("demo", "web.1", "v1"), timeout=5)
     assert one(again, "demo", "web.1") is None and one(first, "demo", "web.1") is None
 
 
@@ -249,7 +258,7 @@ def test_logs_resume_after_a_cursor_and_follow_to_the_end(make_runtime, slug):
     node = node_name()
     runtime = make_runtime(node)
     runtime.start(spec_for(runtime, slug, node, "chatty"))
-    followed = list(runtime.logs("demo", "bot.1", follow=True, cursor=None))
+    followed = list(runtime.logs(BOT_1, follow=True, cursor=None))
     texts_seen = [line.text for line in followed]
     assert [t for t in texts_seen if t.startswith("line ")] == [f"line {i}" for i in range(5)]
     assert all(line.timestamp.endswith("Z") and len(line.timestamp) == 20 for line in followed)
@@ -257,7 +266,7 @@ def test_logs_resume_after_a_cursor_and_follow_to_the_end(make_runtime, slug):
     assert status is not None and not status.running and status.exit_code == 0
     # Resuming after any line gives exactly the lines after it.
     for i, line in enumerate(followed):
-        rest = runtime.logs("demo", "bot.1", follow=False, cursor=line.cursor)
+        rest = runtime.logs(BOT_1, follow=False, cursor=line.cursor)
         assert [x.text for x in rest] == texts_seen[i + 1 :]
 
 
@@ -289,7 +298,7 @@ def test_nodes_do_not_see_each_other(make_runtime, slug):
     runtime_a.start(spec_for(runtime_a, slug, a, "idle"))
     runtime_b.start(spec_for(runtime_b, slug, b, "idle"))
     assert [s.process for s in runtime_a.status()] == ["bot.1"]
-    runtime_b.stop("demo", "bot.1", timeout=5)
+    runtime_b.stop(BOT_1, timeout=5)
     assert runtime_b.status() == []
     status = one(runtime_a, "demo", "bot.1")
     assert status is not None and status.running
@@ -322,9 +331,9 @@ def test_the_app_cannot_write_its_slug_or_read_the_nodes_files(make_runtime, slu
 @pytest.mark.parametrize("engine", [None, "a client"])
 @pytest.mark.parametrize("wanted", ["auto", "docker", "process"])
 def test_open_runtime_picks_by_settings_and_engine(monkeypatch, tmp_path, wanted, engine):
-    from swarm.errors import RuntimeFailure
-    from swarm.runtime import select
-    from swarm.settings import Settings
+    from peoplescloud.errors import RuntimeFailure
+    from peoplescloud.runtime import select
+    from peoplescloud.settings import Settings
 
     monkeypatch.setattr(select.docker_engine, "connect", lambda timeout: engine)
     settings = Settings(name="n1", home=tmp_path, runtime=wanted)
@@ -348,8 +357,8 @@ def test_process_instances_outlive_the_daemon_that_started_them(tmp_path, slug):
     starter = textwrap.dedent(f"""
         import sys
         from pathlib import Path
-        from swarm.runtime.base import InstanceSpec
-        from swarm.runtime.process import ProcessRuntime
+        from peoplescloud.runtime.base import InstanceSpec
+        from peoplescloud.runtime.process import ProcessRuntime
         runtime = ProcessRuntime(Path({str(run_dir)!r}), "n1")
         for process, mode in (("bot.1", "idle"), ("bot.2", "crash")):
             runtime.start(InstanceSpec("demo", process, "v1", f"python3 -u app.py {{mode}}",
@@ -362,9 +371,9 @@ def test_process_instances_outlive_the_daemon_that_started_them(tmp_path, slug):
     assert crashed.exit_code == 3
     running = one(runtime, "demo", "bot.1")
     assert running is not None and running.running
-    runtime.stop("demo", "bot.1", timeout=10)
+    runtime.stop(BOT_1, timeout=10)
     assert [s.process for s in runtime.status()] == ["bot.2"]
-    runtime.stop("demo", "bot.2")
+    runtime.stop(InstanceKey("demo", "bot.2", "v1"))
     assert runtime.status() == []
 
 
@@ -385,8 +394,8 @@ def test_a_cancelled_one_off_ends_at_once(make_runtime, slug):
 def test_a_docker_one_off_left_by_a_killed_daemon_is_swept(slug):
     """Nobody reads a one-off's output once its daemon died: the next daemon
     removes the container, and leaves the node's instances alone."""
-    from swarm.daemon import sweep_containers
-    from swarm.runtime.docker import DockerRuntime
+    from peoplescloud.daemon import sweep_containers
+    from peoplescloud.runtime.docker import DockerRuntime
 
     node = node_name()
     client = _docker_client()
@@ -403,7 +412,7 @@ def test_a_docker_one_off_left_by_a_killed_daemon_is_swept(slug):
         assert client.containers.list(all=True, filters=oneoffs) == []
         assert [s.process for s in runtime.status()] == ["bot.1"]
     finally:
-        runtime.stop(spec.app, spec.process, timeout=1)
+        runtime.stop(spec.key, timeout=1)
 
 
 def test_a_sandboxed_one_off_dies_with_its_daemon(slug, tmp_path):
@@ -416,7 +425,7 @@ def test_a_sandboxed_one_off_dies_with_its_daemon(slug, tmp_path):
     script = tmp_path / "daemon.py"
     script.write_text(
         "import pickle, sys\n"
-        "from swarm.runtime.process import ProcessRuntime\n"
+        "from peoplescloud.runtime.process import ProcessRuntime\n"
         "spec = pickle.load(open(sys.argv[1], 'rb'))\n"
         f"runtime = ProcessRuntime(sys.argv[2], {node!r})\n"
         f"runtime.run(spec, ['sh', '-c', 'sleep 300; echo {token}'], lambda b: None)\n"

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from swarm import settings
-from swarm.errors import ConfigError
+from peoplescloud import settings
+from peoplescloud.errors import ConfigError
 
 
 def test_defaults_file_env_flags_in_that_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

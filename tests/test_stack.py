@@ -11,9 +11,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from swarm.docker_engine import connect
-from swarm.errors import PCError
-from swarm.stack import (
+from peoplescloud.docker_engine import connect
+from peoplescloud.errors import PCError
+from peoplescloud.stack import (
     CHROOT_MOUNTS,
     build_rootfs,
     build_stack_image,

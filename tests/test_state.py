@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from swarm.errors import NotFound
-from swarm.state import App, State, User
+from peoplescloud.errors import NotFound
+from peoplescloud.state import App, State, User
 
 
 def test_changes_are_durable_and_atomic(tmp_path: Path):

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from swarm.errors import NotFound
-from swarm.store import LocalStore, tree_digest
+from peoplescloud.errors import NotFound
+from peoplescloud.store import LocalStore, tree_digest
 
 
 def make_tree(root: Path, text: str = "print('hi')\n") -> Path:

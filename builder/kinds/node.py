@@ -9,6 +9,7 @@ from builder.cache import cache_key, install_cached
 from builder.errors import BuildError
 from builder.executor import Executor, Say
 
+BIN_DIRS = ("node_modules/.bin",)  # put on PATH when the slug runs
 NAME = "Node"
 KIND = "node"
 LOOKS_FOR = "package.json (Node)"

@@ -14,6 +14,7 @@ KIND = "python"
 LOOKS_FOR = "requirements.txt or pyproject.toml (Python)"
 NOTHING_TO_RUN = "add bot.py or a Procfile (e.g. 'web: gunicorn app:app')"
 MARKERS = ("bot.py", "requirements.txt", "pyproject.toml", "runtime.txt", ".python-version")
+BIN_DIRS = (".venv/bin",)  # put on PATH when the slug runs
 DEPENDENCY_FILES = ("requirements.txt", "pyproject.toml", "runtime.txt", ".python-version")
 
 _RUNTIME_TXT = re.compile(r"python-(\d+)\.(\d+)(\.[0-9x]+)?")

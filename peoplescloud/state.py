@@ -15,12 +15,13 @@ import json
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
-from swarm.errors import NotFound, PCError
+from peoplescloud.errors import NotFound, PCError
 
 
 def now() -> str:
@@ -165,6 +166,14 @@ def snapshot_from_dict(data: dict) -> Snapshot:
         observed=dict(data.get("observed", {})),
         destroyed=dict(data.get("destroyed", {})),
     )
+
+
+class StateStore(Protocol):
+    """Where the desired state lives: `State` (a file, a node alone) or the swarm's
+    replicated state. Readers get a copy; writers edit a draft inside `change()`."""
+
+    def read(self) -> Snapshot: ...
+    def change(self) -> AbstractContextManager[Snapshot]: ...
 
 
 class State:

@@ -14,10 +14,12 @@ import stat
 from pathlib import Path
 from typing import Protocol
 
-from swarm.errors import NotFound
+from peoplescloud.errors import NotFound
 
 
 class Store(Protocol):
+    name: str  # "local", "ipfs"
+
     def add(self, path: Path) -> str: ...
     def get(self, cid: str, dest: Path) -> None: ...
     def pin(self, cid: str) -> None: ...
@@ -62,6 +64,8 @@ def link_tree(src: Path, dest: Path) -> None:
 
 class LocalStore:
     """Content-addressed slugs under `root/objects/<cid>`; pins are marker files."""
+
+    name = "local"
 
     def __init__(self, root: Path) -> None:
         self._objects = root / "objects"

@@ -6,7 +6,7 @@ capabilities. Every container carries the instance's labels, and `status()`
 lists containers by the node label, which is how a restarted daemon re-adopts
 them (and how several nodes share one engine). No restart policy: the daemon
 decides about restarts. Each instance's main process is the lease watchdog
-(`swarm.runtime.lease`), which runs the app's command as its child and ends it
+(`peoplescloud.runtime.lease`), which runs the app's command as its child and ends it
 once the node's lease passes; the lease directory is mounted read-only for it.
 """
 
@@ -27,23 +27,25 @@ import docker.errors
 from docker.types import LogConfig
 from docker.utils.socket import frames_iter
 
-from swarm.errors import RuntimeFailure
-from swarm.runtime import lease
-from swarm.runtime.base import (
+from peoplescloud.errors import RuntimeFailure
+from peoplescloud.runtime import lease
+from peoplescloud.runtime.base import (
     LABEL_APP,
     LABEL_NODE,
     LABEL_PROCESS,
     LABEL_RELEASE,
     WEB_PORT,
+    InstanceKey,
     InstanceSpec,
     InstanceStatus,
     LogLine,
     on_set,
+    search_path,
 )
 
 LABEL_ONEOFF = "peoplescloud.oneoff"  # one-off `run` containers: not instances
 APP_USER = "10001:10001"
-PATH = "/app/.venv/bin:/app/node_modules/.bin:/usr/local/bin:/usr/bin:/bin"
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 # `docker stop` signals docker-init (tini); with this it signals the whole process
 # group, so the app gets SIGTERM even when `sh -c` did not exec it. The `trap` we
 # put before the command makes sh wait for the app instead of dying first (tini
@@ -76,45 +78,54 @@ class DockerRuntime:
         self.image = image
         self.lease_dir = lease_dir
 
-    def container_name(self, app: str, process: str) -> str:
-        # '_' cannot appear in node or app names, so "my" + "bot-x.1" and
+    def container_name(self, key: InstanceKey) -> str:
+        # '_' cannot appear in node, app or release names, so "my" + "bot-x.1" and
         # "my-bot" + "x.1" can never share a name.
-        return f"pc_{self.node}_{app}_{process}"
+        return f"pc_{self.node}_{key.app}_{key.process}_{key.release}"
 
     def start(self, spec: InstanceSpec) -> InstanceStatus:
-        old = self._get(spec.app, spec.process)
-        if old is not None:
-            if old.status == "running":
-                raise RuntimeFailure(f"{spec.app} {spec.process} is already running")
-            self._remove(old)
-        env = {**spec.environment(WEB_PORT if spec.web else None), "PATH": PATH, **TINI_GROUP}
+        for old in self._slot(spec.app, spec.process):
+            if old.status != "running":
+                self._remove(old)  # exited, of this release or an older one
+            elif old.labels.get(LABEL_RELEASE) == spec.release:
+                raise RuntimeFailure(f"{spec.key} is already running")
+        env = {
+            **spec.environment(WEB_PORT if spec.web else None),
+            "PATH": search_path("/app", spec.path, SYSTEM_PATH),
+            **TINI_GROUP,
+        }
         sandbox = self._sandbox(spec)
         if self.lease_dir is not None:
             lease.make_lease_dir(self.lease_dir)
             mount = {"bind": LEASE_MOUNT, "mode": "ro"}
             sandbox["volumes"][str(self.lease_dir.resolve())] = mount
         watchdog = ["/usr/bin/python3", "-I", "-c", WATCHDOG, LEASE_MOUNT, spec.process]
+        # Host port None: the engine picks a free one (docker-py takes it; its stubs
+        # know only int ports).
+        ports: dict[str, Any] | None = (
+            {f"{WEB_PORT}/tcp": ("127.0.0.1", None)} if spec.web else None
+        )
         try:
             container = self.client.containers.run(
                 self.image,
                 [*watchdog, "sh", "-c", SH_PREFIX + spec.command],
-                name=self.container_name(spec.app, spec.process),
+                name=self.container_name(spec.key),
                 detach=True,
                 environment=env,
                 labels=spec.labels(),
-                ports={f"{WEB_PORT}/tcp": ("127.0.0.1", None)} if spec.web else None,
+                ports=ports,
                 log_config=LOG_CONFIG,
                 **sandbox,
             )
             container.reload()
         except docker.errors.DockerException as e:
-            if (left := self._get(spec.app, spec.process)) is not None:
+            if (left := self._get(spec.key)) is not None:
                 self._remove(left)  # created but not started
-            raise RuntimeFailure(f"could not start {spec.app} {spec.process}: {e}") from None
+            raise RuntimeFailure(f"could not start {spec.key}: {e}") from None
         return self._status(container)
 
-    def stop(self, app: str, process: str, timeout: float = 10) -> None:
-        container = self._get(app, process)
+    def stop(self, key: InstanceKey, timeout: float = 10) -> None:
+        container = self._get(key)
         if container is None:
             return
         try:
@@ -129,11 +140,11 @@ class DockerRuntime:
         )
         return [self._status(c) for c in containers if LABEL_ONEOFF not in c.labels]
 
-    def logs(self, app: str, process: str, follow: bool, cursor: str | None) -> Iterator[LogLine]:
+    def logs(self, key: InstanceKey, follow: bool, cursor: str | None) -> Iterator[LogLine]:
         """Docker's own log, with timestamps; the cursor is docker's full-precision
         timestamp of the last line seen (resumed with `since`, the boundary skipped)."""
         while True:
-            container = self._get(app, process)
+            container = self._get(key)
             if container is None:
                 return
             for line in self._read_logs(container, follow, cursor):
@@ -157,7 +168,10 @@ class DockerRuntime:
                 self.image,
                 argv,
                 name=f"pc_{self.node}_{spec.app}_run-{uuid.uuid4().hex[:8]}",
-                environment={**spec.environment(None), "PATH": PATH},
+                environment={
+                    **spec.environment(None),
+                    "PATH": search_path("/app", spec.path, SYSTEM_PATH),
+                },
                 labels={**spec.labels(), LABEL_ONEOFF: "1"},
                 stdin_open=stdin is not None,
                 **self._sandbox(spec),
@@ -198,14 +212,20 @@ class DockerRuntime:
             security_opt=["no-new-privileges"],
         )
 
-    def _get(self, app: str, process: str) -> Any:
+    def _slot(self, app: str, process: str) -> list[Any]:
+        """This node's containers of `process` of `app`, of any release."""
+        labels = [f"{LABEL_NODE}={self.node}", f"{LABEL_APP}={app}", f"{LABEL_PROCESS}={process}"]
+        found = self.client.containers.list(all=True, filters={"label": labels})
+        return [c for c in found if LABEL_ONEOFF not in c.labels]
+
+    def _get(self, key: InstanceKey) -> Any:
         try:
-            container = self.client.containers.get(self.container_name(app, process))
+            container = self.client.containers.get(self.container_name(key))
         except docker.errors.NotFound:
             return None
         labels = container.labels
-        mine = (labels.get(LABEL_NODE), labels.get(LABEL_APP), labels.get(LABEL_PROCESS))
-        return container if mine == (self.node, app, process) else None
+        mine = (labels.get(LABEL_APP), labels.get(LABEL_PROCESS), labels.get(LABEL_RELEASE))
+        return container if labels.get(LABEL_NODE) == self.node and mine == key else None
 
     def _running(self, container: Any) -> bool:
         try:

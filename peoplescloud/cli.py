@@ -1,5 +1,5 @@
 """`pc`: the host's command line. `pc init`, `pc daemon`, `pc doctor`,
-`pc stack build`, `pc user add|list`.
+`pc stack build`, `pc user add|list`; the swarm package adds `pc swarm ...`.
 
 Messages follow one shape: `-----> doing X` on stdout for progress,
 ` !     reason` on stderr with a non-zero exit for failure.
@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
 from gitserver.server import load_or_create_host_key
-from swarm import settings as config
-from swarm.errors import ConfigError, PCError
-from swarm.identity import SwarmIdentity
-from swarm.state import State, User
+from peoplescloud import settings as config
+from peoplescloud.cluster import in_swarm, swarm_entry
+from peoplescloud.errors import ConfigError, PCError
+from peoplescloud.state import State, User
 
 DEFAULT_KEYS = ("~/.ssh/id_ed25519.pub", "~/.ssh/id_rsa.pub")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -86,7 +85,9 @@ def cmd_init(args: argparse.Namespace) -> None:
 
 
 def cmd_daemon(args: argparse.Namespace) -> None:
-    from swarm.daemon import serve  # the daemon's imports are heavy; other commands skip them
+    from peoplescloud.daemon import (
+        serve,  # the daemon's imports are heavy; other commands skip them
+    )
 
     s = config.load(Path(args.home) if args.home else None)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=LOG_FORMAT)
@@ -96,7 +97,7 @@ def cmd_daemon(args: argparse.Namespace) -> None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> None:
-    from swarm.doctor import checks
+    from peoplescloud.doctor import checks
 
     s = config.load(Path(args.home) if args.home else None)
     failed = 0
@@ -111,8 +112,8 @@ def cmd_doctor(args: argparse.Namespace) -> None:
 
 
 def cmd_stack_build(args: argparse.Namespace) -> None:
-    from swarm.docker_engine import connect
-    from swarm.stack import build_stack_image, default_cache_dir
+    from peoplescloud.docker_engine import connect
+    from peoplescloud.stack import build_stack_image, default_cache_dir
 
     s = config.load(Path(args.home) if args.home else None)
     client = connect()
@@ -129,8 +130,9 @@ def cmd_user_add(args: argparse.Namespace) -> None:
     s = _settings(args)
     config.check_user_name(args.name)
     key = read_public_key(Path(args.key))
-    if s.swarm_file.exists():  # the users live in the swarm's state, which the daemon holds
-        _ask_daemon(s, "user_add", {"name": args.name, "key": key, "admin": args.admin})
+    if in_swarm(s):  # the users live in the swarm's state, which the daemon holds
+        body = {"name": args.name, "key": key, "admin": args.admin}
+        swarm_entry().ask_daemon(s, "user_add", body)
     else:
         with State(s.state_file).change() as snap:
             snap.add_user_key(args.name, key, args.admin)
@@ -139,8 +141,8 @@ def cmd_user_add(args: argparse.Namespace) -> None:
 
 def cmd_user_list(args: argparse.Namespace) -> None:
     s = _settings(args)
-    if s.swarm_file.exists():
-        users = _ask_daemon(s, "users", {})["users"]
+    if in_swarm(s):
+        users = swarm_entry().ask_daemon(s, "users", {})["users"]
     else:
         users = [asdict(u) for u in State(s.state_file).read().users.values()]
     for user in users:
@@ -149,134 +151,6 @@ def cmd_user_list(args: argparse.Namespace) -> None:
 
 def _settings(args: argparse.Namespace) -> config.Settings:
     return config.load(Path(args.home) if args.home else None)
-
-
-def _identity(s: config.Settings) -> SwarmIdentity:
-    identity = SwarmIdentity.load(s.swarm_file)
-    if identity is None:
-        raise PCError("this node is in no swarm: `pc swarm create` or `pc swarm join TOKEN`")
-    return identity
-
-
-def _ask_daemon(s: config.Settings, route: str, body: dict) -> Any:
-    """A signed request to this node's own daemon (it holds the swarm's state)."""
-    from swarm.peer import PeerClient, PeerUnreachable
-
-    identity = _identity(s)
-
-    address = f"{s.advertised}:{s.peer_port}"
-
-    async def ask() -> Any:
-        async with PeerClient(s.name, lambda: identity.secret_bytes) as client:
-            return await client.call(s.name, address, route, body, timeout=30)
-
-    try:
-        return asyncio.run(ask())
-    except PeerUnreachable:
-        raise PCError(
-            f"this node's daemon does not answer at {address}: start `pc daemon` first"
-        ) from None
-
-
-def cmd_swarm_create(args: argparse.Namespace) -> None:
-    s = _settings(args)
-    if s.swarm_file.exists():
-        raise PCError(f"this node is already in swarm {_identity(s).name}")
-    identity = SwarmIdentity.create(args.name)
-    identity.save(s.swarm_file)
-    say(f"-----> Swarm {identity.name} ({identity.id}) created with {s.name} as its first member")
-    say("       (re)start `pc daemon`: it brings this node's users and apps into the swarm")
-
-
-def cmd_swarm_invite(args: argparse.Namespace) -> None:
-    answer = _ask_daemon(_settings(args), "invite", {"ttl": args.ttl})
-    say(f"-----> One-time invite, valid for {args.ttl} s. On the new node: pc swarm join TOKEN")
-    say(answer["token"])
-
-
-def cmd_swarm_join(args: argparse.Namespace) -> None:
-    from swarm.invite import parse_invite
-    from swarm.peer import PeerClient
-
-    s = _settings(args)
-    if s.swarm_file.exists():
-        raise PCError(f"this node is already in swarm {_identity(s).name}")
-    if State(s.state_file).read().apps:
-        raise PCError("this node has apps: a node joins a swarm empty (move them, or destroy them)")
-    invite = parse_invite(args.token)
-    body = {
-        "address": f"{s.advertised}:{s.peer_port}",
-        "raft": f"{s.advertised}:{s.raft_port}",
-        "memory_mb": s.shares.memory_mb,
-        "cpus": s.shares.cpus,
-        "max_apps": s.shares.max_apps,
-    }
-
-    async def join() -> Any:
-        async with PeerClient(s.name, lambda: b"") as client:
-            return await client.call("the inviting node", invite.address, "join", body,
-                                     timeout=30, invite=invite)  # fmt: skip
-
-    answer = asyncio.run(join())
-    SwarmIdentity(
-        id=answer["id"],
-        name=answer["name"],
-        secret=answer["secret"],
-        swarm_key=answer["swarm_key"],
-        partners=list(answer["partners"]),
-        sponsor=answer["sponsor"],
-        sponsor_name=answer["sponsor_name"],
-    ).save(s.swarm_file)
-    say(f"-----> {s.name} joined swarm {answer['name']}: start `pc daemon` now")
-    say("       (until it runs, the swarm counts it as a member that does not answer)")
-
-
-def cmd_swarm_leave(args: argparse.Namespace) -> None:
-    """Move this node's instances elsewhere, then leave; the node is alone again."""
-    from swarm.peer import PeerClient
-
-    s = _settings(args)
-    identity = _identity(s)
-    _ask_daemon(s, "leave", {})
-    say("-----> Leaving: moving this node's instances to the other members")
-    deadline = time.monotonic() + args.timeout
-    while True:
-        members = _ask_daemon(s, "status", {})["members"]
-        me = next(m for m in members if m["name"] == s.name)
-        if me["instances"] == 0 and me["running"] == 0:
-            break
-        if time.monotonic() > deadline:
-            raise PCError(
-                f"{me['instances']} instance(s) could not move within {args.timeout} s "
-                "(do the others have room?); this node stays, marked leaving"
-            )
-        time.sleep(1)
-    leader = _ask_daemon(s, "step_down", {})["leader"]  # Raft never removes its leader
-    others = [m for m in members if m["name"] != s.name and m["state"] == "up"]
-    others.sort(key=lambda m: m["raft"] != leader)  # the leader first
-    if not others:
-        raise PCError("no other member is up to take this node out of the swarm")
-
-    async def remove() -> None:
-        async with PeerClient(s.name, lambda: identity.secret_bytes) as client:
-            await client.call(others[0]["name"], others[0]["address"], "remove", {}, timeout=30)
-
-    asyncio.run(remove())
-    s.swarm_file.unlink()
-    with State(s.state_file).change() as snap:  # its apps now live in the swarm
-        snap.apps.clear()
-    say(f"-----> {s.name} left swarm {identity.name}; its daemon stops by itself")
-    say("       start `pc daemon` again to run alone")
-
-
-def cmd_swarm_status(args: argparse.Namespace) -> None:
-    from gitserver.commands import node_table
-    from swarm.node import member_row
-
-    answer = _ask_daemon(_settings(args), "status", {})
-    say(f"swarm {answer['name']} ({answer['id']}), leader {answer['leader'] or '-'}")
-    for line in node_table([member_row(m) for m in answer["members"]]):
-        say(line)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -321,22 +195,10 @@ def parser() -> argparse.ArgumentParser:
     add.set_defaults(func=cmd_user_add)
     user_sub.add_parser("list", help="users and their key counts").set_defaults(func=cmd_user_list)
 
-    swarm = sub.add_parser("swarm", help="pool this node with others")
-    swarm_sub = swarm.add_subparsers(dest="swarm_command", required=True)
-    create = swarm_sub.add_parser("create", help="make this node the first member of a swarm")
-    create.add_argument("--name", required=True, help="the swarm's name")
-    create.set_defaults(func=cmd_swarm_create)
-    invite = swarm_sub.add_parser("invite", help="print a one-time join token (last line)")
-    invite.add_argument("--ttl", type=int, default=3600, help="seconds it stays valid")
-    invite.set_defaults(func=cmd_swarm_invite)
-    join = swarm_sub.add_parser("join", help="join the swarm a token invites to")
-    join.add_argument("token")
-    join.set_defaults(func=cmd_swarm_join)
-    leave = swarm_sub.add_parser("leave", help="move this node's apps elsewhere, then leave")
-    leave.add_argument("--timeout", type=int, default=120, help="seconds to wait for the move")
-    leave.set_defaults(func=cmd_swarm_leave)
-    status = swarm_sub.add_parser("status", help="the members, their state and load")
-    status.set_defaults(func=cmd_swarm_status)
+    # `pc swarm create|invite|join|leave|status`; an install without the swarm
+    # package has a lone node's commands only.
+    with contextlib.suppress(PCError):
+        swarm_entry().add_commands(sub)
     return p
 
 

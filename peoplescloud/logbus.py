@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from swarm.runtime.base import Runtime
+from peoplescloud.processes import ptype_of
+from peoplescloud.runtime.base import InstanceKey, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class LogBus:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.runtime = runtime
         self._lock = threading.Lock()  # guards everything below and the files
-        self._pumps: dict[tuple[str, str], threading.Thread] = {}
+        self._pumps: dict[InstanceKey, threading.Thread] = {}
         self._cursors: dict[str, dict[str, str]] = {}
         self._followers: dict[str, list[_Follower]] = {}
         self._closed = False
@@ -64,15 +65,13 @@ class LogBus:
         with self._lock:
             self._append(app, f"{stamp} app[{EVENT_SOURCE}]: {text}")
 
-    def watch(self, app: str, process: str) -> None:
+    def watch(self, key: InstanceKey) -> None:
         """Make sure a pump follows this instance (no-op when one already does)."""
-        key = (app, process)
         with self._lock:
             if self._closed or (key in self._pumps and self._pumps[key].is_alive()):
                 return
-            pump = threading.Thread(
-                target=self._pump, args=(app, process), name=f"logs-{app}-{process}", daemon=True
-            )
+            name = f"logs-{key.app}-{key.process}-{key.release}"
+            pump = threading.Thread(target=self._pump, args=(key,), name=name, daemon=True)
             self._pumps[key] = pump
             pump.start()
 
@@ -93,8 +92,8 @@ class LogBus:
             self._followers.setdefault(app, []).append(follower)
             old = self._tail(app, backlog, ptype) if backlog > 0 else []
         try:
-            for line in old:
-                yield line
+            for earlier in old:
+                yield earlier
             while (line := await follower.queue.get()) is not None:
                 yield line
         finally:
@@ -103,10 +102,14 @@ class LogBus:
                 if follower in followers:
                     followers.remove(follower)
 
+    def knows(self, app: str) -> bool:
+        """Whether this node keeps a log of `app`."""
+        return self._path(app, ".log").exists()
+
     def forget(self, app: str) -> None:
         """The app was destroyed: stop its pumps and followers, delete its logs."""
         with self._lock:
-            for key in [k for k in self._pumps if k[0] == app]:
+            for key in [k for k in self._pumps if k.app == app]:
                 del self._pumps[key]  # the pump sees it is no longer current and ends
             self._cursors.pop(app, None)
             for follower in self._followers.pop(app, []):
@@ -127,13 +130,15 @@ class LogBus:
 
     # -- pumps --
 
-    def _pump(self, app: str, process: str) -> None:
-        key, me = (app, process), threading.current_thread()
+    def _pump(self, key: InstanceKey) -> None:
+        """Follow one instance's output into its app's log. The saved cursor is per
+        process: a new release's instance of `web.1` resumes after the old one's."""
+        app, process, me = key.app, key.process, threading.current_thread()
         last_save = time.monotonic()
         try:
             with self._lock:
                 cursor = self._app_cursors(app).get(process)
-            for line in self.runtime.logs(app, process, follow=True, cursor=cursor):
+            for line in self.runtime.logs(key, follow=True, cursor=cursor):
                 with self._lock:
                     if self._closed or self._pumps.get(key) is not me:
                         return
@@ -198,7 +203,7 @@ def _source(line: str) -> str:
 
 
 def _matches(line: str, ptype: str | None) -> bool:
-    return ptype is None or _source(line).rsplit(".", 1)[0] == ptype
+    return ptype is None or ptype_of(_source(line)) == ptype
 
 
 # -- on the follower's loop --

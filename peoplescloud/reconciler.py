@@ -13,22 +13,23 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from swarm.errors import NotFound
-from swarm.observed import running_elsewhere
-from swarm.runtime.base import InstanceSpec, InstanceStatus, Runtime
-from swarm.settings import Settings
-from swarm.state import App, Snapshot, State
-from swarm.store import Store
+import builder
+from peoplescloud.errors import NotFound
+from peoplescloud.processes import is_web, process_names, ptype_of
+from peoplescloud.runtime.base import InstanceKey, InstanceSpec, InstanceStatus, Runtime
+from peoplescloud.settings import Settings
+from peoplescloud.state import App, Snapshot
 
 if TYPE_CHECKING:
-    from swarm.logbus import LogBus
+    from peoplescloud.cluster import Cluster, Slot
+    from peoplescloud.logbus import LogBus
 
 log = logging.getLogger(__name__)
 
@@ -47,25 +48,22 @@ class Crash:
     restarted_at: float = 0.0
 
 
-def desired_instances(
-    snap: Snapshot, node: str, settings: Settings
-) -> dict[tuple[str, str], InstanceSpec]:
-    """Every instance this node should run, keyed by (app, process). In a swarm
-    (the state has members) that is what placement put on this node."""
-    out: dict[tuple[str, str], InstanceSpec] = {}
+def desired_instances(snap: Snapshot, node: str, settings: Settings) -> dict[Slot, InstanceSpec]:
+    """Every instance this node should run, keyed by its slot (app, process). In a
+    swarm (the state has members) that is what placement put on this node."""
+    out: dict[Slot, InstanceSpec] = {}
     swarm = bool(snap.members)
     for app in snap.apps.values():
         if app.stopped or app.current is None:
             continue
         release = app.release()
-        for ptype, command in release.processes.items():
-            for n in range(1, app.scale.get(ptype, 0) + 1):
-                process = f"{ptype}.{n}"
-                if swarm and app.placement.get(process) != node:
-                    continue
-                out[(app.name, process)] = instance_spec(
-                    app, release.version, process, command, node, settings
-                )
+        scale = {t: n for t, n in app.scale.items() if t in release.processes}
+        for process in process_names(scale):
+            if swarm and app.placement.get(process) != node:
+                continue
+            out[(app.name, process)] = instance_spec(
+                app, release.version, process, release.processes[ptype_of(process)], node, settings
+            )
     return out
 
 
@@ -78,36 +76,35 @@ def instance_spec(
         process=process,
         release=release.name,
         command=command,
-        slug=settings.slugs_dir / release.slug,
+        slug=settings.slug_path(release.slug),
         node=node,
         env=dict(app.config),
         memory_mb=settings.shares.instance_memory_mb,
         cpus=settings.shares.instance_cpus,
-        web=process.rsplit(".", 1)[0] == "web",
+        web=is_web(process),
+        path=builder.SLUG_PATH,
     )
 
 
 class Reconciler:
     def __init__(
-        self, settings: Settings, state: State, store: Store, runtime: Runtime, logbus: LogBus
+        self, settings: Settings, cluster: Cluster, runtime: Runtime, logbus: LogBus
     ) -> None:
+        """`cluster` holds the state and the store, and says whether this node may
+        run instances now (in a swarm: while its lease holds) and what its
+        siblings run."""
         self.settings = settings
-        self.state = state
-        self.store = store
+        self.cluster = cluster
+        self.state = cluster.state
+        self.store = cluster.store
         self.runtime = runtime
         self.logbus = logbus
-        # In a swarm: whether this node's lease holds. Without it, nothing may run.
-        self.may_run: Callable[[], bool] = lambda: True
-        # In a swarm: what siblings last reported of their instances, and why the
-        # node an instance is placed on cannot start it.
-        self.elsewhere: Callable[[], dict[tuple[str, str], InstanceStatus]] = dict
-        self.failed_elsewhere: Callable[[str, str], str] = lambda app, process: ""
         self._lock = threading.Lock()  # one pass at a time, whoever calls
-        self._crashes: dict[tuple[str, str], Crash] = {}
-        self._last: dict[tuple[str, str], InstanceStatus] = {}
+        self._crashes: dict[Slot, Crash] = {}
+        self._last: dict[InstanceKey, InstanceStatus] = {}
         self._apps: frozenset[str] = frozenset()
         self._held: Counter[str] = Counter()  # slug -> one-off processes using it
-        self._failed: dict[tuple[str, str], str] = {}  # why an instance could not start
+        self._failed: dict[Slot, str] = {}  # why an instance could not start
         # Slug fetches run beside the passes: one from a slow or absent holder may
         # take the store's whole timeout, and other apps must not wait for it.
         self._fetcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="slug-fetch")
@@ -118,80 +115,86 @@ class Reconciler:
         """The apps that existed at the last pass (cheap: no state read)."""
         return self._apps
 
-    def instances(self) -> dict[tuple[str, str], InstanceStatus]:
+    def instances(self) -> dict[InstanceKey, InstanceStatus]:
         """What ran at the end of the last pass (cheap: no runtime call)."""
         return dict(self._last)
 
-    def everywhere(self) -> dict[tuple[str, str], InstanceStatus]:
+    def everywhere(self) -> dict[InstanceKey, InstanceStatus]:
         """Instances on this node (last pass) and, in a swarm, on its siblings."""
-        return {**self.elsewhere(), **self._last}
+        return {**self.cluster.instances_elsewhere(), **self._last}
 
     def start_failure(self, app: str, process: str) -> str:
         """Why the last try to start an instance failed ("" if it did not): here,
         or on the sibling it is placed on."""
-        return self._failed.get((app, process), "") or self.failed_elsewhere(app, process)
+        return self._failed.get((app, process), "") or self.cluster.failed_elsewhere(app, process)
 
-    def failures(self) -> dict[tuple[str, str], str]:
+    def failures(self) -> dict[Slot, str]:
         """Why this node's instances that do not run could not start."""
         return dict(self._failed)
 
     def crash(self, app: str, process: str) -> Crash | None:
         return self._crashes.get((app, process))
 
-    def reconcile(self) -> dict[tuple[str, str], InstanceStatus]:
+    def reconcile(self) -> dict[InstanceKey, InstanceStatus]:
         """One pass; returns what runs afterwards."""
         with self._lock:
             self._fetch_deadline = time.monotonic() + FETCH_WAIT  # for the whole pass
             # The lease first: a renewal returns only once this node applied it, so
             # a state read after a good lease is at least as new as that renewal.
-            may_run = self.may_run()
+            may_run = self.cluster.may_run()
             snap = self.state.read()
             want = desired_instances(snap, self.settings.name, self.settings) if may_run else {}
-            margin = self.settings.swarm.margin_seconds
-            busy = running_elsewhere(snap, self.settings.name, time.time() - margin)
-            have = {(s.app, s.process): s for s in self.runtime.status()}
-            for key, status in have.items():
-                if key not in want:
+            busy = self.cluster.busy_elsewhere(snap)
+            have: dict[Slot, list[InstanceStatus]] = {}  # what is left after the stops
+            for status in self.runtime.status():
+                spec = want.get(status.key.slot)
+                if spec is None:
                     self._stop(status, "no longer wanted")
-            for key in set(self._failed) - set(want):
-                del self._failed[key]  # no longer this node's to start
-            for key, spec in want.items():
-                status = have.get(key)
-                if key in busy and not (status and status.running):
+                elif status.release != spec.release and not self._keep_until_replaced(spec, status):
+                    self._stop(status, f"replaced by {spec.release}")
+                else:
+                    have.setdefault(status.key.slot, []).append(status)
+            for slot in set(self._failed) - set(want):
+                del self._failed[slot]  # no longer this node's to start
+            for slot, spec in want.items():
+                if any(s.key != spec.key for s in have.get(slot, [])):
+                    continue  # the old release's instance runs on until the new slug is here
+                current = next(iter(have.get(slot, [])), None)
+                if slot in busy and not (current and current.running):
                     continue  # still running on its previous node: start it once that stops
-                self._converge(spec, status)
+                self._converge(spec, current)
             self._gc_slugs(want.values())
             self._apps = frozenset(snap.apps)
-            self._last = {(s.app, s.process): s for s in self.runtime.status()}
+            self._last = {s.key: s for s in self.runtime.status()}
             return dict(self._last)
 
     def restart(self, app: str, ptype: str | None = None) -> None:
         """Stop the app's instances (of one type) so the next pass starts them afresh."""
         with self._lock:
             for s in self.runtime.status():
-                if s.app == app and (ptype is None or s.process.rsplit(".", 1)[0] == ptype):
+                if s.app == app and (ptype is None or ptype_of(s.process) == ptype):
                     self.logbus.event(app, f"restarting {s.process}")
-                    self.runtime.stop(s.app, s.process)
-                    self._crashes.pop((s.app, s.process), None)
+                    self.runtime.stop(s.key)
+                    self._crashes.pop(s.key.slot, None)
         self.reconcile()
+
+    def _keep_until_replaced(self, spec: InstanceSpec, old: InstanceStatus) -> bool:
+        """An instance of an older release runs on until the new release's slug is
+        here (then it is stopped, and the new one started)."""
+        return old.running and not self._slug_ready(spec)
 
     def _stop(self, status: InstanceStatus, why: str) -> None:
         self.logbus.event(status.app, f"stopping {status.process} ({status.release}): {why}")
-        self.runtime.stop(status.app, status.process)
-        self._crashes.pop((status.app, status.process), None)
+        self.runtime.stop(status.key)
+        self._crashes.pop(status.key.slot, None)
 
     def _converge(self, spec: InstanceSpec, status: InstanceStatus | None) -> None:
-        key = (spec.app, spec.process)
-        if status is not None and status.release != spec.release:
-            if status.running and not self._slug_ready(spec):
-                return  # the running release stays until the new one's slug is here
-            self._stop(status, f"replaced by {spec.release}")
-            status = None
+        key = spec.key.slot
         crash = self._crashes.get(key)
         if status is not None and status.running:
             if crash and time.monotonic() - crash.restarted_at > HEALTHY_AFTER:
                 del self._crashes[key]
-            self.logbus.watch(spec.app, spec.process)
+            self.logbus.watch(spec.key)
             return
         if status is not None:  # it exited by itself: restart with back-off
             crash = self._crashes.setdefault(key, Crash())
@@ -216,8 +219,8 @@ class Reconciler:
         except Exception as e:  # one failure must not stop the other apps' pass
             self._cannot_start(spec, e)
             return
-        self._failed.pop((spec.app, spec.process), None)
-        self.logbus.watch(spec.app, spec.process)
+        self._failed.pop(spec.key.slot, None)
+        self.logbus.watch(spec.key)
 
     def _cannot_start(self, spec: InstanceSpec, error: Exception) -> None:
         log.warning("cannot start %s %s: %s", spec.app, spec.process, error)

@@ -14,7 +14,9 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
+
+from peoplescloud.processes import ptype_of
 
 # Labels every container (and every process handle) carries.
 LABEL_NODE = "peoplescloud.node"
@@ -23,6 +25,23 @@ LABEL_PROCESS = "peoplescloud.process"
 LABEL_RELEASE = "peoplescloud.release"
 
 WEB_PORT = 5000  # $PORT inside a container; the process runtime picks a free host port
+
+
+class InstanceKey(NamedTuple):
+    """Which instance: `bot.1` of release `v3` of app `mybot`. The release is part of
+    it, so a new release's `web.1` can run beside the old one's while it takes over."""
+
+    app: str
+    process: str  # "<type>.<n>", e.g. "bot.1"
+    release: str  # "v3"
+
+    @property
+    def slot(self) -> tuple[str, str]:
+        """(app, process): the place the instance fills, whatever its release."""
+        return (self.app, self.process)
+
+    def __str__(self) -> str:
+        return f"{self.app} {self.process} ({self.release})"
 
 
 @dataclass(frozen=True)
@@ -39,10 +58,15 @@ class InstanceSpec:
     memory_mb: int = 512
     cpus: float = 0.25
     web: bool = False  # gets $PORT and an address the router can reach
+    path: tuple[str, ...] = ()  # the slug's executable dirs, relative to it: first on PATH
 
     @property
     def ptype(self) -> str:
-        return self.process.rsplit(".", 1)[0]
+        return ptype_of(self.process)
+
+    @property
+    def key(self) -> InstanceKey:
+        return InstanceKey(self.app, self.process, self.release)
 
     def environment(self, port: int | None) -> dict[str, str]:
         """Config vars plus what every instance gets; ours win over the user's."""
@@ -79,6 +103,10 @@ class InstanceStatus:
     address: str | None = None  # "127.0.0.1:49153" for web instances the router can reach
     detail: str = ""  # runtime-specific: container id, pid
 
+    @property
+    def key(self) -> InstanceKey:
+        return InstanceKey(self.app, self.process, self.release)
+
 
 @dataclass(frozen=True)
 class LogLine:
@@ -89,26 +117,36 @@ class LogLine:
     text: str  # without the trailing newline
 
 
+def search_path(slug: Path | str, dirs: tuple[str, ...], system: str) -> str:
+    """$PATH for an instance: the slug's executable dirs first, then the system's."""
+    return ":".join([*(f"{slug}/{d}" for d in dirs), system])
+
+
 def on_set(event: threading.Event, action: Callable[[], None]) -> None:
     """Call `action` from a thread of its own once `event` is set (how a one-off
     `run` is ended when its client leaves). The caller sets `event` when the run
     is over in any case, so the thread ends; `action` must then do nothing."""
-    threading.Thread(target=lambda: event.wait() and action(), daemon=True).start()
+
+    def act_when_set() -> None:
+        if event.wait():
+            action()
+
+    threading.Thread(target=act_when_set, daemon=True).start()
 
 
 class Runtime(Protocol):
     name: str
 
     def start(self, spec: InstanceSpec) -> InstanceStatus:
-        """Start the instance; an exited instance with the same app/process is replaced."""
+        """Start the instance; an exited instance with the same key is replaced."""
 
-    def stop(self, app: str, process: str, timeout: float = 10) -> None:
+    def stop(self, key: InstanceKey, timeout: float = 10) -> None:
         """SIGTERM, then SIGKILL after `timeout`; then forget the instance. No error if absent."""
 
     def status(self) -> list[InstanceStatus]:
         """Every instance of this node (running or exited), re-adopted after a restart."""
 
-    def logs(self, app: str, process: str, follow: bool, cursor: str | None) -> Iterator[LogLine]:
+    def logs(self, key: InstanceKey, follow: bool, cursor: str | None) -> Iterator[LogLine]:
         """Output of one instance (stdout and stderr), from just after `cursor` (None: start).
 
         With `follow`, blocks for new lines and ends when the instance is gone.

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from swarm import docker_engine
-from swarm.errors import RuntimeFailure
-from swarm.runtime.base import Runtime
-from swarm.runtime.docker import DockerRuntime
-from swarm.runtime.process import ProcessRuntime
-from swarm.settings import Settings
+from peoplescloud import docker_engine
+from peoplescloud.errors import RuntimeFailure
+from peoplescloud.runtime.base import Runtime
+from peoplescloud.runtime.docker import DockerRuntime
+from peoplescloud.runtime.process import ProcessRuntime
+from peoplescloud.settings import Settings
 
 CONNECT_TIMEOUT = 10  # seconds for the engine's ping
 
@@ -17,7 +17,7 @@ CONNECT_TIMEOUT = 10  # seconds for the engine's ping
 def open_runtime(settings: Settings, say: Callable[[str], None]) -> Runtime:
     """`docker` or `process` as configured; `auto` is docker when an engine answers.
     Both enforce the lease the daemon keeps in `<run_dir>/lease/` (see runtime.lease)."""
-    lease_dir = settings.run_dir / "lease"
+    lease_dir = settings.lease_dir
     if settings.runtime != "process":
         client = docker_engine.connect(CONNECT_TIMEOUT)
         if client is not None:

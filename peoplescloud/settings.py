@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from swarm.errors import ConfigError
-from swarm.state import normalize_key
+from peoplescloud.errors import ConfigError
+from peoplescloud.state import normalize_key
 
 APP_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,29}$")
 NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -265,6 +265,19 @@ class Settings:
     @property
     def run_dir(self) -> Path:
         return self.home / "run"
+
+    @property
+    def lease_dir(self) -> Path:
+        """Where the node's lease is written, and its runtimes' watchdogs read it."""
+        return self.run_dir / "lease"
+
+    # Per-app paths.
+    def repo_path(self, app: str) -> Path:
+        return self.repos_dir / f"{app}.git"
+
+    def slug_path(self, cid: str) -> Path:
+        """The working copy of a slug on this node (the store keeps the original)."""
+        return self.slugs_dir / cid
 
 
 ENV_PREFIX = "PC_"

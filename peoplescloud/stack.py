@@ -22,7 +22,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from swarm.errors import PCError
+from peoplescloud.errors import PCError
 
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -146,9 +146,9 @@ def debian_mirror(sources: tuple[Path, ...] = APT_SOURCES) -> str:
 def _mirror_in_list(text: str) -> str | None:
     """One-line format: `deb [opts] URI SUITE COMPONENTS...`."""
     for line in text.splitlines():
-        line = re.sub(r"\[[^\]]*\]", "", line.split("#", 1)[0]).split()
-        if len(line) >= 3 and line[0] == "deb" and line[2] == SUITE:
-            return line[1]
+        words = re.sub(r"\[[^\]]*\]", "", line.split("#", 1)[0]).split()
+        if len(words) >= 3 and words[0] == "deb" and words[2] == SUITE:
+            return words[1]
     return None
 
 

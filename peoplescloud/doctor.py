@@ -13,13 +13,11 @@ from dataclasses import dataclass
 
 import docker
 
-from swarm.docker_engine import connect
-from swarm.errors import ConfigError
-from swarm.ipfs.kubo import find_binary
-from swarm.settings import Settings
-from swarm.stack import image_exists
-
-KUBO_VERSION = "v0.38.1"
+from peoplescloud.cluster import swarm_entry
+from peoplescloud.docker_engine import connect
+from peoplescloud.errors import PCError
+from peoplescloud.settings import Settings
+from peoplescloud.stack import image_exists
 
 
 @dataclass(frozen=True)
@@ -46,19 +44,14 @@ BINARIES = (
 )
 
 
-def check_kubo() -> Check:
-    """kubo, found the way a swarm node finds it (PC_IPFS_BIN, the cached build, PATH)."""
+def swarm_checks(settings: Settings) -> list[Check]:
+    """What the swarm package checks (kubo); nothing when it is not installed."""
     try:
-        found = find_binary()
-    except ConfigError:
-        return Check(
-            "ipfs",
-            False,
-            "kubo not found (a swarm needs it; a lone node with the local store does not)",
-            f"bash scripts/install-kubo  (builds kubo {KUBO_VERSION} into ~/.cache/peoplescloud)",
-            required=False,
-        )
-    return Check("ipfs", True, f"{found} (kubo, the IPFS store of a swarm)", required=False)
+        entry = swarm_entry()
+    except PCError:
+        return []
+    found: list[Check] = entry.checks(settings)
+    return found
 
 
 def checks(settings: Settings) -> list[Check]:
@@ -70,7 +63,7 @@ def checks(settings: Settings) -> list[Check]:
         if client is not None:
             client.close()
     result += [check_binary(*spec) for spec in BINARIES]
-    result.append(check_kubo())
+    result += swarm_checks(settings)
     result += [
         check_port(what, settings.listen, port)
         for what, port in (

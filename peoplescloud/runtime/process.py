@@ -7,7 +7,7 @@ python shim, itself the session leader, that:
   - waits for the app and writes its exit code to `<process>.exit`. The daemon
     is not the parent of an instance it re-adopted after a restart, so it cannot
     `wait()` for it; the exit file is how it still learns the code;
-  - ends the app once the node's lease passes (`swarm.runtime.lease`).
+  - ends the app once the node's lease passes (`peoplescloud.runtime.lease`).
 A handle file `<process>.json` (pid and kernel start time of the shim, to tell
 a reused pid apart, release, port, ...) is what `status()` re-adopts. Where
 `bwrap` works, the app runs in a bubblewrap sandbox: a read-only view of the
@@ -17,6 +17,7 @@ host, the node's own files hidden, a private /tmp and pid namespace, network kep
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -30,11 +31,18 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from swarm.errors import RuntimeFailure
-from swarm.runtime import lease
-from swarm.runtime.base import InstanceSpec, InstanceStatus, LogLine, on_set
+from peoplescloud.errors import RuntimeFailure
+from peoplescloud.runtime import lease
+from peoplescloud.runtime.base import (
+    InstanceKey,
+    InstanceSpec,
+    InstanceStatus,
+    LogLine,
+    on_set,
+    search_path,
+)
 
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 POLL = 0.2  # seconds between looks at a growing log or a dying process group
@@ -66,11 +74,14 @@ class ProcessRuntime:
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # to reap what we started
 
     def start(self, spec: InstanceSpec) -> InstanceStatus:
-        files = self._files(spec.app, spec.process)
-        handle = self._handle(spec.app, spec.process)
-        if handle and _alive(handle):
-            raise RuntimeFailure(f"{spec.app} {spec.process} is already running")
-        self._forget(spec.app, spec.process)
+        files = self._files(spec.key)
+        for path in files["dir"].glob(f"{spec.process}@*.json"):  # this slot, any release
+            handle = _read_json(path)
+            if handle is None or _alive(handle):
+                if handle is not None and handle["release"] == spec.release:
+                    raise RuntimeFailure(f"{spec.key} is already running")
+                continue
+            self._forget(_key(handle))  # exited, of this release or an older one
         files["dir"].mkdir(parents=True, exist_ok=True)
         files["log"].write_bytes(b"")  # exists from now on: logs() may follow it at once
         port = _free_port() if spec.web else None
@@ -89,7 +100,7 @@ class ProcessRuntime:
                 start_new_session=True,
             )
         except OSError as e:
-            raise RuntimeFailure(f"could not start {spec.app} {spec.process}: {e}") from None
+            raise RuntimeFailure(f"could not start {spec.key}: {e}") from None
         self._children[child.pid] = child
         handle = {
             "id": uuid.uuid4().hex,
@@ -108,8 +119,8 @@ class ProcessRuntime:
         tmp.replace(files["handle"])
         return self._status(handle)
 
-    def stop(self, app: str, process: str, timeout: float = 10) -> None:
-        handle = self._handle(app, process)
+    def stop(self, key: InstanceKey, timeout: float = 10) -> None:
+        handle = self._handle(key)
         if handle and _alive(handle):
             pgid = handle["pid"]
             _killpg(pgid, signal.SIGTERM)
@@ -118,7 +129,7 @@ class ProcessRuntime:
                 time.sleep(POLL / 4)
             _killpg(pgid, signal.SIGKILL)
             self._reap()
-        self._forget(app, process)
+        self._forget(key)
 
     def status(self) -> list[InstanceStatus]:
         self._reap()
@@ -129,16 +140,16 @@ class ProcessRuntime:
                 out.append(self._status(handle))
         return out
 
-    def logs(self, app: str, process: str, follow: bool, cursor: str | None) -> Iterator[LogLine]:
+    def logs(self, key: InstanceKey, follow: bool, cursor: str | None) -> Iterator[LogLine]:
         """The instance's log file; the cursor is '<instance id>:<byte offset>', so a
         cursor of an earlier instance of the same process starts the new one from 0."""
-        handle = self._handle(app, process)
+        handle = self._handle(key)
         if handle is None:
             return
         instance, _, offset = (cursor or "").partition(":")
         start = int(offset) if instance == handle["id"] and offset.isdigit() else 0
         try:
-            log = open(self._files(app, process)["log"], "rb")  # noqa: SIM115 (closed below)
+            log = open(self._files(key)["log"], "rb")  # noqa: SIM115 (closed below)
         except FileNotFoundError:
             return
         with log:
@@ -177,44 +188,51 @@ class ProcessRuntime:
         except OSError as e:
             raise RuntimeFailure(f"could not run {argv[:1]} for {spec.app}: {e}") from None
         if cancel is not None:
-            on_set(cancel, lambda: child.poll() is None and _killpg(child.pid, signal.SIGKILL))
+
+            def kill() -> None:
+                if child.poll() is None:
+                    _killpg(child.pid, signal.SIGKILL)
+
+            on_set(cancel, kill)
         if stdin is not None and child.stdin is not None:
             threading.Thread(target=_feed, args=(child.stdin, stdin), daemon=True).start()
-        assert child.stdout is not None
-        while data := child.stdout.read1(65536):
+        # a binary pipe with the default buffering: a BufferedReader, which has read1
+        stdout = cast(io.BufferedReader, child.stdout)
+        while data := stdout.read1(65536):
             output(data)
         return child.wait()
 
     # -- helpers --
 
-    def _files(self, app: str, process: str) -> dict[str, Path]:
-        d = self.run_dir / app
+    def _files(self, key: InstanceKey) -> dict[str, Path]:
+        d = self.run_dir / key.app
+        name = f"{key.process}@{key.release}"
         return {
             "dir": d,
-            "handle": d / f"{process}.json",
-            "log": d / f"{process}.log",
-            "exit": d / f"{process}.exit",
+            "handle": d / f"{name}.json",
+            "log": d / f"{name}.log",
+            "exit": d / f"{name}.exit",
         }
 
-    def _handle(self, app: str, process: str) -> dict[str, Any] | None:
-        return _read_json(self._files(app, process)["handle"])
+    def _handle(self, key: InstanceKey) -> dict[str, Any] | None:
+        return _read_json(self._files(key)["handle"])
 
     def _is_current(self, handle: dict[str, Any]) -> bool:
         """The instance of `handle` still runs and was not replaced."""
         self._reap()
-        now = self._handle(handle["app"], handle["process"])
+        now = self._handle(_key(handle))
         return bool(now and now["id"] == handle["id"] and _alive(now))
 
-    def _forget(self, app: str, process: str) -> None:
-        for key, path in self._files(app, process).items():
-            if key != "dir":
+    def _forget(self, key: InstanceKey) -> None:
+        for what, path in self._files(key).items():
+            if what != "dir":
                 path.unlink(missing_ok=True)
 
     def _status(self, handle: dict[str, Any]) -> InstanceStatus:
         running = _alive(handle)
         exit_code = None
         if not running:
-            text = _read_text(self._files(handle["app"], handle["process"])["exit"])
+            text = _read_text(self._files(_key(handle))["exit"])
             exit_code = int(text) if text and text.strip().lstrip("-").isdigit() else None
         port = handle.get("port")
         return InstanceStatus(
@@ -230,8 +248,7 @@ class ProcessRuntime:
 
     def _env(self, spec: InstanceSpec, port: int | None) -> dict[str, str]:
         """A clean environment: the daemon's own variables never reach apps."""
-        slug = spec.slug.resolve()
-        path = f"{slug}/.venv/bin:{slug}/node_modules/.bin:{SYSTEM_PATH}"
+        path = search_path(spec.slug.resolve(), spec.path, SYSTEM_PATH)
         return {"LANG": "C.UTF-8", **spec.environment(port), "PATH": path}
 
     def _sandboxed(self, spec: InstanceSpec, argv: list[str], one_off: bool = False) -> list[str]:
@@ -272,7 +289,7 @@ class ProcessRuntime:
 SHIM = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from swarm.runtime.process import shim_main
+from peoplescloud.runtime.process import shim_main
 shim_main(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:])
 """
 
@@ -313,6 +330,10 @@ def _stamp(log: Any, line: bytes) -> None:
 def _log_line(raw: bytes, cursor: str) -> LogLine:
     stamp, _, text = raw.decode("utf-8", "replace").partition(" ")
     return LogLine(cursor=cursor, timestamp=stamp[:19] + "Z", text=text.rstrip("\r"))
+
+
+def _key(handle: dict[str, Any]) -> InstanceKey:
+    return InstanceKey(handle["app"], handle["process"], handle["release"])
 
 
 def _start_time(pid: int) -> int | None:

@@ -7,19 +7,21 @@ from __future__ import annotations
 import shutil
 import socket
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import builder
-from swarm.errors import PCError
-from swarm.logbus import LogBus
-from swarm.reconciler import Reconciler
-from swarm.settings import Settings
-from swarm.state import Release, State, now
-from swarm.store import Store
+from peoplescloud.cluster import Cluster
+from peoplescloud.errors import PCError
+from peoplescloud.locks import KeyedLocks
+from peoplescloud.logbus import LogBus
+from peoplescloud.processes import is_web, process_names
+from peoplescloud.reconciler import Reconciler
+from peoplescloud.runtime.base import InstanceKey, InstanceStatus
+from peoplescloud.settings import Settings
+from peoplescloud.state import Release, now
 
 KEEP_RELEASES = 10  # older slugs are unpinned; their release rows stay for history
 SETTLE = 1.0  # seconds a new instance must keep running for its push to succeed
@@ -29,40 +31,33 @@ class Deployer:
     def __init__(
         self,
         settings: Settings,
-        state: State,
-        store: Store,
+        cluster: Cluster,
         reconciler: Reconciler,
         logbus: LogBus,
         executor: builder.Executor,
+        locks: KeyedLocks | None = None,
     ) -> None:
+        """`locks`: the node's per-app locks; a push holds its app's for its whole run."""
         self.settings = settings
-        self.state = state
-        self.store = store
+        self.cluster = cluster
+        self.state = cluster.state
+        self.store = cluster.store
         self.reconciler = reconciler
         self.logbus = logbus
         self.executor = executor
-        self._busy: set[str] = set()
-        # In a swarm: wait until the slug is pinned on its holders (Membership).
-        self.replicated: Callable[[str, Callable[[str], None]], None] = lambda _cid, _say: None
-        self._busy_lock = threading.Lock()
+        self.locks = locks or KeyedLocks()
 
     def deploy(
         self, user: str, app: str, repo: Path, commit: str, say: Callable[[str], None]
     ) -> str:
         """Build and release `commit`; returns "vN" once its instances run."""
-        with self._busy_lock:
-            if app in self._busy:
+        with self.locks.try_hold(app) as free:
+            if not free:
                 raise PCError(f"another push to {app} is being built; try again when it is done")
-            self._busy.add(app)
-        try:
             return self._deploy(user, app, repo, commit, say)
-        finally:
-            with self._busy_lock:
-                self._busy.discard(app)
 
     def busy(self, app: str) -> bool:
-        with self._busy_lock:
-            return app in self._busy
+        return self.locks.held(app)
 
     def _deploy(
         self, user: str, app: str, repo: Path, commit: str, say: Callable[[str], None]
@@ -84,7 +79,7 @@ class Deployer:
             shutil.rmtree(work, ignore_errors=True)
         release = self._record(app, user, commit, cid, result)
         self.logbus.event(app, f"release {release.name} by {user}: {release.description}")
-        self.replicated(cid, say)
+        self.cluster.wait_replicated(cid, say)
         return self.activate(app, release.version, say)
 
     def _record(
@@ -154,10 +149,8 @@ class Deployer:
             running = self.reconciler.everywhere()
             local = self.reconciler.instances()
             a = self.state.read().app(app)
-            wanted = [f"{t}.{n}" for t, c in a.scale.items() for n in range(1, c + 1)]
-            mine = {
-                p: s for (name, p), s in running.items() if name == app and s.release == release
-            }
+            wanted = process_names(a.scale)
+            mine = {k.process: s for k, s in running.items() if k == (app, k.process, release)}
             now = time.monotonic()
             for p in wanted:
                 s = mine.get(p)
@@ -173,12 +166,9 @@ class Deployer:
                 seen.setdefault(p, (s.started_at, now))
             settled = [p for p in wanted if p in seen and now - seen[p][1] >= SETTLE]
             listening = all(
-                _answers(local[(app, p)].address)
+                _answers(address)
                 for p in settled
-                if p.startswith("web.")
-                and (app, p) in local
-                and local[(app, p)].release == release
-                and local[(app, p)].address
+                if is_web(p) and (address := _address(local.get(InstanceKey(app, p, release))))
             )
             if len(settled) == len(wanted) and (listening or now > deadline):
                 where = (
@@ -195,6 +185,10 @@ class Deployer:
                     f"release {release} is deployed but {late} is not running: see `logs {app}`"
                 )
             time.sleep(0.2)
+
+
+def _address(status: InstanceStatus | None) -> str | None:
+    return status.address if status is not None else None
 
 
 def _answers(address: str) -> bool:

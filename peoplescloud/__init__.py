@@ -1,0 +1,1 @@
+"""People's Cloud: what one node needs. It imports nothing from `swarm/`."""

@@ -1,0 +1,95 @@
+"""The one bridge between worker threads and the daemon's event loop.
+
+Blocking work (dulwich, docker-py, Raft commits) runs in threads; sessions and
+peer calls live on the loop. `in_thread` runs a long blocking call in a thread
+of its own and awaits it; `LoopBridge.call` runs a coroutine on the loop from a
+worker thread and waits for its result. `every` runs blocking work in a
+thread on a beat (the reconciler's passes, a swarm member's tick).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+
+async def in_thread(function: Callable[..., T], *args: Any) -> T:
+    """`function(*args)` in a thread of its own, for work that lasts as long as a
+    session (a push, a one-off process): the shared pool of `asyncio.to_thread`
+    stays free for short calls."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+    def work() -> None:
+        try:
+            result = function(*args)
+        except BaseException as e:  # handed to the awaiting coroutine
+            loop.call_soon_threadsafe(settle, None, e)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    name = getattr(function, "__name__", "session")
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return await future
+
+
+class LoopBridge:
+    """Coroutines on `loop`, awaited from worker threads."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run `coroutine` on the loop and wait up to `timeout` s for its result;
+        on a timeout it is cancelled and TimeoutError raised."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def soon(self, callback: Callable[[], object]) -> None:
+        """Call `callback` on the loop (from any thread, e.g. Raft's)."""
+        self.loop.call_soon_threadsafe(callback)
+
+
+async def every(
+    seconds: float,
+    work: Callable[[], object],
+    stop: asyncio.Event,
+    wake: asyncio.Event | None = None,
+) -> None:
+    """Run blocking `work` in a thread every `seconds` (at once when `wake` is set)
+    until `stop`. Loops are separate so a slow one never delays another: a lease
+    renewal never waits behind a slug fetch."""
+    while not stop.is_set():
+        waiters = [asyncio.ensure_future(stop.wait())]
+        if wake is not None:
+            waiters.append(asyncio.ensure_future(wake.wait()))
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+        if stop.is_set():
+            return
+        if wake is not None:
+            wake.clear()
+        try:
+            await asyncio.to_thread(work)
+        except Exception:  # one bad round must not end the daemon
+            log.exception("%s failed", getattr(work, "__qualname__", work))

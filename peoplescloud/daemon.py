@@ -1,0 +1,241 @@
+"""`pc daemon`: compose the node and serve until SIGINT/SIGTERM.
+
+Stopping the daemon never stops apps: instances belong to the runtime (a
+container, a process in its own session), and the next daemon re-adopts them
+on its first reconcile pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import signal
+from dataclasses import dataclass
+from typing import IO
+
+from docker import DockerClient
+
+import builder
+from gitserver.server import start_server
+from peoplescloud.bridge import every
+from peoplescloud.cluster import Cluster, LocalParts, open_cluster
+from peoplescloud.deploy import Deployer
+from peoplescloud.errors import PCError
+from peoplescloud.logbus import LogBus
+from peoplescloud.processes import is_web
+from peoplescloud.reconciler import Reconciler
+from peoplescloud.runtime.base import LABEL_NODE
+from peoplescloud.runtime.docker import LABEL_ONEOFF
+from peoplescloud.runtime.select import open_runtime
+from peoplescloud.service import Node
+from peoplescloud.settings import Settings
+from router.proxy import Upstream, start_router
+
+log = logging.getLogger("pc")
+
+RECONCILE_EVERY = 2.0  # seconds between passes that notice crashes
+STOP_WAIT = 5.0  # seconds a loop's round under way may take to finish at stop
+
+
+def lock_home(settings: Settings) -> IO[str]:
+    """One daemon per node home: a second one would fight the first over its apps."""
+    f = open(settings.home / "daemon.lock", "w")  # noqa: SIM115 - held for the daemon's life
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise PCError(f"a daemon already runs for {settings.home}") from None
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def make_executor(settings: Settings, client: DockerClient | None) -> builder.Executor:
+    """Builds run where the app will: in the stack image for docker, on the host otherwise."""
+    if client is not None:
+        return builder.DockerExecutor(
+            client,
+            settings.build.stack_image,
+            settings.build.ca_bundle,
+            timeout=settings.build.timeout,
+            labels={LABEL_NODE: settings.name},
+        )
+    return builder.HostExecutor(timeout=settings.build.timeout, ca_bundle=settings.build.ca_bundle)
+
+
+def sweep_leftovers(settings: Settings) -> None:
+    """What a killed daemon left half-made: nothing refers to any of it, and each
+    is written under a temporary name before an atomic rename."""
+    leftovers = [
+        settings.tmp_dir,  # build work dirs, repo copies
+        settings.store_dir / "tmp",  # slugs being added to the store
+        *settings.slugs_dir.glob("*.partial"),  # slugs being fetched from the store
+        *(settings.cache_dir / "deps").glob(".tmp-*"),  # dependency cache entries
+    ]
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def sweep_containers(client: DockerClient, node: str) -> None:
+    """Build and one-off `run` containers a killed daemon of this node left
+    behind: nobody reads their output any more (as a one-off dyno ends with
+    its session on Heroku)."""
+    for kind in ("peoplescloud.build=1", f"{LABEL_ONEOFF}=1"):
+        labels = [kind, f"{LABEL_NODE}={node}"]
+        for container in client.containers.list(all=True, filters={"label": labels}):
+            container.remove(force=True)
+
+
+@dataclass
+class Parts:
+    """The node, composed on its cluster (a lone node's, or its swarm's)."""
+
+    node: Node
+    reconciler: Reconciler
+    logbus: LogBus
+    cluster: Cluster
+
+    @property
+    def local(self) -> LocalParts:
+        return LocalParts(self.node.settings, self.node.runtime, self.reconciler, self.logbus)
+
+
+def build_node(settings: Settings) -> Parts:
+    if not settings.state_file.exists():
+        raise PCError(f"no node at {settings.home}: run `pc init` first")
+    sweep_leftovers(settings)
+    cluster = open_cluster(settings)  # a swarm's starts its kubo and Raft
+    try:
+        runtime = open_runtime(settings, log.warning)
+        log.info("runtime: %s, store: %s", runtime.name, cluster.store.name)
+        client: DockerClient | None = getattr(runtime, "client", None)  # the docker runtime's
+        if client is not None:
+            sweep_containers(client, settings.name)
+        logbus = LogBus(settings.logs_dir, runtime)
+        reconciler = Reconciler(settings, cluster, runtime, logbus)
+        deployer = Deployer(settings, cluster, reconciler, logbus, make_executor(settings, client))
+        node = Node(settings, cluster, runtime, reconciler, deployer, logbus)
+    except BaseException:  # no kubo or Raft node outlives a start that did not finish
+        asyncio.run(cluster.close())
+        raise
+    return Parts(node, reconciler, logbus, cluster)
+
+
+def web_upstreams(parts: Parts, app: str, local_only: bool) -> list[Upstream] | None:
+    """Where the router sends a request for `app`: this node's web instances,
+    and (unless a sibling's router passed the request on) the routers of the
+    siblings that run one. None: there is no such app."""
+    if app not in parts.reconciler.apps():
+        return None
+    upstreams = [
+        Upstream(s.address)
+        for key, s in parts.reconciler.instances().items()
+        if key.app == app and s.running and s.address and is_web(key.process)
+    ]
+    if not local_only:
+        routers = parts.cluster.sibling_routers(app)
+        upstreams += [Upstream(address, router=True) for address in routers]
+    return upstreams
+
+
+async def serve(settings: Settings) -> None:
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    stop = asyncio.Event()
+    ready = False
+
+    def on_signal() -> None:
+        stop.set()
+        if not ready:  # still starting: unwind what has started
+            main.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    # Each part is closed (last first) however far the start got: a daemon that
+    # fails or is stopped half-way leaves no kubo, port or Raft node behind.
+    # Apps keep running.
+    try:
+        async with contextlib.AsyncExitStack() as started:
+            started.callback(lock_home(settings).close)
+            parts = await build_in_thread(settings)
+            started.push_async_callback(close_parts, parts)
+            loops = await start_node(settings, parts, started, stop)
+            ready = True
+            await stop.wait()
+            log.info("stopping (apps keep running)")
+            _, late = await asyncio.wait(loops, timeout=STOP_WAIT)  # let a round finish
+            for task in late:
+                task.cancel()
+    except asyncio.CancelledError:
+        log.info("stopped while starting (apps keep running)")
+
+
+async def build_in_thread(settings: Settings) -> Parts:
+    """`build_node` off the loop; stopped meanwhile, it closes what the build opened."""
+    build = asyncio.ensure_future(asyncio.to_thread(build_node, settings))
+    try:
+        return await asyncio.shield(build)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await close_parts(await build)
+        raise
+
+
+async def start_node(
+    settings: Settings, parts: Parts, started: contextlib.AsyncExitStack, stop: asyncio.Event
+) -> list[asyncio.Future[None]]:
+    """Serve the node's ports and start its loops (which end when `stop` is set)."""
+    reconciler, cluster = parts.reconciler, parts.cluster
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()  # what to run changed: reconcile now, not in 2 s
+
+    def wake_soon() -> None:  # from any thread
+        loop.call_soon_threadsafe(wake.set)
+
+    # The cluster first: in a swarm it takes a lease, or the first pass would stop everything.
+    swarm_loops = await cluster.start(parts.local, stop, wake_soon)
+    cluster_loops = [asyncio.ensure_future(c) for c in swarm_loops]
+    started.callback(lambda: [f.cancel() for f in cluster_loops])  # for a start that fails
+    await asyncio.to_thread(reconciler.reconcile)  # re-adopt what already runs
+    ssh = await start_server(
+        parts.node,
+        settings.listen,
+        settings.ssh_port,
+        settings.host_key,
+        max_push_bytes=settings.build.max_push_mb * 1024 * 1024,
+    )
+    started.callback(ssh.close)
+    router = await start_router(
+        lambda app, local_only: web_upstreams(parts, app, local_only),
+        settings.domain,
+        settings.name,
+        settings.listen,
+        settings.router_port,
+        hop_key=cluster.hop_key,
+    )
+    started.push_async_callback(router.cleanup)
+    log.info(
+        "node %s ready: ssh on %s:%d, router on %s:%d (http://APP.%s:%d/)%s",
+        settings.name,
+        settings.listen,
+        settings.ssh_port,
+        settings.listen,
+        settings.router_port,
+        settings.domain,
+        settings.router_port,
+        cluster.describe(),
+    )
+    loops: list[asyncio.Future[None]] = [
+        asyncio.ensure_future(every(RECONCILE_EVERY, reconciler.reconcile, stop, wake))
+    ]
+    return loops + cluster_loops
+
+
+async def close_parts(parts: Parts) -> None:
+    parts.reconciler.close()
+    await parts.cluster.close()  # a swarm's kubo stops: the apps have their slugs already
+    parts.logbus.close()

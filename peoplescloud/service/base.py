@@ -1,0 +1,109 @@
+"""What every part of the app service shares: the node's parts, and who may do what."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from dulwich.repo import Repo
+
+from peoplescloud.cluster import Cluster
+from peoplescloud.deploy import Deployer
+from peoplescloud.errors import Forbidden, PCError
+from peoplescloud.logbus import LogBus
+from peoplescloud.reconciler import Reconciler
+from peoplescloud.runtime.base import Runtime
+from peoplescloud.settings import Settings, check_app_name
+from peoplescloud.state import App, Snapshot, now
+
+
+class ServiceBase:
+    """The node's parts, access checks, and the git side of a push."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        cluster: Cluster,
+        runtime: Runtime,
+        reconciler: Reconciler,
+        deployer: Deployer,
+        logbus: LogBus,
+    ) -> None:
+        self.settings = settings
+        self.node_name = settings.name
+        self.cluster = cluster
+        self.state = cluster.state
+        self.store = cluster.store
+        self.runtime = runtime
+        self.reconciler = reconciler
+        self.deployer = deployer
+        self.logbus = logbus
+        self._oneoff = itertools.count(1)
+
+    # --- who may do what ----------------------------------------------------
+    def _app(self, user: str, name: str, snap: Snapshot | None = None) -> App:
+        check_app_name(name)
+        snap = snap or self.state.read()
+        app = snap.app(name)
+        u = snap.users.get(user)
+        if app.owner != user and not (u and u.admin):
+            raise Forbidden(f"{name} belongs to {app.owner}; ask them or an admin")
+        return app
+
+    def user_for_key(self, openssh_public_key: str) -> str | None:
+        return self.state.read().user_for_key(openssh_public_key)
+
+    # --- git ------------------------------------------------------------------
+    def repo_for(self, user: str, app: str, write: bool) -> Path:
+        check_app_name(app)
+        if not write:
+            self._up_to_date(self._app(user, app), write)
+            return self.settings.repo_path(app)
+        with self.state.change() as s:  # check and create in one change: two first pushes race
+            if app in s.apps:
+                found = self._app(user, app, s)
+            elif len(s.apps) >= self.settings.shares.max_apps:
+                raise PCError(f"this node hosts {len(s.apps)} apps, its limit; ask the host")
+            else:
+                found = s.apps[app] = App(name=app, owner=user, created=now())
+                s.destroyed.pop(app, None)
+        self._up_to_date(found, write)
+        path = self.settings.repo_path(app)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Repo.init_bare(path, mkdir=True)
+        return path
+
+    def _up_to_date(self, app: App, write: bool) -> None:
+        """In a swarm, the app's history may have been pushed to another node: the
+        cluster copies it here first, so clones (and the ref a push is checked
+        against) are the same on every node. A push goes on without it when no
+        copy can be had."""
+        if app.current is None:
+            return
+        try:
+            self.cluster.sync_repo(app.name, app.release(), self.settings.repo_path(app.name))
+        except PCError:
+            if not write:
+                raise
+
+    def deploy(self, user: str, app: str, commit: str, say: Callable[[str], None]) -> str:
+        self._app(user, app)
+        try:
+            repo = self.settings.repo_path(app)
+            return self.deployer.deploy(user, app, repo, commit, say)
+        except PCError:
+            self._forget_if_never_deployed(app)
+            raise
+
+    def _forget_if_never_deployed(self, app: str) -> None:
+        """A first push that fails leaves no app behind (nor its repo)."""
+        if self.deployer.busy(app):  # refused because another push builds it: keep it
+            return
+        with self.state.change() as s:
+            if app not in s.apps or s.apps[app].releases:
+                return
+            del s.apps[app]
+        shutil.rmtree(self.settings.repo_path(app), ignore_errors=True)

@@ -1,0 +1,85 @@
+"""Process instances: ps, scale, restart, stop, start."""
+
+from __future__ import annotations
+
+from gitserver.service import PsRow
+from peoplescloud.errors import UsageError
+from peoplescloud.processes import process_names, ptype_of
+from peoplescloud.runtime.base import InstanceKey, InstanceStatus
+from peoplescloud.service.base import ServiceBase
+
+
+class ProcessCommands(ServiceBase):
+    def ps(self, user: str, app: str) -> list[PsRow]:
+        a = self._app(user, app)
+        if a.current is None:
+            return []
+        release = a.release()
+        running: dict[str, InstanceStatus] = {}  # process -> its instance, the newest release
+        for key, status in sorted(self.reconciler.everywhere().items(), key=_by_version):
+            if key.app == app:
+                running[key.process] = status
+        rows = []
+        for process in process_names(dict(sorted(a.scale.items()))):
+            s = running.get(process)
+            crash = self.reconciler.crash(app, process)
+            if a.stopped:
+                state, why = "stopped", "ps:start starts it"
+            elif s is None:  # e.g. its slug cannot be fetched yet: it retries
+                state, why = "starting", self.reconciler.start_failure(app, process)
+            elif s.running:  # a crash loop shows here, between its restarts
+                state, why = "up", f"restarted after {crash.count} crash(es)" if crash else ""
+            else:
+                state = "crashed"
+                why = f"exit code {s.exit_code}" + (f", {crash.count} crashes" if crash else "")
+            rows.append(
+                PsRow(
+                    process=process,
+                    release=s.release if s else release.name,
+                    node=a.placement.get(process, self.settings.name),
+                    state=state,
+                    since=s.started_at if s else "",
+                    command=release.processes.get(ptype_of(process), ""),
+                    why=why,
+                )
+            )
+        return rows
+
+    def scale(self, user: str, app: str, counts: dict[str, int]) -> None:
+        self._app(user, app)
+        with self.state.change() as s:
+            a = s.app(app)
+            release = a.release()
+            for ptype, n in counts.items():
+                if ptype not in release.processes:
+                    known = ", ".join(release.processes)
+                    raise UsageError(f"{app} has no process type {ptype!r} (it has: {known})")
+                if not 0 <= n <= 20:
+                    raise UsageError(f"{ptype}={n}: scale between 0 and 20 instances")
+                a.scale[ptype] = n
+        self.reconciler.reconcile()
+
+    def restart(self, user: str, app: str, ptype: str | None) -> None:
+        a = self._app(user, app)
+        if ptype is not None and ptype not in a.scale:
+            raise UsageError(f"{app} has no process type {ptype!r}")
+        self.reconciler.restart(app, ptype)
+        self.cluster.restart_elsewhere(app, ptype)
+
+    def stop(self, user: str, app: str) -> None:
+        self._set_stopped(user, app, True)
+
+    def start(self, user: str, app: str) -> None:
+        self._set_stopped(user, app, False)
+
+    def _set_stopped(self, user: str, app: str, stopped: bool) -> None:
+        self._app(user, app).release()  # nothing to start or stop before a deploy
+        with self.state.change() as s:
+            s.app(app).stopped = stopped
+        self.reconciler.reconcile()
+
+
+def _by_version(item: tuple[InstanceKey, InstanceStatus]) -> int:
+    """Instances sorted so that a newer release's comes after an older one's."""
+    release = item[0].release
+    return int(release[1:]) if release[1:].isdigit() else 0

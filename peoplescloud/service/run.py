@@ -1,0 +1,77 @@
+"""One-off processes and logs."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import threading
+from collections.abc import AsyncIterator, Callable
+
+from peoplescloud.errors import UsageError
+from peoplescloud.reconciler import instance_spec
+from peoplescloud.service.base import ServiceBase
+
+
+class RunCommands(ServiceBase):
+    def run(
+        self,
+        user: str,
+        app: str,
+        argv: list[str],
+        output: Callable[[bytes], None],
+        stdin: Callable[[], bytes] | None,
+        cancel: threading.Event | None = None,
+    ) -> int:
+        a = self._app(user, app)
+        if not argv:
+            raise UsageError("run needs a command, e.g. `run APP python -V`")
+        release = a.release()
+        spec = instance_spec(
+            a,
+            release.version,
+            f"run.{next(self._oneoff)}",
+            shlex.join(argv),
+            self.node_name,
+            self.settings,
+        )
+        self.logbus.event(app, f"{user} runs {spec.process}: {shlex.join(argv)}")
+        with self.reconciler.holding(spec):
+            return self.runtime.run(spec, argv, output, stdin, cancel)
+
+    async def logs(
+        self, user: str, app: str, lines: int, ptype: str | None, follow: bool
+    ) -> AsyncIterator[str]:
+        await asyncio.to_thread(self._app, user, app)
+        siblings = self.cluster.sibling_logs(app, lines, ptype, follow)
+        if not follow:
+            mine = await asyncio.to_thread(self.logbus.tail, app, lines, ptype)
+            for theirs in await asyncio.gather(*(_collect(s) for s in siblings)):
+                mine += theirs
+            mine.sort(key=lambda line: line[:20])  # by timestamp; stable within a node
+            for line in mine[-lines:]:
+                yield line
+            return
+        sources = [self.logbus.follow(app, ptype, backlog=lines), *siblings]
+        async for line in merge(sources):
+            yield line
+
+
+async def _collect(lines: AsyncIterator[str]) -> list[str]:
+    return [line async for line in lines]
+
+
+async def merge(sources: list[AsyncIterator[str]]) -> AsyncIterator[str]:
+    """Lines of several followed logs as they come; stopping stops them all."""
+    queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1000)
+
+    async def pump(source: AsyncIterator[str]) -> None:
+        async for line in source:
+            await queue.put(line)
+
+    tasks = [asyncio.ensure_future(pump(s)) for s in sources]
+    try:
+        while True:
+            yield await queue.get()
+    finally:
+        for task in tasks:
+            task.cancel()
