@@ -16,11 +16,14 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 from dulwich.errors import HangupException
+from dulwich.object_store import DiskObjectStore
 from dulwich.objects import ObjectID
 from dulwich.protocol import SIDE_BAND_CHANNEL_PROGRESS, Protocol
 from dulwich.refs import Ref
+from dulwich.repo import Repo
 from dulwich.server import (
     Backend,
     FileSystemBackend,
@@ -29,7 +32,8 @@ from dulwich.server import (
 )
 
 from gitserver.service import NodeService
-from swarm.errors import PCError
+from peoplescloud.errors import PCError
+from peoplescloud.locks import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +44,7 @@ DEPLOY_REFS = {Ref(b"refs/heads/main"), Ref(b"refs/heads/master")}
 
 Deploy = Callable[[str, Callable[[str], None]], str]
 
-_pushing: set[Path] = set()  # repos with a receive-pack running, so one push at a time
-_pushing_lock = threading.Lock()
+_pushing = KeyedLocks()  # one receive-pack at a time per repo
 
 
 def app_from_path(path: str) -> str:
@@ -122,7 +125,8 @@ class DeployingReceivePack(ReceivePackHandler):
         if unpack != b"ok":
             # dulwich leaves its partial temp pack behind. Any temp pack is garbage
             # here: one push at a time per repo (see `serve`).
-            objects = Path(self.repo.object_store.path)  # type: ignore[attr-defined]
+            # FileSystemBackend opens a dulwich Repo: its objects are on disk
+            objects = Path(cast(DiskObjectStore, self.repo.object_store).path)
             for leftover in objects.glob("tmp_pack_*"):
                 leftover.unlink(missing_ok=True)
             self.say(f" !     {unpack.decode('utf-8', 'replace')}")
@@ -180,18 +184,12 @@ def serve(
     if not pushing:
         return _handle(UploadPackHandler(backend, [repo.name], proto))
 
-    with _pushing_lock:
-        busy = repo in _pushing
-        _pushing.add(repo)
-    if busy:
-        _refuse(proto, f"another push to {app} is under way; try again when it ends")
-        return 1
-    try:
+    with _pushing.try_hold(str(repo)) as free:
+        if not free:
+            _refuse(proto, f"another push to {app} is under way; try again when it ends")
+            return 1
         deploy = functools.partial(service.deploy, user, app)  # (commit, say) -> release
         return _handle(DeployingReceivePack(backend, [repo.name], proto, deploy))
-    finally:
-        with _pushing_lock:
-            _pushing.discard(repo)
 
 
 def _handle(handler: ReceivePackHandler | UploadPackHandler) -> int:
@@ -203,7 +201,7 @@ def _handle(handler: ReceivePackHandler | UploadPackHandler) -> int:
         log.info("git client hung up: %s", e)
         return 1
     finally:
-        handler.repo.close()  # type: ignore[attr-defined]  # a dulwich Repo
+        cast(Repo, handler.repo).close()  # FileSystemBackend opens a dulwich Repo
 
 
 def _refuse(proto: Protocol, reason: str) -> None:

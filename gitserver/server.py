@@ -18,14 +18,14 @@ from pathlib import Path
 import asyncssh
 
 from gitserver import commands, git
+from gitserver.channel import WRITE_TIMEOUT, write_from_thread
 from gitserver.service import NodeService
+from peoplescloud.bridge import LoopBridge, in_thread
 
 log = logging.getLogger(__name__)
 
 SHELL_MESSAGE = "This server runs commands, not shells: try `ssh ... help`.\n"
 
-
-WRITE_TIMEOUT = 60.0  # seconds a git client may take nothing of what is sent
 KEEPALIVE_SECONDS = 30
 
 
@@ -36,7 +36,7 @@ class ChannelIO:
 
     def __init__(self, process: asyncssh.SSHServerProcess, loop: asyncio.AbstractEventLoop):
         self._process = process
-        self._loop = loop
+        self._bridge = LoopBridge(loop)
 
     # --- on the event loop ------------------------------------------------------
     async def read(self, n: int) -> bytes:
@@ -61,31 +61,19 @@ class ChannelIO:
     # --- from a worker thread -----------------------------------------------------
     def read_blocking(self, n: int) -> bytes:
         """Exactly `n` bytes, fewer only at EOF: dulwich's `read(n)` contract."""
-        return self._call(self._readexactly(n))
+        return self._bridge.call(self._readexactly(n))
 
     def write_blocking(self, data: bytes) -> None:
         """Write and wait for the channel to take it (backpressure for big packs).
         A client that takes nothing for WRITE_TIMEOUT seconds is treated as gone
         (ConnectionError): a pusher that stopped reading cannot hold a push open."""
-        future = asyncio.run_coroutine_threadsafe(self._write_drain(data), self._loop)
-        try:
-            future.result(WRITE_TIMEOUT)
-        except TimeoutError:
-            future.cancel()
-            raise ConnectionError(f"the client took nothing for {WRITE_TIMEOUT:g} s") from None
-
-    def _call(self, coro):  # noqa: ANN001, ANN202 - a coroutine and its result
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        write_from_thread(self._bridge, self, data, WRITE_TIMEOUT)  # ours: tests shorten it
 
     async def _readexactly(self, n: int) -> bytes:
         try:
             return await self._process.stdin.readexactly(n)
         except asyncio.IncompleteReadError as e:
             return e.partial
-
-    async def _write_drain(self, data: bytes) -> None:
-        self.write(data)
-        await self.drain()
 
 
 class _Server(asyncssh.SSHServer):
@@ -191,7 +179,7 @@ async def _dispatch(
         io.write_stderr(f" !     cannot split the command: {e}\n".encode())
         return 2
     if argv[0] in git.GIT_COMMANDS and len(argv) == 2:
-        return await commands.in_thread(
+        return await in_thread(
             git.serve,
             service,
             user,

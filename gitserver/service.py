@@ -1,5 +1,5 @@
 """What the SSH layer needs from a node. The daemon passes an implementation
-(`swarm.node.Node`); tests pass a fake. Every method raises `swarm.errors.PCError`
+(`peoplescloud.node.Node`); tests pass a fake. Every method raises `peoplescloud.errors.PCError`
 subclasses with a readable reason; blocking methods are called off the event loop."""
 
 from __future__ import annotations

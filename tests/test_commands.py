@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import shlex
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
-from gitserver.commands import COMMANDS, dispatch, parse_assignments
-from gitserver.service import AppRow, PsRow, ReleaseRow
-from swarm.errors import Forbidden, NotFound, UsageError
+import gitserver.channel
+from gitserver.commands import COMMANDS, dispatch, node_table, parse_assignments
+from gitserver.service import AppRow, NodeRow, PsRow, ReleaseRow
+from peoplescloud.errors import Forbidden, NotFound, UsageError
 
 
 class FakeChannel:
@@ -301,3 +303,50 @@ def test_logs_follow_stops_when_the_client_leaves():
 def test_version_names_the_node():
     status, out, _ = call("version")
     assert status == 0 and out.startswith("peoplescloud ") and "node1" in out
+
+
+def test_run_ends_when_the_client_takes_nothing(monkeypatch: pytest.MonkeyPatch):
+    """One-off output goes through the same write loop as git, with its timeout: a
+    client that takes nothing is treated as gone, the rest is dropped and the
+    process told to stop."""
+    monkeypatch.setattr(gitserver.channel, "WRITE_TIMEOUT", 0.2)
+
+    class StuckChannel(FakeChannel):
+        async def drain(self) -> None:
+            await asyncio.Event().wait()  # the client's window never opens again
+
+    seen: dict[str, bool] = {}
+
+    class Chatty(FakeNode):
+        def run(
+            self,
+            user: str,
+            app: str,
+            argv: list[str],
+            output: Callable[[bytes], None],
+            stdin: Callable[[], bytes] | None,
+            cancel: threading.Event | None = None,
+        ) -> int:
+            output(b"first\n")  # never taken
+            output(b"second\n")  # dropped at once
+            seen["cancelled"] = cancel is not None and cancel.is_set()
+            return 0
+
+    channel = StuckChannel()
+    started = time.monotonic()
+    status = asyncio.run(dispatch(Chatty(), "alice", ["run", "mybot", "chat"], channel))
+    assert status == 0 and seen == {"cancelled": True}
+    assert channel.stdout == b"first\n"
+    assert time.monotonic() - started < 10
+
+
+def test_node_table_lines_up_the_swarm_members():
+    lines = node_table(
+        [
+            NodeRow("node1", "up", "10.0.0.1:7000", "2048 MB, 1 cpu, 20 apps", "512 MB, 1 app", 1),
+            NodeRow("a-longer-node", "down", "10.0.0.2:7000", "-", "-", 0),
+        ]
+    )
+    assert lines[0].split() == ["NODE", "STATE", "ADDRESS", "SHARES", "USES", "INSTANCES"]
+    assert lines[2].split() == ["a-longer-node", "down", "10.0.0.2:7000", "-", "-", "0"]
+    assert len({line.index(line.split()[1]) for line in lines}) == 1  # STATE lines up

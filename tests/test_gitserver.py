@@ -20,7 +20,7 @@ from dulwich.repo import Repo
 from gitserver.git import app_from_path
 from gitserver.server import start_server
 from gitserver.service import AppRow
-from swarm.errors import ConfigError, NotFound, PCError
+from peoplescloud.errors import ConfigError, NotFound, PCError
 from tests.conftest import keygen
 
 MAX_PUSH = 256 * 1024

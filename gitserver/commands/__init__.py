@@ -1,0 +1,122 @@
+"""The SSH command surface, Dokku style: `noun:verb APP ...`, in ONE table.
+
+Every command has a summary and a usage line (`COMMAND --help` prints them).
+Output: `-----> doing X` for progress; ` !     reason` on stderr with a non-zero
+exit for failure (2 for wrong arguments, else the PCError's `exit_code`).
+Tables are aligned columns; `config` prints `KEY=VALUE` lines for scripts.
+The handlers live in one module per noun; this module holds the table.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+
+from gitserver.channel import Channel
+from gitserver.commands import apps, config, logs, ps, releases, run, swarm
+from gitserver.commands.base import Args, Command, Context, parse_assignments, table
+from gitserver.commands.swarm import node_table
+from gitserver.service import NodeService
+from peoplescloud.errors import PCError, UsageError
+
+__all__ = [
+    "COMMANDS",
+    "Args",
+    "Channel",
+    "Command",
+    "Context",
+    "dispatch",
+    "lookup",
+    "node_table",
+    "parse_assignments",
+    "table",
+]
+
+
+async def _help(ctx: Context, args: Args) -> int:
+    """The table itself, or one command's usage."""
+    topic = args.words[0] if args.words else None
+    if topic:
+        cmd = lookup(topic)
+        ctx.out(f"{cmd.name}: {cmd.summary}")
+        ctx.out(cmd.usage)
+        return 0
+    ctx.out("Commands (ssh ... COMMAND ARGS; COMMAND --help for its usage):")
+    for line in table(["", ""], [(c.name + " " + c.args, c.summary) for c in COMMANDS])[1:]:
+        ctx.out("  " + line)
+    ctx.out()
+    ctx.out("Values with spaces need inner quotes, as ssh joins the words before")
+    ctx.out("the server splits them again:  config:set APP 'MSG=\"hi there\"'")
+    return 0
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("help", "[COMMAND]", "list the commands, or show one's usage", _help),
+    Command("version", "", "show this node's People's Cloud version", apps.version),
+    Command("apps", "", "list your apps", apps.apps),
+    Command("apps:info", "APP", "show an app's details", apps.info),
+    Command(
+        "apps:destroy", "APP --confirm APP", "delete an app, its releases and config", apps.destroy
+    ),
+    Command("logs", "APP [-f] [-n N] [--ps TYPE]", "show (-f: follow) an app's logs", logs.logs),
+    Command("ps", "APP", "list an app's processes", ps.ps),
+    Command("ps:scale", "APP TYPE=N...", "set how many of each process type run", ps.scale),
+    Command("ps:restart", "APP [TYPE]", "restart an app's processes", ps.restart),
+    Command("ps:stop", "APP", "stop all of an app's processes", ps.stop),
+    Command("ps:start", "APP", "start a stopped app again", ps.start),
+    Command("config", "APP", "show an app's config vars as KEY=VALUE lines", config.config),
+    Command("config:get", "APP KEY", "print one config var's value", config.get),
+    Command("config:set", "APP KEY=VALUE...", "set config vars (restarts the app)", config.set_),
+    Command("config:unset", "APP KEY...", "remove config vars (restarts the app)", config.unset),
+    Command(
+        "releases", "APP", "list an app's releases (* marks the current one)", releases.releases
+    ),
+    Command("swarm:nodes", "", "list the swarm's members, their state and load", swarm.nodes),
+    Command(
+        "rollback", "APP VERSION", "run an earlier release again, as a new one", releases.rollback
+    ),
+    Command(
+        "run",
+        "APP CMD...",
+        "run a one-off command in the app's environment",
+        run.run,
+        verbatim=True,
+    ),
+)
+_BY_NAME = {c.name: c for c in COMMANDS}
+
+
+def lookup(name: str) -> Command:
+    """The command called `name`; UsageError (with a close name, if any) otherwise."""
+    if name in _BY_NAME:
+        return _BY_NAME[name]
+    close = difflib.get_close_matches(name, _BY_NAME, n=1)
+    hint = f"did you mean `{close[0]}`? " if close else ""
+    raise UsageError(f"unknown command {name!r}: {hint}`help` lists the commands")
+
+
+async def dispatch(service: NodeService, user: str, argv: Sequence[str], channel: Channel) -> int:
+    """Run `argv` (the command's words) for `user`; return the exit status."""
+
+    def fail(reason: str, usage: str | None = None) -> None:
+        text = f" !     {reason}\n" + (f"{usage}\n" if usage else "")
+        channel.write_stderr(text.encode())
+
+    try:
+        cmd = lookup(argv[0])
+    except UsageError as e:
+        fail(str(e), "usage: COMMAND [ARGS...]")
+        return e.exit_code
+    words = list(argv[1:])
+    asks_help = words[:1] == ["--help"] if cmd.verbatim else "--help" in words
+    if asks_help:
+        channel.write(f"{cmd.name}: {cmd.summary}\n{cmd.usage}\n".encode())
+        return 0
+    try:
+        return await cmd.handler(Context(service, user, channel), Args(words))
+    except UsageError as e:
+        fail(str(e), cmd.usage)
+        return e.exit_code
+    except PCError as e:
+        fail(str(e))
+        return e.exit_code

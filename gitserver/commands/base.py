@@ -1,0 +1,127 @@
+"""What every command handler shares: its `Context`, the `Args` it parses, the
+`Command` row of the table, and the output and parsing helpers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gitserver.channel import Channel
+from gitserver.service import NodeService
+from peoplescloud.errors import UsageError
+
+
+@dataclass
+class Context:
+    """What a handler works with: the node, who asks, and their channel."""
+
+    service: NodeService
+    user: str
+    channel: Channel
+
+    def out(self, line: str = "") -> None:
+        """One line of stdout."""
+        self.channel.write(line.encode() + b"\n")
+
+    async def call(self, method: Callable[..., Any], *args: Any) -> Any:
+        """A blocking service method, off the event loop."""
+        return await asyncio.to_thread(method, self.user, *args)
+
+
+class Args:
+    """The words after the command name. Options are taken out first (anywhere),
+    then positionals left to right; leftovers or mistakes raise UsageError."""
+
+    def __init__(self, words: Sequence[str]):
+        self.words = list(words)
+
+    def flag(self, *names: str) -> bool:
+        """Whether any of `names` was given (each taken out)."""
+        found = False
+        for name in names:
+            while name in self.words:
+                self.words.remove(name)
+                found = True
+        return found
+
+    def option(self, *names: str) -> str | None:
+        """The value after the first of `names` given, or None."""
+        for name in names:
+            if name in self.words:
+                i = self.words.index(name)
+                if i + 1 >= len(self.words):
+                    raise UsageError(f"{name} needs a value")
+                value = self.words[i + 1]
+                del self.words[i : i + 2]
+                return value
+        return None
+
+    def word(self, what: str) -> str:
+        """The next positional, `what` naming it in the error when missing."""
+        if not self.words:
+            raise UsageError(f"missing {what}")
+        if self.words[0].startswith("-"):
+            raise UsageError(f"unknown option {self.words[0]}")
+        return self.words.pop(0)
+
+    def rest(self) -> list[str]:
+        """All the words left, untouched."""
+        rest, self.words = self.words, []
+        return rest
+
+    def done(self) -> None:
+        """Refuse any word left over."""
+        if self.words:
+            what = "option" if self.words[0].startswith("-") else "argument"
+            raise UsageError(f"unexpected {what} {self.words[0]!r}")
+
+
+Handler = Callable[[Context, Args], Awaitable[int]]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One row of the command table."""
+
+    name: str
+    args: str  # the usage after the name: "APP KEY=VALUE..."
+    summary: str
+    handler: Handler
+    verbatim: bool = False  # words after APP are passed on untouched (`run`)
+
+    @property
+    def usage(self) -> str:
+        return f"usage: {self.name} {self.args}".rstrip()
+
+
+# --- output ----------------------------------------------------------------------------
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Aligned columns, two spaces apart; the last column is not padded."""
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    return [
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [headers, *rows]
+    ]
+
+
+# --- parsing ---------------------------------------------------------------------------
+def count(text: str, what: str) -> int:
+    """`text` as a number >= 0; `what` names it in the error."""
+    if not text.isdigit():
+        raise UsageError(f"{what} needs a number >= 0, not {text!r}")
+    return int(text)
+
+
+def parse_assignments(words: Sequence[str]) -> dict[str, str]:
+    """`["A=1", "B=x=y"]` -> `{"A": "1", "B": "x=y"}`: split at the first `=`."""
+    values = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{word!r} is not KEY=VALUE")
+        values[key] = value
+    if not values:
+        raise UsageError("missing KEY=VALUE")
+    return values

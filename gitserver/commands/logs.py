@@ -1,0 +1,40 @@
+"""`logs`: the last lines of an app's log, and with `-f` new ones until the client leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from gitserver.commands.base import Args, Context, count
+
+
+async def logs(ctx: Context, args: Args) -> int:
+    follow = args.flag("-f", "--follow")
+    lines = args.option("-n", "--num")
+    ptype = args.option("--ps")
+    app = args.word("APP")
+    args.done()
+    n = count(lines, "-n") if lines is not None else 100
+    stream = ctx.service.logs(ctx.user, app, n, ptype, follow)
+
+    async def copy() -> None:
+        async for line in stream:
+            ctx.out(line)
+
+    copying = asyncio.ensure_future(copy())
+    closed = asyncio.ensure_future(ctx.channel.wait_closed())
+    try:
+        # Stop as soon as the client leaves, even while no line comes.
+        await asyncio.wait({copying, closed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        closed.cancel()
+        if not copying.done():
+            copying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await copying
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    if not copying.cancelled():
+        copying.result()  # a service error (NotFound, ...) surfaces here
+    return 0
