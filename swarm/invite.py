@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from swarm.errors import PCError
+from peoplescloud.errors import PCError
 
 PREFIX = "pcjoin1."
 _ANY_VERSION = re.compile(r"^pcjoin\d+\.")

@@ -12,17 +12,18 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from swarm.runtime.base import InstanceStatus
-from swarm.state import Snapshot
+from peoplescloud.processes import is_web
+from peoplescloud.runtime.base import InstanceKey, InstanceStatus
+from peoplescloud.state import Snapshot
 
-Key = tuple[str, str]  # (app, process)
+Slot = tuple[str, str]  # (app, process)
 
 
-def report(instances: Mapping[Key, InstanceStatus], failures: Mapping[Key, str]) -> dict:
+def report(instances: Mapping[InstanceKey, InstanceStatus], failures: Mapping[Slot, str]) -> dict:
     """This node's report: its instances, and why the others do not run."""
     out: dict[str, dict[str, Any]] = {}
-    for (app, process), s in instances.items():
-        out[f"{app}/{process}"] = {
+    for s in instances.values():
+        out[f"{s.app}/{s.process}"] = {
             "release": s.release,
             "running": s.running,
             "exit_code": s.exit_code,
@@ -48,22 +49,23 @@ def _live_reports(
             yield node, app, process, o
 
 
-def running_elsewhere(snap: Snapshot, me: str, lease_after: float) -> set[Key]:
+def running_elsewhere(snap: Snapshot, me: str, lease_after: float) -> set[Slot]:
     """Instances another member reports running while its lease holds. A node
     waits for them to stop before starting its own copy: a handoff (a node
     leaving, a move) never runs two copies."""
     return {(app, p) for _, app, p, o in _live_reports(snap, me, lease_after) if o.get("running")}
 
 
-def instances_elsewhere(snap: Snapshot, me: str, now: float) -> dict[Key, InstanceStatus]:
+def instances_elsewhere(snap: Snapshot, me: str, now: float) -> dict[InstanceKey, InstanceStatus]:
     """The instances the other members run (or ran) where placement puts them."""
     out = {}
     for node, app, process, o in _live_reports(snap, me, now):
         if "why" in o or app not in snap.apps or snap.apps[app].placement.get(process) != node:
             continue  # could not start there, or belongs elsewhere now
-        out[(app, process)] = InstanceStatus(
+        s = InstanceStatus(
             app, process, o["release"], o["running"], o["exit_code"], o["started_at"], o["address"]
         )
+        out[s.key] = s
     return out
 
 
@@ -72,7 +74,7 @@ def web_nodes_elsewhere(snap: Snapshot, me: str, now: float, app: str) -> set[st
     return {
         node
         for node, a, process, o in _live_reports(snap, me, now)
-        if a == app and o.get("running") and process.rsplit(".", 1)[0] == "web"
+        if a == app and o.get("running") and is_web(process)
     }
 
 

@@ -25,8 +25,9 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from swarm.settings import SwarmSettings
-from swarm.state import App, Member
+from peoplescloud.processes import process_names
+from peoplescloud.settings import SwarmSettings
+from peoplescloud.state import App, Member
 
 # The defaults are the settings' (`[swarm]` in a node's config.toml).
 LEASE_SECONDS = SwarmSettings.lease_seconds
@@ -83,9 +84,9 @@ def wanted_instances(apps: Mapping[str, App], instance_memory_mb: int) -> dict[K
         # `App.memory_mb` (a per-app limit) is proposed for state.py; until it
         # exists every instance needs the swarm's default.
         memory = getattr(app, "memory_mb", None) or instance_memory_mb
-        for ptype in sorted(app.release().processes):
-            for n in range(1, app.scale.get(ptype, 0) + 1):
-                out[(name, f"{ptype}.{n}")] = memory
+        scale = {ptype: app.scale.get(ptype, 0) for ptype in sorted(app.release().processes)}
+        for process in process_names(scale):
+            out[(name, process)] = memory
     return out
 
 

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.syncobj import SyncObjException
 
-from swarm.errors import ConfigError, PCError, UsageError
+from peoplescloud.errors import ConfigError, PCError, UsageError
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The swarm's desired state, agreed by Raft: the same `read()` / `change()` as
-`swarm.state.State`, so the code that changes state does not know whether it
+`peoplescloud.state.State`, so the code that changes state does not know whether it
 runs alone or in a swarm.
 
 What is replicated is not the whole snapshot but the entries a change touched
@@ -36,8 +36,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from peoplescloud.state import Snapshot, snapshot_from_dict
 from swarm.raft import Conflict, NoQuorum, RaftNode, RaftStatus, RaftTimings
-from swarm.state import Snapshot, snapshot_from_dict
 
 __all__ = ["Conflict", "NoQuorum", "RaftStatus", "RaftTimings", "ReplicatedState"]
 

@@ -18,12 +18,15 @@ import tarfile
 from pathlib import Path
 
 from dulwich.errors import NotGitRepository
+from dulwich.objects import ObjectID
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
-from swarm.errors import PCError
+from gitserver import git
+from peoplescloud.errors import PCError
 
-DEPLOY_REFS = (b"refs/heads/main", b"refs/heads/master")
+# The branches that deploy, as gitserver says; main before master.
+DEPLOY_REFS = tuple(sorted(git.DEPLOY_REFS))
 REFS_FIRST = ("HEAD", "packed-refs", "refs")  # a ref is written after its objects
 
 
@@ -31,7 +34,7 @@ def has_commit(repo: Path, commit: str) -> bool:
     """Whether the bare repo at `repo` holds `commit`."""
     try:
         with Repo(str(repo)) as r:
-            return commit.encode() in r.object_store
+            return ObjectID(commit.encode()) in r.object_store
     except (NotGitRepository, OSError):
         return False
 
@@ -57,7 +60,7 @@ def merge_repo(archive: Path, dest: Path, commit: str) -> None:
         with tarfile.open(archive) as tar:
             tar.extractall(staging, filter="data")  # no links out, no devices
         with Repo(str(staging / "repo")) as copy:
-            if commit.encode() not in copy.object_store:
+            if ObjectID(commit.encode()) not in copy.object_store:
                 raise PCError(f"the copy of {dest.name} lacks commit {commit[:7]}")
             if not dest.exists():
                 Repo.init_bare(dest, mkdir=True)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from swarm.errors import NotFound
+from peoplescloud.errors import NotFound
+from peoplescloud.store import tree_digest
 from swarm.ipfs import IpfsStore, Kubo, KuboError
-from swarm.store import tree_digest
 from tests.test_kubo import new_kubo
 
 pytestmark = pytest.mark.ipfs

@@ -1,5 +1,7 @@
 """Members' reports of their instances, read by any node (pure functions)."""
 
+from peoplescloud.runtime.base import InstanceStatus
+from peoplescloud.state import App, Member, Snapshot
 from swarm.observed import (
     failure_elsewhere,
     instances_elsewhere,
@@ -7,8 +9,6 @@ from swarm.observed import (
     running_elsewhere,
     web_nodes_elsewhere,
 )
-from swarm.runtime.base import InstanceStatus
-from swarm.state import App, Member, Snapshot
 
 NOW = 1_000_000.0
 
@@ -45,7 +45,7 @@ def test_a_report_holds_instances_and_why_the_others_do_not_run():
 
 def test_any_node_sees_where_instances_run_and_why_one_does_not():
     snap = snapshot()
-    assert list(instances_elsewhere(snap, "n1", NOW)) == [("mybot", "bot.1")]
+    assert [k.slot for k in instances_elsewhere(snap, "n1", NOW)] == [("mybot", "bot.1")]
     assert running_elsewhere(snap, "n1", NOW) == {("mybot", "bot.1")}
     assert failure_elsewhere(snap, "n1", "mybot", "bot.2", NOW) == "n2: slug x: no holder"
     assert failure_elsewhere(snap, "n1", "mybot", "bot.1", NOW) == ""

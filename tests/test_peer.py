@@ -11,20 +11,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 
-from swarm.errors import NotFound
+from peoplescloud.errors import NotFound
 from swarm.invite import InviteError, make_invite, parse_invite, redeem, usable
 from swarm.peer import (
     BAD_SIGNATURE,
     NonceCache,
-    PeerClient,
     PeerError,
-    PeerServer,
     join_request_key,
     join_response_key,
     sign,
-    start_peer_server,
     unseal,
 )
+from swarm.peer_client import PeerClient
+from swarm.peer_server import PeerServer, start_peer_server
 from tests.conftest import free_port
 
 SECRET = b"the swarm secret, 32 bytes long!"

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from peoplescloud.reconciler import desired_instances
+from peoplescloud.settings import Settings
+from peoplescloud.state import App, Release, Snapshot
 from swarm.placement import (
     DOWN,
     LEASE_SECONDS,
@@ -26,9 +29,6 @@ from swarm.placement import (
     slugs_in_use,
     wanted_instances,
 )
-from swarm.reconciler import desired_instances
-from swarm.settings import Settings
-from swarm.state import App, Release, Snapshot
 
 NOW = datetime(2026, 11, 23, 21, 0, 0, tzinfo=UTC).timestamp()
 MB = 512  # the default instance memory in these tests

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from peoplescloud.state import App, Member, User
 from swarm.replicated import (
     Conflict,
     NoQuorum,
@@ -20,7 +21,6 @@ from swarm.replicated import (
     SnapshotMachine,
     diff,
 )
-from swarm.state import App, Member, User
 from tests import conftest
 
 FAST = RaftTimings(

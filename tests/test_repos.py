@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from dulwich.repo import Repo
 
-from swarm.errors import PCError
+from peoplescloud.errors import PCError
 from swarm.repos import has_commit, merge_repo, tar_repo
 from tests.conftest import commit_all, make_repo
 

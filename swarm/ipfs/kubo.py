@@ -3,112 +3,38 @@
 A node's kubo belongs to the swarm's private network (a shared swarm.key, enforced
 with LIBP2P_FORCE_PNET=1) and dials only the peers it is told about: no public
 bootstrap list, no MDNS, no DHT, no relays, no AutoNAT, no AutoTLS, no telemetry.
-`QUIET_CONFIG` is the whole list; `init()` writes it on every start so an old repo
-cannot drift back to kubo's defaults.
+`QUIET_CONFIG` (swarm/ipfs/config.py) is the whole list; `init()` writes it on
+every start so an old repo cannot drift back to kubo's defaults.
 
-`KuboAPI` is the one way this project talks to kubo: a thin httpx client of its
-HTTP RPC API (`POST /api/v0/<command>`).
-
-`ExternalKubo` is the other case: a kubo the operator runs (`[ipfs] api`). Its
-config is not ours to write, so the node reads it through the API and refuses
-one that would talk to the public network (`PUBLIC_SWITCHES`). Whether it runs
-on the swarm's private network cannot be checked: no RPC command tells whether
-kubo loaded a swarm.key (kubo prints its fingerprint only on the daemon's
-stdout). The operator must give it the swarm's swarm.key; the node writes a
-copy for that and says where.
+`KuboNode` is what the node uses of a kubo, whoever runs it: `Kubo` here (the
+node's own child), or `ExternalKubo` (swarm/ipfs/external.py, one the operator
+runs). Both talk to kubo through `KuboAPI` (swarm/ipfs/api.py).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from swarm.errors import ConfigError, PCError, RuntimeFailure
-
-log = logging.getLogger("pc")
+from peoplescloud.errors import ConfigError, RuntimeFailure
+from swarm.ipfs.api import KuboAPI, KuboError
+from swarm.ipfs.config import QUIET_CONFIG, set_dotted, split_multiaddr, swarm_key_file
 
 CACHED_BIN = Path.home() / ".cache" / "peoplescloud" / "bin" / "ipfs"
-SWARM_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 START_TIMEOUT = 60.0  # seconds kubo may take until its API answers
 STOP_TIMEOUT = 20.0
 DIAL_TIMEOUT = 5  # seconds one dial of a known peer may take at start
-
-# Dotted config keys and the values every kubo of a node gets. Addresses and
-# peers are added per node by `Kubo._config()`.
-QUIET_CONFIG: dict[str, Any] = {
-    "Bootstrap": [],
-    "Discovery.MDNS.Enabled": False,
-    "AutoConf.Enabled": False,
-    "AutoTLS.Enabled": False,
-    "AutoNAT.ServiceMode": "disabled",
-    "Routing.Type": "none",
-    "Routing.DelegatedRouters": [],
-    "Ipns.DelegatedPublishers": [],
-    "DNS.Resolvers": {},
-    "Provide.Enabled": False,  # no routing to announce to: peers find blocks by bitswap
-    "HTTPRetrieval.Enabled": False,
-    "Pubsub.Enabled": False,
-    "Swarm.DisableNatPortMap": True,
-    "Swarm.EnableHolePunching": False,
-    "Swarm.RelayClient.Enabled": False,
-    "Swarm.RelayService.Enabled": False,
-    # A private network runs over TCP only (libp2p's PSK does not cover QUIC & co).
-    "Swarm.Transports.Network.TCP": True,
-    "Swarm.Transports.Network.QUIC": False,
-    "Swarm.Transports.Network.Websocket": False,
-    "Swarm.Transports.Network.WebTransport": False,
-    "Swarm.Transports.Network.WebRTCDirect": False,
-    "Swarm.Transports.Network.Relay": False,
-    "Plugins.Plugins.telemetry.Disabled": True,
-    "Plugins.Plugins.telemetry.Config": {"Mode": "off"},
-    "Addresses.Gateway": [],
-    "Addresses.Announce": [],
-    "Addresses.AppendAnnounce": [],
-}
+KUBO_VERSION = "v0.38.1"  # the version scripts/install-kubo builds
 CHILD_ENV = {"LIBP2P_FORCE_PNET": "1", "IPFS_TELEMETRY": "off"}
-
-# What an operator's kubo must have off, as QUIET_CONFIG has it: each of these
-# reaches the public network whatever swarm.key says (bootstrap peers, routing,
-# HTTP fetches of kubo's autoconf, AutoTLS registration, telemetry) or the LAN
-# (MDNS). Dotted key -> (a test that its value, None when missing, is quiet; the
-# command that makes it so). A missing key means kubo's default, which is not quiet.
-PUBLIC_SWITCHES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "Bootstrap": (lambda v: not v, "ipfs bootstrap rm --all"),
-    "Discovery.MDNS.Enabled": (
-        lambda v: v is False,
-        "ipfs config --json Discovery.MDNS.Enabled false",
-    ),
-    "Routing.Type": (lambda v: v == "none", "ipfs config Routing.Type none"),
-    "AutoConf.Enabled": (lambda v: v is False, "ipfs config --json AutoConf.Enabled false"),
-    "AutoTLS.Enabled": (lambda v: v is False, "ipfs config --json AutoTLS.Enabled false"),
-    "Plugins.Plugins.telemetry.Disabled": (
-        lambda v: v is True,
-        "ipfs config --json Plugins.Plugins.telemetry.Disabled true",
-    ),
-}
-NOT_PNET = ("/quic", "/webtransport", "/webrtc-direct")  # transports a private network lacks
-PEER_ADDR_RE = re.compile(r"^/(?:ip4|ip6|dns|dns4|dns6)/([^/]+)/tcp/\d+/p2p/[^/]+$")
-
-
-class KuboError(PCError):
-    """kubo refused a request."""
-
-
-class KuboUnreachable(KuboError):
-    """kubo's API did not answer (not running, or it broke the connection)."""
 
 
 def find_binary() -> Path:
@@ -124,21 +50,6 @@ def find_binary() -> Path:
     if found:
         return Path(found)
     raise ConfigError("kubo is not installed: run scripts/install-kubo or set PC_IPFS_BIN")
-
-
-def swarm_key_file(key: str) -> str:
-    """The swarm.key text for a 64-hex-digit pre-shared key."""
-    if not SWARM_KEY_RE.match(key):
-        raise ConfigError("a swarm key is 64 lowercase hex digits (32 random bytes)")
-    return f"/key/swarm/psk/1.0.0/\n/base16/\n{key}\n"
-
-
-def split_multiaddr(addr: str) -> tuple[str, str]:
-    """`/ip4/1.2.3.4/tcp/4001/p2p/<id>` -> (`/ip4/1.2.3.4/tcp/4001`, `<id>`)."""
-    transport, sep, peer = addr.rpartition("/p2p/")
-    if not sep or not transport or not peer or "/" in peer:
-        raise ConfigError(f"{addr!r} is not a peer address like /ip4/ADDR/tcp/PORT/p2p/ID")
-    return transport, peer
 
 
 def _alive(pid: int) -> bool:
@@ -160,118 +71,6 @@ def _terminate(pid: int) -> None:
             time.sleep(0.05)
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
-
-
-def _loopback(host: str) -> bool:
-    return host == "localhost" or host.startswith("127.") or host == "::1"
-
-
-def get_dotted(config: dict[str, Any], key: str) -> Any:
-    """The value at a dotted key, or None where any part is missing."""
-    node: Any = config
-    for name in key.split("."):
-        if not isinstance(node, dict):
-            return None
-        node = node.get(name)
-    return node
-
-
-def public_switches_on(config: dict[str, Any]) -> dict[str, str]:
-    """The PUBLIC_SWITCHES that this kubo config leaves on, each with its fix."""
-    return {
-        key: fix
-        for key, (quiet, fix) in PUBLIC_SWITCHES.items()
-        if not quiet(get_dotted(config, key))
-    }
-
-
-def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
-    *parents, last = key.split(".")
-    node = config
-    for name in parents:
-        if not isinstance(node.get(name), dict):  # absent, or null in kubo's JSON
-            node[name] = {}
-        node = node[name]
-    node[last] = value
-
-
-class KuboAPI:
-    """kubo's RPC API: `call("pin/add", cid, recursive=True)` -> response."""
-
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-        self._client = httpx.Client(base_url=self.url + "/api/v0")
-
-    def close(self) -> None:
-        self._client.close()
-
-    @staticmethod
-    def _params(args: Sequence[str], options: dict[str, Any]) -> list[tuple[str, str]]:
-        params = [("arg", a) for a in args]
-        for name, value in options.items():
-            if isinstance(value, bool):
-                value = "true" if value else "false"
-            params.append((name.replace("_", "-"), str(value)))
-        return params
-
-    @staticmethod
-    def _check(response: httpx.Response) -> None:
-        if response.is_success:
-            return
-        response.read()
-        try:
-            message = response.json()["Message"]
-        except (ValueError, KeyError, TypeError):
-            message = response.text.strip() or response.reason_phrase
-        raise KuboError(f"kubo {response.request.url.path}: {message}")
-
-    @staticmethod
-    def _http_timeout(options: dict[str, Any], default: float | None) -> float | None:
-        """kubo's own `timeout` option (e.g. "30s") bounds the wait, plus a margin."""
-        limit = options.get("timeout")
-        return default if limit is None else float(str(limit).removesuffix("s")) + 10
-
-    def call(self, command: str, *args: str, **options: Any) -> httpx.Response:
-        """POST a command and return its whole (successful) response."""
-        try:
-            response = self._client.post(
-                command,
-                params=self._params(args, options),
-                timeout=self._http_timeout(options, self.timeout),
-            )
-        except httpx.HTTPError as e:
-            raise KuboUnreachable(f"kubo at {self.url} did not answer {command}: {e}") from None
-        self._check(response)
-        return response
-
-    def json(self, command: str, *args: str, **options: Any) -> Any:
-        return self.call(command, *args, **options).json()
-
-    @contextmanager
-    def stream(
-        self,
-        command: str,
-        *args: str,
-        content: Iterable[bytes] | None = None,
-        headers: dict[str, str] | None = None,
-        **options: Any,
-    ) -> Iterator[httpx.Response]:
-        """POST a command (optionally streaming a body) and stream its response.
-        Without a kubo `timeout` option, a stream may take as long as it needs."""
-        try:
-            with self._client.stream(
-                "POST",
-                command,
-                params=self._params(args, options),
-                content=content,
-                headers=headers,
-                timeout=self._http_timeout(options, None),
-            ) as response:
-                self._check(response)
-                yield response
-        except httpx.HTTPError as e:
-            raise KuboUnreachable(f"kubo at {self.url} failed during {command}: {e}") from None
 
 
 class KuboNode(ABC):
@@ -520,134 +319,3 @@ class Kubo(KuboNode):
             self.api.call("config", "Peering.Peers", json.dumps(peers), json=True)
         if addr not in self._peers:
             self._peers.append(addr)
-
-
-class ExternalKubo(KuboNode):
-    """A kubo the operator runs and the node only uses, through its RPC API at `url`.
-
-    The node neither starts nor stops it and never writes its config: `start()`
-    checks that the API answers and that the config keeps kubo off the public
-    network (`PUBLIC_SWITCHES`), and refuses otherwise. The RPC API cannot show
-    whether kubo runs on the swarm's private network (a swarm.key in its repo),
-    so `start()` writes the swarm's swarm.key to `key_file` and logs a warning
-    that the operator must put it in that kubo's repo; a kubo without it cannot
-    connect to the other members ("failed to negotiate security protocol").
-    Peers are added at run time only (`swarm/peering/add`); the node connects
-    them again after that kubo restarts.
-    """
-
-    def __init__(self, url: str, swarm_key: str, key_file: Path, host: str = "127.0.0.1") -> None:
-        self.url = url.rstrip("/")
-        self._swarm_key = swarm_key_file(swarm_key)
-        self.key_file = Path(key_file)
-        self.host = host  # the node's advertised host: the address to prefer
-        self.api = KuboAPI(self.url)
-        self._peer_id: str | None = None
-        self._multiaddr: str | None = None
-
-    @property
-    def api_url(self) -> str:
-        return self.url
-
-    def _id(self) -> dict[str, Any]:
-        try:
-            return self.api.json("id", timeout="5s")
-        except KuboError as e:
-            raise RuntimeFailure(
-                f"the kubo RPC API configured at {self.url} ([ipfs] api) does not answer ({e}): "
-                'start that kubo, or set [ipfs] api = "" to let the node start its own'
-            ) from None
-
-    @property
-    def peer_id(self) -> str:
-        if self._peer_id is None:
-            self._peer_id = self._id()["ID"]
-        return self._peer_id
-
-    @property
-    def multiaddr(self) -> str:
-        if self._multiaddr is None:
-            self._multiaddr = self._pick_address(self._id())
-        return self._multiaddr
-
-    def _pick_address(self, ident: dict[str, Any]) -> str:
-        """A TCP address from kubo's own list: one on the node's advertised host if
-        there is one, else the first."""
-        hosts = {}  # address -> its host, for the TCP ones
-        for addr in ident.get("Addresses") or []:
-            if match := PEER_ADDR_RE.match(addr):
-                hosts[addr] = match[1]
-        if not hosts:
-            raise RuntimeFailure(
-                f"the kubo at {self.url} has no TCP address to reach it at "
-                f"(its addresses: {ident.get('Addresses') or 'none'}): "
-                "give it one in Addresses.Swarm, e.g. /ip4/0.0.0.0/tcp/4001, and restart it"
-            )
-        on_host = [addr for addr, host in hosts.items() if host == self.host]
-        if on_host:
-            return on_host[0]
-        # Siblings on other machines cannot dial a loopback address.
-        reachable = [addr for addr, host in hosts.items() if not _loopback(host)]
-        if reachable:
-            return reachable[0]
-        if _loopback(self.host):  # a swarm on one machine
-            return next(iter(hosts))
-        raise RuntimeFailure(
-            f"the kubo at {self.url} listens on loopback only, so the other members "
-            f"cannot reach it at {self.host}: add /ip4/{self.host}/tcp/4001 (or "
-            "/ip4/0.0.0.0/tcp/4001) to its Addresses.Swarm and restart it"
-        )
-
-    @property
-    def running(self) -> bool:
-        """The API answers, as the same kubo as at start (else start() looks again)."""
-        try:
-            answer = self.api.json("id", timeout="2s")["ID"]
-        except KuboError:
-            return False
-        return self._peer_id is None or answer == self._peer_id
-
-    def start(self) -> None:
-        """Check the operator's kubo: it answers and stays off the public network."""
-        ident = self._id()
-        # First: the messages below tell the operator to copy it.
-        self.key_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self._swarm_key)
-        try:
-            config = self.api.json("config/show")
-        except KuboError as e:
-            raise RuntimeFailure(f"cannot read the config of the kubo at {self.url}: {e}") from None
-        loud = public_switches_on(config)
-        if loud:
-            raise ConfigError(
-                f"the kubo at {self.url} would talk to the public network "
-                f"({', '.join(loud)}): run {'; '.join(loud.values())}; then restart that kubo "
-                '(or set [ipfs] api = "" to let the node start its own)'
-            )
-        outside = [a for a in ident.get("Addresses") or [] if any(t in a for t in NOT_PNET)]
-        if outside:
-            # kubo offers these transports only without a swarm.key (libp2p's private
-            # network covers TCP alone): this kubo is on the public network.
-            raise ConfigError(
-                f"the kubo at {self.url} has no swarm key (it listens on {outside[0]}): put "
-                f"{self.key_file} in its repo as swarm.key, set Swarm.Transports.Network.QUIC, "
-                "WebTransport and WebRTCDirect to false, and restart it with LIBP2P_FORCE_PNET=1"
-            )
-        self._peer_id = ident["ID"]
-        self._multiaddr = self._pick_address(ident)
-        log.warning(
-            "using the kubo at %s (%s). Its API cannot show whether it runs on the swarm's "
-            "private network: its repo needs the swarm's swarm.key (a copy is in %s; best "
-            "run it with LIBP2P_FORCE_PNET=1), else it cannot reach the other members",
-            self.url,
-            self._multiaddr,
-            self.key_file,
-        )
-
-    def _remember(self, addr: str) -> None:
-        """Nothing: its config is the operator's (Membership connects again after a restart)."""
-
-    def stop(self) -> None:
-        """Nothing to stop: the operator runs this kubo."""

@@ -26,10 +26,14 @@ import stat
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from swarm.errors import NotFound
-from swarm.ipfs.kubo import KuboAPI, KuboError, KuboUnreachable
+from peoplescloud.errors import NotFound
+from swarm.ipfs.api import KuboAPI, KuboError, KuboUnreachable
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 CHUNK = 1 << 20
 PIN_NAME = "peoplescloud-slug"  # labels this project's pins in `ipfs pin ls --names`
@@ -85,14 +89,15 @@ class _StreamReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: WriteableBuffer) -> int:
         while not self._rest:
             try:
                 self._rest = next(self._chunks)
             except StopIteration:
                 return 0
-        n = min(len(buffer), len(self._rest))
-        buffer[:n] = self._rest[:n]
+        view = memoryview(buffer)  # the reader hands a memoryview of bytes
+        n = min(len(view), len(self._rest))
+        view[:n] = self._rest[:n]
         self._rest = self._rest[n:]
         return n
 
@@ -103,6 +108,8 @@ class IpfsStore:
     `fetch_timeout` bounds how long pin() and get() look for blocks on peers.
     Calls block: run them off the event loop.
     """
+
+    name = "ipfs"
 
     def __init__(self, api_url: str, fetch_timeout: float = 120.0) -> None:
         self.api = KuboAPI(api_url)

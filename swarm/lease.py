@@ -1,0 +1,74 @@
+"""This member's lease: it runs instances only while the lease holds.
+
+Every tick the member renews its lease through the consensus (its own entry
+only, never queued behind its other changes) and writes the lease's end to the
+lease file, which the watchdog next to each instance reads
+(peoplescloud/runtime/lease.py). When it cannot renew (no quorum: it is cut
+off), it stops its own instances before the lease ends, so the others may take
+them over without two copies running.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from peoplescloud.logbus import LogBus
+from peoplescloud.runtime.base import Runtime
+from peoplescloud.runtime.lease import write_lease
+from peoplescloud.settings import Settings
+from swarm.me import Me
+from swarm.raft import Conflict, NoQuorum
+from swarm.replicated import ReplicatedState
+
+
+class Lease:
+    """Renews this member's lease; `stop_all(why)` runs when it is about to be lost."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        me: Me,
+        state: ReplicatedState,
+        stop_all: Callable[[str], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.me = me
+        self.state = state
+        self.stop_all = stop_all
+        self.clock = clock
+        self.until = 0.0  # epoch seconds: instances may run until then
+
+    def may_run(self) -> bool:
+        """The reconciler's gate: instances run only while the lease holds."""
+        return self.clock() < self.until
+
+    def renew(self) -> None:
+        """Extend the lease by `lease_seconds`, or stop everything when it cannot be
+        renewed and ends within a second."""
+        seconds = self.settings.swarm.lease_seconds
+        until = self.clock() + seconds
+        try:
+            # Its own entry only: never queued behind this node's other changes.
+            with self.state.change(seconds / 2, queue=False) as s:
+                if self.me.name not in s.members:
+                    return  # not (yet, or no longer) a member: no lease
+                member = self.me.entry(s.members[self.me.name])
+                member.lease_expires = until
+                s.members[self.me.name] = member
+        except (NoQuorum, Conflict) as e:
+            if self.until and self.clock() > self.until - 1:
+                self.stop_all(f"lease not renewed ({e})")
+            return
+        self.until = until
+        write_lease(self.settings.lease_dir, until)
+
+
+def stop_everything(runtime: Runtime, logbus: LogBus, why: str) -> None:
+    """Cut off from the swarm: stop before the lease ends, so the others may
+    start these instances elsewhere without two copies running."""
+    for s in runtime.status():
+        if s.running:
+            logbus.event(s.app, f"stopping {s.process}: {why}")
+            runtime.stop(s.key, timeout=2)

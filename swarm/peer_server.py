@@ -1,0 +1,223 @@
+"""The peer API's server: answers `POST /peer/<route>` for members (and, on invite
+routes, for joiners), refusing before any handler runs every request that fails
+a check (see swarm/peer.py for the protocol)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from peoplescloud.errors import PCError
+from peoplescloud.settings import NODE_NAME_RE
+from swarm.peer import (
+    BAD_SIGNATURE,
+    H_INVITE,
+    H_NONCE,
+    H_SENDER,
+    H_SIGNATURE,
+    H_TIMESTAMP,
+    INVITE_RE,
+    MAX_BODY,
+    MAX_SKEW,
+    NONCE_RE,
+    NonceCache,
+    canonical,
+    join_request_key,
+    join_response_key,
+    seal,
+)
+
+log = logging.getLogger(__name__)
+
+MemberHandler = Callable[[str, Any], Awaitable[Any]]  # (sender, body) -> answer
+InviteHandler = Callable[[str, str, Any], Awaitable[Any]]  # (sender, invite id, body) -> answer
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def _error(status: int, reason: str, exit_code: int = 1) -> web.Response:
+    return web.json_response({"error": reason, "exit_code": exit_code}, status=status)
+
+
+class PeerServer:
+    """Answers `POST /peer/<route>` for members (and, on invite routes, for joiners).
+
+    `name` is this node's: member requests must be addressed to it.
+    `secret_provider()` gives the swarm secret (empty: this node is in no swarm);
+    `invite_key(invite_id)` gives an invite's `InviteRecord.key` or raises a
+    PCError saying why that invite cannot be used (unknown, expired, used).
+    """
+
+    def __init__(
+        self,
+        secret_provider: Callable[[], bytes],
+        is_member: Callable[[str], bool],
+        handlers: dict[str, MemberHandler],
+        *,
+        name: str,
+        invite_handlers: dict[str, InviteHandler] | None = None,
+        invite_key: Callable[[str], bytes] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        invite_handlers = invite_handlers or {}
+        if set(handlers) & set(invite_handlers):
+            raise ValueError(
+                f"routes both member and invite: {set(handlers) & set(invite_handlers)}"
+            )
+        if invite_handlers and invite_key is None:
+            raise ValueError("invite routes need an invite_key lookup")
+        self.name = name
+        self.secret_provider = secret_provider
+        self.is_member = is_member
+        self.handlers = dict(handlers)
+        self.invite_handlers = dict(invite_handlers)
+        self.invite_key = invite_key
+        self.clock = clock
+        self.nonces = NonceCache()
+
+    def app(self) -> web.Application:
+        application = web.Application(client_max_size=MAX_BODY)
+        application.router.add_post("/peer/{route}", self.handle)
+        return application
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        route = request.match_info["route"]
+        body = await request.read()
+        try:
+            sender, invite_id, invite_key = self._authenticate(request, route, body)
+        except _Refused as refused:
+            return _error(refused.status, refused.reason)
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            return _error(400, "the request body is not JSON")
+        try:
+            if route in self.invite_handlers:
+                answer = await self.invite_handlers[route](sender, invite_id, data)
+            elif route in self.handlers:
+                answer = await self.handlers[route](sender, data)
+            else:
+                return _error(404, f"no peer request named {route!r}")
+        except PCError as e:
+            return _error(400, str(e), e.exit_code)
+        except Exception:
+            log.exception("peer request %s from %s failed", route, sender)
+            return _error(500, f"{route} failed on this node (see its log)")
+        if isinstance(answer, AsyncIterator):
+            if route in self.invite_handlers:
+                raise TypeError(f"invite route {route} cannot stream: its answer is encrypted")
+            return await self._stream(request, answer)
+        raw = json.dumps(answer).encode()
+        if route in self.invite_handlers:
+            key = join_response_key(invite_key)
+            raw = seal(key, raw, request.headers[H_SIGNATURE].encode())
+            return web.Response(body=raw, content_type="application/octet-stream")
+        return web.Response(body=raw, content_type="application/json")
+
+    def _authenticate(
+        self, request: web.Request, route: str, body: bytes
+    ) -> tuple[str, str, bytes]:
+        """(sender, invite id, invite key) of a request that passes every check, or _Refused.
+
+        The invite key is kept for sealing the answer: once the handler redeemed
+        the invite, looking it up again would say "already used".
+        """
+        h = request.headers
+        sender, ts, nonce, signature = (
+            h.get(name, "") for name in (H_SENDER, H_TIMESTAMP, H_NONCE, H_SIGNATURE)
+        )
+        invite_id = h.get(H_INVITE, "")
+        if not (sender and ts and nonce and signature):
+            raise _Refused(401, "unsigned request")
+        well_formed = (
+            NODE_NAME_RE.match(sender)
+            and ts.isdigit()
+            and NONCE_RE.match(nonce)
+            and (not invite_id or INVITE_RE.match(invite_id))
+        )
+        if not well_formed:
+            raise _Refused(401, "malformed signature headers")
+        skew = abs(self.clock() - int(ts))
+        if skew > MAX_SKEW:
+            raise _Refused(
+                401, f"request time is {skew:.0f} s off this node's clock: check both clocks"
+            )
+        invited = route in self.invite_handlers
+        invite_key = b""
+        if invited:
+            if not invite_id:
+                raise _Refused(401, "this request needs an invite")
+            assert self.invite_key is not None
+            try:
+                invite_key = self.invite_key(invite_id)
+            except PCError as e:
+                raise _Refused(403, str(e)) from None
+            key = join_request_key(invite_key)
+        else:
+            key = self.secret_provider()
+            if not key:
+                raise _Refused(403, "this node is not in a swarm")
+        recipient = "" if invited else self.name
+        text = canonical(
+            request.method, request.path, body, ts, nonce, sender, invite_id, recipient
+        )
+        expected = hmac.new(key, text, "sha256").hexdigest()
+        if not hmac.compare_digest(expected, signature):
+            raise _Refused(401, "invalid invite secret" if invited else BAD_SIGNATURE)
+        if not invited and not self.is_member(sender):
+            raise _Refused(403, f"{sender} is not a member of this swarm")
+        try:
+            fresh = self.nonces.add(nonce)
+        except OverflowError:
+            raise _Refused(503, "too many requests: try again in a minute") from None
+        if not fresh:
+            raise _Refused(401, "replayed request")
+        return sender, invite_id, invite_key
+
+    async def _stream(
+        self, request: web.Request, chunks: AsyncIterator[bytes | str]
+    ) -> web.StreamResponse:
+        """Send chunks as they come. An iterator that fails aborts the connection
+        (the exception propagates to aiohttp, which logs it) so the client sees a
+        broken stream, never one that looks complete."""
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        try:
+            async for chunk in chunks:
+                await response.write(chunk.encode() if isinstance(chunk, str) else chunk)
+        except ConnectionResetError:
+            return response  # the client went away
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        await response.write_eof()
+        return response
+
+
+def make_peer_app(
+    secret_provider: Callable[[], bytes],
+    is_member: Callable[[str], bool],
+    handlers: dict[str, MemberHandler],
+    **options: Any,
+) -> web.Application:
+    """The peer API as an aiohttp application (options: see `PeerServer`)."""
+    return PeerServer(secret_provider, is_member, handlers, **options).app()
+
+
+async def start_peer_server(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Serve `app` until `runner.cleanup()`; a client that goes away ends its stream."""
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

@@ -1,0 +1,77 @@
+"""The lease: renewed through the consensus, written for the watchdogs, and
+everything stopped when it cannot be renewed before it ends."""
+
+from pathlib import Path
+
+from peoplescloud.runtime.base import InstanceKey, InstanceStatus
+from peoplescloud.runtime.lease import read_lease
+from peoplescloud.state import Snapshot
+from swarm.lease import Lease, stop_everything
+from swarm.raft import NoQuorum
+from tests.fakes_swarm import NOW, FakeLogBus, FakeRuntime, FakeState, me, member, settings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(tmp_path: Path, members: list[str]) -> tuple[Lease, FakeState, Clock, list[str]]:
+    s = settings(tmp_path)
+    state = FakeState(Snapshot(members={n: member(n, lease=0.0, leaving=True) for n in members}))
+    clock, stopped = Clock(), []
+    return Lease(s, me(s), state, stopped.append, clock), state, clock, stopped
+
+
+def test_a_member_renews_its_lease_and_writes_it_for_the_watchdogs(tmp_path: Path):
+    lease, state, clock, stopped = make(tmp_path, ["n1"])
+    assert not lease.may_run()
+    lease.renew()
+    entry = state.snap.members["n1"]
+    assert entry.lease_expires == NOW + 4
+    assert entry.leaving  # kept from the old entry
+    assert (entry.raft, entry.ipfs) == ("127.0.0.1:7002", "/ip4/127.0.0.1/tcp/4001/p2p/QmMe")
+    assert read_lease(tmp_path / "run" / "lease") == NOW + 4
+    assert lease.may_run()
+    clock.now += 4
+    assert not lease.may_run()
+    assert stopped == []
+
+
+def test_a_node_that_is_no_member_has_no_lease(tmp_path: Path):
+    lease, state, _, _ = make(tmp_path, ["n2"])
+    lease.renew()
+    assert not lease.may_run()
+    assert "n1" not in state.snap.members
+    assert read_lease(tmp_path / "run" / "lease") is None
+
+
+def test_a_cut_off_member_stops_everything_before_its_lease_ends(tmp_path: Path):
+    lease, state, clock, stopped = make(tmp_path, ["n1"])
+    lease.renew()
+    state.fail = NoQuorum("no quorum")
+    clock.now += 2  # 2 s left: try again next tick
+    lease.renew()
+    assert stopped == [] and lease.may_run()
+    clock.now += 1.5  # less than a second left
+    lease.renew()
+    assert stopped == ["lease not renewed (no quorum)"]
+
+
+def test_a_member_that_never_had_a_lease_stops_nothing(tmp_path: Path):
+    lease, state, _, stopped = make(tmp_path, ["n1"])
+    state.fail = NoQuorum("no quorum")
+    lease.renew()
+    assert stopped == []
+
+
+def test_stop_everything_stops_what_runs_and_says_why():
+    up = InstanceStatus("mybot", "web.1", "v2", True)
+    down = InstanceStatus("mybot", "bot.1", "v2", False, exit_code=1)
+    runtime, logbus = FakeRuntime([up, down]), FakeLogBus()
+    stop_everything(runtime, logbus, "lease not renewed")  # type: ignore[arg-type]
+    assert runtime.stopped == [(InstanceKey("mybot", "web.1", "v2"), 2)]
+    assert logbus.events == [("mybot", "stopping web.1: lease not renewed")]

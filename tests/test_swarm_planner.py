@@ -1,0 +1,46 @@
+"""The leader's decisions written into the state: placement and pins."""
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from peoplescloud.state import Snapshot
+from swarm.planner import Planner, plan
+from swarm.raft import NoQuorum
+from tests.fakes_swarm import NOW, FakeState, app, member, settings
+
+
+def swarm() -> Snapshot:
+    snap = Snapshot(members={"n1": member("n1"), "n2": member("n2", lease=NOW - 100)})
+    snap.apps["mybot"] = app(scale={"web": 1, "bot": 2})
+    return snap
+
+
+def test_the_plan_places_every_instance_on_up_members_and_pins_the_slug(tmp_path: Path):
+    decided = plan(swarm(), settings(tmp_path), NOW)
+    assert decided.placement == {"mybot": {"bot.1": "n1", "bot.2": "n1", "web.1": "n1"}}
+    assert decided.pins == {"bafyslug": ["n1"]}
+    assert decided.differs(swarm())
+
+
+def test_the_leader_writes_its_decision_once(tmp_path: Path):
+    state = FakeState(swarm())
+    planner = Planner(settings(tmp_path), state, clock=lambda: NOW)  # type: ignore[arg-type]
+    planner.decide(state.read())
+    assert state.snap.apps["mybot"].placement["web.1"] == "n1"
+    assert state.snap.pins == {"bafyslug": ["n1"]}
+    assert state.version == 1
+    planner.decide(state.read())  # nothing changed: nothing written
+    assert state.version == 1
+
+
+def test_a_decision_without_quorum_waits_for_the_next_round(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO)
+    state = FakeState(swarm())
+    state.fail = NoQuorum("no quorum")
+    Planner(settings(tmp_path), state, clock=lambda: NOW).decide(state.read())  # type: ignore[arg-type]
+    assert state.version == 0
+    assert "placement not written this round: no quorum" in caplog.text
