@@ -19,7 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.conftest import (
+from bench.harness import (
     NodeProc,
     cleanup_instances,
     commit_all,

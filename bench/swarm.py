@@ -21,17 +21,17 @@ import threading
 import time
 from pathlib import Path
 
-from bench.push_to_running import rss_mb
-from swarm.ipfs.kubo import Kubo, find_binary
-from swarm.ipfs.store import IpfsStore
-from tests.conftest import (
+from bench.harness import (
     NodeProc,
     cleanup_instances,
-    free_port,
     init_node,
     keygen,
     make_repo,
+    new_kubo,
 )
+from bench.push_to_running import rss_mb
+from swarm.ipfs.kubo import Kubo, find_binary
+from swarm.ipfs.store import IpfsStore
 
 SIZE_MB = 50
 
@@ -58,10 +58,7 @@ def replication(root: Path) -> tuple[float, float]:
     key = secrets.token_hex(32)
     kubos = []
     for name in "abc":
-        kubo = Kubo(root / name, key, free_port(), free_port(), peers=[k.multiaddr for k in kubos])
-        kubo.init()
-        kubo.start()
-        kubos.append(kubo)
+        kubos.append(new_kubo(root / name, key, peers=[k.multiaddr for k in kubos]))
     try:
         a, b, c = (IpfsStore(k.api_url) for k in kubos)
         for k in kubos[1:]:

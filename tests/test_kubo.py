@@ -18,22 +18,21 @@ from pathlib import Path
 
 import pytest
 
-from swarm.errors import ConfigError, RuntimeFailure
+from bench import harness
+from bench.harness import REPO, free_port
+from peoplescloud.errors import ConfigError, RuntimeFailure
 from swarm.ipfs import IpfsStore
-from swarm.ipfs.kubo import (
+from swarm.ipfs.api import KuboError, KuboUnreachable
+from swarm.ipfs.config import (
     PUBLIC_SWITCHES,
     QUIET_CONFIG,
-    ExternalKubo,
-    Kubo,
-    KuboError,
-    KuboUnreachable,
-    find_binary,
     public_switches_on,
     set_dotted,
     split_multiaddr,
     swarm_key_file,
 )
-from tests.conftest import REPO, free_port
+from swarm.ipfs.external import ExternalKubo
+from swarm.ipfs.kubo import Kubo, find_binary
 
 SWARM_KEY = secrets.token_hex(32)
 
@@ -49,11 +48,9 @@ def kubo_binary() -> Path:
 
 
 def new_kubo(repo: Path, swarm_key: str, peers: tuple[str, ...] = ()) -> Kubo:
-    """An initialised, started kubo on loopback with ports of its own."""
-    kubo = Kubo(repo, swarm_key, free_port(), free_port(), peers=peers, binary=kubo_binary())
-    kubo.init()
-    kubo.start()
-    return kubo
+    """An initialised, started kubo on loopback with ports of its own (bench/harness.py),
+    run from the kubo to test with."""
+    return harness.new_kubo(repo, swarm_key, peers, binary=kubo_binary())
 
 
 def dotted(config: dict, key: str):

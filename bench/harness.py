@@ -1,0 +1,259 @@
+"""Drive real nodes the way a user does: `pc init` and `pc daemon` in
+subprocesses, each node with its own home and ports on loopback, reached with
+the system `git` and `ssh` clients.
+
+The benchmarks use this, and so do the tests (tests/conftest.py imports it and
+wraps it in pytest fixtures): one copy, no pytest here.
+
+    key = keygen(tmp / "id_ed25519")
+    node = init_node(tmp, key, "process")   # `pc init` with free ports
+    node.start()                            # `pc daemon`, waits until it listens
+    work = make_repo(tmp, "python-bot")     # a committed copy of tests/apps/python-bot
+    node.git(work, "push", node.remote("bot"), "main")
+    node.stop()
+    cleanup_instances(node.home, node.runtime)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from swarm.ipfs.kubo import Kubo
+
+REPO = Path(__file__).resolve().parent.parent
+APPS = REPO / "tests" / "apps"  # the sample apps (data, not code)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def keygen(path: Path) -> Path:
+    """A new ed25519 key pair at `path` (private) and `path`.pub; returns `path`."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path
+
+
+def wait_for(predicate, what: str = "condition", timeout: float = 60, interval: float = 0.3):
+    """Poll until `predicate()` is truthy; return its value. Not a timing assertion:
+    the timeout only bounds how long a broken build hangs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@dataclass
+class NodeProc:
+    """A node home plus its daemon process, and the user's git and ssh."""
+
+    home: Path
+    name: str
+    ssh_port: int
+    router_port: int
+    key: Path
+    runtime: str
+    proc: subprocess.Popen | None = None
+    log: Path = field(init=False)
+    peer_port: int = 0
+    raft_port: int = 0
+
+    def __post_init__(self) -> None:
+        self.log = self.home / "daemon.log"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PC_HOME": str(self.home)}
+
+    def pc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "peoplescloud.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+        )
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "peoplescloud.cli", "daemon"],
+            env=self.env,
+            stdout=open(self.log, "a"),  # noqa: SIM115 - the daemon owns it
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited:\n{self.log.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.ssh_port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"daemon did not listen:\n{self.log.read_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    @property
+    def ssh_command(self) -> str:
+        return (
+            f"ssh -i {self.key} -p {self.ssh_port} -o IdentitiesOnly=yes -o BatchMode=yes "
+            "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+        )
+
+    def ssh(self, *args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess[str]:
+        """`ssh -p PORT pc@127.0.0.1 ARGS...` with the system client."""
+        return subprocess.run(
+            [*self.ssh_command.split(), "pc@127.0.0.1", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kw,
+        )
+
+    def git(self, cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "GIT_SSH_COMMAND": self.ssh_command,
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@example.org",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@example.org",
+        }
+        return subprocess.run(
+            ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def remote(self, app: str) -> str:
+        return f"ssh://pc@127.0.0.1:{self.ssh_port}/{app}"
+
+    def kubo_pids(self) -> list[int]:
+        """The kubo daemons of this node (found by their repo)."""
+        pids = []
+        for environ in Path("/proc").glob("[0-9]*/environ"):
+            try:
+                if f"IPFS_PATH={self.home / 'ipfs'}".encode() in environ.read_bytes().split(b"\0"):
+                    pids.append(int(environ.parent.name))
+            except OSError:
+                continue
+        return pids
+
+    def kill(self) -> None:
+        """The machine dies: its daemon, its kubo and its containers, at once."""
+        import docker
+
+        for pid in [self.proc.pid] if self.proc else []:
+            os.kill(pid, signal.SIGKILL)
+        for pid in self.kubo_pids():
+            os.kill(pid, signal.SIGKILL)
+        if self.proc:
+            self.proc.wait()
+            self.proc = None
+        client = docker.from_env()
+        for c in client.containers.list(
+            all=True, filters={"label": f"peoplescloud.node={self.name}"}
+        ):
+            c.remove(force=True)
+
+    def signal_all(self, sig: int) -> None:
+        """SIGSTOP / SIGCONT the daemon and its kubo (a frozen machine)."""
+        assert self.proc is not None
+        for pid in [self.proc.pid, *self.kubo_pids()]:
+            os.kill(pid, sig)
+
+
+def make_repo(tmp: Path, sample: str) -> Path:
+    """A git work tree holding a copy of tests/apps/<sample>, committed on main."""
+    work = tmp / f"{sample}-{uuid.uuid4().hex[:6]}"
+    shutil.copytree(APPS / sample, work)
+    run = lambda *a: subprocess.run(["git", *a], cwd=work, check=True, capture_output=True)  # noqa: E731
+    run("init", "-q", "-b", "main")
+    run("-c", "user.name=t", "-c", "user.email=t@example.org", "add", "-A")
+    run("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", "first")
+    return work
+
+
+def commit_all(work: Path, message: str) -> None:
+    for args in (["add", "-A"], ["commit", "-qm", message]):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+            cwd=work,
+            check=True,
+            capture_output=True,
+        )
+
+
+def cleanup_instances(home: Path, runtime: str) -> None:
+    """Stop whatever the node left running: tests and benchmarks own their instances."""
+    from peoplescloud.runtime.select import open_runtime
+    from peoplescloud.settings import load
+
+    settings = load(home, runtime=runtime)
+    rt = open_runtime(settings, lambda _msg: None)
+    for s in rt.status():
+        rt.stop(s.key, timeout=2)
+
+
+def init_node(root: Path, key: Path, runtime: str) -> NodeProc:
+    """`pc init` a node with free ports on loopback under `root` (not started)."""
+    name = f"t{uuid.uuid4().hex[:8]}"
+    node = NodeProc(
+        home=root / name,
+        name=name,
+        ssh_port=free_port(),
+        router_port=free_port(),
+        key=key,
+        runtime=runtime,
+        peer_port=free_port(),
+        raft_port=free_port(),
+    )
+    node.pc(
+        "init",
+        "--name", name,
+        "--admin-key", f"{key}.pub",
+        "--ssh-port", str(node.ssh_port),
+        "--router-port", str(node.router_port),
+        "--dashboard-port", str(free_port()),
+        "--runtime", runtime,
+        "--listen", "127.0.0.1",
+        "--peer-port", str(node.peer_port),
+        "--raft-port", str(node.raft_port),
+        "--ipfs-api-port", str(free_port()),
+        "--ipfs-swarm-port", str(free_port()),
+    )  # fmt: skip
+    return node
+
+
+def new_kubo(
+    repo: Path, swarm_key: str, peers: Sequence[str] = (), binary: Path | None = None
+) -> Kubo:
+    """An initialised, started kubo on loopback with ports of its own (`binary`:
+    the kubo to run, found as the node finds it when None)."""
+    from swarm.ipfs.kubo import Kubo
+
+    kubo = Kubo(repo, swarm_key, free_port(), free_port(), peers=peers, binary=binary)
+    kubo.init()
+    kubo.start()
+    return kubo
