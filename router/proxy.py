@@ -21,7 +21,7 @@ import hmac
 import itertools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
@@ -143,7 +143,7 @@ def make_app(
             log.warning("router: %s -> %s failed: %s", app, target.address, e)
             return answer(502, f"{app} did not answer\n")
 
-    async def session_ctx(application: web.Application):  # type: ignore[no-untyped-def]
+    async def session_ctx(application: web.Application) -> AsyncIterator[None]:
         timeout = ClientTimeout(total=None, sock_connect=5)
         async with ClientSession(timeout=timeout, auto_decompress=False) as session:
             application[SESSION] = session
