@@ -32,7 +32,7 @@ def default_home() -> Path:
 
 
 def check_app_name(name: str) -> str:
-    if not APP_NAME_RE.match(name):
+    if not APP_NAME_RE.fullmatch(name):
         raise ConfigError(
             f"invalid app name {name!r}: use 2-30 characters, a lowercase letter first, "
             "then lowercase letters, digits or '-'"
@@ -41,7 +41,7 @@ def check_app_name(name: str) -> str:
 
 
 def check_user_name(name: str) -> str:
-    if not USER_NAME_RE.match(name):
+    if not USER_NAME_RE.fullmatch(name):
         raise ConfigError(
             f"invalid user name {name!r}: up to 32 lowercase letters, digits, '-' or '_', "
             "a letter first"
@@ -199,7 +199,7 @@ class Settings:
     swarm: SwarmSettings = field(default_factory=SwarmSettings)
 
     def __post_init__(self) -> None:
-        if not NODE_NAME_RE.match(self.name):
+        if not NODE_NAME_RE.fullmatch(self.name):
             raise ConfigError(f"invalid node name {self.name!r}: lowercase letters, digits, '-'")
         for attr in ("ssh_port", "router_port", "dashboard_port", "peer_port", "raft_port"):
             object.__setattr__(self, attr, _port(getattr(self, attr), attr.replace("_", "-")))

@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import itertools
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ SESSION = web.AppKey("session", ClientSession)
 def app_for_host(host: str, domain: str) -> str | None:
     """ "mybot.example.org:8080" with domain "example.org" -> "mybot"."""
     name = host.split(":", 1)[0].lower().rstrip(".")
+    if not name.isascii():  # no app's name; may even hold undecodable bytes (surrogates)
+        return None
     suffix = "." + domain.lower()
     if not name.endswith(suffix):
         return None
@@ -76,7 +79,9 @@ def passed_on(headers: Mapping[str, str], key: bytes, now: float) -> str | None:
     """The app a sibling's router passed this request on for, if its hop is genuine."""
     app, hop = headers.get(H_APP, ""), headers.get(H_HOP, "")
     ts = hop.split(":", 1)[0]
-    if not (key and app and ts.isdigit()) or abs(now - int(ts)) > HOP_SKEW:
+    if not (key and app and app.isascii() and hop.isascii() and re.fullmatch(r"[0-9]{1,12}", ts)):
+        return None
+    if abs(now - int(ts)) > HOP_SKEW:
         return None
     return app if hmac.compare_digest(hop, hop_token(key, app, int(ts))) else None
 
@@ -98,7 +103,7 @@ def make_app(
         app = sibling_app or app_for_host(request.host, domain)
         if app is None:
             port = request.host.rpartition(":")[2] if ":" in request.host else ""
-            where = f"APP.{domain}:{port}" if port.isdigit() else f"APP.{domain}"
+            where = f"APP.{domain}:{port}" if re.fullmatch(r"[0-9]+", port) else f"APP.{domain}"
             return answer(404, f"no app here: use http://{where}/\n")
         upstreams = lookup(app, sibling_app is not None)
         if upstreams is None:

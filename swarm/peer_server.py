@@ -140,10 +140,11 @@ class PeerServer:
         if not (sender and ts and nonce and signature):
             raise _Refused(401, "unsigned request")
         well_formed = (
-            NODE_NAME_RE.match(sender)
+            NODE_NAME_RE.fullmatch(sender)
+            and ts.isascii()
             and ts.isdigit()
-            and NONCE_RE.match(nonce)
-            and (not invite_id or INVITE_RE.match(invite_id))
+            and NONCE_RE.fullmatch(nonce)
+            and (not invite_id or INVITE_RE.fullmatch(invite_id))
         )
         if not well_formed:
             raise _Refused(401, "malformed signature headers")

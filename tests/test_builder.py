@@ -254,6 +254,28 @@ def test_checkout_refuses_symlinks_out_of_the_tree(tmp_path: Path, links: dict) 
         checkout(tmp_path / "repo.git", sha, tmp_path / "src")
 
 
+def test_a_push_refused_at_checkout_fails_as_a_build(tmp_path: Path) -> None:
+    """The checkout's refusal reaches the pusher as `build failed: <reason>`, like
+    the build's own, not as an internal error; and nothing is left in the tmp dir."""
+    from peoplescloud.deploy import Deployer
+    from peoplescloud.errors import PCError
+    from peoplescloud.settings import Settings
+    from peoplescloud.state import State
+    from peoplescloud.store import LocalStore
+    from tests.fakes import FakeBus, FakeCluster
+
+    sha = make_repo(tmp_path / "repo.git", {"bot.py": (FILE, b"x"), "evil": (LINK, b"/etc")})
+    settings = Settings(home=tmp_path / "home", name="n1")
+    cluster = FakeCluster(State(settings.state_file), LocalStore(settings.store_dir))
+    deployer = Deployer(settings, cluster, None, FakeBus(), HostExecutor())  # type: ignore[arg-type]
+    said: list[str] = []
+    with pytest.raises(PCError) as refused:
+        deployer.deploy("ann", "annbot", tmp_path / "repo.git", sha, said.append)
+    assert type(refused.value) is PCError  # not an internal error
+    assert str(refused.value) == "build failed: symlink evil points outside the app (/etc)"
+    assert list(settings.tmp_dir.iterdir()) == []
+
+
 def test_checkout_wants_an_empty_dest_and_a_known_commit(tmp_path: Path) -> None:
     sha = make_repo(tmp_path / "repo.git", {"bot.py": (FILE, b"x")})
     with pytest.raises(BuildError, match="is not in the repository"):

@@ -350,3 +350,65 @@ def test_node_table_lines_up_the_swarm_members():
     assert lines[0].split() == ["NODE", "STATE", "ADDRESS", "SHARES", "USES", "INSTANCES"]
     assert lines[2].split() == ["a-longer-node", "down", "10.0.0.2:7000", "-", "-", "0"]
     assert len({line.index(line.split()[1]) for line in lines}) == 1  # STATE lines up
+
+
+@pytest.mark.parametrize(
+    ("command", "reason"),
+    [
+        ("ps:scale mybot web=²", "web needs a number"),  # str.isdigit says yes, int() no
+        ("ps:scale mybot web=٣", "web needs a number"),  # int() takes it: still refused
+        ("logs mybot -n ²", "-n needs a number"),
+        ("logs mybot -n ٣", "-n needs a number"),
+        ("logs mybot -n 99999999999", "-n is at most 10000"),
+        (f"logs mybot -n {10**30}", "-n is at most 10000"),
+        ("rollback mybot v٣", "'v٣' is not a release like v3"),
+    ],
+)
+def test_numbers_are_ascii_digits_within_bounds(command: str, reason: str):
+    node = FakeNode()
+    status, out, err = call(command, node)
+    name = command.split()[0]
+    usage = next(c.usage for c in COMMANDS if c.name == name)
+    assert (status, out) == (UsageError.exit_code, "")
+    assert err.startswith(" !     ") and reason in err and usage in err
+    assert "Traceback" not in err and "internal error" not in err
+    assert node.calls == []  # nothing was done
+
+
+def test_the_largest_log_count_is_taken():
+    node = FakeNode()
+    assert call("logs mybot -n 10000", node)[0] == 0
+    assert node.calls == [("logs", ("alice", "mybot", 10000, None, False))]
+
+
+class RefusingNode(FakeNode):
+    """A service whose checks refuse every change."""
+
+    def scale(self, user: str, app: str, counts: dict[str, int]) -> None:
+        raise UsageError("mybot has no process type 'nosuchtype'")
+
+    def destroy(self, user: str, app: str) -> None:
+        raise Forbidden("mybot belongs to bob")
+
+    def rollback(self, user: str, app: str, version: str) -> str:
+        raise NotFound("mybot has no release v7")
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["ps:scale mybot nosuchtype=1", "apps:destroy mybot --confirm mybot", "rollback mybot v7"],
+)
+def test_no_progress_line_for_a_change_the_service_refuses(command: str):
+    status, out, err = call(command, RefusingNode())
+    assert status != 0 and err.startswith(" !     ")
+    assert out == ""  # no progress line before the refusal
+
+
+def test_progress_lines_of_changes_that_were_made():
+    node = FakeNode()
+    assert (
+        call("ps:scale mybot web=2 worker=0", node)[1] == "-----> Scaled mybot: web=2 worker=0\n"
+    )
+    assert call("apps:destroy mybot --confirm mybot", node)[1] == "-----> Destroyed mybot\n"
+    out = call("rollback mybot v1", node)[1]
+    assert out == "-----> Rolled back mybot to v1\n-----> Release v9 running\n"

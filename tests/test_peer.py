@@ -219,6 +219,7 @@ def test_request_for_another_member_cannot_be_replayed_here():
         ({"X-PC-Sender": "node2"}, "unsigned request"),
         ({**signed(b"{}"), "X-PC-Sender": "Node 2"}, "malformed signature headers"),
         ({**signed(b"{}"), "X-PC-Timestamp": "soon"}, "malformed signature headers"),
+        ({**signed(b"{}"), "X-PC-Timestamp": "\u00b2"}, "malformed signature headers"),
         ({**signed(b"{}"), "X-PC-Nonce": "x" * 32}, "malformed signature headers"),
     ],
 )

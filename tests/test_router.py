@@ -7,7 +7,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from router.proxy import Upstream, app_for_host, start_router
+from router.proxy import Upstream, app_for_host, hop_token, passed_on, start_router
 from tests.conftest import free_port
 
 
@@ -142,3 +142,52 @@ def test_a_web_process_on_a_sibling_is_reached_through_its_router():
             await up_runner.cleanup()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "host", [b"caf\xc3\xa9.localhost", b"\xff\xfe.localhost", "bücher.localhost".encode("idna")]
+)
+def test_a_host_that_is_no_app_name_gets_a_plain_answer(
+    host: bytes, caplog: pytest.LogCaptureFixture
+):
+    """Non-ASCII (or undecodable) Host headers: a plain 4xx, no traceback in the log."""
+
+    async def scenario() -> tuple[bytes, list[str]]:
+        port = free_port()
+        runner = await start_router(
+            lambda app, local_only: None, "localhost", "n1", "127.0.0.1", port
+        )
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            return answer, [r.getMessage() + str(r.exc_info) for r in caplog.records]
+        finally:
+            await runner.cleanup()
+
+    with caplog.at_level("DEBUG"):
+        answer, logged = asyncio.run(scenario())
+    status = answer.split(b"\r\n", 1)[0]
+    assert status.startswith((b"HTTP/1.1 400", b"HTTP/1.1 404")), answer
+    assert b"Traceback" not in answer and b"internal" not in answer.lower()
+    assert not any("Traceback" in m or "Error" in m for m in logged), logged
+
+
+@pytest.mark.parametrize(
+    ("app", "hop"),
+    [
+        ("mybot", "²:abc"),  # str.isdigit says yes, int() no
+        ("mybot\udcff", "{now}:abc"),  # an undecodable byte in the app header
+        ("mybot", "{now}:\udcffabc"),  # ... or in the hop
+        ("mybot", "{now}:é"),  # compare_digest takes ASCII strings only
+        ("", "{now}:abc"),
+    ],
+)
+def test_a_garbled_hop_is_no_hop(app: str, hop: str):
+    now = time.time()
+    headers = {"X-PC-App": app, "X-PC-Hop": hop.replace("{now}", str(int(now)))}
+    assert passed_on(headers, b"secret", now) is None
+    good = {"X-PC-App": "mybot", "X-PC-Hop": hop_token(b"secret", "mybot", now)}
+    assert passed_on(good, b"secret", now) == "mybot"

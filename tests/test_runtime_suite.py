@@ -24,6 +24,8 @@ import pytest
 from peoplescloud.runtime.base import (
     LABEL_APP,
     LABEL_NODE,
+    LABEL_PROCESS,
+    LABEL_RELEASE,
     InstanceKey,
     InstanceSpec,
     InstanceStatus,
@@ -442,3 +444,64 @@ def test_a_sandboxed_one_off_dies_with_its_daemon(slug, tmp_path):
     daemon.kill()
     daemon.wait()
     wait_for(lambda: not one_off_pids(), what="the one-off gone with its daemon")
+
+
+class _FakeContainer:
+    def __init__(self, labels: dict[str, str]):
+        self.labels = labels
+        self.short_id = "c" + str(len(labels))
+        self.attrs = {
+            "State": {"Running": True, "StartedAt": "2026-01-01T00:00:00.000Z"},
+            "NetworkSettings": {"Ports": {}},
+        }
+
+
+class _FakeContainers:
+    def __init__(self, containers: list[_FakeContainer]):
+        self.containers = containers
+
+    def list(self, filters: dict | None = None, **_kw: object) -> list[_FakeContainer]:
+        """Docker's label filter: every "key" or "key=value" given must match."""
+        wanted = (filters or {}).get("label", [])
+        wanted = [wanted] if isinstance(wanted, str) else wanted
+        return [
+            c
+            for c in self.containers
+            if all(w in c.labels or w in {f"{k}={v}" for k, v in c.labels.items()} for w in wanted)
+        ]
+
+
+def test_docker_status_leaves_out_the_nodes_build_containers():
+    """A build container carries the node's label (so the node sweeps its leftovers),
+    but it is no instance: status() must not list it as one of an app named ""."""
+    from builder.docker_executor import BUILD_LABEL
+    from peoplescloud.runtime.docker import DockerRuntime
+
+    instance = {LABEL_NODE: "n1", LABEL_APP: "demo", LABEL_PROCESS: "bot.1", LABEL_RELEASE: "v1"}
+    containers = [
+        _FakeContainer(instance),
+        _FakeContainer({BUILD_LABEL: "1", LABEL_NODE: "n1"}),
+        _FakeContainer({**instance, "peoplescloud.oneoff": "1"}),
+    ]
+    client = type("Client", (), {"containers": _FakeContainers(containers)})()
+    runtime = DockerRuntime(client, "n1", STACK_IMAGE)  # type: ignore[arg-type]
+    assert [(s.app, s.process) for s in runtime.status()] == [("demo", "bot.1")]
+
+
+@pytest.mark.docker
+def test_a_real_build_container_is_no_instance(slug):
+    """The same with the engine: a container made as the docker executor makes builds."""
+    from builder.docker_executor import BUILD_LABEL
+    from peoplescloud.runtime.docker import DockerRuntime
+
+    node = node_name()
+    client = _docker_client()
+    runtime = DockerRuntime(client, node, STACK_IMAGE)
+    build = client.containers.create(
+        STACK_IMAGE, ["sleep", "300"], labels={BUILD_LABEL: "1", LABEL_NODE: node}
+    )
+    try:
+        build.start()
+        assert runtime.status() == []
+    finally:
+        build.remove(force=True)

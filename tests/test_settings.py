@@ -98,3 +98,13 @@ def test_ipfs_api_names_a_kubo_or_nothing(tmp_path: Path, monkeypatch: pytest.Mo
 def test_bad_ipfs_api_urls_are_refused(url: str, reason: str):
     with pytest.raises(ConfigError, match=r"\[ipfs\] api .*" + reason):
         settings.IpfsSettings(api=url)
+
+
+def test_a_trailing_newline_is_no_part_of_a_name(tmp_path: Path):
+    """`$` matches before a final "\\n": the whole name must match."""
+    with pytest.raises(ConfigError, match="invalid app name"):
+        settings.check_app_name("mybot\n")
+    with pytest.raises(ConfigError, match="invalid user name"):
+        settings.check_user_name("alice\n")
+    with pytest.raises(ConfigError, match="invalid node name"):
+        settings.Settings(home=tmp_path, name="n1\n")

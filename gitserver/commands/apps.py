@@ -50,6 +50,6 @@ async def destroy(ctx: Context, args: Args) -> int:
         raise UsageError(
             f"this deletes {app}, its repo, releases and config: repeat with --confirm {app}"
         )
-    ctx.out(f"-----> Destroying {app}")
     await ctx.call(ctx.service.destroy, app)
+    ctx.out(f"-----> Destroyed {app}")
     return 0

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -107,11 +108,15 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 # --- parsing ---------------------------------------------------------------------------
-def count(text: str, what: str) -> int:
-    """`text` as a number >= 0; `what` names it in the error."""
-    if not text.isdigit():
+def count(text: str, what: str, most: int = 1_000_000) -> int:
+    """`text` as a number from 0 to `most`; `what` names it in the error. ASCII
+    digits only: `str.isdigit` also takes "²" and "٣", which are no counts here."""
+    if not re.fullmatch(r"[0-9]+", text):
         raise UsageError(f"{what} needs a number >= 0, not {text!r}")
-    return int(text)
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(most)) or int(digits) > most:  # no int() of a huge string
+        raise UsageError(f"{what} is at most {most}, not {text}")
+    return int(digits)
 
 
 def parse_assignments(words: Sequence[str]) -> dict[str, str]:

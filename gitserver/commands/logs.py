@@ -7,6 +7,8 @@ import contextlib
 
 from gitserver.commands.base import Args, Context, count
 
+MAX_LINES = 10_000  # the most lines `-n` asks for
+
 
 async def logs(ctx: Context, args: Args) -> int:
     follow = args.flag("-f", "--follow")
@@ -14,7 +16,7 @@ async def logs(ctx: Context, args: Args) -> int:
     ptype = args.option("--ps")
     app = args.word("APP")
     args.done()
-    n = count(lines, "-n") if lines is not None else 100
+    n = count(lines, "-n", MAX_LINES) if lines is not None else 100
     stream = ctx.service.logs(ctx.user, app, n, ptype, follow)
 
     async def copy() -> None:

@@ -35,8 +35,9 @@ async def scale(ctx: Context, args: Args) -> int:
         counts[ptype] = count(n, ptype)
     if not counts:
         raise UsageError("missing TYPE=N")
-    ctx.out(f"-----> Scaling {app}: " + " ".join(f"{t}={n}" for t, n in counts.items()))
     await ctx.call(ctx.service.scale, app, counts)
+    # Said once the service's checks passed, never before a refusal.
+    ctx.out(f"-----> Scaled {app}: " + " ".join(f"{t}={n}" for t, n in counts.items()))
     return 0
 
 

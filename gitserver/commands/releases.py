@@ -34,9 +34,9 @@ async def rollback(ctx: Context, args: Args) -> int:
     app = args.word("APP")
     version = args.word("VERSION")
     args.done()
-    if not re.fullmatch(r"v\d+", version):
+    if not re.fullmatch(r"v[0-9]+", version):
         raise UsageError(f"{version!r} is not a release like v3 (see `releases {app}`)")
-    ctx.out(f"-----> Rolling back {app} to {version}")
     release = await ctx.call(ctx.service.rollback, app, version)
+    ctx.out(f"-----> Rolled back {app} to {version}")
     ctx.out(f"-----> Release {release} running")
     return 0

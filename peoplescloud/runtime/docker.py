@@ -27,6 +27,7 @@ import docker.errors
 from docker.types import LogConfig
 from docker.utils.socket import frames_iter
 
+from builder.docker_executor import BUILD_LABEL
 from peoplescloud.errors import RuntimeFailure
 from peoplescloud.runtime import lease
 from peoplescloud.runtime.base import (
@@ -138,7 +139,13 @@ class DockerRuntime:
         containers = self.client.containers.list(
             all=True, filters={"label": f"{LABEL_NODE}={self.node}"}, ignore_removed=True
         )
-        return [self._status(c) for c in containers if LABEL_ONEOFF not in c.labels]
+        # The node's one-offs and builds carry its label too (so it sweeps their
+        # leftovers), but they are no instances.
+        return [
+            self._status(c)
+            for c in containers
+            if LABEL_ONEOFF not in c.labels and BUILD_LABEL not in c.labels
+        ]
 
     def logs(self, key: InstanceKey, follow: bool, cursor: str | None) -> Iterator[LogLine]:
         """Docker's own log, with timestamps; the cursor is docker's full-precision
