@@ -33,6 +33,7 @@ from peoplescloud.runtime.docker import LABEL_ONEOFF
 from peoplescloud.runtime.select import open_runtime
 from peoplescloud.service import Node
 from peoplescloud.settings import Settings
+from peoplescloud.store import LocalStore
 from router.proxy import Upstream, start_router
 
 log = logging.getLogger("pc")
@@ -77,6 +78,25 @@ def sweep_leftovers(settings: Settings) -> None:
     ]
     for path in leftovers:
         shutil.rmtree(path, ignore_errors=True)
+    # Packs a killed push was receiving: dulwich writes a thin pack as
+    # objects/tmp_pack_* and a whole one as objects/pack/tmp*.pack (mkstemp's
+    # name), and renames it to pack-<sha>.pack once complete.
+    for repo in settings.repos_dir.glob("*.git"):
+        for part in (*repo.glob("objects/tmp_pack_*"), *repo.glob("objects/pack/tmp*")):
+            part.unlink(missing_ok=True)
+
+
+def sweep_unused_slugs(cluster: Cluster) -> None:
+    """Remove the slugs of a lone node's store that no release names: of an app
+    destroyed by a daemon killed before it unpinned them, of a push killed
+    between storing its slug and recording its release. In a swarm the pins are
+    the planner's business (and the state the swarm's): nothing is touched."""
+    store = cluster.store
+    if not isinstance(store, LocalStore):
+        return
+    named = {r.slug for a in cluster.state.read().apps.values() for r in a.releases}
+    for cid in store.cids() - named:
+        store.unpin(cid)
 
 
 def sweep_containers(client: DockerClient, node: str) -> None:
@@ -109,6 +129,7 @@ def build_node(settings: Settings) -> Parts:
     sweep_leftovers(settings)
     cluster = open_cluster(settings)  # a swarm's starts its kubo and Raft
     try:
+        sweep_unused_slugs(cluster)
         runtime = open_runtime(settings, log.warning)
         log.info("runtime: %s, store: %s", runtime.name, cluster.store.name)
         client: DockerClient | None = getattr(runtime, "client", None)  # the docker runtime's

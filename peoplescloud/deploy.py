@@ -8,7 +8,8 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,10 +52,17 @@ class Deployer:
         self, user: str, app: str, repo: Path, commit: str, say: Callable[[str], None]
     ) -> str:
         """Build and release `commit`; returns "vN" once its instances run."""
+        with self.exclusive(app):
+            return self._deploy(user, app, repo, commit, say)
+
+    @contextmanager
+    def exclusive(self, app: str) -> Iterator[None]:
+        """Hold the app's deploy lock for the block, or refuse at once: one push or
+        rollback at a time, so two cannot leave the app on the wrong release."""
         with self.locks.try_hold(app) as free:
             if not free:
-                raise PCError(f"another push to {app} is being built; try again when it is done")
-            return self._deploy(user, app, repo, commit, say)
+                raise PCError(f"another deploy of {app} is under way; try again when it is done")
+            yield
 
     def busy(self, app: str) -> bool:
         return self.locks.held(app)
@@ -67,8 +75,8 @@ class Deployer:
         work = Path(tempfile.mkdtemp(prefix=f"build-{app}-", dir=tmp_root))
         try:
             src, out = work / "src", work / "slug"
-            builder.checkout(repo, commit, src)
-            try:
+            try:  # the checkout refuses with a BuildError too (a symlink out of the tree)
+                builder.checkout(repo, commit, src)
                 result = builder.build(src, out, self.settings.cache_dir, self.executor, say)
             except builder.BuildError as e:
                 raise PCError(f"build failed: {e}") from None
@@ -114,7 +122,8 @@ class Deployer:
 
     def activate(self, app: str, version: int, say: Callable[[str], None]) -> str:
         """Make `version` the running release and wait until it runs. If it does not
-        start, the release that ran before runs again: a bad push changes nothing."""
+        start, the release that ran before runs again: a bad push changes nothing.
+        Call it holding `exclusive(app)`."""
         with self.state.change() as snap:
             a = snap.app(app)
             previous, previous_scale = a.current, dict(a.scale)
@@ -122,17 +131,43 @@ class Deployer:
             a.current = version
             # New process types start with one instance; types gone from the Procfile go.
             a.scale = {t: a.scale.get(t, 1) for t in release.processes}
+            ours = dict(a.scale)
         try:
             return self.wait_running(app, release.name, say)
         except PCError as e:
-            if previous is None:
+            if previous is None or not self._give_back(
+                app, version, previous, previous_scale, ours
+            ):
                 raise
-            with self.state.change() as snap:
-                a = snap.app(app)
-                a.current, a.scale = previous, previous_scale
             self.reconciler.reconcile()
             self.logbus.event(app, f"{release.name} did not start; v{previous} runs again")
             raise PCError(f"{e}; v{previous} runs again") from None
+
+    def _give_back(
+        self,
+        app: str,
+        version: int,
+        previous: int,
+        previous_scale: dict[str, int],
+        ours: dict[str, int],
+    ) -> bool:
+        """Undo what a failed activation set, and only that: the release that ran
+        before comes back if `version` is still current, and a type's scale goes
+        back only where it still has the value the activation gave it (a `ps:scale`
+        made during the wait stays). Whether the previous release runs again."""
+        with self.state.change() as snap:
+            a = snap.apps.get(app)
+            if a is None or a.current != version:
+                return False  # destroyed, or another release took over meanwhile
+            a.current = previous
+            for t in ours.keys() | previous_scale.keys():
+                if a.scale.get(t) != ours.get(t):
+                    continue  # changed since: not ours to undo
+                if t in previous_scale:
+                    a.scale[t] = previous_scale[t]
+                else:
+                    a.scale.pop(t, None)
+        return True
 
     def wait_running(
         self, app: str, release: str, say: Callable[[str], None], timeout: float = 20
@@ -141,7 +176,8 @@ class Deployer:
         kept running for SETTLE seconds: a process that dies at once (a typo in
         the Procfile, an exception at import) fails the push instead of passing
         it. A local web instance is also given until `timeout` to accept
-        connections on its port, so the first request after a push finds it."""
+        connections on its port, so the first request after a push finds it. A
+        stopped app has nothing to wait for: its release is recorded, that is all."""
         deadline = time.monotonic() + timeout
         seen: dict[str, tuple[str, float]] = {}  # process -> (its start, first seen running)
         while True:
@@ -149,6 +185,9 @@ class Deployer:
             running = self.reconciler.everywhere()
             local = self.reconciler.instances()
             a = self.state.read().app(app)
+            if a.stopped:  # (ps:stop, before or during the wait) nothing is wanted to run
+                say(f"-----> Release {release} recorded; {app} is stopped (ps:start starts it)")
+                return release
             wanted = process_names(a.scale)
             mine = {k.process: s for k, s in running.items() if k == (app, k.process, release)}
             now = time.monotonic()

@@ -5,8 +5,15 @@ where the source is a process ("web.1") or "pc" for the node's own events
 ("starting web.1 (v3)"). A pump thread per instance follows the runtime's logs
 and appends them; its runtime cursor is saved in `<app>.cursors.json` (at most
 once a second, and when the pump or the bus ends), so a restarted daemon
-resumes where the last one stopped: nothing lost, nothing repeated after a
-clean stop (after a crash, at most the last second's lines come again).
+resumes where the last one stopped: nothing lost, nothing repeated.
+
+After a crash the saved cursor is behind: the runtime sends again what was
+pumped since the save. Saving the cursor with every line would cost a file
+replace per line under floods and still leave a window between the two
+writes. Instead each cursor is saved with where its line ends in the log
+(inode, offset; taken under the lock of the append, so they always agree):
+the process's lines after that point are exactly the first lines sent again,
+and the pump skips them (for as long as they match).
 
 Followers (`follow`) live on an asyncio loop; pumps hand them lines with
 `call_soon_threadsafe`. Each follower has a bounded queue and skips lines it
@@ -19,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -38,6 +46,17 @@ MAX_LOG_BYTES = 5 * 1024 * 1024  # then <app>.log becomes <app>.log.1 (one kept)
 FOLLOW_QUEUE = 1000  # lines a follower may lag behind before it skips
 
 
+@dataclass(frozen=True)
+class _Mark:
+    """How far a pump got: the runtime's cursor of its last line, and where that
+    line ends in the app's log (the file's inode, the offset after the line;
+    0, 0 when unknown)."""
+
+    cursor: str
+    inode: int = 0
+    offset: int = 0
+
+
 @dataclass(eq=False)
 class _Follower:
     loop: asyncio.AbstractEventLoop
@@ -55,7 +74,7 @@ class LogBus:
         self.runtime = runtime
         self._lock = threading.Lock()  # guards everything below and the files
         self._pumps: dict[InstanceKey, threading.Thread] = {}
-        self._cursors: dict[str, dict[str, str]] = {}
+        self._cursors: dict[str, dict[str, _Mark]] = {}
         self._followers: dict[str, list[_Follower]] = {}
         self._closed = False
 
@@ -137,13 +156,19 @@ class LogBus:
         last_save = time.monotonic()
         try:
             with self._lock:
-                cursor = self._app_cursors(app).get(process)
-            for line in self.runtime.logs(key, follow=True, cursor=cursor):
+                mark = self._app_cursors(app).get(process)
+                written = self._written_after(app, process, mark)  # what comes again
+            for line in self.runtime.logs(key, follow=True, cursor=mark.cursor if mark else None):
+                text = f"{line.timestamp} app[{process}]: {line.text}"
                 with self._lock:
                     if self._closed or self._pumps.get(key) is not me:
                         return
-                    self._append(app, f"{line.timestamp} app[{process}]: {line.text}")
-                    self._app_cursors(app)[process] = line.cursor
+                    if written and written[0][0] == text:  # in the log already
+                        _, inode, offset = written.popleft()
+                    else:
+                        written.clear()
+                        inode, offset = self._append(app, text)
+                    self._app_cursors(app)[process] = _Mark(line.cursor, inode, offset)
                     if time.monotonic() - last_save >= SAVE_EVERY:
                         self._save(app)
                         last_save = time.monotonic()
@@ -168,11 +193,13 @@ class LogBus:
     def _path(self, app: str, suffix: str) -> Path:
         return self.logs_dir / f"{app}{suffix}"
 
-    def _append(self, app: str, line: str) -> None:
+    def _append(self, app: str, line: str) -> tuple[int, int]:
+        """Append a line; returns where it ends: (the file's inode, the offset after it)."""
         path = self._path(app, ".log")
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-            if f.tell() > MAX_LOG_BYTES:
+        with open(path, "ab") as f:
+            f.write(line.encode("utf-8") + b"\n")
+            end, inode = f.tell(), os.fstat(f.fileno()).st_ino
+            if end > MAX_LOG_BYTES:
                 path.replace(self._path(app, ".log.1"))
         for follower in list(self._followers.get(app, [])):
             if _matches(line, follower.ptype):
@@ -180,19 +207,51 @@ class LogBus:
                     follower.loop.call_soon_threadsafe(_offer, follower, line)
                 except RuntimeError:  # its loop is closed: the reader is gone
                     self._followers[app].remove(follower)
+        return inode, end
 
-    def _app_cursors(self, app: str) -> dict[str, str]:
+    def _written_after(
+        self, app: str, process: str, mark: _Mark | None
+    ) -> deque[tuple[str, int, int]]:
+        """The process's lines in the log after `mark` (each with where it ends):
+        pumped after the last save, by a daemon that did not live to save again."""
+        out: deque[tuple[str, int, int]] = deque()
+        if mark is None or not mark.inode:
+            return out
+        found = False  # the file the mark is in: it and what follows it
+        for path in (self._path(app, ".log.1"), self._path(app, ".log")):
+            with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+                inode = os.fstat(f.fileno()).st_ino
+                if inode == mark.inode:
+                    found = True
+                    f.seek(mark.offset)
+                if not found:
+                    continue
+                offset = f.tell()
+                for raw in f:
+                    offset += len(raw)
+                    line = raw.decode("utf-8", "replace").rstrip("\n")
+                    if _source(line) == process:
+                        out.append((line, inode, offset))
+        return out
+
+    def _app_cursors(self, app: str) -> dict[str, _Mark]:
         if app not in self._cursors:
             try:
-                self._cursors[app] = json.loads(self._path(app, ".cursors.json").read_text())
+                saved = json.loads(self._path(app, ".cursors.json").read_text())
             except (FileNotFoundError, json.JSONDecodeError):
-                self._cursors[app] = {}
+                saved = {}
+            self._cursors[app] = {
+                process: _Mark(*m) if isinstance(m, list) else _Mark(str(m))  # or older: a cursor
+                for process, m in saved.items()
+            }
         return self._cursors[app]
 
     def _save(self, app: str) -> None:
+        """{process: [cursor, inode, offset]}."""
+        marks = {p: [m.cursor, m.inode, m.offset] for p, m in self._app_cursors(app).items()}
         path = self._path(app, ".cursors.json")
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._app_cursors(app)))
+        tmp.write_text(json.dumps(marks))
         tmp.replace(path)
 
 

@@ -86,6 +86,21 @@ def instance_spec(
     )
 
 
+def _slugs_of(snap: Snapshot, instances: Iterable[InstanceStatus]) -> set[str]:
+    """The slugs (content ids) of these instances' releases, as far as the state knows them."""
+    out = set()
+    for s in instances:
+        app = snap.apps.get(s.app)
+        version = s.release[1:]
+        if app is None or not (version.isascii() and version.isdigit()):
+            continue
+        try:
+            out.add(app.release(int(version)).slug)
+        except NotFound:
+            continue
+    return out
+
+
 class Reconciler:
     def __init__(
         self, settings: Settings, cluster: Cluster, runtime: Runtime, logbus: LogBus
@@ -163,7 +178,7 @@ class Reconciler:
                 if slot in busy and not (current and current.running):
                     continue  # still running on its previous node: start it once that stops
                 self._converge(spec, current)
-            self._gc_slugs(want.values())
+            self._gc_slugs(want.values(), _slugs_of(snap, (s for ss in have.values() for s in ss)))
             self._apps = frozenset(snap.apps)
             self._last = {s.key: s for s in self.runtime.status()}
             return dict(self._last)
@@ -285,9 +300,12 @@ class Reconciler:
             with self._lock:
                 self._held[spec.slug.name] -= 1
 
-    def _gc_slugs(self, wanted: Iterable[InstanceSpec]) -> None:
-        """Remove slug working copies no instance uses (the store keeps the original)."""
-        used = {s.slug.name for s in wanted} | {cid for cid, n in self._held.items() if n}
+    def _gc_slugs(self, wanted: Iterable[InstanceSpec], running: set[str]) -> None:
+        """Remove slug working copies no instance uses (the store keeps the original):
+        neither a wanted one, nor one that runs still (an old release runs on until
+        the new slug is here), nor a one-off's."""
+        used = {s.slug.name for s in wanted} | running
+        used |= {cid for cid, n in self._held.items() if n}
         for cid in [c for c, f in self._fetches.items() if c not in used and f.done()]:
             del self._fetches[cid]  # fetched for an instance that is no longer here
         slugs = self.settings.slugs_dir

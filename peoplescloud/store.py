@@ -114,3 +114,7 @@ class LocalStore:
 
     def pinned(self) -> set[str]:
         return {p.name for p in self._pins.iterdir()}
+
+    def cids(self) -> set[str]:
+        """Every slug here, pinned or not (a push killed before its pin leaves one unpinned)."""
+        return {p.name for p in self._objects.iterdir()} | self.pinned()

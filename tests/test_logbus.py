@@ -169,7 +169,7 @@ def test_restart_resumes_from_the_saved_cursor_without_duplicates(tmp_path, runt
     wait_for(lambda: len(first.tail("demo", 10)) == 2, "a and b")
     first.close()  # the daemon stops; the instance runs on
     runtime.emit("demo", "bot.1", "c")  # written while no daemon ran
-    assert json.loads((logs_dir / "demo.cursors.json").read_text()) == {"bot.1": "1"}
+    assert json.loads((logs_dir / "demo.cursors.json").read_text())["bot.1"][0] == "1"
 
     second = LogBus(logs_dir, runtime)
     second.watch(InstanceKey("demo", "bot.1", "v1"))
@@ -180,7 +180,7 @@ def test_restart_resumes_from_the_saved_cursor_without_duplicates(tmp_path, runt
     texts = [line.split("]: ", 1)[1] for line in second.tail("demo", 10)]
     assert texts == ["a", "b", "c", "d"]  # the first bus's pump wrote nothing after close
     assert runtime.cursors_asked[-1] == "1"
-    assert json.loads((logs_dir / "demo.cursors.json").read_text()) == {"bot.1": "3"}
+    assert json.loads((logs_dir / "demo.cursors.json").read_text())["bot.1"][0] == "3"
     second.close()
 
 
@@ -198,3 +198,30 @@ def test_forget_deletes_the_apps_logs_and_ends_its_followers(bus, runtime):
     assert first.endswith("app[pc]: destroying") and after == "ended"
     assert bus.tail("demo", 10) == []
     assert list(bus.logs_dir.iterdir()) == []
+
+
+def test_a_crash_between_cursor_saves_repeats_no_line(tmp_path, runtime, monkeypatch):
+    """Lines pumped after the last cursor save are sent again by the runtime after a
+    crash: the new bus skips the ones its log already holds (a repeated text, such
+    as a heartbeat, is still kept when it is new)."""
+    monkeypatch.setattr("peoplescloud.logbus.SAVE_EVERY", 3600.0)  # saves only when told
+    logs_dir = tmp_path / "logs"
+    first = LogBus(logs_dir, runtime)
+    runtime.emit("demo", "bot.1", "a")
+    first.watch(InstanceKey("demo", "bot.1", "v1"))
+    wait_for(lambda: len(first.tail("demo", 10)) == 1, "a")
+    with first._lock:
+        first._save("demo")  # the pump's last save, after "a"
+    runtime.emit("demo", "bot.1", "tick", "tick")
+    wait_for(lambda: len(first.tail("demo", 10)) == 3, "the ticks")
+    with first._lock:  # the daemon is killed: its pump writes nothing more, saves nothing
+        first._pumps.clear()
+
+    second = LogBus(logs_dir, runtime)
+    second.watch(InstanceKey("demo", "bot.1", "v1"))
+    runtime.emit("demo", "bot.1", "tick")
+    runtime.exit("demo", "bot.1")
+    wait_for(lambda: not second._pumps, "the pump to end")
+    texts = [line.split("]: ", 1)[1] for line in second.tail("demo", 10)]
+    assert texts == ["a", "tick", "tick", "tick"]
+    second.close()

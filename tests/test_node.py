@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
 
 from peoplescloud.deploy import Deployer
-from peoplescloud.errors import Forbidden, NotFound, PCError
+from peoplescloud.errors import Forbidden, NotFound, PCError, UsageError
 from peoplescloud.reconciler import Reconciler
 from peoplescloud.runtime.base import InstanceSpec, InstanceStatus
 from peoplescloud.service import Node
@@ -161,3 +162,71 @@ def test_ps_says_why_an_instance_cannot_start(node: Node):
     node.reconciler.reconcile()
     [row] = node.ps("ann", "annbot")
     assert row.state == "starting" and "not in this node's store" in row.why
+
+
+def test_a_failed_release_keeps_what_changed_while_it_was_awaited(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+):
+    """A `ps:scale` during the wait is kept: the failed push restores only what it set."""
+    node.reconciler.reconcile()
+    node.runtime.bad.add("v2")  # type: ignore[attr-defined]
+    wait_running = node.deployer.wait_running
+
+    def scaled_meanwhile(app, release, say, timeout=20):  # type: ignore[no-untyped-def]
+        node.scale("ann", "annbot", {"bot": 2})
+        return wait_running(app, release, say, timeout)
+
+    monkeypatch.setattr(node.deployer, "wait_running", scaled_meanwhile)
+    with pytest.raises(PCError, match="v1 runs again"):
+        node.rollback("ann", "annbot", "v1")
+    a = node.state.read().apps["annbot"]
+    assert (a.current, a.scale) == (1, {"bot": 2})
+
+
+def test_a_failed_release_leaves_a_newer_current_alone(node: Node, monkeypatch: pytest.MonkeyPatch):
+    """Another release made current during the wait is not overwritten by the old one."""
+    node.reconciler.reconcile()
+    node.runtime.bad.add("v2")  # type: ignore[attr-defined]
+
+    def superseded(app, name, say, timeout=20):  # type: ignore[no-untyped-def]
+        with node.state.change() as s:
+            a = s.apps[app]
+            a.releases.append(release(3, a.release(1).slug))
+            a.current = 3
+        raise PCError(f"release {name} is deployed but bot.1 stopped (exit code 1)")
+
+    monkeypatch.setattr(node.deployer, "wait_running", superseded)
+    with pytest.raises(PCError, match="stopped") as failed:
+        node.rollback("ann", "annbot", "v1")
+    assert "v1 runs again" not in str(failed.value)
+    assert node.state.read().apps["annbot"].current == 3
+
+
+def test_a_rollback_waits_its_turn_behind_a_push(node: Node):
+    with node.deployer.locks.try_hold("annbot") as free:  # a push to annbot is under way
+        assert free
+        with pytest.raises(PCError, match="another .* annbot is under way; try again"):
+            node.rollback("ann", "annbot", "v1")
+    assert node.state.read().apps["annbot"].current == 1
+    assert len(node.state.read().apps["annbot"].releases) == 1  # nothing recorded
+
+
+def test_a_rollback_names_its_release_in_ascii_digits(node: Node):
+    with pytest.raises(UsageError, match="is not a release"):
+        node.rollback("ann", "annbot", "v\u0661")  # ARABIC-INDIC DIGIT ONE
+
+
+def test_a_release_of_a_stopped_app_is_recorded_at_once(node: Node):
+    """A stopped app runs nothing: a rollback (or push) records its release and says
+    so, without waiting for instances that are not wanted."""
+    node.reconciler.reconcile()
+    node.stop("ann", "annbot")
+    deadline = time.monotonic() + 5
+    assert node.rollback("ann", "annbot", "v1") == "v2"
+    assert time.monotonic() < deadline
+    a = node.state.read().apps["annbot"]
+    assert (a.current, a.stopped) == (2, True)
+    assert ("annbot", "bot.1") not in node.runtime.instances  # type: ignore[attr-defined]
+    said: list[str] = []
+    assert node.deployer.activate("annbot", 1, said.append) == "v1"
+    assert said == ["-----> Release v1 recorded; annbot is stopped (ps:start starts it)"]

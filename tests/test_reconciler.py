@@ -209,3 +209,20 @@ def test_an_update_keeps_the_running_release_until_the_new_slug_is_here(
             break
         time.sleep(0.05)
     assert {s.release for s in runtime.instances.values()} == {"v2"}
+
+
+def test_the_slug_gc_keeps_the_slug_of_the_release_still_running(
+    world, monkeypatch: pytest.MonkeyPatch
+):
+    """While a new release's slug is fetched, the old instance runs on: its slug stays."""
+    r, state, runtime, bus, cid = world
+    monkeypatch.setattr(rec, "FETCH_WAIT", 0.05)
+    r.reconcile()
+    r.store = slow = SlowStore(r.store)
+    with state.change() as s:
+        s.apps["mybot"].releases.append(release(2, "sha256-" + "cd" * 32))
+        s.apps["mybot"].current = 2
+    r.reconcile()
+    assert {s.release for s in runtime.instances.values()} == {"v1"}  # still serving
+    assert (r.settings.slugs_dir / cid / "bot.py").exists()  # from the v1 slug
+    slow.release.set()

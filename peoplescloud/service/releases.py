@@ -36,20 +36,22 @@ class ReleaseCommands(ServiceBase):
 
     def rollback(self, user: str, app: str, version: str) -> str:
         a = self._app(user, app)
-        if not (version.startswith("v") and version[1:].isdigit()):
+        number = version[1:]
+        if not (version.startswith("v") and number.isascii() and number.isdigit()):
             raise UsageError(f"{version!r} is not a release: use vN, as `releases {app}` shows")
-        target = a.release(int(version[1:]))
+        target = a.release(int(number))
         if not self.store.has(target.slug):
             raise NotFound(f"the slug of {version} is no longer kept; push that commit again")
-        with self.state.change() as s:
-            a2 = s.app(app)
-            new = replace(
-                target,
-                version=a2.next_version(),
-                created=now(),
-                pushed_by=user,
-                description=f"Rollback to {version}",
-            )
-            a2.releases.append(new)
-        self.logbus.event(app, f"release {new.name} by {user}: rollback to {version}")
-        return self.deployer.activate(app, new.version, lambda _line: None)
+        with self.deployer.exclusive(app):  # not beside a push or another rollback
+            with self.state.change() as s:
+                a2 = s.app(app)
+                new = replace(
+                    target,
+                    version=a2.next_version(),
+                    created=now(),
+                    pushed_by=user,
+                    description=f"Rollback to {version}",
+                )
+                a2.releases.append(new)
+            self.logbus.event(app, f"release {new.name} by {user}: rollback to {version}")
+            return self.deployer.activate(app, new.version, lambda _line: None)
