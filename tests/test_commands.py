@@ -406,9 +406,7 @@ def test_no_progress_line_for_a_change_the_service_refuses(command: str):
 
 def test_progress_lines_of_changes_that_were_made():
     node = FakeNode()
-    assert (
-        call("ps:scale mybot web=2 worker=0", node)[1] == "-----> Scaled mybot: web=2 worker=0\n"
-    )
+    assert call("ps:scale mybot web=2 worker=0", node)[1] == "-----> Scaled mybot: web=2 worker=0\n"
     assert call("apps:destroy mybot --confirm mybot", node)[1] == "-----> Destroyed mybot\n"
     out = call("rollback mybot v1", node)[1]
     assert out == "-----> Rolled back mybot to v1\n-----> Release v9 running\n"
