@@ -8,10 +8,18 @@ them (and how several nodes share one engine). No restart policy: the daemon
 decides about restarts. Each instance's main process is the lease watchdog
 (`peoplescloud.runtime.lease`), which runs the app's command as its child and ends it
 once the node's lease passes; the lease directory is mounted read-only for it.
+
+The node's containers are on a network of its own (`pc_<node>`, made with its
+first container, removed with its last) where docker forwards nothing between
+containers (`enable_icc=false`): one app cannot reach another's containers, nor
+its own other instances (as dynos on Heroku). The network is an ordinary
+bridge, so bots reach the internet; its Linux bridge is named for `firewall`,
+whose rules keep the containers away from the node's own ports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import threading
@@ -29,7 +37,7 @@ from docker.utils.socket import frames_iter
 
 from builder.docker_executor import BUILD_LABEL
 from peoplescloud.errors import RuntimeFailure
-from peoplescloud.runtime import lease
+from peoplescloud.runtime import firewall, lease
 from peoplescloud.runtime.base import (
     LABEL_APP,
     LABEL_NODE,
@@ -78,6 +86,9 @@ class DockerRuntime:
         self.node = node
         self.image = image
         self.lease_dir = lease_dir
+        self.network = f"pc_{node}"  # '_' is in no node name: no other node's
+        # Held while the network is made and a container put on it, or it is removed.
+        self._network_lock = threading.Lock()
 
     def container_name(self, key: InstanceKey) -> str:
         # '_' cannot appear in node, app or release names, so "my" + "bot-x.1" and
@@ -107,21 +118,24 @@ class DockerRuntime:
             {f"{WEB_PORT}/tcp": ("127.0.0.1", None)} if spec.web else None
         )
         try:
-            container = self.client.containers.run(
-                self.image,
-                [*watchdog, "sh", "-c", SH_PREFIX + spec.command],
-                name=self.container_name(spec.key),
-                detach=True,
-                environment=env,
-                labels=spec.labels(),
-                ports=ports,
-                log_config=LOG_CONFIG,
-                **sandbox,
-            )
+            with self._network_lock:  # the network stays once the container is made
+                container = self.client.containers.create(
+                    self.image,
+                    [*watchdog, "sh", "-c", SH_PREFIX + spec.command],
+                    name=self.container_name(spec.key),
+                    environment=env,
+                    labels=spec.labels(),
+                    ports=ports,
+                    log_config=LOG_CONFIG,
+                    network=self._network(),
+                    **sandbox,
+                )
+            container.start()
             container.reload()
         except docker.errors.DockerException as e:
             if (left := self._get(spec.key)) is not None:
                 self._remove(left)  # created but not started
+            self._drop_network()
             raise RuntimeFailure(f"could not start {spec.key}: {e}") from None
         return self._status(container)
 
@@ -129,11 +143,10 @@ class DockerRuntime:
         container = self._get(key)
         if container is None:
             return
-        try:
+        with contextlib.suppress(docker.errors.NotFound):  # gone meanwhile
             container.stop(timeout=math.ceil(timeout))
-        except docker.errors.NotFound:
-            return
         self._remove(container)
+        self._drop_network()
 
     def status(self) -> list[InstanceStatus]:
         containers = self.client.containers.list(
@@ -171,19 +184,22 @@ class DockerRuntime:
     ) -> int:
         """A one-off container like `docker run --rm -i`, attached before it starts."""
         try:
-            container = self.client.containers.create(
-                self.image,
-                argv,
-                name=f"pc_{self.node}_{spec.app}_run-{uuid.uuid4().hex[:8]}",
-                environment={
-                    **spec.environment(None),
-                    "PATH": search_path("/app", spec.path, SYSTEM_PATH),
-                },
-                labels={**spec.labels(), LABEL_ONEOFF: "1"},
-                stdin_open=stdin is not None,
-                **self._sandbox(spec),
-            )
+            with self._network_lock:
+                container = self.client.containers.create(
+                    self.image,
+                    argv,
+                    name=f"pc_{self.node}_{spec.app}_run-{uuid.uuid4().hex[:8]}",
+                    environment={
+                        **spec.environment(None),
+                        "PATH": search_path("/app", spec.path, SYSTEM_PATH),
+                    },
+                    labels={**spec.labels(), LABEL_ONEOFF: "1"},
+                    stdin_open=stdin is not None,
+                    network=self._network(),
+                    **self._sandbox(spec),
+                )
         except docker.errors.DockerException as e:
+            self._drop_network()
             raise RuntimeFailure(f"could not run {argv[:1]} for {spec.app}: {e}") from None
         try:
             params = {"stdout": 1, "stderr": 1, "stream": 1, "stdin": int(stdin is not None)}
@@ -199,8 +215,49 @@ class DockerRuntime:
             return int(container.wait()["StatusCode"])
         finally:
             self._remove(container)
+            self._drop_network()
+
+    def sweep_network(self) -> None:
+        """Remove the node's network when no container uses it (a daemon killed
+        between removing the last container and the network left it)."""
+        self._drop_network()
 
     # -- helpers --
+
+    def _networks(self) -> list[Any]:
+        # The engine's name filter matches parts of names: keep the exact one.
+        found = self.client.networks.list(names=[self.network])
+        return [n for n in found if n.name == self.network]
+
+    def _network(self) -> str:
+        """The node's network, made if missing (with `_network_lock` held)."""
+        if not self._networks():
+            self.client.networks.create(
+                self.network,
+                driver="bridge",
+                check_duplicate=True,
+                labels={LABEL_NODE: self.node},
+                options={
+                    "com.docker.network.bridge.name": firewall.bridge_name(self.node),
+                    "com.docker.network.bridge.enable_icc": "false",
+                },
+            )
+        return self.network
+
+    def _drop_network(self) -> None:
+        """Remove the node's network once no container of the node is left."""
+        with self._network_lock:
+            mine = f"{LABEL_NODE}={self.node}"
+            if self.client.containers.list(all=True, filters={"label": mine}):
+                return
+            for network in self._networks():
+                try:
+                    network.remove()
+                except docker.errors.NotFound:
+                    pass
+                except docker.errors.APIError as e:  # a container not ours joined it
+                    if e.status_code not in (403, 409):
+                        raise
 
     def _sandbox(self, spec: InstanceSpec) -> dict[str, Any]:
         """What every container of an app gets: the slug, limits, no privileges."""
