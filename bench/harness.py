@@ -214,6 +214,13 @@ def cleanup_instances(home: Path, runtime: str) -> None:
     rt = open_runtime(settings, lambda _msg: None)
     for s in rt.status():
         rt.stop(s.key, timeout=2)
+    from peoplescloud.runtime import firewall
+    from peoplescloud.runtime.docker import DockerRuntime
+
+    if isinstance(rt, DockerRuntime):  # its network, and the rules its daemon made
+        rt.sweep_network()
+        if firewall.missing() is None:
+            firewall.remove(settings.name)
 
 
 def init_node(root: Path, key: Path, runtime: str) -> NodeProc:

@@ -28,8 +28,9 @@ from peoplescloud.errors import PCError
 from peoplescloud.logbus import LogBus
 from peoplescloud.processes import is_web
 from peoplescloud.reconciler import Reconciler
+from peoplescloud.runtime import firewall
 from peoplescloud.runtime.base import LABEL_NODE
-from peoplescloud.runtime.docker import LABEL_ONEOFF
+from peoplescloud.runtime.docker import LABEL_ONEOFF, DockerRuntime
 from peoplescloud.runtime.select import open_runtime
 from peoplescloud.service import Node
 from peoplescloud.settings import Settings
@@ -135,6 +136,8 @@ def build_node(settings: Settings) -> Parts:
         client: DockerClient | None = getattr(runtime, "client", None)  # the docker runtime's
         if client is not None:
             sweep_containers(client, settings.name)
+        if isinstance(runtime, DockerRuntime):
+            runtime.sweep_network()
         logbus = LogBus(settings.logs_dir, runtime)
         reconciler = Reconciler(settings, cluster, runtime, logbus)
         deployer = Deployer(settings, cluster, reconciler, logbus, make_executor(settings, client))
@@ -239,6 +242,10 @@ async def start_node(
         hop_key=cluster.hop_key,
     )
     started.push_async_callback(router.cleanup)
+    if isinstance(parts.node.runtime, DockerRuntime):  # its containers reach only the router
+        router_port = router.addresses[0][1]  # the one bound, when router_port is 0
+        if why := await asyncio.to_thread(firewall.protect, settings.name, router_port):
+            log.warning("containers can reach this node's SSH, peer and Raft ports: %s", why)
     log.info(
         "node %s ready: ssh on %s:%d, router on %s:%d (http://APP.%s:%d/)%s",
         settings.name,

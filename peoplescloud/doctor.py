@@ -16,6 +16,7 @@ import docker
 from peoplescloud.cluster import swarm_entry
 from peoplescloud.docker_engine import connect
 from peoplescloud.errors import PCError
+from peoplescloud.runtime import firewall
 from peoplescloud.settings import Settings
 from peoplescloud.stack import image_exists
 
@@ -63,6 +64,7 @@ def checks(settings: Settings) -> list[Check]:
         if client is not None:
             client.close()
     result += [check_binary(*spec) for spec in BINARIES]
+    result.append(check_firewall())
     result += swarm_checks(settings)
     result += [
         check_port(what, settings.listen, port)
@@ -93,6 +95,20 @@ def check_stack_image(client: docker.DockerClient | None, image: str) -> Check:
     if image_exists(client, image):
         return Check(name, True, f"{image} is present")
     return Check(name, False, f"{image} is missing", "pc stack build")
+
+
+def check_firewall() -> Check:
+    """The daemon can keep the docker runtime's containers away from the node's ports."""
+    name = "container firewall"
+    why = firewall.missing()
+    if why is None:
+        detail = f"{firewall.version()}: containers reach only the router port on this host"
+        return Check(name, True, detail, required=False)
+    detail = (
+        f"{why}: containers of the docker runtime can reach the node's SSH, peer and Raft ports"
+    )
+    fix = "run `pc daemon` as root, as scripts/start-node does (iptables: apt-get install iptables)"
+    return Check(name, False, detail, fix, required=False)
 
 
 def check_binary(binary: str, purpose: str, fix: str, required: bool = True) -> Check:

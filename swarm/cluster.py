@@ -184,7 +184,11 @@ class SwarmCluster:
         self.state.on_change(lambda _version: bridge.soon(wake), only={"apps"})
         routes = NodeRoutes(self.identity, self.state, local)
         app = peer_app(self.identity, self.state, self.membership, routes)
-        self._runner = await start_peer_server(app, self.settings.listen, self.settings.peer_port)
+        # Where siblings dial it, nothing more: with `listen` 0.0.0.0 and no `advertise`,
+        # loopback, so no container reaches it through its bridge.
+        self._runner = await start_peer_server(
+            app, self.settings.advertised, self.settings.peer_port
+        )
         if not self.identity.partners and not self.state.read().members:
             # The swarm's first start: the first member brings the lone node's state.
             lone = State(self.settings.state_file)

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from peoplescloud.doctor import check_binary, check_docker, check_port, check_stack_image, checks
+from peoplescloud.doctor import (
+    check_binary,
+    check_docker,
+    check_firewall,
+    check_port,
+    check_stack_image,
+    checks,
+)
+from peoplescloud.runtime import firewall
 from peoplescloud.settings import Settings
 
 
@@ -75,6 +83,26 @@ def test_checks_report_missing_tools_and_which_are_optional(
     assert not by_name["ipfs"].ok and not by_name["ipfs"].required
     assert by_name["ipfs"].fix.startswith("bash scripts/install-kubo")
     assert all(c.fix for c in by_name.values() if not c.ok)
+
+
+def test_no_iptables_means_no_container_firewall(
+    empty_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(firewall, "SBIN", str(empty_path))  # not even in /usr/sbin
+    check = check_firewall()
+    assert not check.ok and not check.required  # the node runs, its ports less guarded
+    assert "iptables is not installed" in check.detail
+    assert "SSH, peer and Raft ports" in check.detail and "root" in check.fix
+
+
+def test_a_daemon_not_root_cannot_guard_the_nodes_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(firewall.os, "geteuid", lambda: 1000)
+    check = check_firewall()
+    assert not check.ok and not check.required
+    assert firewall.missing() in check.detail
+    with pytest.raises(firewall.FirewallError, match="iptables|root"):
+        firewall.install("node1", 8080)  # refused before any rule is touched
+    assert firewall.protect("node1", 8080) == firewall.missing()  # the daemon only warns
 
 
 def test_a_present_binary_passes(empty_path: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import textwrap
 import urllib.error
 import urllib.request
@@ -194,8 +195,6 @@ def test_installing_twice_leaves_one_rule_and_remove_leaves_none(node):
     assert binary is not None
 
     def input_rules() -> list[str]:
-        import subprocess
-
         done = subprocess.run([binary, "-S", "INPUT"], capture_output=True, text=True, check=True)
         return [r for r in done.stdout.splitlines() if firewall.chain_name(node) in r]
 
@@ -205,3 +204,19 @@ def test_installing_twice_leaves_one_rule_and_remove_leaves_none(node):
     firewall.remove(node)
     assert input_rules() == []
     assert not firewall.installed(node)
+
+
+def test_the_daemon_guards_the_nodes_ports_when_it_starts(node_factory):
+    _require_firewall()
+    node = node_factory("docker")  # its cleanup removes the rules (bench/harness.py)
+    conftest.wait_for(lambda: firewall.installed(node.name), "the firewall", timeout=30)
+    binary = firewall.iptables()
+    assert binary is not None
+    chain = firewall.chain_name(node.name)
+    listed = subprocess.run([binary, "-S", chain], capture_output=True, text=True, check=True)
+    rules = [line.split(chain, 1)[1].strip() for line in listed.stdout.splitlines()[1:]]
+    assert rules == [
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        f"-p tcp -m tcp --dport {node.router_port} -j ACCEPT",
+        "-j DROP",
+    ]

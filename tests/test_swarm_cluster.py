@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,23 @@ def make(tmp_path: Path, snap: Snapshot | None = None) -> tuple[SwarmCluster, Fa
     identity.save(s.swarm_file)
     state, kubo = FakeState(snap, leader=f"127.0.0.1:{s.raft_port}"), FakeKubo()
     return SwarmCluster(s, identity, state, kubo, FakeStore()), state, kubo  # type: ignore[arg-type]
+
+
+def test_the_peer_api_listens_only_where_siblings_dial_it(tmp_path: Path):
+    cluster, _state, _kubo = make(tmp_path)
+    cluster.settings = dataclasses.replace(cluster.settings, listen="0.0.0.0")
+    assert cluster.settings.advertised == "127.0.0.1"  # no `advertise`: a one-host swarm
+
+    async def life() -> None:
+        stop = asyncio.Event()
+        loops = await cluster.start(local(cluster.settings), stop, lambda: None)
+        assert cluster._runner is not None
+        assert [a[0] for a in cluster._runner.addresses] == ["127.0.0.1"]  # not 0.0.0.0
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*loops), timeout=5)
+        await cluster.close()
+
+    asyncio.run(life())
 
 
 def test_a_first_member_starts_seeds_leads_and_closes(tmp_path: Path):

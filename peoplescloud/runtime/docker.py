@@ -306,6 +306,9 @@ class DockerRuntime:
         except docker.errors.APIError as e:  # 409: a removal already in progress
             if e.status_code != 409:
                 raise
+            # Wait for it: the node's network is removed only once no container is left.
+            with contextlib.suppress(docker.errors.DockerException, OSError):
+                container.wait(condition="removed", timeout=30)
 
     def _status(self, container: Any) -> InstanceStatus:
         state = container.attrs["State"]

@@ -114,3 +114,12 @@ def remove(node: str) -> None:
         pass
     _run(["-F", chain_name(node)], check=False)
     _run(["-X", chain_name(node)], check=False)
+
+
+def protect(node: str, router_port: int) -> str | None:
+    """`install`, at the daemon's start; what keeps it from protecting the host, or None."""
+    try:
+        install(node, router_port)
+    except FirewallError as e:
+        return str(e)
+    return None
