@@ -132,6 +132,8 @@ def build_node(settings: Settings) -> Parts:
         sweep_unused_slugs(cluster)
         runtime = open_runtime(settings, log.warning)
         log.info("runtime: %s, store: %s", runtime.name, cluster.store.name)
+        if not runtime.capabilities.isolates_tenants:
+            log.warning("%s", runtime.capabilities.owner_only())
         client: DockerClient | None = getattr(runtime, "client", None)  # the docker runtime's
         if client is not None:
             sweep_containers(client, settings.name)
