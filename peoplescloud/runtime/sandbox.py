@@ -34,7 +34,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -60,6 +60,9 @@ ETC = (
     "/etc/ld.so.conf",
     "/etc/ld.so.conf.d",
     "/etc/alternatives",  # Debian's python3, node, ... may be links through here
+    "/etc/os-release",  # what pip and others tell the index they run on
+    "/etc/debian_version",
+    "/etc/lsb-release",
 )
 MOUNTED = ("/", "/tmp", "/dev", "/proc", "/etc")  # made by the sandbox itself
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}  # what the setup programs get
@@ -129,6 +132,7 @@ class Sandbox:
         outer += ["--die-with-parent"] if die_with_parent else []
         for path in SYSTEM:
             outer += _system_mount(path)
+        outer += ["--perms", "0755", "--dir", "/etc"]  # bwrap would make it 0700
         for path in ETC:
             if os.path.exists(path):
                 outer += ["--ro-bind", path, path]
@@ -156,6 +160,21 @@ class Sandbox:
             command = [*outer, "--unshare-user", "--", *inner]
         fds = tuple(f.fileno() for f in files)
         return Launch(command, dict(CLEAN_ENV), fds, files)
+
+    def for_builds(self, limits: Limits) -> Callable[..., Launch]:
+        """A `builder.executor.Jail`: build steps in this sandbox, owning what they write."""
+
+        def jail(
+            argv: Sequence[str],
+            env: dict[str, str],
+            cwd: Path,
+            readonly: list[Path],
+            writable: list[Path],
+        ) -> Launch:
+            self.chown(writable)
+            return self.launch(argv, env, cwd, limits, readonly, writable, die_with_parent=True)
+
+        return jail
 
     def chown(self, paths: Iterable[Path]) -> None:
         """Give `paths` (recursively) to the sandbox's uid, so a build may write them."""
