@@ -133,7 +133,7 @@ def test_config_vars_reach_the_app_not_the_shim_nor_the_sandbox(runtime, slug, m
     runtime.start(spec(slug, "echo app sees $LD_PRELOAD; sleep 30", env=env))
     key = InstanceKey("evil", "bot.1", "v1")
     wait_for(
-        lambda: any("app sees /nonexistent/evil.so" == x.text for x in runtime.logs(key, 0, None)),
+        lambda: any(x.text == "app sees /nonexistent/evil.so" for x in runtime.logs(key, 0, None)),
         "the app to get its config vars",
     )
     handle = json.loads(runtime._files(key)["handle"].read_text())
