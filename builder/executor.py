@@ -43,6 +43,31 @@ class Executor(Protocol):
         ...
 
 
+class Confined(Protocol):
+    """A command made ready to run in a sandbox: what Popen needs; `close()` after."""
+
+    argv: list[str]
+    env: dict[str, str]
+    fds: tuple[int, ...]
+
+    def close(self) -> None: ...
+
+
+class Jail(Protocol):
+    """Confines a build step on the host (the process runtime's sandbox, given by
+    the node): `argv` in `cwd` with exactly `env`, seeing `readonly` and writing
+    only `writable` besides its private /tmp."""
+
+    def __call__(
+        self,
+        argv: Sequence[str],
+        env: dict[str, str],
+        cwd: Path,
+        readonly: list[Path],
+        writable: list[Path],
+    ) -> Confined: ...
+
+
 def last_meaningful(lines: Iterable[str]) -> str:
     """The last output line worth showing as the reason a step failed: pip and npm
     end with notices and log-file pointers that say nothing about the cause."""

@@ -28,7 +28,7 @@ from peoplescloud.errors import PCError
 from peoplescloud.logbus import LogBus
 from peoplescloud.processes import is_web
 from peoplescloud.reconciler import Reconciler
-from peoplescloud.runtime import firewall
+from peoplescloud.runtime import firewall, sandbox
 from peoplescloud.runtime.base import LABEL_NODE
 from peoplescloud.runtime.docker import LABEL_ONEOFF, DockerRuntime
 from peoplescloud.runtime.select import open_runtime
@@ -65,7 +65,19 @@ def make_executor(settings: Settings, client: DockerClient | None) -> builder.Ex
             timeout=settings.build.timeout,
             labels={LABEL_NODE: settings.name},
         )
-    return builder.HostExecutor(timeout=settings.build.timeout, ca_bundle=settings.build.ca_bundle)
+    shares = settings.shares
+    box, _why = sandbox.probe(shares.sandbox_uid)  # the process runtime's: see its capabilities
+    limits = sandbox.Limits(
+        memory_mb=shares.memory_mb,
+        file_mb=shares.sandbox_file_mb,
+        pids=shares.sandbox_pids,
+        tmp_mb=shares.sandbox_tmp_mb,
+    )
+    return builder.HostExecutor(
+        timeout=settings.build.timeout,
+        ca_bundle=settings.build.ca_bundle,
+        jail=box.for_builds(limits) if box else None,
+    )
 
 
 def sweep_leftovers(settings: Settings) -> None:
@@ -133,6 +145,8 @@ def build_node(settings: Settings) -> Parts:
         sweep_unused_slugs(cluster)
         runtime = open_runtime(settings, log.warning)
         log.info("runtime: %s, store: %s", runtime.name, cluster.store.name)
+        if not runtime.capabilities.isolates_tenants:
+            log.warning("%s", runtime.capabilities.owner_only())
         client: DockerClient | None = getattr(runtime, "client", None)  # the docker runtime's
         if client is not None:
             sweep_containers(client, settings.name)

@@ -17,6 +17,9 @@ from peoplescloud.cluster import swarm_entry
 from peoplescloud.docker_engine import connect
 from peoplescloud.errors import PCError
 from peoplescloud.runtime import firewall
+from peoplescloud.runtime.base import Capabilities
+from peoplescloud.runtime.process import SHARED_NETWORK
+from peoplescloud.runtime.sandbox import probe
 from peoplescloud.settings import Settings
 from peoplescloud.stack import image_exists
 
@@ -60,6 +63,7 @@ def checks(settings: Settings) -> list[Check]:
     client = connect(timeout=10)
     try:
         result = [check_docker(client), check_stack_image(client, settings.build.stack_image)]
+        result.append(check_tenants(settings, client is not None))
     finally:
         if client is not None:
             client.close()
@@ -85,6 +89,18 @@ def check_docker(client: docker.DockerClient | None) -> Check:
     if not shutil.which("dockerd"):
         return Check(name, False, "Docker is not installed", "apt-get install -y docker.io")
     return Check(name, False, "dockerd is installed but no engine answers", "scripts/start-dockerd")
+
+
+def check_tenants(settings: Settings, engine: bool) -> Check:
+    """Whether this node may run other people's apps: only where its runtime keeps
+    them apart from the host and each other (docker); else only its host's apps."""
+    name = "tenants"
+    if engine and settings.runtime != "process":
+        return Check(name, True, "other users' apps run in Docker containers")
+    box, why = probe(settings.shares.sandbox_uid)
+    caps = Capabilities(False, SHARED_NETWORK if box else why)
+    fix = "install Docker (apt-get install -y docker.io) and set runtime = auto"
+    return Check(name, False, caps.owner_only(), fix, required=False)
 
 
 def check_stack_image(client: docker.DockerClient | None, image: str) -> Check:

@@ -108,6 +108,13 @@ class Shares:
     max_apps: int = 20
     instance_memory_mb: int = 512  # limit of one process instance
     instance_cpus: float = 0.25  # CPU limit of one instance (docker); placement counts it
+    log_mb: int = 10  # an instance's log (process runtime) rotates at this size; 1 old file kept
+    # The process runtime's sandbox (bubblewrap): the host uid its apps and builds
+    # run as when the daemon is root, and what they may use (see runtime/sandbox.py).
+    sandbox_uid: int = 65534
+    sandbox_pids: int = 1024  # processes and threads of all sandboxed apps and builds together
+    sandbox_tmp_mb: int = 256  # each sandbox's private /tmp
+    sandbox_file_mb: int = 1024  # the largest file a sandboxed process may write
 
     def __post_init__(self) -> None:
         _numbers(
@@ -118,6 +125,11 @@ class Shares:
             max_apps=(int, 1),
             instance_memory_mb=(int, 16),
             instance_cpus=(float, 0.01),
+            log_mb=(int, 1),
+            sandbox_uid=(int, 1),
+            sandbox_pids=(int, 16),
+            sandbox_tmp_mb=(int, 1),
+            sandbox_file_mb=(int, 1),
         )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gitserver.service import NodeRow
 from peoplescloud.cluster import LocalParts, Loop, Slot
-from peoplescloud.runtime.base import InstanceKey, InstanceSpec, InstanceStatus
+from peoplescloud.runtime.base import Capabilities, InstanceKey, InstanceSpec, InstanceStatus
 from peoplescloud.state import Release, Snapshot, StateStore
 from peoplescloud.store import Store
 from swarm.observed import running_elsewhere
@@ -20,6 +20,7 @@ class FakeRuntime:
     reconciler keeps it."""
 
     name = "fake"
+    capabilities = Capabilities(True, "a fake")
 
     def __init__(self) -> None:
         self.instances: dict[tuple[str, str], InstanceStatus] = {}

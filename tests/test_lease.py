@@ -50,7 +50,7 @@ def runtime(request, tmp_path) -> Iterator[Runtime]:
     else:
         made = ProcessRuntime(tmp_path / "run", node, lease_dir=lease_dir)
         if request.param == "plain":
-            made.bwrap = None
+            made.sandbox = None
     yield made
     for s in made.status():
         made.stop(s.key, timeout=1)

@@ -117,6 +117,24 @@ class LogLine:
     text: str  # without the trailing newline
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a runtime can promise, declared rather than probed (like Nomad's
+    `Capabilities()`): `isolates_tenants` when one user's app can neither read
+    the host's secrets nor reach its local services nor other users' apps;
+    `why` says what it is or lacks, in words a host can act on."""
+
+    isolates_tenants: bool
+    why: str
+
+    def owner_only(self) -> str:
+        """The sentence a node says where it runs only its host's apps."""
+        return (
+            f"this node runs only its host's apps (apps run as plain processes here: "
+            f"{self.why}); ask the host for a node with Docker"
+        )
+
+
 def search_path(slug: Path | str, dirs: tuple[str, ...], system: str) -> str:
     """$PATH for an instance: the slug's executable dirs first, then the system's."""
     return ":".join([*(f"{slug}/{d}" for d in dirs), system])
@@ -136,6 +154,10 @@ def on_set(event: threading.Event, action: Callable[[], None]) -> None:
 
 class Runtime(Protocol):
     name: str
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this runtime promises (see `Capabilities`)."""
 
     def start(self, spec: InstanceSpec) -> InstanceStatus:
         """Start the instance; an exited instance with the same key is replaced."""

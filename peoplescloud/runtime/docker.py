@@ -44,6 +44,7 @@ from peoplescloud.runtime.base import (
     LABEL_PROCESS,
     LABEL_RELEASE,
     WEB_PORT,
+    Capabilities,
     InstanceKey,
     InstanceSpec,
     InstanceStatus,
@@ -73,6 +74,9 @@ class DockerRuntime:
     """Instances as containers of one Docker engine, for node `node`."""
 
     name = "docker"
+    # Non-root containers with memory, CPU and pid limits; network isolation
+    # between apps and from the node's ports is the docker runtime's own part.
+    capabilities = Capabilities(True, "apps run in Docker containers")
 
     def __init__(
         self,

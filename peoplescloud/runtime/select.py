@@ -9,6 +9,7 @@ from peoplescloud.errors import RuntimeFailure
 from peoplescloud.runtime.base import Runtime
 from peoplescloud.runtime.docker import DockerRuntime
 from peoplescloud.runtime.process import ProcessRuntime
+from peoplescloud.runtime.sandbox import Limits
 from peoplescloud.settings import Settings
 
 CONNECT_TIMEOUT = 10  # seconds for the engine's ping
@@ -25,9 +26,15 @@ def open_runtime(settings: Settings, say: Callable[[str], None]) -> Runtime:
         if settings.runtime == "docker":
             raise RuntimeFailure("runtime is 'docker' but no Docker engine answers")
         say("No Docker engine answers: apps run as plain processes")
-    runtime = ProcessRuntime(
-        settings.run_dir, settings.name, hidden=(settings.home,), lease_dir=lease_dir
+    shares = settings.shares
+    limits = Limits(
+        file_mb=shares.sandbox_file_mb, pids=shares.sandbox_pids, tmp_mb=shares.sandbox_tmp_mb
     )
-    if runtime.bwrap is None:
-        say("bubblewrap (bwrap) is missing or cannot sandbox here: apps run unsandboxed")
-    return runtime
+    return ProcessRuntime(
+        settings.run_dir,
+        settings.name,
+        lease_dir=lease_dir,
+        uid=shares.sandbox_uid,
+        limits=limits,
+        log_mb=shares.log_mb,
+    )

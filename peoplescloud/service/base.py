@@ -52,6 +52,16 @@ class ServiceBase:
             raise Forbidden(f"{name} belongs to {app.owner}; ask them or an admin")
         return app
 
+    def _runs_here(self, user: str, snap: Snapshot | None = None) -> None:
+        """Where the runtime cannot keep tenants apart, only the node's admins (its
+        host) may push or run code on it."""
+        caps = self.runtime.capabilities
+        if caps.isolates_tenants:
+            return
+        u = (snap or self.state.read()).users.get(user)
+        if not (u and u.admin):
+            raise Forbidden(caps.owner_only())
+
     def user_for_key(self, openssh_public_key: str) -> str | None:
         return self.state.read().user_for_key(openssh_public_key)
 
@@ -62,6 +72,7 @@ class ServiceBase:
             self._up_to_date(self._app(user, app), write)
             return self.settings.repo_path(app)
         with self.state.change() as s:  # check and create in one change: two first pushes race
+            self._runs_here(user, s)
             if app in s.apps:
                 found = self._app(user, app, s)
             elif len(s.apps) >= self.settings.shares.max_apps:
@@ -91,6 +102,7 @@ class ServiceBase:
 
     def deploy(self, user: str, app: str, commit: str, say: Callable[[str], None]) -> str:
         self._app(user, app)
+        self._runs_here(user)
         try:
             repo = self.settings.repo_path(app)
             return self.deployer.deploy(user, app, repo, commit, say)

@@ -23,6 +23,7 @@ class RunCommands(ServiceBase):
         cancel: threading.Event | None = None,
     ) -> int:
         a = self._app(user, app)
+        self._runs_here(user)
         if not argv:
             raise UsageError("run needs a command, e.g. `run APP python -V`")
         release = a.release()
