@@ -62,6 +62,8 @@ def make_executor(settings: Settings, client: DockerClient | None) -> builder.Ex
             settings.build.stack_image,
             settings.build.ca_bundle,
             timeout=settings.build.timeout,
+            memory_mb=settings.build.memory_mb,
+            pids=settings.build.pids,
             labels={LABEL_NODE: settings.name},
         )
     return builder.HostExecutor(timeout=settings.build.timeout, ca_bundle=settings.build.ca_bundle)
@@ -74,7 +76,7 @@ def sweep_leftovers(settings: Settings) -> None:
         settings.tmp_dir,  # build work dirs, repo copies
         settings.store_dir / "tmp",  # slugs being added to the store
         *settings.slugs_dir.glob("*.partial"),  # slugs being fetched from the store
-        *(settings.cache_dir / "deps").glob(".tmp-*"),  # dependency cache entries
+        *settings.cache_dir.glob("*/deps/.tmp-*"),  # dependency cache entries
     ]
     for path in leftovers:
         shutil.rmtree(path, ignore_errors=True)
