@@ -378,7 +378,7 @@ def test_node_modules_replaced_by_a_symlink_is_not_copied(
         {"package.json": json.dumps(package), "Procfile": "web: node -e 1\n"},
     )
     cache = app_cache(tmp_path / "cache", "a", "alice 2024-01-01")
-    with pytest.raises(BuildError, match="node_modules is a symlink .* points outside the app"):
+    with pytest.raises(BuildError, match="node_modules.* points outside the app"):
         build(app, tmp_path / "slug", cache, executor, print)
     assert not any(p.read_bytes() == b"secret\n" for p in files_under(cache))
 
