@@ -77,6 +77,7 @@ def sweep_leftovers(settings: Settings) -> None:
         settings.store_dir / "tmp",  # slugs being added to the store
         *settings.slugs_dir.glob("*.partial"),  # slugs being fetched from the store
         *settings.cache_dir.glob("*/deps/.tmp-*"),  # dependency cache entries
+        *(p for p in settings.cache_dir.glob("*") if not (p / ".owner").is_file()),  # no app's
     ]
     for path in leftovers:
         shutil.rmtree(path, ignore_errors=True)

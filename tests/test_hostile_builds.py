@@ -261,6 +261,34 @@ def test_a_slug_bigger_than_the_bound_is_refused(tmp_path: Path) -> None:
     build(src, tmp_path / "ok", tmp_path / "cache", ProcfileExecutor(), print, max_slug_mb=3)
 
 
+class BinSwappingHostExecutor(ProcfileExecutor):
+    """A host build whose pip step swaps .venv/bin for a link to a host directory."""
+
+    slug_moves = True
+
+    def __init__(self, host_dir: Path) -> None:
+        self.host_dir = host_dir
+
+    def run(self, argv: Sequence[str], app: Path, cache: Path, say: Say) -> None:
+        if "pip" in argv[0]:
+            (app / ".venv" / "bin").symlink_to(self.host_dir)
+        else:
+            (app / ".venv").mkdir()
+
+
+def test_the_host_rewrites_nothing_through_a_planted_venv_bin(tmp_path: Path) -> None:
+    """On the host, scripts in .venv/bin are rewritten after the install: never
+    through a symlink the install left."""
+    host = tmp_path / "host-bin"
+    script = f"#!{tmp_path / 'app-slug' / '.venv' / 'bin' / 'python'}\nsecret\n"
+    write(host, {"tool": script})
+    src = write(tmp_path / "src", {"requirements.txt": "six\n", "Procfile": "web: x\n"})
+    executor = BinSwappingHostExecutor(host)
+    with pytest.raises(BuildError, match=r"symlink \.venv/bin points outside the app"):
+        build(src, tmp_path / "app-slug", tmp_path / "cache", executor, print)
+    assert (host / "tool").read_text() == script
+
+
 # --- docker: real builds with hostile install scripts -------------------------
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from builder.cache import cache_key, install_cached
 from builder.errors import BuildError
 from builder.executor import Executor, Say
+from builder.tree import check_tree
 
 NAME = "Python"
 KIND = "python"
@@ -57,6 +58,7 @@ def build(tree: Path, out: Path, cache: Path, executor: Executor, say: Say) -> N
         pip = [".venv/bin/pip", "install", "--no-input", "--disable-pip-version-check"]
         executor.run([*pip, *install], out, cache, say)
         if executor.slug_moves:
+            check_tree(out, ".venv", SYSTEM_LINKS)  # before the host rewrites files in it
             make_relocatable(out / ".venv")
 
     label = "Installing requirements"
