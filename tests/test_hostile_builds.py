@@ -27,6 +27,8 @@ from builder.docker_executor import BUILD_UID
 from builder.executor import Say
 from builder.kinds import node, python
 from builder.tree import check_tree
+from peoplescloud.errors import ConfigError
+from peoplescloud.settings import BuildSettings
 
 STACK = "peoplescloud/stack:bookworm"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -464,3 +466,9 @@ def test_a_build_step_runs_unprivileged_and_bounded(
     assert "no-new-privileges" in host["SecurityOpt"]
     assert host["ReadonlyRootfs"] is True
     assert "size=300m" in host["Tmpfs"]["/tmp"]
+
+
+@pytest.mark.parametrize("bad", [{"memory_mb": 10}, {"pids": 1}, {"max_slug_mb": 0}])
+def test_build_bounds_below_their_minimum_are_refused(bad: dict) -> None:
+    with pytest.raises(ConfigError, match=f"\\[build\\] {next(iter(bad))} must be at least"):
+        BuildSettings(**bad)
