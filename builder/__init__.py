@@ -7,6 +7,7 @@ are tried in is `builder.kinds.ORDER`.
 """
 
 from builder.build import SLUG_PATH, BuildResult, build
+from builder.cache import app_cache
 from builder.checkout import checkout
 from builder.docker_executor import DockerExecutor
 from builder.errors import BuildError
@@ -20,6 +21,7 @@ __all__ = [
     "Executor",
     "HostExecutor",
     "SLUG_PATH",
+    "app_cache",
     "build",
     "checkout",
 ]

@@ -7,14 +7,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from builder.cache import size_of
 from builder.errors import BuildError
 from builder.executor import Executor, Say
 from builder.kinds import ORDER
 from builder.procfile import read_procfile
+from builder.tree import check_tree
 
 # Where a slug keeps its executables, relative to its top: runtimes put these
 # first on PATH (kinds own their layout; runtimes never guess it).
 SLUG_PATH: tuple[str, ...] = tuple(d for kind in ORDER for d in getattr(kind, "BIN_DIRS", ()))
+# Slug paths that may be absolute symlinks, resolved where the app runs (a venv's
+# interpreter); every other symlink must stay inside the slug.
+SYSTEM_LINKS: tuple[str, ...] = tuple(
+    p for kind in ORDER for p in getattr(kind, "SYSTEM_LINKS", ())
+)
+DEFAULT_MAX_SLUG_MB = 1024
+MB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -24,10 +33,19 @@ class BuildResult:
     processes: dict[str, str]  # type -> command line (a Procfile replaces the defaults)
 
 
-def build(src: Path, out: Path, cache: Path, executor: Executor, say: Say) -> BuildResult:
+def build(
+    src: Path,
+    out: Path,
+    cache: Path,
+    executor: Executor,
+    say: Say,
+    max_slug_mb: int = DEFAULT_MAX_SLUG_MB,
+) -> BuildResult:
     """Build the checked-out tree `src` into the slug directory `out` (missing or
     empty): the source plus installed dependencies. `cache` is kept between builds
-    of the same app. Raises BuildError, with a reason the pusher can act on."""
+    of the same app, and of that app only (see `builder.cache.app_cache`). The
+    slug is checked once built: no symlink out of it, at most `max_slug_mb`.
+    Raises BuildError, with a reason the pusher can act on."""
     kind = detect(src)
     found = [name for name in (*kind.MARKERS, "Procfile") if (src / name).is_file()]
     say(f"-----> {kind.NAME} app detected ({', '.join(dict.fromkeys(found))})")
@@ -36,9 +54,27 @@ def build(src: Path, out: Path, cache: Path, executor: Executor, say: Say) -> Bu
         raise BuildError(f"slug directory {out} is not empty")
     shutil.copytree(src, out, symlinks=True, dirs_exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
-    kind.build(src, out, cache, executor, say)
+    try:
+        kind.build(src, out, cache, executor, say)
+    finally:
+        _trim_downloads(cache, max_slug_mb * MB)
+    size = check_tree(out, system_links=SYSTEM_LINKS)
+    if size > max_slug_mb * MB:
+        raise BuildError(
+            f"the built app is {size // MB} MB, more than the {max_slug_mb} MB this node "
+            "allows ([build] max_slug_mb): leave data and build leftovers out of it"
+        )
     say(f"-----> Process types: {', '.join(processes)}")
     return BuildResult(kind=kind.KIND, stack=executor.stack, processes=processes)
+
+
+def _trim_downloads(cache: Path, limit: int) -> None:
+    """Empty the app's pip and npm download caches once they hold more than
+    `limit` bytes: they only save downloads, and must not grow without bound."""
+    for name in ("pip", "npm"):
+        path = cache / name
+        if path.is_dir() and not path.is_symlink() and size_of(path) > limit:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def detect(tree: Path) -> ModuleType:

@@ -15,6 +15,9 @@ from builder.errors import BuildError
 from builder.executor import INDENT, Deadline, Say, check_step
 
 BUILD_LABEL = "peoplescloud.build"
+# The unprivileged uid:gid build steps run as, the runtime's own (its APP_USER),
+# when this node's daemon is root and can hand the work directories to it.
+BUILD_UID = 10001
 CA_IN_CONTAINER = "/etc/ssl/certs/pc-ca.crt"
 # Run each step through sh only to set the umask: the argv follows as "$@",
 # never as shell text. 022 keeps everything readable by the runtime's user.
@@ -25,8 +28,14 @@ class DockerExecutor:
     """Runs each step in a fresh container of `image`, the slug at /app (so the
     venv is created at the path it runs from) and the cache at /cache.
 
-    Steps run as the uid of this process, so the daemon can later remove what
-    they wrote, and with umask 022, so the runtime's non-root user can read it.
+    Install scripts are the pusher's code, so every step is boxed in: never root
+    (uid 10001, the runtime's, when the daemon is root and so can give it the
+    work directories; else the daemon's own unprivileged uid), no capabilities,
+    no setuid, a read-only root filesystem with a size-limited /tmp, memory and
+    pids limits, and a wall-clock timeout. The slug and the app's own download
+    caches are the only writable mounts; the slug's size is checked after the
+    build (`builder.build`), as Docker cannot bound a bind mount. Steps run with
+    umask 022, so the runtime's non-root user can read what they wrote.
     """
 
     slug_moves = False  # the runtime mounts the slug at /app, where it was built
@@ -38,6 +47,7 @@ class DockerExecutor:
         ca_bundle: str,
         memory_mb: int = 1024,
         timeout: int = 900,
+        pids: int = 512,
         network: str = "bridge",
         labels: dict[str, str] | None = None,
     ) -> None:
@@ -46,6 +56,9 @@ class DockerExecutor:
         self.ca_bundle = ca_bundle
         self.memory_mb = memory_mb
         self.timeout = timeout
+        self.pids = pids
+        # Root hands the work directories to BUILD_UID; anyone else keeps them.
+        self.uid, self.gid = (BUILD_UID, BUILD_UID) if os.getuid() == 0 else _own_ids()
         # "bridge": steps reach the registries but not this host's loopback
         # services; "host" only where Docker's bridge does not work.
         self.network = network
@@ -70,11 +83,13 @@ class DockerExecutor:
         return self._python
 
     def run(self, argv: Sequence[str], app: Path, cache: Path, say: Say) -> None:
-        # Only the download caches: the built dependencies in cache/deps are hard-linked
-        # into other apps' slugs, so no app's install scripts may write there.
+        # Only this app's download caches: the built dependencies in cache/deps are
+        # hard-linked into its slugs, so no install script may write there.
+        self._give(app, whole=True)
         volumes = {str(app.resolve()): {"bind": "/app", "mode": "rw"}}
         for name in ("pip", "npm"):
             (cache / name).mkdir(parents=True, exist_ok=True)
+            self._give(cache / name, whole=False)
             volumes[str((cache / name).resolve())] = {"bind": f"/cache/{name}", "mode": "rw"}
 
         def show(line: str) -> None:
@@ -82,6 +97,11 @@ class DockerExecutor:
                 say(INDENT + line)
 
         self._run(argv, volumes, show)
+
+    def _give(self, path: Path, whole: bool) -> None:
+        """Make `path` the build user's, so a step can write there."""
+        if (self.uid, self.gid) != _own_ids():
+            _give_tree(path, self.uid, self.gid, whole)
 
     def _run(self, argv: Sequence[str], volumes: dict, on_line: Say) -> None:
         """One container: start it, stream its output, wait, remove it."""
@@ -106,14 +126,17 @@ class DockerExecutor:
                 volumes=volumes,
                 working_dir="/app",
                 environment=environment,
-                user=f"{os.getuid()}:{os.getgid()}",
+                user=f"{self.uid}:{self.gid}",
                 mem_limit=f"{self.memory_mb}m",
                 memswap_limit=f"{self.memory_mb}m",
                 network_mode=self.network,
                 # Install scripts are the pusher's code: no capabilities, no setuid, bounded.
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
-                pids_limit=512,
+                pids_limit=self.pids,
+                read_only=True,  # writes go to /app, the caches and /tmp, nowhere else
+                # HOME is /tmp; tmpfs pages count against the memory limit too.
+                tmpfs={"/tmp": f"rw,nosuid,nodev,size={self.memory_mb}m,mode=1777"},
             )
         except docker.errors.ImageNotFound:
             raise BuildError(f"the stack image {self.stack} is not on this node") from None
@@ -139,6 +162,22 @@ class DockerExecutor:
             step = " ".join(argv)
             raise BuildError(f"'{step}' was killed: did it need more than {self.memory_mb} MB?")
         check_step(argv, code, tail, deadline)
+
+
+def _own_ids() -> tuple[int, int]:
+    return os.getuid(), os.getgid()
+
+
+def _give_tree(top: Path, uid: int, gid: int, whole: bool) -> None:
+    """chown `top` (and, if `whole`, all under it) to uid:gid, never through a symlink."""
+    paths = [str(top)]
+    if whole:
+        for dirpath, dirnames, filenames in os.walk(top):
+            paths += [os.path.join(dirpath, n) for n in (*dirnames, *filenames)]
+    for path in paths:
+        st = os.lstat(path)
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.chown(path, uid, gid, follow_symlinks=False)
 
 
 def _lines(chunks: Iterator[bytes]) -> Iterator[str]:

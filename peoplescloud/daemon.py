@@ -63,6 +63,8 @@ def make_executor(settings: Settings, client: DockerClient | None) -> builder.Ex
             settings.build.stack_image,
             settings.build.ca_bundle,
             timeout=settings.build.timeout,
+            memory_mb=settings.build.memory_mb,
+            pids=settings.build.pids,
             labels={LABEL_NODE: settings.name},
         )
     shares = settings.shares
@@ -87,7 +89,8 @@ def sweep_leftovers(settings: Settings) -> None:
         settings.tmp_dir,  # build work dirs, repo copies
         settings.store_dir / "tmp",  # slugs being added to the store
         *settings.slugs_dir.glob("*.partial"),  # slugs being fetched from the store
-        *(settings.cache_dir / "deps").glob(".tmp-*"),  # dependency cache entries
+        *settings.cache_dir.glob("*/deps/.tmp-*"),  # dependency cache entries
+        *(p for p in settings.cache_dir.glob("*") if not (p / ".owner").is_file()),  # no app's
     ]
     for path in leftovers:
         shutil.rmtree(path, ignore_errors=True)

@@ -77,7 +77,9 @@ class Deployer:
             src, out = work / "src", work / "slug"
             try:  # the checkout refuses with a BuildError too (a symlink out of the tree)
                 builder.checkout(repo, commit, src)
-                result = builder.build(src, out, self.settings.cache_dir, self.executor, say)
+                cache = self._cache(app, user)
+                limit = self.settings.build.max_slug_mb
+                result = builder.build(src, out, cache, self.executor, say, max_slug_mb=limit)
             except builder.BuildError as e:
                 raise PCError(f"build failed: {e}") from None
             cid = self.store.add(out)
@@ -89,6 +91,13 @@ class Deployer:
         self.logbus.event(app, f"release {release.name} by {user}: {release.description}")
         self.cluster.wait_replicated(cid, say)
         return self.activate(app, release.version, say)
+
+    def _cache(self, app: str, user: str) -> Path:
+        """The app's own build cache, never another app's (nor an earlier app's of
+        the same name: its owner and creation time name it)."""
+        a = self.state.read().apps.get(app)
+        owner = f"{a.owner} {a.created}" if a is not None else user
+        return builder.app_cache(self.settings.cache_dir, app, owner)
 
     def _record(
         self, app: str, user: str, commit: str, cid: str, result: builder.BuildResult

@@ -94,9 +94,13 @@ class BuildSettings:
     ca_bundle: str = "/etc/ssl/certs/ca-certificates.crt"
     timeout: int = 900  # seconds one build may take
     max_push_mb: int = 200  # a pack bigger than this is refused while it arrives
+    memory_mb: int = 1024  # memory (and /tmp) of one build step's container
+    pids: int = 512  # processes one build step may run at once
+    max_slug_mb: int = 1024  # a built app (source + dependencies) bigger than this is refused
 
     def __post_init__(self) -> None:
         _numbers(self, "build", timeout=(int, 1), max_push_mb=(int, 1))
+        _numbers(self, "build", memory_mb=(int, 64), pids=(int, 16), max_slug_mb=(int, 1))
 
 
 @dataclass(frozen=True)

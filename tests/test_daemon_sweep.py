@@ -71,3 +71,15 @@ def test_a_swarms_pins_are_left_to_its_planner(tmp_path: Path):
     cluster = FakeCluster(State(tmp_path / "state.json"), SwarmStore())  # type: ignore[arg-type]
     daemon.sweep_unused_slugs(cluster)  # type: ignore[arg-type]
     assert cluster.store.unpinned == []  # type: ignore[attr-defined]
+
+
+def test_caches_of_no_app_are_swept(tmp_path: Path):
+    """The shared caches of older nodes (cache/deps, cache/pip) belong to no app."""
+    settings = Settings(home=tmp_path, name="n1")
+    for old in ("deps/abc", "pip/http", "mybot/deps/.tmp-x1"):
+        (settings.cache_dir / old).mkdir(parents=True)
+    (settings.cache_dir / "mybot" / ".owner").write_text("ann t")
+    (settings.cache_dir / "mybot" / "deps" / "k1").mkdir()
+    daemon.sweep_leftovers(settings)
+    assert sorted(p.name for p in settings.cache_dir.iterdir()) == ["mybot"]
+    assert sorted(p.name for p in (settings.cache_dir / "mybot" / "deps").iterdir()) == ["k1"]

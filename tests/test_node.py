@@ -230,3 +230,12 @@ def test_a_release_of_a_stopped_app_is_recorded_at_once(node: Node):
     said: list[str] = []
     assert node.deployer.activate("annbot", 1, said.append) == "v1"
     assert said == ["-----> Release v1 recorded; annbot is stopped (ps:start starts it)"]
+
+
+def test_each_app_builds_with_its_own_cache_which_goes_with_the_app(node: Node):
+    ann = node.deployer._cache("annbot", "ann")
+    other = node.deployer._cache("annbot-copy", "ann")
+    assert ann != other and ann.parent == other.parent == node.settings.cache_dir
+    (ann / "pip").mkdir()
+    node.destroy("ann", "annbot")
+    assert not ann.exists() and other.is_dir()

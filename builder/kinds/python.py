@@ -8,6 +8,7 @@ from pathlib import Path
 from builder.cache import cache_key, install_cached
 from builder.errors import BuildError
 from builder.executor import Executor, Say
+from builder.tree import check_tree
 
 NAME = "Python"
 KIND = "python"
@@ -15,10 +16,19 @@ LOOKS_FOR = "requirements.txt or pyproject.toml (Python)"
 NOTHING_TO_RUN = "add bot.py or a Procfile (e.g. 'web: gunicorn app:app')"
 MARKERS = ("bot.py", "requirements.txt", "pyproject.toml", "runtime.txt", ".python-version")
 BIN_DIRS = (".venv/bin",)  # put on PATH when the slug runs
+SYSTEM_LINKS = (".venv/bin/python*",)  # the venv's interpreter: /usr/bin/python3
 DEPENDENCY_FILES = ("requirements.txt", "pyproject.toml", "runtime.txt", ".python-version")
 
 _RUNTIME_TXT = re.compile(r"python-(\d+)\.(\d+)(\.[0-9x]+)?")
 _PYTHON_VERSION = re.compile(r"(\d+)\.(\d+)(\.\d+)?")
+# A requirement naming a package of an index: a name, extras, then nothing, version
+# specifiers, markers, or `@` and a remote URL. Anything else (paths, `-e`, `-r`,
+# `file:`, options) may make the install read the app's own files.
+_INDEX_REQUIREMENT = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9._-]*\s*(\[[^\]]*\])?\s*"
+    r"(|[<>=!~;(].*|@\s*(https?|git\+https?|git\+ssh)://\S+(\s*;.*)?)"
+)
+_HARMLESS_OPTIONS = re.compile(r"(-i|--index-url|--extra-index-url|--trusted-host)(\s|=)\S+")
 
 
 def detect(tree: Path) -> bool:
@@ -35,7 +45,8 @@ def build(tree: Path, out: Path, cache: Path, executor: Executor, say: Say) -> N
     check_python_version(tree, executor)
     if (tree / "requirements.txt").is_file():
         install = ["-r", "requirements.txt"]
-        key: str | None = cache_key(executor.identity(), KIND, tree, DEPENDENCY_FILES)
+        local = names_local_paths(tree, tree / "requirements.txt")
+        key: str | None = cache_key(executor.identity(), KIND, tree, DEPENDENCY_FILES, local)
     else:
         # `pip install .` copies the app itself into the venv, so the result
         # depends on every source file: never reuse it for another commit.
@@ -47,9 +58,26 @@ def build(tree: Path, out: Path, cache: Path, executor: Executor, say: Say) -> N
         pip = [".venv/bin/pip", "install", "--no-input", "--disable-pip-version-check"]
         executor.run([*pip, *install], out, cache, say)
         if executor.slug_moves:
+            check_tree(out, ".venv", SYSTEM_LINKS)  # before the host rewrites files in it
             make_relocatable(out / ".venv")
 
-    install_cached(cache, key, out / ".venv", "Installing requirements", run_install, say)
+    label = "Installing requirements"
+    install_cached(cache, key, out / ".venv", label, run_install, say, SYSTEM_LINKS)
+
+
+def names_local_paths(tree: Path, requirements: Path) -> bool:
+    """Whether a requirements file may make pip read files of the app itself
+    (`./lib`, `-e .`, `file:`, `-r other.txt`, a wheel in the tree), so that
+    the installed result depends on more than the file's text."""
+    text = requirements.read_text(encoding="utf-8", errors="replace")
+    for raw in text.replace("\\\n", " ").splitlines():
+        line = re.sub(r"(^|\s)#.*", "", raw).strip()
+        if not line or _HARMLESS_OPTIONS.fullmatch(line):
+            continue
+        name = re.split(r"[\s\[<>=!~;@(]", line, maxsplit=1)[0]
+        if not _INDEX_REQUIREMENT.fullmatch(line) or (tree / name).exists():
+            return True
+    return False
 
 
 def check_python_version(tree: Path, executor: Executor) -> None:

@@ -62,4 +62,5 @@ class AppCommands(ServiceBase):
         self.reconciler.reconcile()
         self.deployer.unpin_unused({r.slug for r in a.releases})
         shutil.rmtree(self.settings.repo_path(app), ignore_errors=True)
+        shutil.rmtree(self.settings.cache_dir / app, ignore_errors=True)
         self.logbus.forget(app)
