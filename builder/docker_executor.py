@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -48,7 +50,7 @@ class DockerExecutor:
         memory_mb: int = 1024,
         timeout: int = 900,
         pids: int = 512,
-        network: str = "bridge",
+        network: str | Callable[[], AbstractContextManager[str]] = "bridge",
         labels: dict[str, str] | None = None,
     ) -> None:
         self.client = client
@@ -59,8 +61,9 @@ class DockerExecutor:
         self.pids = pids
         # Root hands the work directories to BUILD_UID; anyone else keeps them.
         self.uid, self.gid = (BUILD_UID, BUILD_UID) if os.getuid() == 0 else _own_ids()
-        # "bridge": steps reach the registries but not this host's loopback
-        # services; "host" only where Docker's bridge does not work.
+        # The network steps join: a name, or a context that yields one and keeps
+        # it while a container joins it (the node's isolated network, which the
+        # docker runtime makes on demand and removes with its last container).
         self.network = network
         # Which node's builds these are, so a node sweeps only its own leftovers.
         self.labels = {BUILD_LABEL: "1", **(labels or {})}
@@ -117,27 +120,12 @@ class DockerExecutor:
             volumes = {**volumes, self.ca_bundle: {"bind": CA_IN_CONTAINER, "mode": "ro"}}
             for name in ("PIP_CERT", "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
                 environment[name] = CA_IN_CONTAINER
+        network = self.network
+        joining = nullcontext(network) if isinstance(network, str) else network()
         try:
             # create + start, not run: run() would try to pull a missing image
-            container = self.client.containers.create(
-                self.stack,
-                [*_UMASK_WRAPPER, *argv],
-                labels=self.labels,
-                volumes=volumes,
-                working_dir="/app",
-                environment=environment,
-                user=f"{self.uid}:{self.gid}",
-                mem_limit=f"{self.memory_mb}m",
-                memswap_limit=f"{self.memory_mb}m",
-                network_mode=self.network,
-                # Install scripts are the pusher's code: no capabilities, no setuid, bounded.
-                cap_drop=["ALL"],
-                security_opt=["no-new-privileges"],
-                pids_limit=self.pids,
-                read_only=True,  # writes go to /app, the caches and /tmp, nowhere else
-                # HOME is /tmp; tmpfs pages count against the memory limit too.
-                tmpfs={"/tmp": f"rw,nosuid,nodev,size={self.memory_mb}m,mode=1777"},
-            )
+            with joining as network_name:
+                container = self._create(argv, volumes, environment, network_name)
         except docker.errors.ImageNotFound:
             raise BuildError(f"the stack image {self.stack} is not on this node") from None
         except docker.errors.APIError as e:
@@ -162,6 +150,30 @@ class DockerExecutor:
             step = " ".join(argv)
             raise BuildError(f"'{step}' was killed: did it need more than {self.memory_mb} MB?")
         check_step(argv, code, tail, deadline)
+
+    def _create(
+        self, argv: Sequence[str], volumes: dict, environment: dict[str, str], network: str
+    ) -> Any:
+        """A build step's container, made but not started."""
+        return self.client.containers.create(
+            self.stack,
+            [*_UMASK_WRAPPER, *argv],
+            labels=self.labels,
+            volumes=volumes,
+            working_dir="/app",
+            environment=environment,
+            user=f"{self.uid}:{self.gid}",
+            mem_limit=f"{self.memory_mb}m",
+            memswap_limit=f"{self.memory_mb}m",
+            network_mode=network,
+            # Install scripts are the pusher's code: no capabilities, no setuid, bounded.
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            pids_limit=self.pids,
+            read_only=True,  # writes go to /app, the caches and /tmp, nowhere else
+            # HOME is /tmp; tmpfs pages count against the memory limit too.
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={self.memory_mb}m,mode=1777"},
+        )
 
 
 def _own_ids() -> tuple[int, int]:

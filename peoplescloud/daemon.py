@@ -29,7 +29,7 @@ from peoplescloud.logbus import LogBus
 from peoplescloud.processes import is_web
 from peoplescloud.reconciler import Reconciler
 from peoplescloud.runtime import firewall, sandbox
-from peoplescloud.runtime.base import LABEL_NODE
+from peoplescloud.runtime.base import LABEL_NODE, Runtime
 from peoplescloud.runtime.docker import LABEL_ONEOFF, DockerRuntime
 from peoplescloud.runtime.select import open_runtime
 from peoplescloud.service import Node
@@ -55,13 +55,15 @@ def lock_home(settings: Settings) -> IO[str]:
     return f
 
 
-def make_executor(settings: Settings, client: DockerClient | None) -> builder.Executor:
-    """Builds run where the app will: in the stack image for docker, on the host otherwise."""
-    if client is not None:
+def make_executor(settings: Settings, runtime: Runtime) -> builder.Executor:
+    """Builds run where the app will: in the stack image for docker (on the node's
+    isolated network, as its apps), on the host otherwise (in the sandbox)."""
+    if isinstance(runtime, DockerRuntime):
         return builder.DockerExecutor(
-            client,
+            runtime.client,
             settings.build.stack_image,
             settings.build.ca_bundle,
+            network=runtime.holding_network,
             timeout=settings.build.timeout,
             memory_mb=settings.build.memory_mb,
             pids=settings.build.pids,
@@ -150,14 +152,12 @@ def build_node(settings: Settings) -> Parts:
         log.info("runtime: %s, store: %s", runtime.name, cluster.store.name)
         if not runtime.capabilities.isolates_tenants:
             log.warning("%s", runtime.capabilities.owner_only())
-        client: DockerClient | None = getattr(runtime, "client", None)  # the docker runtime's
-        if client is not None:
-            sweep_containers(client, settings.name)
         if isinstance(runtime, DockerRuntime):
+            sweep_containers(runtime.client, settings.name)
             runtime.sweep_network()
         logbus = LogBus(settings.logs_dir, runtime)
         reconciler = Reconciler(settings, cluster, runtime, logbus)
-        deployer = Deployer(settings, cluster, reconciler, logbus, make_executor(settings, client))
+        deployer = Deployer(settings, cluster, reconciler, logbus, make_executor(settings, runtime))
         node = Node(settings, cluster, runtime, reconciler, deployer, logbus)
     except BaseException:  # no kubo or Raft node outlives a start that did not finish
         asyncio.run(cluster.close())

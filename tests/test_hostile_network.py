@@ -220,3 +220,37 @@ def test_the_daemon_guards_the_nodes_ports_when_it_starts(node_factory):
         f"-p tcp -m tcp --dport {node.router_port} -j ACCEPT",
         "-j DROP",
     ]
+
+
+def test_a_build_step_is_on_the_nodes_network_and_reaches_no_node_port(
+    node, tmp_path, ssh_standin, router_standin
+):
+    """Install scripts are the pusher's code: a build container gets the same
+    isolation as the node's apps (its network, the same firewall)."""
+    import builder
+    from peoplescloud.runtime.docker import DockerRuntime
+    from tests.test_runtime_suite import _docker_client
+
+    _require_firewall()
+    client = _docker_client()
+    router_port = router_standin.getsockname()[1]
+    ssh_port = ssh_standin.getsockname()[1]
+    firewall.install(node, router_port)
+    runtime = DockerRuntime(client, node, STACK_IMAGE)
+    executor = builder.DockerExecutor(
+        client, STACK_IMAGE, "", network=runtime.holding_network, labels={"peoplescloud.node": node}
+    )
+    with runtime.holding_network() as name:
+        gateway = client.networks.get(name).attrs["IPAM"]["Config"][0]["Gateway"]
+    targets = [(gateway, ssh_port), (gateway, router_port)]
+    app, cache = tmp_path / "app", tmp_path / "cache"
+    app.mkdir()
+    lines: list[str] = []
+    argv = ["python3", "-c", PROBE, json.dumps(targets), str(PROBE_TIMEOUT)]
+    try:
+        executor.run(argv, app, cache, lines.append)
+    finally:
+        runtime.sweep_network()
+    seen = json.loads(lines[-1].strip())
+    assert seen[f"{gateway}:{router_port}"] == "open", seen  # it runs, on our network
+    assert seen[f"{gateway}:{ssh_port}"] != "open", seen

@@ -221,6 +221,13 @@ class DockerRuntime:
             self._remove(container)
             self._drop_network()
 
+    @contextlib.contextmanager
+    def holding_network(self) -> Iterator[str]:
+        """The node's network, made if missing and kept while a container outside
+        this runtime (a build step) joins it: builds get the same isolation."""
+        with self._network_lock:
+            yield self._network()
+
     def sweep_network(self) -> None:
         """Remove the node's network when no container uses it (a daemon killed
         between removing the last container and the network left it)."""
