@@ -217,6 +217,8 @@ async def start_node(
     def wake_soon() -> None:  # from any thread
         loop.call_soon_threadsafe(wake.set)
 
+    reconciler.on_stopped = wake_soon  # start what replaces a stopped instance
+
     # The cluster first: in a swarm it takes a lease, or the first pass would stop everything.
     swarm_loops = await cluster.start(parts.local, stop, wake_soon)
     cluster_loops = [asyncio.ensure_future(c) for c in swarm_loops]
@@ -251,7 +253,7 @@ async def start_node(
         cluster.describe(),
     )
     loops: list[asyncio.Future[None]] = [
-        asyncio.ensure_future(every(RECONCILE_EVERY, reconciler.reconcile, stop, wake))
+        asyncio.ensure_future(every(RECONCILE_EVERY, reconciler.tick, stop, wake))
     ]
     return loops + cluster_loops
 

@@ -15,14 +15,20 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from peoplescloud import logbus
 from peoplescloud.logbus import LogBus
+from peoplescloud.reconciler import Reconciler
 from peoplescloud.runtime.base import InstanceKey, LogLine
+from peoplescloud.settings import Settings
+from peoplescloud.state import App, State
+from peoplescloud.store import LocalStore
 from tests.conftest import commit_all, wait_for
+from tests.fakes import FakeBus, FakeCluster, FakeRuntime, release
 
 FLOOD_SECONDS = 10
 FLOOD_APP = f"""\
@@ -105,6 +111,74 @@ def test_an_ssh_command_and_the_router_answer_quickly_during_a_log_flood(
     assert len(ssh_times) >= 3
     assert max(ssh_times) < 1.0, ssh_times
     assert max(router_times) < 1.0, router_times
+
+
+# --- the reconciler: no lock held across slow stops -------------------------------
+
+STOP_SECONDS = 2.0
+
+
+class SlowStops(FakeRuntime):
+    """Stopping an instance of `slow` takes STOP_SECONDS (its SIGTERM grace)."""
+
+    def __init__(self, slow: str) -> None:
+        super().__init__()
+        self.slow = slow
+        self.stopping = threading.Semaphore(0)  # released as each slow stop begins
+
+    def stop(self, key: InstanceKey, timeout: float = 10) -> None:
+        if key.app == self.slow:
+            self.stopping.release()
+            time.sleep(STOP_SECONDS)
+        super().stop(key, timeout)
+
+
+def test_slow_stops_hold_up_neither_commands_nor_passes(tmp_path: Path):
+    settings = Settings(home=tmp_path, name="n1")
+    state = State(tmp_path / "state.json")
+    store = LocalStore(tmp_path / "store")
+    (tmp_path / "slug").mkdir()
+    cid = store.add(tmp_path / "slug")
+    with state.change() as s:
+        for name, ptype, n in (("flood", "bot", 3), ("calm", "web", 1)):
+            s.apps[name] = App(name=name, owner="ann", created="t", scale={ptype: n})
+            s.apps[name].releases.append(replace(release(1, cid), processes={ptype: "run"}))
+            s.apps[name].current = 1
+    runtime = SlowStops(slow="flood")
+    r = Reconciler(settings, FakeCluster(state, store), runtime, FakeBus())  # type: ignore[arg-type]
+    r.reconcile()
+    assert len(runtime.instances) == 4
+    with state.change() as s:
+        s.apps["flood"].stopped = True  # ps:stop: three slow stops
+
+    started = time.monotonic()
+    scaling = threading.Thread(target=r.reconcile)  # a command: it waits for its stops
+    scaling.start()
+    for _ in range(3):
+        assert runtime.stopping.acquire(timeout=1)  # all three under way at once
+
+    def quick(call) -> None:
+        assert timed(call) < 0.5, call
+
+    quick(r.instances)  # ps, the router and the lease tick's report
+    quick(r.failures)
+    quick(r.everywhere)
+    quick(r.cluster.may_run)
+    quick(lambda: r.restart("calm"))  # another app's restart waits for nothing
+    with state.change() as s:
+        s.apps["flood"].stopped = False  # ps:start while the stops still run
+    quick(r.tick)  # the next pass: it leaves the stopping instances alone
+    assert [p for a, p, *_ in runtime.started if a == "flood"] == ["bot.1", "bot.2", "bot.3"]
+
+    scaling.join(timeout=10)
+    assert not scaling.is_alive()
+    assert time.monotonic() - started < 3 * STOP_SECONDS  # in parallel, not one by one
+    r.reconcile()  # the slots are free now: each started once more, no copy twice
+    flood = sorted(p for a, p, *_ in runtime.started if a == "flood")
+    assert flood == ["bot.1", "bot.1", "bot.2", "bot.2", "bot.3", "bot.3"]
+    assert [p for a, p, *_ in runtime.started if a == "calm"] == ["web.1", "web.1"]
+    assert len(runtime.instances) == 4
+    r.close()
 
 
 # --- the log bus: no global lock, no open per line, one wake-up per burst ------------
