@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO
 
@@ -40,6 +41,9 @@ log = logging.getLogger("pc")
 
 RECONCILE_EVERY = 2.0  # seconds between passes that notice crashes
 STOP_WAIT = 5.0  # seconds a loop's round under way may take to finish at stop
+# The loop's default pool: the node's own short blocking calls (asyncssh's logins
+# among them). Users' commands, the lease and key lookups have pools of their own.
+DEFAULT_THREADS = 16
 
 
 def lock_home(settings: Settings) -> IO[str]:
@@ -164,6 +168,7 @@ def web_upstreams(parts: Parts, app: str, local_only: bool) -> list[Upstream] | 
 
 async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(DEFAULT_THREADS, thread_name_prefix="pc"))
     main = asyncio.current_task()
     assert main is not None
     stop = asyncio.Event()

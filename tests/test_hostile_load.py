@@ -15,19 +15,22 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gitserver.service import AppRow
 from peoplescloud import logbus
 from peoplescloud.logbus import LogBus
 from peoplescloud.reconciler import Reconciler
 from peoplescloud.runtime.base import InstanceKey, LogLine
 from peoplescloud.settings import Settings
-from peoplescloud.state import App, State
+from peoplescloud.state import App, Snapshot, State
 from peoplescloud.store import LocalStore
-from tests.conftest import commit_all, wait_for
+from tests.conftest import commit_all, free_port, keygen, wait_for
 from tests.fakes import FakeBus, FakeCluster, FakeRuntime, release
 
 FLOOD_SECONDS = 10
@@ -284,3 +287,132 @@ def test_a_flood_wakes_a_follower_s_loop_once_per_burst_not_per_line(tmp_path: P
     assert wakeups == 1
     assert [line.split("]: ", 1)[1] for line in got] == [f"n{i}" for i in range(500)]
     bus.close()
+
+
+# --- the lease and SSH logins never wait behind user work --------------------------
+
+
+def saturate_default_pool(loop: asyncio.AbstractEventLoop, release: threading.Event) -> None:
+    """On `loop`: a shared pool of one thread, taken by a command that waits for
+    `release` (as commands waiting on a slow lock or engine take them all)."""
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+    loop.run_in_executor(None, release.wait, 30)
+
+
+def test_the_lease_is_renewed_while_commands_hold_every_shared_thread(tmp_path: Path):
+    from swarm.cluster import SwarmCluster
+    from swarm.identity import SwarmIdentity
+    from tests.fakes_swarm import FakeKubo, FakeState, FakeStore, local, member
+    from tests.fakes_swarm import settings as swarm_settings
+
+    s = swarm_settings(tmp_path, peer_port=free_port())
+    identity = SwarmIdentity.create("friends")
+    identity.save(s.swarm_file)
+    state = FakeState(Snapshot(members={"n1": member("n1", lease=0)}), leader="elsewhere")
+    cluster = SwarmCluster(s, identity, state, FakeKubo(), FakeStore())  # type: ignore[arg-type]
+    release_pool = threading.Event()
+
+    async def life() -> list[float]:
+        saturate_default_pool(asyncio.get_running_loop(), release_pool)
+        stop = asyncio.Event()
+        try:  # the first tick takes the lease before anything runs
+            loops = await asyncio.wait_for(cluster.start(local(s), stop, lambda: None), 5)
+            leases = [state.snap.members["n1"].lease_expires]
+            tasks = [asyncio.ensure_future(loop) for loop in loops]
+            await asyncio.sleep(2.5)  # the tick renews it every second
+            leases.append(state.snap.members["n1"].lease_expires)
+            stop.set()
+            release_pool.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 10)
+            return leases
+        finally:
+            release_pool.set()
+            await cluster.close()
+
+    first, later = asyncio.run(life())
+    assert first > 0 and later > first
+
+
+def test_an_ssh_login_never_waits_behind_users_commands(tmp_path: Path):
+    """More commands than there are threads wait (on a slow engine, say): a login
+    still goes through. asyncssh needs the loop's default pool to log anyone in,
+    so commands must not be able to fill it, and the key lookup has its own."""
+    import asyncssh
+
+    from tests.test_gitserver import FakeNode, ServerThread
+
+    release_commands = threading.Event()
+    waiting = threading.Semaphore(0)
+
+    class StuckNode(FakeNode):
+        def apps(self, user: str) -> list[AppRow]:
+            waiting.release()
+            release_commands.wait(30)
+            return []
+
+    key = keygen(tmp_path / "alice")
+    node = StuckNode(tmp_path / "repos", (tmp_path / "alice.pub").read_text())
+    server = ServerThread(node, tmp_path / "host" / "ssh_host_ed25519_key")
+    shared = ThreadPoolExecutor(max_workers=4)  # the loop's default pool
+    server.loop.call_soon_threadsafe(server.loop.set_default_executor, shared)
+
+    def connect() -> Any:
+        return asyncssh.connect(
+            "127.0.0.1",
+            server.port,
+            username="pc",
+            client_keys=[str(key)],
+            known_hosts=None,
+            agent_path=None,
+        )
+
+    async def scenario() -> float:
+        sessions = []
+        for _ in range(12):  # more than any pool here holds
+            conn = await connect()
+            sessions.append((conn, await conn.create_process("apps")))
+        for _ in range(4):  # as many as the default pool holds are stuck
+            assert await asyncio.to_thread(waiting.acquire, True, 10)
+        started = time.monotonic()
+        try:
+            conn = await asyncio.wait_for(connect(), 5)
+            conn.close()
+            return time.monotonic() - started
+        except TimeoutError:
+            return float("inf")
+        finally:
+            release_commands.set()
+            for conn, process in sessions:
+                await process.wait_closed()
+                conn.close()
+
+    try:
+        assert asyncio.run(scenario()) < 2
+    finally:
+        release_commands.set()
+        server.close()
+        shared.shutdown(wait=False)
+
+
+def test_key_lookups_read_the_state_once_per_change(tmp_path: Path):
+    from peoplescloud.service import Node
+    from peoplescloud.state import User
+
+    settings = Settings(home=tmp_path, name="n1")
+    state = State(settings.state_file)
+    with state.change() as s:
+        s.users["ann"] = User(name="ann", keys=["ssh-ed25519 A"])
+    reads = []
+    real_read = state.read
+    state.read = lambda: reads.append(1) or real_read()  # type: ignore[method-assign]
+    cluster = FakeCluster(state, LocalStore(settings.store_dir))
+    node = Node(settings, cluster, None, None, None, FakeBus())  # type: ignore[arg-type]
+
+    for _ in range(50):  # a client offering key after key
+        assert node.user_for_key("ssh-ed25519 A comment") == "ann"
+        assert node.user_for_key("ssh-ed25519 Z") is None
+    assert len(reads) == 1
+    with State(settings.state_file).change() as s:  # another process: `pc user add`
+        s.users["bob"] = User(name="bob", keys=["ssh-ed25519 B"])
+    assert node.user_for_key("ssh-ed25519 B") == "bob"  # the index follows the file
+    assert len(reads) == 2
