@@ -4,7 +4,10 @@ Blocking work (dulwich, docker-py, Raft commits) runs in threads; sessions and
 peer calls live on the loop. `in_thread` runs a long blocking call in a thread
 of its own and awaits it; `LoopBridge.call` runs a coroutine on the loop from a
 worker thread and waits for its result. `every` runs blocking work in a
-thread on a beat (the reconciler's passes, a swarm member's tick).
+thread on a beat (the reconciler's passes, a swarm member's tick). `in_pool`
+runs the short blocking calls of users' commands in a bounded pool of their
+own: however many wait (on a slow engine, an app's lock), the loop's default
+pool stays free for the node's own short calls, asyncssh's logins among them.
 """
 
 from __future__ import annotations
@@ -13,11 +16,20 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Coroutine
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
+
+COMMAND_THREADS = 8
+_COMMANDS = ThreadPoolExecutor(max_workers=COMMAND_THREADS, thread_name_prefix="command")
+
+
+async def in_pool(function: Callable[..., T], *args: Any) -> T:
+    """`function(*args)` in the users' commands' pool (short blocking calls)."""
+    return await asyncio.get_running_loop().run_in_executor(_COMMANDS, function, *args)
 
 
 async def in_thread(function: Callable[..., T], *args: Any) -> T:
@@ -74,10 +86,13 @@ async def every(
     work: Callable[[], object],
     stop: asyncio.Event,
     wake: asyncio.Event | None = None,
+    executor: Executor | None = None,
 ) -> None:
     """Run blocking `work` in a thread every `seconds` (at once when `wake` is set)
     until `stop`. Loops are separate so a slow one never delays another: a lease
-    renewal never waits behind a slug fetch."""
+    renewal never waits behind a slug fetch. `executor`: threads of its own (the
+    default: the loop's shared pool), so that commands filling the pool cannot
+    hold the work up either."""
     while not stop.is_set():
         waiters = [asyncio.ensure_future(stop.wait())]
         if wake is not None:
@@ -90,6 +105,6 @@ async def every(
         if wake is not None:
             wake.clear()
         try:
-            await asyncio.to_thread(work)
+            await asyncio.get_running_loop().run_in_executor(executor, work)
         except Exception:  # one bad round must not end the daemon
             log.exception("%s failed", getattr(work, "__qualname__", work))

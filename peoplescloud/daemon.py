@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO
 
@@ -41,6 +42,9 @@ log = logging.getLogger("pc")
 
 RECONCILE_EVERY = 2.0  # seconds between passes that notice crashes
 STOP_WAIT = 5.0  # seconds a loop's round under way may take to finish at stop
+# The loop's default pool: the node's own short blocking calls (asyncssh's logins
+# among them). Users' commands, the lease and key lookups have pools of their own.
+DEFAULT_THREADS = 16
 
 
 def lock_home(settings: Settings) -> IO[str]:
@@ -184,6 +188,7 @@ def web_upstreams(parts: Parts, app: str, local_only: bool) -> list[Upstream] | 
 
 async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(DEFAULT_THREADS, thread_name_prefix="pc"))
     main = asyncio.current_task()
     assert main is not None
     stop = asyncio.Event()
@@ -237,6 +242,8 @@ async def start_node(
     def wake_soon() -> None:  # from any thread
         loop.call_soon_threadsafe(wake.set)
 
+    reconciler.on_stopped = wake_soon  # start what replaces a stopped instance
+
     # The cluster first: in a swarm it takes a lease, or the first pass would stop everything.
     swarm_loops = await cluster.start(parts.local, stop, wake_soon)
     cluster_loops = [asyncio.ensure_future(c) for c in swarm_loops]
@@ -275,7 +282,7 @@ async def start_node(
         cluster.describe(),
     )
     loops: list[asyncio.Future[None]] = [
-        asyncio.ensure_future(every(RECONCILE_EVERY, reconciler.reconcile, stop, wake))
+        asyncio.ensure_future(every(RECONCILE_EVERY, reconciler.tick, stop, wake))
     ]
     return loops + cluster_loops
 

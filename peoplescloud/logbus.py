@@ -15,9 +15,15 @@ writes. Instead each cursor is saved with where its line ends in the log
 the process's lines after that point are exactly the first lines sent again,
 and the pump skips them (for as long as they match).
 
-Followers (`follow`) live on an asyncio loop; pumps hand them lines with
-`call_soon_threadsafe`. Each follower has a bounded queue and skips lines it
-cannot keep up with (saying how many), so a slow reader never slows a pump.
+An app flooding its log must not slow the node or the other apps: each app
+has its own lock and keeps its file open (reopened after a rotation), so an
+append is one write, and reads (`tail`) hold the lock only to open the files.
+
+Followers (`follow`) live on an asyncio loop. Each has a bounded hand-off:
+pumps add lines to it and wake the loop once for as many lines as arrive
+before the reader takes them (not once per line: a flood must not fill the
+loop with callbacks). A reader that cannot keep up skips lines (it is told
+how many), so a slow reader never slows a pump.
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from peoplescloud.processes import ptype_of
 from peoplescloud.runtime.base import InstanceKey, Runtime
@@ -44,6 +51,7 @@ EVENT_SOURCE = "pc"
 SAVE_EVERY = 1.0  # seconds between cursor saves of a busy pump
 MAX_LOG_BYTES = 5 * 1024 * 1024  # then <app>.log becomes <app>.log.1 (one kept)
 FOLLOW_QUEUE = 1000  # lines a follower may lag behind before it skips
+TAIL_BLOCK = 64 * 1024  # `tail` reads the files backwards in blocks of this size
 
 
 @dataclass(frozen=True)
@@ -57,12 +65,87 @@ class _Mark:
     offset: int = 0
 
 
+class _Handoff:
+    """Lines from pump threads to one reader on its loop: at most `limit` waiting,
+    the rest skipped and counted; one wake-up of the loop in flight at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+        self._loop = loop
+        self._limit = limit
+        self._lock = threading.Lock()  # held for a deque operation, nothing more
+        self._lines: deque[str] = deque()
+        self._ready = asyncio.Event()
+        self._woken = False  # a wake-up is on its way to the loop
+        self._ended = False
+        self.skipped = 0
+
+    def put(self, line: str) -> None:
+        """From any thread. Raises RuntimeError when the reader's loop is closed."""
+        with self._lock:
+            if self._ended:
+                return
+            if self.skipped and len(self._lines) < self._limit:
+                n = self.skipped
+                self._lines.append(f"... {n} line{'s' if n > 1 else ''} skipped")
+                self.skipped = 0
+            if len(self._lines) >= self._limit:
+                self.skipped += 1
+                return
+            self._lines.append(line)
+            if self._woken:
+                return
+            self._woken = True
+        self._loop.call_soon_threadsafe(self._ready.set)
+
+    def end(self) -> None:
+        """From any thread: the reader gets None next (what it had not read is dropped)."""
+        with self._lock:
+            self._ended = True
+            self._lines.clear()
+            woken, self._woken = self._woken, True
+        if not woken:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody reads
+                self._loop.call_soon_threadsafe(self._ready.set)
+
+    async def get(self) -> str | None:
+        """On the reader's loop: the next line, or None once ended."""
+        while True:
+            with self._lock:
+                if self._lines:
+                    return self._lines.popleft()
+                if self._ended:
+                    return None
+                self._woken = False
+            self._ready.clear()
+            await self._ready.wait()
+
+    def qsize(self) -> int:
+        return len(self._lines)
+
+
 @dataclass(eq=False)
 class _Follower:
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[str | None]
+    queue: _Handoff
     ptype: str | None
-    skipped: int = 0
+
+
+@dataclass(eq=False)
+class _AppLog:
+    """One app's log: its lock, its file kept open for appends, the pumps' marks
+    and the followers. Everything here is guarded by `lock`."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    file: BinaryIO | None = None
+    inode: int = 0
+    size: int = 0  # of the open file: where the next line starts
+    cursors: dict[str, _Mark] | None = None  # loaded on first use
+    followers: list[_Follower] = field(default_factory=list)
+    gone: bool = False  # forgotten: whoever holds it takes the app's new one
+
+    def close_file(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 class LogBus:
@@ -72,17 +155,25 @@ class LogBus:
         self.logs_dir = Path(logs_dir)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.runtime = runtime
-        self._lock = threading.Lock()  # guards everything below and the files
+        # Guards the registries below (never a file): taken before an app's lock.
+        self._lock = threading.Lock()
         self._pumps: dict[InstanceKey, threading.Thread] = {}
-        self._cursors: dict[str, dict[str, _Mark]] = {}
-        self._followers: dict[str, list[_Follower]] = {}
+        self._logs: dict[str, _AppLog] = {}
         self._closed = False
+
+    @property
+    def _followers(self) -> dict[str, list[_Follower]]:
+        return {app: applog.followers for app, applog in list(self._logs.items())}
 
     def event(self, app: str, text: str) -> None:
         """Record something the node did to `app` ("starting web.1 (v3)")."""
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        with self._lock:
-            self._append(app, f"{stamp} app[{EVENT_SOURCE}]: {text}")
+        while True:
+            applog = self._log(app)
+            with applog.lock:
+                if not applog.gone:
+                    self._append(app, applog, f"{stamp} app[{EVENT_SOURCE}]: {text}")
+                    return
 
     def watch(self, key: InstanceKey) -> None:
         """Make sure a pump follows this instance (no-op when one already does)."""
@@ -96,30 +187,33 @@ class LogBus:
 
     def tail(self, app: str, n: int, ptype: str | None = None) -> list[str]:
         """The last `n` lines of the app (of one process type, or "pc" for events)."""
-        with self._lock:
-            return self._tail(app, n, ptype)
+        applog = self._log(app)
+        with applog.lock:  # only to open the files: the reading goes on without it
+            files = self._open_for_tail(app) if n > 0 else []
+        return _last_lines(files, n, ptype)
 
     async def follow(
         self, app: str, ptype: str | None = None, backlog: int = 0
     ) -> AsyncIterator[str]:
         """Lines of the app as they are appended, until the app is forgotten or the bus
         closes; `backlog` of the last lines first, with no gap or repeat between them."""
-        follower = _Follower(asyncio.get_running_loop(), asyncio.Queue(FOLLOW_QUEUE), ptype)
-        with self._lock:
-            if self._closed:
+        follower = _Follower(_Handoff(asyncio.get_running_loop(), FOLLOW_QUEUE), ptype)
+        applog = self._log(app)
+        with applog.lock:
+            if self._closed or applog.gone:
                 return
-            self._followers.setdefault(app, []).append(follower)
-            old = self._tail(app, backlog, ptype) if backlog > 0 else []
+            applog.followers.append(follower)
+            files = self._open_for_tail(app) if backlog > 0 else []  # up to here: the backlog
         try:
-            for earlier in old:
-                yield earlier
+            if files:  # read in a thread: a big backlog must not hold up the loop
+                for earlier in await asyncio.to_thread(_last_lines, files, backlog, ptype):
+                    yield earlier
             while (line := await follower.queue.get()) is not None:
                 yield line
         finally:
-            with self._lock:
-                followers = self._followers.get(app, [])
-                if follower in followers:
-                    followers.remove(follower)
+            with applog.lock:
+                if follower in applog.followers:
+                    applog.followers.remove(follower)
 
     def knows(self, app: str) -> bool:
         """Whether this node keeps a log of `app`."""
@@ -130,9 +224,13 @@ class LogBus:
         with self._lock:
             for key in [k for k in self._pumps if k.app == app]:
                 del self._pumps[key]  # the pump sees it is no longer current and ends
-            self._cursors.pop(app, None)
-            for follower in self._followers.pop(app, []):
-                _end(follower)
+            applog = self._logs.pop(app, None) or _AppLog()
+        with applog.lock:
+            applog.gone = True
+            applog.close_file()
+            for follower in applog.followers:
+                follower.queue.end()
+            applog.followers.clear()
             for suffix in (".log", ".log.1", ".cursors.json"):
                 self._path(app, suffix).unlink(missing_ok=True)
 
@@ -140,12 +238,15 @@ class LogBus:
         """Stop every pump (they write nothing more) and save their cursors."""
         with self._lock:
             self._closed = True
-            for app in self._cursors:
-                self._save(app)
-            for followers in self._followers.values():
-                for follower in followers:
-                    _end(follower)
-            self._followers.clear()
+            logs = list(self._logs.items())
+        for app, applog in logs:
+            with applog.lock:
+                if applog.cursors is not None:
+                    self._save(app, applog)
+                applog.close_file()
+                for follower in applog.followers:
+                    follower.queue.end()
+                applog.followers.clear()
 
     # -- pumps --
 
@@ -153,60 +254,82 @@ class LogBus:
         """Follow one instance's output into its app's log. The saved cursor is per
         process: a new release's instance of `web.1` resumes after the old one's."""
         app, process, me = key.app, key.process, threading.current_thread()
+        applog = self._log(app)
         last_save = time.monotonic()
         try:
-            with self._lock:
-                mark = self._app_cursors(app).get(process)
+            with applog.lock:
+                mark = self._app_cursors(app, applog).get(process)
                 written = self._written_after(app, process, mark)  # what comes again
             for line in self.runtime.logs(key, follow=True, cursor=mark.cursor if mark else None):
                 text = f"{line.timestamp} app[{process}]: {line.text}"
-                with self._lock:
-                    if self._closed or self._pumps.get(key) is not me:
+                with applog.lock:
+                    if self._closed or applog.gone or self._pumps.get(key) is not me:
                         return
                     if written and written[0][0] == text:  # in the log already
                         _, inode, offset = written.popleft()
                     else:
                         written.clear()
-                        inode, offset = self._append(app, text)
-                    self._app_cursors(app)[process] = _Mark(line.cursor, inode, offset)
+                        inode, offset = self._append(app, applog, text)
+                    self._app_cursors(app, applog)[process] = _Mark(line.cursor, inode, offset)
                     if time.monotonic() - last_save >= SAVE_EVERY:
-                        self._save(app)
+                        self._save(app, applog)
                         last_save = time.monotonic()
         except Exception:  # a broken log stream must not take the daemon down
             log.exception("following the logs of %s %s", app, process)
         finally:
             with self._lock:
-                if self._pumps.get(key) is me:
+                current = self._pumps.get(key) is me
+                if current:
                     del self._pumps[key]
-                    if not self._closed:
-                        self._save(app)
+            if current:
+                with applog.lock:
+                    if not (self._closed or applog.gone):
+                        self._save(app, applog)
 
-    # -- under self._lock --
+    def _log(self, app: str) -> _AppLog:
+        with self._lock:
+            applog = self._logs.get(app)
+            if applog is None:
+                applog = self._logs[app] = _AppLog()
+            return applog
 
-    def _tail(self, app: str, n: int, ptype: str | None) -> list[str]:
-        last: deque[str] = deque(maxlen=max(n, 0))
+    # -- under the app's lock --
+
+    def _open_for_tail(self, app: str) -> list[tuple[BinaryIO, int]]:
+        """The app's files, oldest first, each with its size now: what is in them up
+        to there is the tail, whatever is appended or rotated afterwards."""
+        files: list[tuple[BinaryIO, int]] = []
         for path in (self._path(app, ".log.1"), self._path(app, ".log")):
-            with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as f:
-                last.extend(line.rstrip("\n") for line in f if _matches(line, ptype))
-        return list(last)
+            with contextlib.suppress(FileNotFoundError):
+                f = open(path, "rb")  # noqa: SIM115 - closed by _last_lines
+                files.append((f, os.fstat(f.fileno()).st_size))
+        return files
 
     def _path(self, app: str, suffix: str) -> Path:
         return self.logs_dir / f"{app}{suffix}"
 
-    def _append(self, app: str, line: str) -> tuple[int, int]:
+    def _append(self, app: str, applog: _AppLog, line: str) -> tuple[int, int]:
         """Append a line; returns where it ends: (the file's inode, the offset after it)."""
         path = self._path(app, ".log")
-        with open(path, "ab") as f:
-            f.write(line.encode("utf-8") + b"\n")
-            end, inode = f.tell(), os.fstat(f.fileno()).st_ino
-            if end > MAX_LOG_BYTES:
-                path.replace(self._path(app, ".log.1"))
-        for follower in list(self._followers.get(app, [])):
+        if applog.file is None:
+            applog.file = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open
+            st = os.fstat(applog.file.fileno())
+            applog.inode, applog.size = st.st_ino, st.st_size
+        data = line.encode("utf-8") + b"\n"
+        view = memoryview(data)
+        while view:
+            view = view[applog.file.write(view) or 0 :]
+        applog.size += len(data)
+        inode, end = applog.inode, applog.size
+        if end > MAX_LOG_BYTES:
+            applog.close_file()
+            path.replace(self._path(app, ".log.1"))
+        for follower in list(applog.followers):
             if _matches(line, follower.ptype):
                 try:
-                    follower.loop.call_soon_threadsafe(_offer, follower, line)
+                    follower.queue.put(line)
                 except RuntimeError:  # its loop is closed: the reader is gone
-                    self._followers[app].remove(follower)
+                    applog.followers.remove(follower)
         return inode, end
 
     def _written_after(
@@ -234,25 +357,60 @@ class LogBus:
                         out.append((line, inode, offset))
         return out
 
-    def _app_cursors(self, app: str) -> dict[str, _Mark]:
-        if app not in self._cursors:
+    def _app_cursors(self, app: str, applog: _AppLog) -> dict[str, _Mark]:
+        if applog.cursors is None:
             try:
                 saved = json.loads(self._path(app, ".cursors.json").read_text())
             except (FileNotFoundError, json.JSONDecodeError):
                 saved = {}
-            self._cursors[app] = {
+            applog.cursors = {
                 process: _Mark(*m) if isinstance(m, list) else _Mark(str(m))  # or older: a cursor
                 for process, m in saved.items()
             }
-        return self._cursors[app]
+        return applog.cursors
 
-    def _save(self, app: str) -> None:
+    def _save(self, app: str, applog: _AppLog | None = None) -> None:
         """{process: [cursor, inode, offset]}."""
-        marks = {p: [m.cursor, m.inode, m.offset] for p, m in self._app_cursors(app).items()}
+        applog = applog or self._logs[app]
+        cursors = self._app_cursors(app, applog)
+        marks = {p: [m.cursor, m.inode, m.offset] for p, m in cursors.items()}
         path = self._path(app, ".cursors.json")
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(marks))
         tmp.replace(path)
+
+
+def _last_lines(files: list[tuple[BinaryIO, int]], n: int, ptype: str | None) -> list[str]:
+    """The last `n` lines (of `ptype`) of the files (oldest first, each read up to
+    its size), reading backwards: a big log costs what is shown, not its size.
+    Closes the files."""
+    newest_first: list[str] = []
+    try:
+        for f, size in reversed(files):
+            lines = _lines_backwards(f, size)
+            while len(newest_first) < n and (raw := next(lines, None)) is not None:
+                line = raw.decode("utf-8", "replace")
+                if _matches(line, ptype):
+                    newest_first.append(line)
+    finally:
+        for f, _ in files:
+            f.close()
+    newest_first.reverse()
+    return newest_first
+
+
+def _lines_backwards(f: BinaryIO, size: int) -> Iterator[bytes]:
+    """The non-empty lines of the first `size` bytes of `f`, last first."""
+    pos, rest = size, b""
+    while pos > 0:
+        step = min(TAIL_BLOCK, pos)
+        pos -= step
+        f.seek(pos)
+        lines = (f.read(step) + rest).split(b"\n")
+        rest = lines[0]  # the start of a line that began in an earlier block
+        yield from (line for line in reversed(lines[1:]) if line)
+    if rest:
+        yield rest
 
 
 def _source(line: str) -> str:
@@ -263,30 +421,3 @@ def _source(line: str) -> str:
 
 def _matches(line: str, ptype: str | None) -> bool:
     return ptype is None or ptype_of(_source(line)) == ptype
-
-
-# -- on the follower's loop --
-
-
-def _offer(follower: _Follower, line: str) -> None:
-    queue = follower.queue
-    if follower.skipped and not queue.full():
-        n = follower.skipped
-        queue.put_nowait(f"... {n} line{'s' if n > 1 else ''} skipped")
-        follower.skipped = 0
-    if queue.full():
-        follower.skipped += 1
-    else:
-        queue.put_nowait(line)
-
-
-def _end(follower: _Follower) -> None:
-    """Wake the follower with the end mark (dropping what it had not read yet)."""
-
-    def put_end() -> None:
-        while follower.queue.full():
-            follower.queue.get_nowait()
-        follower.queue.put_nowait(None)
-
-    with contextlib.suppress(RuntimeError):
-        follower.loop.call_soon_threadsafe(put_end)

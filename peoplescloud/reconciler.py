@@ -4,16 +4,23 @@ The same loop runs after a push, a config change, a scale, a daemon restart
 and every few seconds: it compares `state` (what should run) with
 `runtime.status()` (what runs) and starts, stops or restarts instances. A
 crashed instance is restarted with back-off (1 s, 2 s, 4 s ... 60 s).
+
+A pass decides under the reconciler's lock (one pass at a time) and stops
+instances outside it, several at once: a stop may take an instance's whole
+grace period, and `restart`, `ps`, the lease and the next pass must not wait
+for it. An instance that is stopping is left alone by the passes, and its
+slot is started again only once it is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
@@ -39,6 +46,7 @@ HEALTHY_AFTER = 60.0  # an instance that ran this long starts its back-off over
 # fetch goes on in the background): a local copy or a quick fetch starts the
 # instance in this pass, a slow one never holds up the others for long.
 FETCH_WAIT = 2.0
+STOPS_AT_ONCE = 4  # instances stopped in parallel (each may take its grace period)
 
 
 @dataclass
@@ -125,6 +133,11 @@ class Reconciler:
         self._fetcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="slug-fetch")
         self._fetches: dict[str, Future[None]] = {}  # slug -> its fetch in progress
         self._fetch_deadline = 0.0  # until when this pass may wait for fetches
+        self._stopper = ThreadPoolExecutor(STOPS_AT_ONCE, thread_name_prefix="stop")
+        self._stopping: dict[InstanceKey, Future[None]] = {}  # stops under way
+        # Called (from a stopping thread) when a stop is done: the daemon wakes a
+        # pass then, which starts what replaces the instance.
+        self.on_stopped: Callable[[], None] = lambda: None
 
     def apps(self) -> frozenset[str]:
         """The apps that existed at the last pass (cheap: no state read)."""
@@ -150,8 +163,24 @@ class Reconciler:
     def crash(self, app: str, process: str) -> Crash | None:
         return self._crashes.get((app, process))
 
-    def reconcile(self) -> dict[InstanceKey, InstanceStatus]:
-        """One pass; returns what runs afterwards."""
+    def reconcile(self, wait: bool = True) -> dict[InstanceKey, InstanceStatus]:
+        """One pass; returns what runs afterwards. With `wait`, once the stops it
+        began are done, another pass starts what replaces them (a command that
+        scales down or deploys returns with the world changed); without (the
+        periodic pass), the pass woken by `on_stopped` does."""
+        for _ in range(3):  # a bound, should the state keep changing meanwhile
+            began = self._pass()
+            if not (wait and began):
+                break
+            wait_futures(began)  # without the lock: others go on meanwhile
+        return self.instances()
+
+    def tick(self) -> None:
+        """The periodic pass: it never waits for a stop."""
+        self.reconcile(wait=False)
+
+    def _pass(self) -> list[Future[None]]:
+        """Decide and start under the lock; returns the stops it began."""
         with self._lock:
             self._fetch_deadline = time.monotonic() + FETCH_WAIT  # for the whole pass
             # The lease first: a renewal returns only once this node applied it, so
@@ -161,36 +190,51 @@ class Reconciler:
             want = desired_instances(snap, self.settings.name, self.settings) if may_run else {}
             busy = self.cluster.busy_elsewhere(snap)
             have: dict[Slot, list[InstanceStatus]] = {}  # what is left after the stops
+            leaving: list[InstanceStatus] = []  # stopping: its slot starts once it is gone
+            began: list[Future[None]] = []
+            self._stopping = {k: f for k, f in self._stopping.items() if not f.done()}
             for status in self.runtime.status():
                 spec = want.get(status.key.slot)
-                if spec is None:
-                    self._stop(status, "no longer wanted")
+                if status.key in self._stopping:
+                    leaving.append(status)
+                elif spec is None:
+                    began.append(self._stop(status, "no longer wanted"))
+                    leaving.append(status)
                 elif status.release != spec.release and not self._keep_until_replaced(spec, status):
-                    self._stop(status, f"replaced by {spec.release}")
+                    began.append(self._stop(status, f"replaced by {spec.release}"))
+                    leaving.append(status)
                 else:
                     have.setdefault(status.key.slot, []).append(status)
             for slot in set(self._failed) - set(want):
                 del self._failed[slot]  # no longer this node's to start
+            gone_soon = {s.key.slot for s in leaving}
             for slot, spec in want.items():
+                if slot in gone_soon:
+                    continue  # started by the pass after its old instance stopped
                 if any(s.key != spec.key for s in have.get(slot, [])):
                     continue  # the old release's instance runs on until the new slug is here
                 current = next(iter(have.get(slot, [])), None)
                 if slot in busy and not (current and current.running):
                     continue  # still running on its previous node: start it once that stops
                 self._converge(spec, current)
-            self._gc_slugs(want.values(), _slugs_of(snap, (s for ss in have.values() for s in ss)))
+            running = [*leaving, *(s for ss in have.values() for s in ss)]
+            self._gc_slugs(want.values(), _slugs_of(snap, running))
             self._apps = frozenset(snap.apps)
             self._last = {s.key: s for s in self.runtime.status()}
-            return dict(self._last)
+            return began
 
     def restart(self, app: str, ptype: str | None = None) -> None:
-        """Stop the app's instances (of one type) so the next pass starts them afresh."""
+        """Stop the app's instances (of one type) and start them afresh: it waits
+        for these stops, never for another app's."""
         with self._lock:
-            for s in self.runtime.status():
-                if s.app == app and (ptype is None or ptype_of(s.process) == ptype):
-                    self.logbus.event(app, f"restarting {s.process}")
-                    self.runtime.stop(s.key)
-                    self._crashes.pop(s.key.slot, None)
+            began = [
+                self._stop(s, "restart", event=f"restarting {s.process}")
+                for s in self.runtime.status()
+                if s.app == app
+                and (ptype is None or ptype_of(s.process) == ptype)
+                and s.key not in self._stopping
+            ]
+        wait_futures(began)
         self.reconcile()
 
     def _keep_until_replaced(self, spec: InstanceSpec, old: InstanceStatus) -> bool:
@@ -198,10 +242,23 @@ class Reconciler:
         here (then it is stopped, and the new one started)."""
         return old.running and not self._slug_ready(spec)
 
-    def _stop(self, status: InstanceStatus, why: str) -> None:
-        self.logbus.event(status.app, f"stopping {status.process} ({status.release}): {why}")
-        self.runtime.stop(status.key)
+    def _stop(self, status: InstanceStatus, why: str, event: str = "") -> Future[None]:
+        """Begin stopping an instance (in a stopping thread); under the lock."""
+        event = event or f"stopping {status.process} ({status.release}): {why}"
+        self.logbus.event(status.app, event)
         self._crashes.pop(status.key.slot, None)
+        stop = self._stopper.submit(self._stop_now, status.key)
+        self._stopping[status.key] = stop
+        return stop
+
+    def _stop_now(self, key: InstanceKey) -> None:
+        try:
+            self.runtime.stop(key)
+        except Exception:  # the next pass sees it still there and tries again
+            log.exception("stopping %s %s", key.app, key.process)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the daemon's loop closed: it stops
+                self.on_stopped()
 
     def _converge(self, spec: InstanceSpec, status: InstanceStatus | None) -> None:
         key = spec.key.slot
@@ -277,8 +334,10 @@ class Reconciler:
         return spec.slug.exists()
 
     def close(self) -> None:
-        """Drop the fetches not started; one under way ends with the store's timeout."""
+        """Drop the fetches not started; one under way ends with the store's timeout.
+        Stops under way finish (the instances are going)."""
         self._fetcher.shutdown(wait=False, cancel_futures=True)
+        self._stopper.shutdown(wait=False)
 
     @contextmanager
     def holding(self, spec: InstanceSpec) -> Iterator[None]:

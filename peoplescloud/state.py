@@ -174,6 +174,8 @@ class StateStore(Protocol):
 
     def read(self) -> Snapshot: ...
     def change(self) -> AbstractContextManager[Snapshot]: ...
+    @property
+    def version(self) -> int: ...  # changes whenever the state does (cheap: no copy)
 
 
 class State:
@@ -189,6 +191,7 @@ class State:
         self._lock = threading.RLock()
         self._snap = Snapshot()
         self._seen: tuple[int, int] | None = None  # (inode, mtime_ns) of the file loaded
+        self._version = 0  # snapshots loaded or written by this object
         self._refresh()
 
     def _refresh(self) -> None:
@@ -200,6 +203,15 @@ class State:
         if (st.st_ino, st.st_mtime_ns) != self._seen:
             self._snap = snapshot_from_dict(json.loads(self._path.read_text()))
             self._seen = (st.st_ino, st.st_mtime_ns)
+            self._version += 1
+
+    @property
+    def version(self) -> int:
+        """Changes whenever the state does (cheap: a stat, no copy): for indexes
+        built from a read, such as the SSH keys'."""
+        with self._lock:
+            self._refresh()
+            return self._version
 
     def read(self) -> Snapshot:
         """A copy: readers can never change state behind `change()`'s back."""
@@ -218,6 +230,7 @@ class State:
             yield draft
             self._write(draft)
             self._snap = draft
+            self._version += 1
 
     def _write(self, snap: Snapshot) -> None:
         tmp = self._path.with_suffix(".tmp")

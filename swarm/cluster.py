@@ -21,6 +21,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,6 +87,8 @@ class SwarmCluster:
         self._runner: web.AppRunner | None = None  # the peer API's server
         self._admission: asyncio.Future[SwarmIdentity] | None = None
         self._left: Callable[[], None] = lambda: None  # stops the daemon
+        # The tick's own thread: the lease never waits behind commands in the shared pool.
+        self._ticker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarm-tick")
 
     def _parts(self) -> _Started:
         if self._started is None:
@@ -199,8 +202,11 @@ class SwarmCluster:
             )
             self._admission.add_done_callback(self._admitted)
         # A lease first, or the reconciler's first pass would stop everything.
-        await asyncio.to_thread(self.tick)
-        return [every(TICK_EVERY, self.tick, stop), every(MAINTAIN_EVERY, self.maintain, stop)]
+        await asyncio.get_running_loop().run_in_executor(self._ticker, self.tick)
+        return [
+            every(TICK_EVERY, self.tick, stop, executor=self._ticker),
+            every(MAINTAIN_EVERY, self.maintain, stop),
+        ]
 
     def _admitted(self, done: asyncio.Future[SwarmIdentity]) -> None:
         if not done.cancelled() and done.exception() is None:
@@ -213,6 +219,7 @@ class SwarmCluster:
         if self._admission is not None:
             self._admission.cancel()
         await self.client.close()
+        self._ticker.shutdown(wait=False)
         self.state.close()
         await asyncio.to_thread(self.kubo.stop)  # the apps have their slugs already
 

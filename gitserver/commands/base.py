@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from typing import Any
 
 from gitserver.channel import Channel
 from gitserver.service import NodeService
+from peoplescloud.bridge import in_pool
 from peoplescloud.errors import UsageError
 
 
@@ -28,7 +28,7 @@ class Context:
 
     async def call(self, method: Callable[..., Any], *args: Any) -> Any:
         """A blocking service method, off the event loop."""
-        return await asyncio.to_thread(method, self.user, *args)
+        return await in_pool(method, self.user, *args)
 
 
 class Args:

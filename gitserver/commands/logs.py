@@ -18,10 +18,26 @@ async def logs(ctx: Context, args: Args) -> int:
     args.done()
     n = count(lines, "-n", MAX_LINES) if lines is not None else 100
     stream = ctx.service.logs(ctx.user, app, n, ptype, follow)
+    loop = asyncio.get_running_loop()
+    pending: list[bytes] = []
+
+    def flush() -> None:
+        if pending:
+            data = b"".join(pending)
+            pending.clear()
+            with contextlib.suppress(ConnectionError):  # the client left: `closed` ends it
+                ctx.channel.write(data)
 
     async def copy() -> None:
-        async for line in stream:
-            ctx.out(line)
+        # The lines that come together leave in one write, not one SSH packet (and
+        # send) each: following a flooding app must not take the node's loop.
+        try:
+            async for line in stream:
+                if not pending:
+                    loop.call_soon(flush)  # once this burst of lines is taken
+                pending.append(line.encode() + b"\n")
+        finally:
+            flush()
 
     copying = asyncio.ensure_future(copy())
     closed = asyncio.ensure_future(ctx.channel.wait_closed())

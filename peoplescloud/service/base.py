@@ -16,7 +16,7 @@ from peoplescloud.logbus import LogBus
 from peoplescloud.reconciler import Reconciler
 from peoplescloud.runtime.base import Runtime
 from peoplescloud.settings import Settings, check_app_name
-from peoplescloud.state import App, Snapshot, now
+from peoplescloud.state import App, Snapshot, normalize_key, now
 
 
 class ServiceBase:
@@ -41,6 +41,7 @@ class ServiceBase:
         self.deployer = deployer
         self.logbus = logbus
         self._oneoff = itertools.count(1)
+        self._keys: tuple[int, dict[str, str]] = (-1, {})  # state version, key -> user
 
     # --- who may do what ----------------------------------------------------
     def _app(self, user: str, name: str, snap: Snapshot | None = None) -> App:
@@ -63,7 +64,18 @@ class ServiceBase:
             raise Forbidden(caps.owner_only())
 
     def user_for_key(self, openssh_public_key: str) -> str | None:
-        return self.state.read().user_for_key(openssh_public_key)
+        """Asked for every key a client offers, before anything else: an index of the
+        keys, rebuilt when the state changed, not a copy of the state per key."""
+        wanted = normalize_key(openssh_public_key)
+        version, keys = self._keys
+        if version != self.state.version:
+            version = self.state.version  # before the read: the index is at least as new
+            keys = {}
+            for user in self.state.read().users.values():
+                for key in user.keys:
+                    keys.setdefault(key, user.name)  # as Snapshot.user_for_key: the first
+            self._keys = (version, keys)
+        return keys.get(wanted)
 
     # --- git ------------------------------------------------------------------
     def repo_for(self, user: str, app: str, write: bool) -> Path:

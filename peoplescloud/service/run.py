@@ -7,6 +7,7 @@ import shlex
 import threading
 from collections.abc import AsyncIterator, Callable
 
+from peoplescloud.bridge import in_pool
 from peoplescloud.errors import UsageError
 from peoplescloud.reconciler import instance_spec
 from peoplescloud.service.base import ServiceBase
@@ -42,10 +43,10 @@ class RunCommands(ServiceBase):
     async def logs(
         self, user: str, app: str, lines: int, ptype: str | None, follow: bool
     ) -> AsyncIterator[str]:
-        await asyncio.to_thread(self._app, user, app)
+        await in_pool(self._app, user, app)
         siblings = self.cluster.sibling_logs(app, lines, ptype, follow)
         if not follow:
-            mine = await asyncio.to_thread(self.logbus.tail, app, lines, ptype)
+            mine = await in_pool(self.logbus.tail, app, lines, ptype)
             for theirs in await asyncio.gather(*(_collect(s) for s in siblings)):
                 mine += theirs
             mine.sort(key=lambda line: line[:20])  # by timestamp; stable within a node
