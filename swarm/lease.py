@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from peoplescloud.logbus import LogBus
 from peoplescloud.runtime.base import Runtime
@@ -20,6 +21,8 @@ from peoplescloud.settings import Settings
 from swarm.me import Me
 from swarm.raft import Conflict, NoQuorum
 from swarm.replicated import ReplicatedState
+
+STOP_GRACE = 2.0  # seconds each instance gets to stop when the lease is about to go
 
 
 class Lease:
@@ -67,8 +70,11 @@ class Lease:
 
 def stop_everything(runtime: Runtime, logbus: LogBus, why: str) -> None:
     """Cut off from the swarm: stop before the lease ends, so the others may
-    start these instances elsewhere without two copies running."""
-    for s in runtime.status():
-        if s.running:
-            logbus.event(s.app, f"stopping {s.process}: {why}")
-            runtime.stop(s.key, timeout=2)
+    start these instances elsewhere without two copies running. All at once:
+    one by one, a few slow stops would outlast the lease."""
+    running = [s for s in runtime.status() if s.running]
+    for s in running:
+        logbus.event(s.app, f"stopping {s.process}: {why}")
+    if running:
+        with ThreadPoolExecutor(len(running), thread_name_prefix="lease-stop") as pool:
+            list(pool.map(lambda s: runtime.stop(s.key, timeout=STOP_GRACE), running))

@@ -1,6 +1,7 @@
 """The lease: renewed through the consensus, written for the watchdogs, and
 everything stopped when it cannot be renewed before it ends."""
 
+import time
 from pathlib import Path
 
 from peoplescloud.runtime.base import InstanceKey, InstanceStatus
@@ -75,3 +76,20 @@ def test_stop_everything_stops_what_runs_and_says_why():
     stop_everything(runtime, logbus, "lease not renewed")  # type: ignore[arg-type]
     assert runtime.stopped == [(InstanceKey("mybot", "web.1", "v2"), 2)]
     assert logbus.events == [("mybot", "stopping web.1: lease not renewed")]
+
+
+def test_a_cut_off_member_stops_its_instances_at_once_not_one_by_one():
+    """Four instances that each take a second to stop are all gone in about a
+    second: one by one, they would outlast what is left of the lease."""
+
+    class SlowRuntime(FakeRuntime):
+        def stop(self, key: InstanceKey, timeout: float = 10) -> None:
+            time.sleep(1.0)
+            super().stop(key, timeout)
+
+    running = [InstanceStatus("mybot", f"bot.{n}", "v2", True) for n in range(1, 5)]
+    runtime = SlowRuntime(running)
+    started = time.monotonic()
+    stop_everything(runtime, FakeLogBus(), "lease not renewed")  # type: ignore[arg-type]
+    assert len(runtime.stopped) == 4
+    assert time.monotonic() - started < 2.5
