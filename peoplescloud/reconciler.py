@@ -67,6 +67,21 @@ def desired_instances(snap: Snapshot, node: str, settings: Settings) -> dict[Slo
     return out
 
 
+def within_limit(
+    want: dict[Slot, InstanceSpec], running: Iterable[Slot], limit: int
+) -> tuple[dict[Slot, InstanceSpec], dict[Slot, str]]:
+    """At most `limit` of the wanted instances, those that run already first (a
+    full node starts nothing new, and stops nothing that runs); and why each of
+    the others is not started."""
+    if len(want) <= limit:
+        return want, {}
+    runs = set(running)
+    order = sorted(want, key=lambda slot: slot not in runs)  # stable: the state's order
+    kept = {slot: want[slot] for slot in order[:limit]}
+    why = f"not started: this node runs {limit} instances, its limit ([shares] max_instances)"
+    return kept, {slot: why for slot in order[limit:]}
+
+
 def instance_spec(
     app: App, version: int, process: str, command: str, node: str, settings: Settings
 ) -> InstanceSpec:
@@ -159,6 +174,8 @@ class Reconciler:
             may_run = self.cluster.may_run()
             snap = self.state.read()
             want = desired_instances(snap, self.settings.name, self.settings) if may_run else {}
+            running = [k.slot for k, s in self._last.items() if s.running]
+            want, over = within_limit(want, running, self.settings.shares.max_instances)
             busy = self.cluster.busy_elsewhere(snap)
             have: dict[Slot, list[InstanceStatus]] = {}  # what is left after the stops
             for status in self.runtime.status():
@@ -171,6 +188,7 @@ class Reconciler:
                     have.setdefault(status.key.slot, []).append(status)
             for slot in set(self._failed) - set(want):
                 del self._failed[slot]  # no longer this node's to start
+            self._failed.update(over)
             for slot, spec in want.items():
                 if any(s.key != spec.key for s in have.get(slot, [])):
                     continue  # the old release's instance runs on until the new slug is here

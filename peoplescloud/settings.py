@@ -94,9 +94,22 @@ class BuildSettings:
     ca_bundle: str = "/etc/ssl/certs/ca-certificates.crt"
     timeout: int = 900  # seconds one build may take
     max_push_mb: int = 200  # a pack bigger than this is refused while it arrives
+    # What a push's objects unpack to, and the tree a build checks out: a small
+    # pack of zeros can unpack to gigabytes.
+    max_tree_mb: int = 500
+    max_process_types: int = 20  # process types one app's Procfile may declare
+    max_concurrent: int = 2  # builds this node runs at once; more pushes are refused
 
     def __post_init__(self) -> None:
-        _numbers(self, "build", timeout=(int, 1), max_push_mb=(int, 1))
+        _numbers(
+            self,
+            "build",
+            timeout=(int, 1),
+            max_push_mb=(int, 1),
+            max_tree_mb=(int, 1),
+            max_process_types=(int, 1),
+            max_concurrent=(int, 1),
+        )
 
 
 @dataclass(frozen=True)
@@ -108,6 +121,10 @@ class Shares:
     max_apps: int = 20
     instance_memory_mb: int = 512  # limit of one process instance
     instance_cpus: float = 0.25  # CPU limit of one instance (docker); placement counts it
+    max_instances: int = 100  # process instances this node runs, all apps together
+    max_oneoffs: int = 4  # one-off `run` processes at once on this node
+    max_config_value_kb: int = 32  # one config var's value
+    max_config_total_kb: int = 64  # all of one app's config vars, names and values
 
     def __post_init__(self) -> None:
         _numbers(
@@ -118,6 +135,10 @@ class Shares:
             max_apps=(int, 1),
             instance_memory_mb=(int, 16),
             instance_cpus=(float, 0.01),
+            max_instances=(int, 1),
+            max_oneoffs=(int, 1),
+            max_config_value_kb=(int, 1),
+            max_config_total_kb=(int, 1),
         )
 
 
