@@ -23,10 +23,28 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 
 
-def checkout(repo_path: Path, commit: str, dest: Path) -> None:
+class _Budget:
+    """Bytes of files a checkout may still write (None: no limit)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit, self.left = limit, limit
+
+    def spend(self, n: int) -> None:
+        if self.left is None or self.limit is None:
+            return
+        self.left -= n
+        if self.left < 0:
+            raise BuildError(
+                f"the app's files add up to more than {self.limit // (1024 * 1024)} MB, "
+                "this node's [build] max_tree_mb; keep large or generated files out of git"
+            )
+
+
+def checkout(repo_path: Path, commit: str, dest: Path, max_bytes: int | None = None) -> None:
     """Write the tree of `commit` (a hex sha) from the bare repo at `repo_path` into
     the empty directory `dest`: regular files with their exec bit, directories, and
-    symlinks that stay inside the tree. Submodules are skipped."""
+    symlinks that stay inside the tree. Submodules are skipped. Refuses a tree whose
+    files add up to more than `max_bytes`."""
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
         raise BuildError(f"checkout destination {dest} is not empty")
@@ -40,13 +58,16 @@ def checkout(repo_path: Path, commit: str, dest: Path) -> None:
         links: list[str] = []
         root_fd = os.open(dest, _DIR_FLAGS)
         try:
-            _write_tree(repo, cast(Tree, repo[obj.tree]), root_fd, "", links)  # a commit's tree
+            tree = cast(Tree, repo[obj.tree])  # a commit's tree
+            _write_tree(repo, tree, root_fd, "", links, _Budget(max_bytes))
         finally:
             os.close(root_fd)
     _check_links(dest, links)
 
 
-def _write_tree(repo: Repo, tree: Tree, dir_fd: int, prefix: str, links: list[str]) -> None:
+def _write_tree(
+    repo: Repo, tree: Tree, dir_fd: int, prefix: str, links: list[str], budget: _Budget
+) -> None:
     for entry in tree.items():
         name = os.fsdecode(entry.path)
         rel = prefix + name
@@ -57,7 +78,8 @@ def _write_tree(repo: Repo, tree: Tree, dir_fd: int, prefix: str, links: list[st
             os.mkdir(name, 0o755, dir_fd=dir_fd)
             sub_fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
             try:  # a directory entry names a tree
-                _write_tree(repo, cast(Tree, repo[entry.sha]), sub_fd, rel + "/", links)
+                sub = cast(Tree, repo[entry.sha])
+                _write_tree(repo, sub, sub_fd, rel + "/", links, budget)
             finally:
                 os.close(sub_fd)
         elif stat.S_ISLNK(mode):
@@ -68,9 +90,11 @@ def _write_tree(repo: Repo, tree: Tree, dir_fd: int, prefix: str, links: list[st
             links.append(rel)
         elif stat.S_ISREG(mode):
             perms = 0o755 if mode & 0o100 else 0o644
+            blob = _blob(repo, entry.sha)
+            budget.spend(blob.raw_length())
             fd = os.open(name, _FILE_FLAGS, perms, dir_fd=dir_fd)
             try:
-                for chunk in _blob(repo, entry.sha).as_raw_chunks():
+                for chunk in blob.as_raw_chunks():
                     os.write(fd, chunk)
                 os.fchmod(fd, perms)  # not narrowed by the umask
             finally:

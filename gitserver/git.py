@@ -31,6 +31,7 @@ from dulwich.server import (
     UploadPackHandler,
 )
 
+from gitserver.packscan import PackScanner, PushTooLarge, mb
 from gitserver.service import NodeService
 from peoplescloud.errors import PCError
 from peoplescloud.locks import KeyedLocks
@@ -53,11 +54,6 @@ def app_from_path(path: str) -> str:
     return app.removesuffix(".git")
 
 
-class PushTooLarge(OSError):
-    """The pushed data passed the node's limit. An OSError so dulwich reports it
-    as the unpack status, like its own errors."""
-
-
 class LimitedReader:
     """`read(n)` that refuses (PushTooLarge) once more than `limit` bytes came in,
     so an oversized pack stops while it arrives."""
@@ -71,7 +67,10 @@ class LimitedReader:
         data = self._read(n)
         self.total += len(data)
         if self.total > self.limit:
-            raise PushTooLarge(f"push refused: larger than this node's limit of {_mb(self.limit)}")
+            raise PushTooLarge(
+                f"push refused: larger than this node's limit of {mb(self.limit)} "
+                "([build] max_push_mb); push less at a time or ask the host"
+            )
         return data
 
 
@@ -84,9 +83,12 @@ class DeployingReceivePack(ReceivePackHandler):
         args: list[str],
         proto: Protocol,
         deploy: Deploy,
+        max_unpacked: int = 500 * 1024 * 1024,
     ):
+        """`max_unpacked`: the most bytes the pushed objects may unpack to."""
         super().__init__(backend, args, proto)
         self._deploy = deploy
+        self._max_unpacked = max_unpacked
         self._say_lock = threading.Lock()
         self._client_gone = False
 
@@ -120,7 +122,14 @@ class DeployingReceivePack(ReceivePackHandler):
     def _apply_pack(
         self, refs: list[tuple[ObjectID, ObjectID, Ref]]
     ) -> Iterator[tuple[bytes, bytes]]:
-        status = list(super()._apply_pack(refs))
+        # The pack is read here (the commands before it were read already): count
+        # what its objects unpack to as it arrives.
+        scanner, read = PackScanner(self._max_unpacked), self.proto.read
+        self.proto.read = lambda n: scanner.feed(read(n))
+        try:
+            status = list(super()._apply_pack(refs))
+        finally:
+            self.proto.read = read
         unpack = status[0][1]
         if unpack != b"ok":
             # dulwich leaves its partial temp pack behind. Any temp pack is garbage
@@ -140,8 +149,15 @@ class DeployingReceivePack(ReceivePackHandler):
         deleting = new_sha == b"0" * len(new_sha)
         branch = ref_name.decode("utf-8", "replace").removeprefix("refs/heads/")
         if ref_name not in DEPLOY_REFS:
-            if not deleting:
-                self.say(f"-----> Stored {branch}, not deployed: only main or master deploy")
+            if deleting:
+                return None
+            if not any(ref in DEPLOY_REFS for ref in self.repo.refs.as_dict()):
+                # A new app exists once it deploys: other branches cannot hold it open.
+                app = app_from_path(Path(cast(Repo, self.repo).path).name)
+                reason = f"push main first: {app} has no deployed branch yet"
+                self.say(f" !     {reason}")
+                return reason.encode()
+            self.say(f"-----> Stored {branch}, not deployed: only main or master deploy")
             return None
         if deleting:
             self.say(f" !     {branch} is the deployed branch: it cannot be deleted")
@@ -167,6 +183,7 @@ def serve(
     read: Callable[[int], bytes],
     write: Callable[[bytes], None],
     max_push_bytes: int,
+    max_unpacked_bytes: int = 500 * 1024 * 1024,
 ) -> int:
     """Serve one git command (`git-receive-pack` or `git-upload-pack`) for `path` on
     the blocking `read(n)` / `write(data)` of an SSH channel. Returns the exit status.
@@ -189,7 +206,11 @@ def serve(
             _refuse(proto, f"another push to {app} is under way; try again when it ends")
             return 1
         deploy = functools.partial(service.deploy, user, app)  # (commit, say) -> release
-        return _handle(DeployingReceivePack(backend, [repo.name], proto, deploy))
+        handler = DeployingReceivePack(backend, [repo.name], proto, deploy, max_unpacked_bytes)
+        try:
+            return _handle(handler)
+        finally:
+            service.push_ended(user, app)  # nothing deployed: nothing of the app stays
 
 
 def _handle(handler: ReceivePackHandler | UploadPackHandler) -> int:
@@ -208,7 +229,3 @@ def _refuse(proto: Protocol, reason: str) -> None:
     """Answer with git's `ERR` line instead of the ref advertisement: the client
     prints `fatal: remote error: <reason>` and exits non-zero."""
     proto.write_pkt_line(b"ERR " + " ".join(reason.split()).encode("utf-8", "replace"))
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1024 / 1024:g} MB" if n >= 1024 * 1024 else f"{n} bytes"

@@ -128,6 +128,7 @@ async def start_server(
     port: int,
     host_key_path: Path,
     max_push_bytes: int = 200 * 1024 * 1024,
+    max_unpacked_bytes: int = 500 * 1024 * 1024,
 ) -> asyncssh.SSHAcceptor:
     """Listen for SSH on host:port (port 0 picks a free one: see
     `acceptor.sockets[0].getsockname()`)."""
@@ -137,7 +138,8 @@ async def start_server(
         user = process.get_extra_info("pc_user")
         io = ChannelIO(process, asyncio.get_running_loop())
         try:
-            status = await _dispatch(service, user, process.command, io, max_push_bytes)
+            limits = (max_push_bytes, max_unpacked_bytes)
+            status = await _dispatch(service, user, process.command, io, *limits)
         except ConnectionError:  # BrokenPipeError included: the client left
             log.info("%s left while running %r", user, process.command)
             return
@@ -167,7 +169,12 @@ async def start_server(
 
 
 async def _dispatch(
-    service: NodeService, user: str, command: str | None, io: ChannelIO, max_push_bytes: int
+    service: NodeService,
+    user: str,
+    command: str | None,
+    io: ChannelIO,
+    max_push_bytes: int,
+    max_unpacked_bytes: int,
 ) -> int:
     """Run one session's command; return its exit status."""
     if not command or not command.strip():
@@ -188,5 +195,6 @@ async def _dispatch(
             io.read_blocking,
             io.write_blocking,
             max_push_bytes,
+            max_unpacked_bytes,
         )
     return await commands.dispatch(service, user, argv, io)

@@ -70,6 +70,10 @@ class NodeService(Protocol):
         `say` gets each output line as it happens. Returns the release ("v3").
         Raises PCError (the push is refused, the old release keeps running)."""
 
+    def push_ended(self, user: str, app: str) -> None:
+        """A push session to the app ended: an app with no release yet (the session
+        pushed nothing, or its deploy failed) is forgotten, with its repo."""
+
     # --- commands ---------------------------------------------------------
     def apps(self, user: str) -> list[AppRow]: ...
     def app_info(self, user: str, app: str) -> dict[str, str]: ...

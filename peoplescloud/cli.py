@@ -19,6 +19,7 @@ from gitserver.server import load_or_create_host_key
 from peoplescloud import settings as config
 from peoplescloud.cluster import in_swarm, swarm_entry
 from peoplescloud.errors import ConfigError, PCError
+from peoplescloud.private import make_private
 from peoplescloud.state import State, User
 
 DEFAULT_KEYS = ("~/.ssh/id_ed25519.pub", "~/.ssh/id_rsa.pub")
@@ -69,11 +70,12 @@ def cmd_init(args: argparse.Namespace) -> None:
     )
     ipfs = dict(api=args.ipfs_api, api_port=args.ipfs_api_port, swarm_port=args.ipfs_swarm_port)
     s = replace(s, ipfs=replace(s.ipfs, **{k: v for k, v in ipfs.items() if v is not None}))
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     s.config_file.write_text(config.to_toml(s))
     load_or_create_host_key(s.host_key)
     with State(s.state_file).change() as snap:
         snap.users[args.admin_name] = User(name=args.admin_name, keys=[admin_key], admin=True)
+    make_private(s)
     say(f"-----> Node {s.name} created in {home}")
     say(f"       admin user {args.admin_name} with the key from {key_file}")
     say(f"       ssh {s.ssh_port}, router {s.router_port}, dashboard {s.dashboard_port}")

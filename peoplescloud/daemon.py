@@ -27,6 +27,7 @@ from peoplescloud.cluster import Cluster, LocalParts, open_cluster
 from peoplescloud.deploy import Deployer
 from peoplescloud.errors import PCError
 from peoplescloud.logbus import LogBus
+from peoplescloud.private import make_private
 from peoplescloud.processes import is_web
 from peoplescloud.reconciler import Reconciler
 from peoplescloud.runtime import firewall, sandbox
@@ -148,6 +149,7 @@ class Parts:
 def build_node(settings: Settings) -> Parts:
     if not settings.state_file.exists():
         raise PCError(f"no node at {settings.home}: run `pc init` first")
+    make_private(settings)  # a home made by an older version may be readable by all
     sweep_leftovers(settings)
     cluster = open_cluster(settings)  # a swarm's starts its kubo and Raft
     try:
@@ -255,6 +257,7 @@ async def start_node(
         settings.ssh_port,
         settings.host_key,
         max_push_bytes=settings.build.max_push_mb * 1024 * 1024,
+        max_unpacked_bytes=settings.build.max_tree_mb * 1024 * 1024,
     )
     started.callback(ssh.close)
     router = await start_router(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from peoplescloud.state import Release, now
 
 KEEP_RELEASES = 10  # older slugs are unpinned; their release rows stay for history
 SETTLE = 1.0  # seconds a new instance must keep running for its push to succeed
+BUILD_WAIT = 10.0  # seconds a push waits for one of the node's build slots
 
 
 class Deployer:
@@ -47,6 +49,7 @@ class Deployer:
         self.logbus = logbus
         self.executor = executor
         self.locks = locks or KeyedLocks()
+        self._builds = threading.BoundedSemaphore(settings.build.max_concurrent)
 
     def deploy(
         self, user: str, app: str, repo: Path, commit: str, say: Callable[[str], None]
@@ -72,21 +75,23 @@ class Deployer:
     ) -> str:
         tmp_root = self.settings.tmp_dir
         tmp_root.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f"build-{app}-", dir=tmp_root))
-        try:
-            src, out = work / "src", work / "slug"
-            try:  # the checkout refuses with a BuildError too (a symlink out of the tree)
-                builder.checkout(repo, commit, src)
-                cache = self._cache(app, user)
-                limit = self.settings.build.max_slug_mb
-                result = builder.build(src, out, cache, self.executor, say, max_slug_mb=limit)
-            except builder.BuildError as e:
-                raise PCError(f"build failed: {e}") from None
-            cid = self.store.add(out)
-            self.store.pin(cid)
-            say(f"-----> Slug {cid[:19]} stored")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        with self._build_slot(say):
+            work = Path(tempfile.mkdtemp(prefix=f"build-{app}-", dir=tmp_root))
+            try:
+                src, out = work / "src", work / "slug"
+                try:  # the checkout refuses with a BuildError too (a symlink out of the tree)
+                    builder.checkout(repo, commit, src, self.settings.build.max_tree_mb << 20)
+                    cache = self._cache(app, user)
+                    limit = self.settings.build.max_slug_mb
+                    result = builder.build(src, out, cache, self.executor, say, max_slug_mb=limit)
+                except builder.BuildError as e:
+                    raise PCError(f"build failed: {e}") from None
+                self._check_process_types(result.processes)
+                cid = self.store.add(out)
+                self.store.pin(cid)
+                say(f"-----> Slug {cid[:19]} stored")
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
         release = self._record(app, user, commit, cid, result)
         self.logbus.event(app, f"release {release.name} by {user}: {release.description}")
         self.cluster.wait_replicated(cid, say)
@@ -98,6 +103,31 @@ class Deployer:
         a = self.state.read().apps.get(app)
         owner = f"{a.owner} {a.created}" if a is not None else user
         return builder.app_cache(self.settings.cache_dir, app, owner)
+
+    @contextmanager
+    def _build_slot(self, say: Callable[[str], None]) -> Iterator[None]:
+        """One of the node's `[build] max_concurrent` build slots for the block: a
+        push waits BUILD_WAIT seconds for one, then is refused."""
+        if not self._builds.acquire(blocking=False):
+            n = self.settings.build.max_concurrent
+            say(f"-----> Waiting: this node is building {n} apps, its limit")
+            if not self._builds.acquire(timeout=BUILD_WAIT):
+                raise PCError(
+                    f"the node is building {n} apps, its limit ([build] max_concurrent); "
+                    "try again in a minute"
+                )
+        try:
+            yield
+        finally:
+            self._builds.release()
+
+    def _check_process_types(self, processes: dict[str, str]) -> None:
+        most = self.settings.build.max_process_types
+        if len(processes) > most:
+            raise PCError(
+                f"build failed: {len(processes)} process types, more than this node's limit "
+                f"of {most} ([build] max_process_types); run related work in one process"
+            )
 
     def _record(
         self, app: str, user: str, commit: str, cid: str, result: builder.BuildResult

@@ -75,6 +75,21 @@ def desired_instances(snap: Snapshot, node: str, settings: Settings) -> dict[Slo
     return out
 
 
+def within_limit(
+    want: dict[Slot, InstanceSpec], running: Iterable[Slot], limit: int
+) -> tuple[dict[Slot, InstanceSpec], dict[Slot, str]]:
+    """At most `limit` of the wanted instances, those that run already first (a
+    full node starts nothing new, and stops nothing that runs); and why each of
+    the others is not started."""
+    if len(want) <= limit:
+        return want, {}
+    runs = set(running)
+    order = sorted(want, key=lambda slot: slot not in runs)  # stable: the state's order
+    kept = {slot: want[slot] for slot in order[:limit]}
+    why = f"not started: this node runs {limit} instances, its limit ([shares] max_instances)"
+    return kept, {slot: why for slot in order[limit:]}
+
+
 def instance_spec(
     app: App, version: int, process: str, command: str, node: str, settings: Settings
 ) -> InstanceSpec:
@@ -188,6 +203,8 @@ class Reconciler:
             may_run = self.cluster.may_run()
             snap = self.state.read()
             want = desired_instances(snap, self.settings.name, self.settings) if may_run else {}
+            up = [k.slot for k, s in self._last.items() if s.running]
+            want, over = within_limit(want, up, self.settings.shares.max_instances)
             busy = self.cluster.busy_elsewhere(snap)
             have: dict[Slot, list[InstanceStatus]] = {}  # what is left after the stops
             leaving: list[InstanceStatus] = []  # stopping: its slot starts once it is gone
@@ -207,6 +224,7 @@ class Reconciler:
                     have.setdefault(status.key.slot, []).append(status)
             for slot in set(self._failed) - set(want):
                 del self._failed[slot]  # no longer this node's to start
+            self._failed.update(over)  # past the node's instance limit: `ps` says why
             gone_soon = {s.key.slot for s in leaving}
             for slot, spec in want.items():
                 if slot in gone_soon:
@@ -217,8 +235,8 @@ class Reconciler:
                 if slot in busy and not (current and current.running):
                     continue  # still running on its previous node: start it once that stops
                 self._converge(spec, current)
-            running = [*leaving, *(s for ss in have.values() for s in ss)]
-            self._gc_slugs(want.values(), _slugs_of(snap, running))
+            present = [*leaving, *(s for ss in have.values() for s in ss)]
+            self._gc_slugs(want.values(), _slugs_of(snap, present))
             self._apps = frozenset(snap.apps)
             self._last = {s.key: s for s in self.runtime.status()}
             return began

@@ -97,9 +97,22 @@ class BuildSettings:
     memory_mb: int = 1024  # memory (and /tmp) of one build step's container
     pids: int = 512  # processes one build step may run at once
     max_slug_mb: int = 1024  # a built app (source + dependencies) bigger than this is refused
+    # What a push's objects unpack to, and the tree a build checks out: a small
+    # pack of zeros can unpack to gigabytes.
+    max_tree_mb: int = 500
+    max_process_types: int = 20  # process types one app's Procfile may declare
+    max_concurrent: int = 2  # builds this node runs at once; more pushes are refused
 
     def __post_init__(self) -> None:
-        _numbers(self, "build", timeout=(int, 1), max_push_mb=(int, 1))
+        _numbers(
+            self,
+            "build",
+            timeout=(int, 1),
+            max_push_mb=(int, 1),
+            max_tree_mb=(int, 1),
+            max_process_types=(int, 1),
+            max_concurrent=(int, 1),
+        )
         _numbers(self, "build", memory_mb=(int, 64), pids=(int, 16), max_slug_mb=(int, 1))
 
 
@@ -119,6 +132,10 @@ class Shares:
     sandbox_pids: int = 1024  # processes and threads of all sandboxed apps and builds together
     sandbox_tmp_mb: int = 256  # each sandbox's private /tmp
     sandbox_file_mb: int = 1024  # the largest file a sandboxed process may write
+    max_instances: int = 100  # process instances this node runs, all apps together
+    max_oneoffs: int = 4  # one-off `run` processes at once on this node
+    max_config_value_kb: int = 32  # one config var's value
+    max_config_total_kb: int = 64  # all of one app's config vars, names and values
 
     def __post_init__(self) -> None:
         _numbers(
@@ -134,6 +151,10 @@ class Shares:
             sandbox_pids=(int, 16),
             sandbox_tmp_mb=(int, 1),
             sandbox_file_mb=(int, 1),
+            max_instances=(int, 1),
+            max_oneoffs=(int, 1),
+            max_config_value_kb=(int, 1),
+            max_config_total_kb=(int, 1),
         )
 
 

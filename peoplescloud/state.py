@@ -234,7 +234,11 @@ class State:
 
     def _write(self, snap: Snapshot) -> None:
         tmp = self._path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
+        # 0600: the state holds every app's config vars (a tmp file left by a crash
+        # may have another mode: set it again)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with open(fd, "w") as f:
             json.dump(asdict(snap), f, indent=1, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())

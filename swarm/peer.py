@@ -59,6 +59,10 @@ H_TIMESTAMP = "X-PC-Timestamp"
 H_NONCE = "X-PC-Nonce"
 H_INVITE = "X-PC-Invite"
 H_SIGNATURE = "X-PC-Signature"
+# The body's SHA-256, which the signature covers: the server checks the signature
+# before it reads a byte of the body, then that the body has this hash.
+H_BODY = "X-PC-Body-SHA256"
+BODY_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 BAD_SIGNATURE = "bad signature (or a request meant for another node)"
 NONCE_RE = re.compile(r"^[0-9a-f]{32}$")
 INVITE_RE = re.compile(r"^[0-9a-zA-Z_-]{1,64}$")
@@ -93,17 +97,21 @@ def join_response_key(invite_key: bytes) -> bytes:
     return _derive(invite_key, b"peoplescloud join response")
 
 
+def body_hash(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
 def canonical(
     method: str,
     path: str,
-    body: bytes,
+    body_sha256: str,
     ts: str,
     nonce: str,
     sender: str,
     invite_id: str,
     recipient: str,
 ) -> bytes:
-    parts = ["pc-peer-2", method, path, hashlib.sha256(body).hexdigest(), ts, nonce, sender]
+    parts = ["pc-peer-2", method, path, body_sha256, ts, nonce, sender]
     return "\n".join([*parts, invite_id, recipient]).encode()
 
 
@@ -122,10 +130,11 @@ def sign(
     `recipient` is the name of the node it is for; a request authenticated by
     an invite names none (the joiner does not know it; the invite is one-time).
     """
-    ts, nonce = str(int(now)), secrets.token_hex(16)
-    text = canonical(method, path, body, ts, nonce, sender, invite_id, recipient)
+    ts, nonce, digest = str(int(now)), secrets.token_hex(16), body_hash(body)
+    text = canonical(method, path, digest, ts, nonce, sender, invite_id, recipient)
     mac = hmac.new(key, text, "sha256")
     headers = {H_SENDER: sender, H_TIMESTAMP: ts, H_NONCE: nonce, H_SIGNATURE: mac.hexdigest()}
+    headers[H_BODY] = digest
     if invite_id:
         headers[H_INVITE] = invite_id
     return headers

@@ -17,6 +17,8 @@ from peoplescloud.errors import PCError
 from peoplescloud.settings import NODE_NAME_RE
 from swarm.peer import (
     BAD_SIGNATURE,
+    BODY_HASH_RE,
+    H_BODY,
     H_INVITE,
     H_NONCE,
     H_SENDER,
@@ -27,6 +29,7 @@ from swarm.peer import (
     MAX_SKEW,
     NONCE_RE,
     NonceCache,
+    body_hash,
     canonical,
     join_request_key,
     join_response_key,
@@ -92,11 +95,15 @@ class PeerServer:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         route = request.match_info["route"]
-        body = await request.read()
+        # Everything is checked before the body is read (it is signed by its hash),
+        # so a stranger gets no byte buffered; the body is bounded (MAX_BODY) too.
         try:
-            sender, invite_id, invite_key = self._authenticate(request, route, body)
+            sender, invite_id, invite_key = self._authenticate(request, route)
         except _Refused as refused:
             return _error(refused.status, refused.reason)
+        body = await request.read()
+        if body_hash(body) != request.headers[H_BODY]:
+            return _error(401, BAD_SIGNATURE)
         try:
             data = json.loads(body) if body else None
         except ValueError:
@@ -124,23 +131,22 @@ class PeerServer:
             return web.Response(body=raw, content_type="application/octet-stream")
         return web.Response(body=raw, content_type="application/json")
 
-    def _authenticate(
-        self, request: web.Request, route: str, body: bytes
-    ) -> tuple[str, str, bytes]:
+    def _authenticate(self, request: web.Request, route: str) -> tuple[str, str, bytes]:
         """(sender, invite id, invite key) of a request that passes every check, or _Refused.
 
         The invite key is kept for sealing the answer: once the handler redeemed
         the invite, looking it up again would say "already used".
         """
         h = request.headers
-        sender, ts, nonce, signature = (
-            h.get(name, "") for name in (H_SENDER, H_TIMESTAMP, H_NONCE, H_SIGNATURE)
+        sender, ts, nonce, signature, digest = (
+            h.get(name, "") for name in (H_SENDER, H_TIMESTAMP, H_NONCE, H_SIGNATURE, H_BODY)
         )
         invite_id = h.get(H_INVITE, "")
-        if not (sender and ts and nonce and signature):
+        if not (sender and ts and nonce and signature and digest):
             raise _Refused(401, "unsigned request")
         well_formed = (
             NODE_NAME_RE.fullmatch(sender)
+            and BODY_HASH_RE.fullmatch(digest)
             and ts.isascii()
             and ts.isdigit()
             and NONCE_RE.fullmatch(nonce)
@@ -170,7 +176,7 @@ class PeerServer:
                 raise _Refused(403, "this node is not in a swarm")
         recipient = "" if invited else self.name
         text = canonical(
-            request.method, request.path, body, ts, nonce, sender, invite_id, recipient
+            request.method, request.path, digest, ts, nonce, sender, invite_id, recipient
         )
         expected = hmac.new(key, text, "sha256").hexdigest()
         if not hmac.compare_digest(expected, signature):

@@ -25,6 +25,7 @@ Callbacks of the machine (`apply`, `load`) run on that raft thread.
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 import uuid
@@ -34,8 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import pysyncobj.tcp_server
+import pysyncobj.transport
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.syncobj import SyncObjException
+from pysyncobj.tcp_connection import TcpConnection
 
 from peoplescloud.errors import ConfigError, PCError, UsageError
 
@@ -55,6 +59,58 @@ _REMEMBERED = 1000  # results kept to answer a command sent twice
 
 
 Callback = Callable[[Any, Any], None]  # pysyncobj's (result, FAIL_REASON)
+
+
+# --- pysyncobj's reads, bounded: the one patch of pysyncobj ---------------------
+# pysyncobj's TcpConnection reads all a socket has before parsing, and trusts the
+# 4-byte length in front of a message (up to 2 GB): junk streamed at the raft
+# port was buffered without end, before anything was decrypted, and the raft
+# thread kept reading it instead of ticking (commits failed even in a one-node
+# swarm). No SyncObjConf option bounds that (`recvBufferSize` is one recv's
+# size). So this subclass, put in pysyncobj's place in the two modules that make
+# connections, reads no further than the end of the next message, and drops a
+# connection that announces a message bigger than _FIRST_MESSAGE before one of
+# its messages decrypted with the swarm secret, or bigger than _MESSAGE after.
+_FIRST_MESSAGE = 4096  # the first message is a 32-byte key (encrypted, compressed)
+_MESSAGE = 64 * 1024 * 1024  # one log entry or one 64 KB chunk of a full dump, and room
+
+
+class _BoundedTcpConnection(TcpConnection):
+    _pc_trusted = False  # a message decrypted with the swarm secret came in
+
+    def _TcpConnection__processRead(self) -> bool:
+        """Read once; whether to read again (pysyncobj loops while this says so)."""
+        if self._pc_whole_message():
+            return False  # parse it first: the socket keeps the rest
+        if not TcpConnection._TcpConnection__processRead(self):
+            return False
+        size = self._pc_next_size()
+        if size is None:
+            return True
+        most = _MESSAGE if self._pc_trusted else _FIRST_MESSAGE
+        if not 0 <= size <= most:
+            log.warning("raft: dropped a connection announcing a %d-byte message", size)
+            self.disconnect()
+            return False
+        return not self._pc_whole_message()
+
+    def _TcpConnection__processParseMessage(self) -> Any:
+        message = TcpConnection._TcpConnection__processParseMessage(self)
+        if message is not None:
+            self._pc_trusted = True  # it decrypted (pysyncobj disconnects otherwise)
+        return message
+
+    def _pc_next_size(self) -> int | None:
+        buffered: bytes = self._TcpConnection__readBuffer
+        return struct.unpack("i", buffered[:4])[0] if len(buffered) >= 4 else None
+
+    def _pc_whole_message(self) -> bool:
+        size = self._pc_next_size()
+        return size is not None and len(self._TcpConnection__readBuffer) >= 4 + size
+
+
+pysyncobj.transport.TcpConnection = _BoundedTcpConnection  # outgoing connections
+pysyncobj.tcp_server.TcpConnection = _BoundedTcpConnection  # incoming ones
 
 
 class NoQuorum(PCError):
@@ -134,6 +190,15 @@ class _Consumer(SyncObjConsumer):
         self.results = OrderedDict(data["results"])
 
 
+def _private(data_dir: Path) -> None:
+    """Only the node's user reads the Raft files: the directory 0700 (which covers
+    the dumps pysyncobj writes later), the files in it 0600."""
+    data_dir.chmod(0o700)
+    for f in data_dir.iterdir():
+        if f.is_file():
+            f.chmod(0o600)
+
+
 class RaftNode:
     """This member of the group: starts listening on `address` at once and runs
     until `close()`. Its journal and full dump live in `data_dir`, so a restarted
@@ -151,6 +216,7 @@ class RaftNode:
         if not secret:
             raise ConfigError("the swarm secret is empty: raft traffic would be unauthenticated")
         data_dir.mkdir(parents=True, exist_ok=True)
+        _private(data_dir)  # the journal and dump hold every app's config vars
         self.address = address
         self._timings = timings
         self._consumer = _Consumer(machine)
@@ -177,6 +243,7 @@ class RaftNode:
             self._sync = SyncObj(address, others, conf, consumers=[self._consumer])
         except SyncObjException as e:
             raise ConfigError(f"cannot listen for raft traffic on {address}: {e}") from None
+        _private(data_dir)  # the journal pysyncobj just made
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"raft {address}", daemon=True)
         self._thread.start()

@@ -80,9 +80,10 @@ def test_bad_input_gets_clear_errors(node_factory, tmp_path: Path):
     r = node.git(work, "push", node.remote("Bad_Name"), "main")
     assert r.returncode != 0 and "invalid app name" in r.stderr
 
+    # A new app exists once main deploys: another branch first creates nothing.
     r = node.git(work, "push", node.remote("branchy"), "main:feature")
-    assert r.returncode == 0 and "not deployed" in r.stderr
-    assert "feature" in node.git(work, "ls-remote", node.remote("branchy")).stdout
+    assert r.returncode != 0 and "push main first: branchy has no deployed branch yet" in r.stderr
+    assert "branchy" not in node.ssh("apps").stdout
 
     r = node.ssh("frobnicate")
     assert r.returncode == 2 and "help" in r.stderr

@@ -24,6 +24,7 @@ from peoplescloud.errors import ConfigError, NotFound, PCError
 from tests.conftest import keygen
 
 MAX_PUSH = 256 * 1024
+MAX_UNPACKED = 8 * 1024 * 1024
 
 
 @dataclass
@@ -34,6 +35,7 @@ class FakeNode:
     alice_key: str
     node_name: str = "testnode"
     deployed: list[str] = field(default_factory=list)
+    ended: list[str] = field(default_factory=list)  # apps whose push session ended
 
     def user_for_key(self, openssh_public_key: str) -> str | None:
         return "alice" if openssh_public_key.split()[:2] == self.alice_key.split()[:2] else None
@@ -61,6 +63,9 @@ class FakeNode:
         say(f"-----> Release v{len(self.deployed)} running")
         return f"v{len(self.deployed)}"
 
+    def push_ended(self, user: str, app: str) -> None:
+        self.ended.append(app)
+
     def apps(self, user: str) -> list[AppRow]:
         return [AppRow("mybot", "alice", "v1", "running", "bot=1")]
 
@@ -78,7 +83,14 @@ class ServerThread:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        start = start_server(node, "127.0.0.1", 0, host_key, max_push_bytes=MAX_PUSH)
+        start = start_server(
+            node,
+            "127.0.0.1",
+            0,
+            host_key,
+            max_push_bytes=MAX_PUSH,
+            max_unpacked_bytes=MAX_UNPACKED,
+        )
         self.acceptor = asyncio.run_coroutine_threadsafe(start, self.loop).result(30)
         self.port = self.acceptor.sockets[0].getsockname()[1]
 
@@ -257,13 +269,28 @@ def test_first_push_failing_creates_no_branch(setup, tmp_path: Path):
 
 def test_push_to_another_branch_is_stored_not_deployed(setup, tmp_path: Path):
     node, client = setup
-    work = work_tree(tmp_path, {"FAIL": "not built\n"})
+    work = work_tree(tmp_path, {"bot.py": "x\n"})
+    assert client.git(work, "push", client.remote("mybot"), "main").returncode == 0
+    deployed = head(work)
+    commit(work, {"FAIL": "not built\n"})
     r = client.git(work, "push", client.remote("mybot"), "main:feature")
     assert r.returncode == 0, r.stderr
     assert "stored" in r.stderr.lower() and "not deployed" in r.stderr
-    assert node.deployed == []
+    assert node.deployed == [deployed]
     assert server_ref(node, "mybot", b"refs/heads/feature") == head(work)
-    assert server_ref(node, "mybot", b"refs/heads/main") is None
+    assert server_ref(node, "mybot", b"refs/heads/main") == deployed
+
+
+def test_first_push_to_another_branch_is_refused(setup, tmp_path: Path):
+    """A new app exists once it deploys: a first push of another branch cannot
+    create it (nor hold one of the node's app slots), and the session ends."""
+    node, client = setup
+    work = work_tree(tmp_path, {"bot.py": "x\n"})
+    r = client.git(work, "push", client.remote("newbot"), "main:feature")
+    assert r.returncode != 0
+    assert "push main first: newbot has no deployed branch yet" in r.stderr
+    assert server_ref(node, "newbot", b"refs/heads/feature") is None
+    assert node.deployed == [] and node.ended == ["newbot"]
 
 
 def test_deleting_main_is_refused(setup, tmp_path: Path):
@@ -292,6 +319,33 @@ def test_oversized_push_is_refused_and_leaves_the_repo_unchanged(setup, tmp_path
     assert server_ref(node, "mybot", b"refs/heads/main") == good
     assert sorted(p.relative_to(objects) for p in objects.rglob("*")) == before
     assert node.deployed == [good]
+
+
+def test_compressible_push_is_refused_by_what_it_unpacks_to(setup, tmp_path: Path):
+    """A few KB of pack holding 64 MB of zeros: refused while it arrives (before
+    dulwich inflates it), the ref and the objects as they were, nothing built."""
+    node, client = setup
+    work = work_tree(tmp_path, {"bot.py": "x\n"})
+    assert client.git(work, "push", client.remote("mybot"), "main").returncode == 0
+    good = head(work)
+    objects = node.root / "mybot.git" / "objects"
+    before = sorted(p.relative_to(objects) for p in objects.rglob("*"))
+
+    commit(work, {"zeros.bin": bytes(8 * MAX_UNPACKED)})
+    r = client.git(work, "push", client.remote("mybot"), "main")
+    assert r.returncode != 0
+    assert "unpack to more than 8 MB" in r.stderr and "max_tree_mb" in r.stderr
+    assert server_ref(node, "mybot", b"refs/heads/main") == good
+    assert sorted(p.relative_to(objects) for p in objects.rglob("*")) == before
+    assert node.deployed == [good]
+
+    # Under the limit, such a file goes through.
+    work2 = tmp_path / "second"
+    work2.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=work2, check=True)
+    commit(work2, {"zeros.bin": bytes(MAX_UNPACKED // 2)})
+    r = client.git(work2, "push", client.remote("other"), "main")
+    assert r.returncode == 0, r.stderr
 
 
 def test_clone_gets_what_was_pushed(setup, tmp_path: Path):

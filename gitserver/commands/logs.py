@@ -8,6 +8,11 @@ import contextlib
 from gitserver.commands.base import Args, Context, count
 
 MAX_LINES = 10_000  # the most lines `-n` asks for
+# Seconds a following client may take nothing of what is sent before it is
+# dropped: each line waits until the client took the one before, so a client
+# that stops reading holds one line of the node's memory, not the whole log.
+FOLLOW_TIMEOUT = 30.0
+BURST_LINES = 500  # lines sent in one write at most
 
 
 async def logs(ctx: Context, args: Args) -> int:
@@ -30,12 +35,23 @@ async def logs(ctx: Context, args: Args) -> int:
 
     async def copy() -> None:
         # The lines that come together leave in one write, not one SSH packet (and
-        # send) each: following a flooding app must not take the node's loop.
+        # send) each: following a flooding app must not take the node's loop. Before
+        # each burst the client must have taken the one before (back-pressure): one
+        # that takes nothing for FOLLOW_TIMEOUT s is dropped, so a stopped reader
+        # holds at most one burst of the node's memory.
         try:
             async for line in stream:
                 if not pending:
+                    try:
+                        await asyncio.wait_for(ctx.channel.drain(), FOLLOW_TIMEOUT)
+                    except TimeoutError:
+                        why = f"stopped: this client took no log line for {FOLLOW_TIMEOUT:g} s"
+                        ctx.channel.write_stderr(f" !     {why}\n".encode())
+                        raise _Behind() from None
                     loop.call_soon(flush)  # once this burst of lines is taken
                 pending.append(line.encode() + b"\n")
+                if len(pending) >= BURST_LINES:
+                    flush()
         finally:
             flush()
 
@@ -48,11 +64,18 @@ async def logs(ctx: Context, args: Args) -> int:
         closed.cancel()
         if not copying.done():
             copying.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, _Behind):
             await copying
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
             await aclose()
     if not copying.cancelled():
-        copying.result()  # a service error (NotFound, ...) surfaces here
+        try:
+            copying.result()  # a service error (NotFound, ...) surfaces here
+        except _Behind:
+            return 1
     return 0
+
+
+class _Behind(Exception):
+    """The client stopped taking lines: it is dropped."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,6 +43,7 @@ class ServiceBase:
         self.logbus = logbus
         self._oneoff = itertools.count(1)
         self._keys: tuple[int, dict[str, str]] = (-1, {})  # state version, key -> user
+        self._oneoffs = threading.BoundedSemaphore(settings.shares.max_oneoffs)
 
     # --- who may do what ----------------------------------------------------
     def _app(self, user: str, name: str, snap: Snapshot | None = None) -> App:
@@ -122,8 +124,12 @@ class ServiceBase:
             self._forget_if_never_deployed(app)
             raise
 
+    def push_ended(self, user: str, app: str) -> None:
+        self._forget_if_never_deployed(app)
+
     def _forget_if_never_deployed(self, app: str) -> None:
-        """A first push that fails leaves no app behind (nor its repo)."""
+        """A first push that fails, or pushes nothing, leaves no app behind (nor its
+        repo): only a deploy makes an app that holds one of the node's slots."""
         if self.deployer.busy(app):  # refused because another push builds it: keep it
             return
         with self.state.change() as s:

@@ -5,12 +5,37 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from peoplescloud.errors import NotFound, UsageError
+from peoplescloud.errors import NotFound, PCError, UsageError
 from peoplescloud.service.base import ServiceBase
 from peoplescloud.state import now
 
 CONFIG_KEY_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 RESERVED_KEYS = {"PORT", "PC_APP", "PC_PROCESS", "PC_RELEASE", "PC_NODE", "HOME", "PATH"}
+# Names that make the C library or a shell load other code into every program of
+# an instance, the node's own that start and watch it included. (Interpreter
+# variables like PYTHONPATH or NODE_OPTIONS stay allowed: they reach only the
+# app's interpreter, which runs the app's code anyway; the node runs Python with -I.)
+LOADER_PREFIXES = ("LD_", "DYLD_")
+LOADER_KEYS = {"GCONV_PATH", "GLIBC_TUNABLES", "BASH_ENV"}
+LOADER_NAMES = "LD_*, DYLD_*, " + ", ".join(sorted(LOADER_KEYS))
+
+
+def check_config_key(key: str) -> None:
+    """Refuse a config var name the node cannot pass on as it is."""
+    if not key or key[0].isdigit() or set(key) - CONFIG_KEY_CHARS:
+        raise UsageError(f"invalid config key {key!r}: letters, digits and '_', not first a digit")
+    if key in RESERVED_KEYS:
+        raise UsageError(f"{key} is set by People's Cloud and cannot be changed")
+    if key.upper().startswith(LOADER_PREFIXES) or key.upper() in LOADER_KEYS:
+        raise UsageError(
+            f"{key} would change how programs load code, so it is refused "
+            f"({LOADER_NAMES}); set what your app reads instead"
+        )
+
+
+def config_size(config: dict[str, str]) -> int:
+    """Bytes the vars take in a process's environment ("KEY=VALUE\0" each)."""
+    return sum(len(k.encode()) + len(v.encode()) + 2 for k, v in config.items())
 
 
 class ConfigCommands(ServiceBase):
@@ -19,16 +44,28 @@ class ConfigCommands(ServiceBase):
 
     def config_set(self, user: str, app: str, values: dict[str, str]) -> str | None:
         self._app(user, app)
-        for key in values:
-            if not key or key[0].isdigit() or set(key) - CONFIG_KEY_CHARS:
-                raise UsageError(
-                    f"invalid config key {key!r}: letters, digits and '_', not first a digit"
+        shares = self.settings.shares
+        most, total = shares.max_config_value_kb * 1024, shares.max_config_total_kb * 1024
+        for key, value in values.items():
+            check_config_key(key)
+            if len(value.encode()) > most:
+                raise PCError(
+                    f"{key} is {len(value.encode())} bytes, more than this node's limit of "
+                    f"{shares.max_config_value_kb} KB a value ([shares] max_config_value_kb); "
+                    "keep big data in a file of the app or a service it reads"
                 )
-            if key in RESERVED_KEYS:
-                raise UsageError(f"{key} is set by People's Cloud and cannot be changed")
-        return self._change_config(
-            user, app, f"Set {', '.join(sorted(values))}", lambda config: config.update(values)
-        )
+
+        def set_(config: dict[str, str]) -> None:
+            size = config_size({**config, **values})
+            if size > total:
+                raise PCError(
+                    f"{app}'s config vars would take {size} bytes, more than this node's "
+                    f"limit of {shares.max_config_total_kb} KB ([shares] max_config_total_kb); "
+                    "unset some, or keep big data elsewhere"
+                )
+            config.update(values)
+
+        return self._change_config(user, app, f"Set {', '.join(sorted(values))}", set_)
 
     def config_unset(self, user: str, app: str, keys: list[str]) -> str | None:
         a = self._app(user, app)

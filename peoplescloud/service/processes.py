@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from gitserver.service import PsRow
-from peoplescloud.errors import UsageError
+from peoplescloud.errors import PCError, UsageError
 from peoplescloud.processes import process_names, ptype_of
 from peoplescloud.runtime.base import InstanceKey, InstanceStatus
 from peoplescloud.service.base import ServiceBase
+from peoplescloud.state import Snapshot
 
 
 class ProcessCommands(ServiceBase):
@@ -48,6 +49,7 @@ class ProcessCommands(ServiceBase):
     def scale(self, user: str, app: str, counts: dict[str, int]) -> None:
         self._app(user, app)
         with self.state.change() as s:
+            before = _wanted(s)
             a = s.app(app)
             release = a.release()
             for ptype, n in counts.items():
@@ -57,7 +59,20 @@ class ProcessCommands(ServiceBase):
                 if not 0 <= n <= 20:
                     raise UsageError(f"{ptype}={n}: scale between 0 and 20 instances")
                 a.scale[ptype] = n
+            self._check_instances(s, before)
         self.reconciler.reconcile()
+
+    def _check_instances(self, snap: Snapshot, before: int) -> None:
+        """Refuse a scale up that asks more instances than the node (in a swarm:
+        its members, at this node's limit each) may run; scaling down always goes."""
+        most = self.settings.shares.max_instances * max(1, len(snap.members))
+        wanted = _wanted(snap)
+        if wanted > most and wanted > before:
+            where = "the node runs" if not snap.members else "the swarm's nodes run"
+            raise PCError(
+                f"{wanted} instances in all: {where} at most {most} "
+                "([shares] max_instances); scale something down first"
+            )
 
     def restart(self, user: str, app: str, ptype: str | None) -> None:
         a = self._app(user, app)
@@ -77,6 +92,13 @@ class ProcessCommands(ServiceBase):
         with self.state.change() as s:
             s.app(app).stopped = stopped
         self.reconciler.reconcile()
+
+
+def _wanted(snap: Snapshot) -> int:
+    """Instances the state asks for, all apps together."""
+    return sum(
+        n for a in snap.apps.values() if a.current and not a.stopped for n in a.scale.values()
+    )
 
 
 def _by_version(item: tuple[InstanceKey, InstanceStatus]) -> int:

@@ -8,7 +8,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 
 from peoplescloud.bridge import in_pool
-from peoplescloud.errors import UsageError
+from peoplescloud.errors import PCError, UsageError
 from peoplescloud.reconciler import instance_spec
 from peoplescloud.service.base import ServiceBase
 
@@ -36,9 +36,18 @@ class RunCommands(ServiceBase):
             self.node_name,
             self.settings,
         )
-        self.logbus.event(app, f"{user} runs {spec.process}: {shlex.join(argv)}")
-        with self.reconciler.holding(spec):
-            return self.runtime.run(spec, argv, output, stdin, cancel)
+        if not self._oneoffs.acquire(blocking=False):
+            most = self.settings.shares.max_oneoffs
+            raise PCError(
+                f"the node runs {most} one-off processes, its limit ([shares] max_oneoffs); "
+                "try again when one ends"
+            )
+        try:
+            self.logbus.event(app, f"{user} runs {spec.process}: {shlex.join(argv)}")
+            with self.reconciler.holding(spec):
+                return self.runtime.run(spec, argv, output, stdin, cancel)
+        finally:
+            self._oneoffs.release()
 
     async def logs(
         self, user: str, app: str, lines: int, ptype: str | None, follow: bool
