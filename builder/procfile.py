@@ -7,7 +7,8 @@ from pathlib import Path
 
 from builder.errors import BuildError
 
-_LINE = re.compile(r"([a-z][a-z0-9_-]*):[ \t]*(\S.*)")
+PROCESS_TYPE = re.compile(r"[a-z][a-z0-9_-]*")  # what a Procfile may name a type
+_LINE = re.compile(rf"({PROCESS_TYPE.pattern}):[ \t]*(\S.*)")
 
 
 def parse_procfile(text: str) -> dict[str, str]:

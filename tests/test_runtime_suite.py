@@ -548,5 +548,5 @@ def test_a_real_build_container_is_no_instance(slug):
     ],
 )
 def test_a_simple_command_replaces_its_shell(command: str, replaces_the_shell: bool):
-    script = shell_script(command)
-    assert script == (f"exec {command}" if replaces_the_shell else f"trap : TERM INT HUP; {command}")
+    trapped = f"trap : TERM INT HUP; {command}"
+    assert shell_script(command) == (f"exec {command}" if replaces_the_shell else trapped)

@@ -142,8 +142,9 @@ _SIMPLE_COMMAND = re.compile(r"[A-Za-z0-9_./:@%+,=$'\"{}~*?\[\]# \t-]+")
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 # Built into sh, with no program of that name: `exec` would not find them.
 _BUILTINS = frozenset(
-    ". : alias bg break cd command continue eval exit export fg getopts hash jobs local "
-    "read readonly return set shift times trap type ulimit umask unalias unset wait".split()
+    {".", ":", "alias", "bg", "break", "cd", "command", "continue", "eval", "exit", "export"}
+    | {"fg", "getopts", "hash", "jobs", "local", "read", "readonly", "return", "set", "shift"}
+    | {"times", "trap", "type", "ulimit", "umask", "unalias", "unset", "wait"}
 )
 
 
