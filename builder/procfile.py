@@ -7,7 +7,8 @@ from pathlib import Path
 
 from builder.errors import BuildError
 
-_LINE = re.compile(r"([a-z][a-z0-9_-]*):[ \t]*(\S.*)")
+PROCESS_TYPE = re.compile(r"[a-z][a-z0-9_-]*")  # what a Procfile may name a type
+_LINE = re.compile(rf"({PROCESS_TYPE.pattern}):[ \t]*(\S.*)")
 
 
 def parse_procfile(text: str) -> dict[str, str]:
@@ -15,6 +16,9 @@ def parse_procfile(text: str) -> dict[str, str]:
     skipped; anything else that is not `type: command` is refused with its line
     number, so a typo never silently drops a process."""
     processes: dict[str, str] = {}
+    # Notepad and some editors start UTF-8 files with a byte-order mark: not part
+    # of the first type's name.
+    text = text.removeprefix("\ufeff")
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):

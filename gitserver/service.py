@@ -16,7 +16,7 @@ class AppRow:
     name: str
     owner: str
     release: str  # "v3", or "-" before the first deploy
-    state: str  # "running", "stopped", "crashed", "not deployed"
+    state: str  # "running", "starting", "idle", "stopped", "crashed", "not deployed"
     scale: str  # "bot=1 web=2"
 
 
@@ -75,6 +75,10 @@ class NodeService(Protocol):
         pushed nothing, or its deploy failed) is forgotten, with its repo."""
 
     # --- commands ---------------------------------------------------------
+    def create(self, user: str, app: str) -> None:
+        """An empty app of `user` (config and scale may be set before its first
+        push); PCError when the name is taken, or the node hosts its limit."""
+
     def apps(self, user: str) -> list[AppRow]: ...
     def app_info(self, user: str, app: str) -> dict[str, str]: ...
     def destroy(self, user: str, app: str) -> None: ...

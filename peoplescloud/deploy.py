@@ -168,7 +168,8 @@ class Deployer:
             previous, previous_scale = a.current, dict(a.scale)
             release = a.release(version)
             a.current = version
-            # New process types start with one instance; types gone from the Procfile go.
+            # New process types start with one instance, unless scaled before (to 0, say,
+            # by `ps:scale` before the first push); types gone from the Procfile go.
             a.scale = {t: a.scale.get(t, 1) for t in release.processes}
             ours = dict(a.scale)
         try:

@@ -65,6 +65,7 @@ class App:
     current: int | None = None  # version that should run
     stopped: bool = False  # ps:stop
     placement: dict[str, str] = field(default_factory=dict)  # process -> node (in a swarm)
+    created_empty: bool = False  # by `apps:create`: a failed first push leaves it
 
     def release(self, version: int | None = None) -> Release:
         """The release `version` (default: the current one)."""

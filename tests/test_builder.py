@@ -21,7 +21,7 @@ from builder.docker_executor import _lines
 from builder.executor import last_meaningful
 from builder.kinds import node, procfile, python
 from builder.kinds.python import check_python_version, make_relocatable
-from builder.procfile import parse_procfile
+from builder.procfile import parse_procfile, read_procfile
 
 APPS = Path(__file__).resolve().parent / "apps"
 
@@ -54,6 +54,12 @@ def test_procfile_types_in_order_with_comments_and_crlf() -> None:
 def test_procfile_bad_line_names_its_number(text: str, line: int) -> None:
     with pytest.raises(BuildError, match=f"^Procfile line {line}: "):
         parse_procfile(text)
+
+
+def test_procfile_with_a_byte_order_mark(tmp_path: Path) -> None:
+    """Notepad saves UTF-8 with a BOM: the first type is still `web`, not '\\ufeffweb'."""
+    (tmp_path / "Procfile").write_bytes(b"\xef\xbb\xbfweb: python app.py\r\nbot: python b.py\r\n")
+    assert read_procfile(tmp_path) == {"web": "python app.py", "bot": "python b.py"}
 
 
 def test_empty_procfile_is_refused() -> None:
@@ -155,6 +161,9 @@ class FakeExecutor:
         ("runtime.txt", "python-3.11.4\n"),
         (".python-version", "3.11"),
         (".python-version", "3.11.9"),
+        # As `uv init` writes it: pyenv and uv skip comments and blank lines.
+        (".python-version", "# The Python version to use for the project.\n3.11\n"),
+        (".python-version", "\n  # pinned\n\n3.11.4\n3.10\n"),  # further lines: fallbacks
     ],
 )
 def test_matching_python_version_is_accepted(tmp_path: Path, name: str, text: str) -> None:
@@ -173,6 +182,20 @@ def test_unreadable_runtime_txt_is_refused(tmp_path: Path) -> None:
     (tmp_path / "runtime.txt").write_text("3.11\n")
     with pytest.raises(BuildError, match="runtime.txt should hold .*python-3.11.x"):
         check_python_version(tmp_path, FakeExecutor())
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("runtime.txt", "python-\u0663.\u0661\u0661"),  # ARABIC-INDIC digits
+        (".python-version", "\uff13.\uff11\uff11"),  # FULLWIDTH digits
+        (".python-version", "# only a comment\n"),
+    ],
+)
+def test_python_versions_are_ascii_digits(tmp_path: Path, name: str, text: str) -> None:
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    with pytest.raises(BuildError, match=f"{name} should hold a Python version like"):
+        check_python_version(tmp_path, FakeExecutor("3.11.2"))
 
 
 # --- checkout ---------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 import gitserver.channel
 from gitserver.commands import COMMANDS, dispatch, node_table, parse_assignments
 from gitserver.service import AppRow, NodeRow, PsRow, ReleaseRow
-from peoplescloud.errors import Forbidden, NotFound, UsageError
+from peoplescloud.errors import Forbidden, NotFound, PCError, UsageError
 
 
 class FakeChannel:
@@ -165,6 +165,8 @@ def test_help_lists_all_commands():
         ("rollback mybot 3", "'3' is not a release like v3"),
         ("run mybot", "missing CMD"),
         ("apps:destroy mybot", "repeat with --confirm mybot"),
+        ("apps:create", "missing APP"),
+        ("apps:create mybot extra", "unexpected argument 'extra'"),
         ("apps:destroy mybot --confirm other", "repeat with --confirm mybot"),
     ],
 )
@@ -250,6 +252,7 @@ def test_commands_pass_their_arguments():
         "ps:start mybot",
         "config:unset mybot A B",
         "apps:destroy mybot --confirm mybot",
+        "apps:create newbot",
     ]:
         assert call(command, node)[0] == 0, command
     assert node.calls == [
@@ -260,6 +263,7 @@ def test_commands_pass_their_arguments():
         ("start", ("alice", "mybot")),
         ("config_unset", ("alice", "mybot", ["A", "B"])),
         ("destroy", ("alice", "mybot")),
+        ("create", ("alice", "newbot")),
     ]
 
 
@@ -393,10 +397,18 @@ class RefusingNode(FakeNode):
     def rollback(self, user: str, app: str, version: str) -> str:
         raise NotFound("mybot has no release v7")
 
+    def create(self, user: str, app: str) -> None:
+        raise PCError(f"{app} is taken: choose another name")
+
 
 @pytest.mark.parametrize(
     "command",
-    ["ps:scale mybot nosuchtype=1", "apps:destroy mybot --confirm mybot", "rollback mybot v7"],
+    [
+        "ps:scale mybot nosuchtype=1",
+        "apps:destroy mybot --confirm mybot",
+        "rollback mybot v7",
+        "apps:create mybot",
+    ],
 )
 def test_no_progress_line_for_a_change_the_service_refuses(command: str):
     status, out, err = call(command, RefusingNode())
@@ -408,5 +420,7 @@ def test_progress_lines_of_changes_that_were_made():
     node = FakeNode()
     assert call("ps:scale mybot web=2 worker=0", node)[1] == "-----> Scaled mybot: web=2 worker=0\n"
     assert call("apps:destroy mybot --confirm mybot", node)[1] == "-----> Destroyed mybot\n"
+    out = call("apps:create newbot", node)[1]
+    assert out == "-----> Created newbot: set its config and scale, then push it\n"
     out = call("rollback mybot v1", node)[1]
     assert out == "-----> Rolled back mybot to v1\n-----> Release v9 running\n"

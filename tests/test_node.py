@@ -4,17 +4,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import socket
 import time
 from pathlib import Path
 
 import pytest
 
 from peoplescloud.deploy import Deployer
-from peoplescloud.errors import Forbidden, NotFound, PCError, UsageError
+from peoplescloud.errors import ConfigError, Forbidden, NotFound, PCError, UsageError
 from peoplescloud.reconciler import Reconciler
 from peoplescloud.runtime.base import InstanceSpec, InstanceStatus
 from peoplescloud.service import Node
-from peoplescloud.settings import Settings
+from peoplescloud.settings import Settings, Shares
 from peoplescloud.state import App, State, User
 from peoplescloud.store import LocalStore
 from tests.fakes import FakeBus, FakeCluster, FakeRuntime, release
@@ -27,14 +29,20 @@ class CrashingRuntime(FakeRuntime):
     def __init__(self) -> None:
         super().__init__()
         self.bad: set[str] = set()
+        self.bad_types: set[str] = set()  # process types that exit at once
         self.short: set[str] = set()
         self._looked: set[tuple[str, str]] = set()
+        self.ran: list[tuple[str, list[str]]] = []  # (spec.command, argv) of one-offs
 
     def start(self, spec: InstanceSpec) -> InstanceStatus:
         status = super().start(spec)
-        if spec.release in self.bad:
+        if spec.release in self.bad or spec.ptype in self.bad_types:
             self.crash(spec.app, spec.process, 1)
         return status
+
+    def run(self, spec: InstanceSpec, argv: list[str], output, stdin=None, cancel=None) -> int:  # type: ignore[no-untyped-def]
+        self.ran.append((spec.command, argv))
+        return 0
 
     def status(self) -> list[InstanceStatus]:
         for key, s in list(self.instances.items()):
@@ -239,3 +247,113 @@ def test_each_app_builds_with_its_own_cache_which_goes_with_the_app(node: Node):
     (ann / "pip").mkdir()
     node.destroy("ann", "annbot")
     assert not ann.exists() and other.is_dir()
+
+
+def test_apps_create_makes_an_empty_app_of_its_owner(node: Node):
+    node.create("bob", "bobbot")
+    a = node.state.read().apps["bobbot"]
+    assert (a.owner, a.current, a.releases) == ("bob", None, [])
+    assert [r.state for r in node.apps("bob")] == ["not deployed"]
+    with pytest.raises(PCError, match="^you already have bobbot"):
+        node.create("bob", "bobbot")
+    with pytest.raises(PCError, match="^bobbot is taken"):
+        node.create("ann", "bobbot")
+    with pytest.raises(PCError, match="^annbot is taken"):
+        node.create("bob", "annbot")
+    with pytest.raises(ConfigError):
+        node.create("bob", "Bad_Name")
+    node.repo_for("bob", "bobbot", write=True)  # the first push finds it: bob's
+
+
+def test_apps_create_counts_toward_the_nodes_limit(node: Node):
+    node.settings = dataclasses.replace(node.settings, shares=Shares(max_apps=3))
+    node.create("bob", "third")
+    with pytest.raises(PCError, match="this node hosts 3 apps, its limit"):
+        node.create("bob", "fourth")
+    assert "fourth" not in node.state.read().apps
+
+
+def test_a_failed_first_push_keeps_a_created_app_and_its_config(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+):
+    def failing(*_args, **_kw):
+        raise PCError("build failed: nothing to build")
+
+    node.create("bob", "bobbot")
+    node.config_set("bob", "bobbot", {"TOKEN": "t"})
+    node.repo_for("bob", "bobbot", write=True)
+    monkeypatch.setattr(node.deployer, "deploy", failing)
+    with pytest.raises(PCError):
+        node.deploy("bob", "bobbot", "0" * 40, lambda _line: None)
+    assert node.state.read().apps["bobbot"].config == {"TOKEN": "t"}
+
+
+def _first_release(node: Node, app: str, processes: dict[str, str]) -> int:
+    """Record a first release of `app` (what a push's build does), not yet active."""
+    slug = node.state.read().apps["annbot"].release().slug
+    with node.state.change() as s:
+        r = dataclasses.replace(release(1, slug), processes=processes)
+        s.apps[app].releases.append(r)
+    return 1
+
+
+def test_a_type_scaled_to_0_before_the_first_push_is_not_started(node: Node):
+    """Dokku's way with a one-shot type: create, scale it to 0, push. It exits at
+    once, but it is not started, so the push does not wait for it, nor fail."""
+    node.create("bob", "bobbot")
+    node.scale("bob", "bobbot", {"console": 0})
+    with pytest.raises(UsageError, match="no process type"):
+        node.scale("bob", "bobbot", {"Bad Type": 1})
+    node.runtime.bad_types.add("console")  # type: ignore[attr-defined]
+    version = _first_release(node, "bobbot", {"bot": "python bot.py", "console": "echo hi"})
+    said: list[str] = []
+    assert node.deployer.activate("bobbot", version, said.append) == "v1"
+    a = node.state.read().apps["bobbot"]
+    assert a.scale == {"bot": 1, "console": 0}
+    assert ("bobbot", "console.1") not in node.runtime.instances  # type: ignore[attr-defined]
+    assert said[-1] == "-----> Release v1 running: bot.1 on n1"
+
+
+def test_apps_says_running_only_when_an_instance_runs(node: Node):
+    node.create("bob", "bobbot")
+    _first_release(node, "bobbot", {"bot": "python bot.py"})
+    with node.state.change() as s:  # released, but not started yet
+        s.apps["bobbot"].current = 1
+        s.apps["bobbot"].scale = {"bot": 1}
+    assert [r.state for r in node.apps("bob")] == ["starting"]
+    node.reconciler.reconcile()
+    assert [r.state for r in node.apps("bob")] == ["running"]
+    node.scale("bob", "bobbot", {"bot": 0})
+    assert [r.state for r in node.apps("bob")] == ["idle"]
+
+
+def test_run_goes_through_the_apps_shell_and_knows_the_procfile_types(node: Node):
+    with node.state.change() as s:
+        a = s.apps["annbot"]
+        a.releases[0] = dataclasses.replace(
+            a.releases[0], processes={"bot": "python bot.py", "console": "python console.py"}
+        )
+
+    def run(*words: str) -> tuple[str, list[str]]:
+        node.run("ann", "annbot", list(words), lambda _b: None, None)
+        return node.runtime.ran[-1]  # type: ignore[attr-defined]
+
+    assert run("console") == ("python console.py", ["sh", "-c", "python console.py"])
+    assert run("console", "--fast")[1] == ["sh", "-c", "python console.py --fast"]
+    assert run("python", "-V")[1] == ["sh", "-c", "python -V"]
+    # ssh -p 2222 pc@HOST run annbot 'echo $TOKEN': the server gets `echo $TOKEN`
+    assert run("echo", "$TOKEN")[1] == ["sh", "-c", "echo $TOKEN"]
+    # ssh ... run annbot sh -c "'exit 5'": the quoted word stays one word
+    assert run("sh", "-c", "exit 5")[1] == ["sh", "-c", "sh -c 'exit 5'"]
+    assert run("cd /tmp && ls")[1] == ["sh", "-c", "cd /tmp && ls"]  # one word: the line
+
+
+def test_the_git_url_names_the_node_as_users_reach_it(node: Node, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(socket, "gethostname", lambda: "box")
+    assert node.app_info("ann", "annbot")["git"] == "ssh://pc@box:2222/annbot"  # 0.0.0.0
+    node.settings = dataclasses.replace(node.settings, listen="192.0.2.7")
+    assert node.app_info("ann", "annbot")["git"] == "ssh://pc@192.0.2.7:2222/annbot"
+    node.settings = dataclasses.replace(node.settings, advertise="node1.example.org")
+    assert node.app_info("ann", "annbot")["git"] == "ssh://pc@node1.example.org:2222/annbot"
+    node.settings = dataclasses.replace(node.settings, advertise="2001:db8::1")
+    assert node.app_info("ann", "annbot")["git"] == "ssh://pc@[2001:db8::1]:2222/annbot"

@@ -6,6 +6,7 @@ A test needing Docker skips when no engine answers, unless PC_REQUIRE_DOCKER=1
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -30,6 +31,7 @@ from peoplescloud.runtime.base import (
     InstanceSpec,
     InstanceStatus,
     Runtime,
+    shell_script,
 )
 from peoplescloud.runtime.process import ProcessRuntime
 from tests import conftest
@@ -63,6 +65,8 @@ if mode == "web":
             self.end_headers()
             self.wfile.write(body)
     http.server.HTTPServer(("0.0.0.0", int(os.environ["PORT"])), Hello).serve_forever()
+if mode == "mortal":  # dies of SIGTERM, as most apps do
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 while True:
     time.sleep(1)
 """
@@ -206,10 +210,12 @@ def test_web_instance_answers_at_its_address(make_runtime, slug):
     assert wait_for(get, "the web instance") == "hello from web.1"
 
 
-def test_stop_sends_sigterm_and_forgets(make_runtime, slug):
+@pytest.mark.parametrize("before", ["", "true && "])  # a simple command; a list
+def test_stop_sends_sigterm_and_forgets(make_runtime, slug, before: str):
     node = node_name()
     runtime = make_runtime(node)
-    runtime.start(spec_for(runtime, slug, node, "idle"))
+    spec = spec_for(runtime, slug, node, "idle")
+    runtime.start(dataclasses.replace(spec, command=before + spec.command))
     seen: list[str] = []
 
     def follow() -> None:
@@ -225,6 +231,27 @@ def test_stop_sends_sigterm_and_forgets(make_runtime, slug):
     assert not follower.is_alive()  # a follow ends when its instance is gone
     assert seen[-1] == "got SIGTERM"  # the app itself got SIGTERM, not only its shell
     runtime.stop(BOT_1)  # absent: no error
+
+
+def test_an_app_killed_by_sigterm_leaves_no_shell_message(make_runtime, slug):
+    """sh reports a child that a signal killed (`Terminated`): no such line in
+    the app's log at each restart of an app that dies of SIGTERM."""
+    node = node_name()
+    runtime = make_runtime(node)
+    runtime.start(spec_for(runtime, slug, node, "mortal"))
+    seen: list[str] = []
+
+    def follow() -> None:
+        for line in runtime.logs(BOT_1, follow=True, cursor=None):
+            seen.append(line.text)
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    wait_for(lambda: "to stderr" in seen, "the app to start")
+    runtime.stop(BOT_1, timeout=10)
+    follower.join(30)
+    assert not follower.is_alive()
+    assert seen[-1] == "to stderr", seen
 
 
 def test_crash_shows_the_exit_code_and_start_replaces_it(make_runtime, slug):
@@ -505,3 +532,21 @@ def test_a_real_build_container_is_no_instance(slug):
         assert runtime.status() == []
     finally:
         build.remove(force=True)
+
+
+@pytest.mark.parametrize(
+    ("command", "replaces_the_shell"),
+    [
+        ("python bot.py", True),
+        ("gunicorn app:app --bind 0.0.0.0:${PORT:-5000} # comment", True),
+        ("node 'my server.js'", True),
+        ("FOO=1 python bot.py", False),  # `exec FOO=1` would look for a program "FOO=1"
+        ("cd src && python bot.py", False),
+        ("python -c 'import a; a.run()'", False),
+        ("python bot.py 2>&1 > out.log", False),
+        ("ulimit -n 64", False),  # a builtin: no program to exec
+    ],
+)
+def test_a_simple_command_replaces_its_shell(command: str, replaces_the_shell: bool):
+    trapped = f"trap : TERM INT HUP; {command}"
+    assert shell_script(command) == (f"exec {command}" if replaces_the_shell else trapped)

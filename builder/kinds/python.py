@@ -19,8 +19,9 @@ BIN_DIRS = (".venv/bin",)  # put on PATH when the slug runs
 SYSTEM_LINKS = (".venv/bin/python*",)  # the venv's interpreter: /usr/bin/python3
 DEPENDENCY_FILES = ("requirements.txt", "pyproject.toml", "runtime.txt", ".python-version")
 
-_RUNTIME_TXT = re.compile(r"python-(\d+)\.(\d+)(\.[0-9x]+)?")
-_PYTHON_VERSION = re.compile(r"(\d+)\.(\d+)(\.\d+)?")
+# ASCII digits only: `\d` also matches "٣" and "３", which no Python is numbered with.
+_RUNTIME_TXT = re.compile(r"python-([0-9]+)\.([0-9]+)(\.[0-9x]+)?")
+_PYTHON_VERSION = re.compile(r"([0-9]+)\.([0-9]+)(\.[0-9]+)?")
 # A requirement naming a package of an index: a name, extras, then nothing, version
 # specifiers, markers, or `@` and a remote URL. Anything else (paths, `-e`, `-r`,
 # `file:`, options) may make the install read the app's own files.
@@ -98,12 +99,25 @@ def _requested_python(tree: Path) -> tuple[str, str] | None:
         if not path.is_file():
             continue
         text = path.read_text(encoding="utf-8", errors="replace").strip()
+        if name == ".python-version":
+            text = _first_version_line(text)
         match = pattern.fullmatch(text)
         if match is None:
             example = "python-3.11.x" if name == "runtime.txt" else "3.11"
             raise BuildError(f"{name} should hold a Python version like {example}, not {text!r}")
         return name, f"{match.group(1)}.{match.group(2)}"
     return None
+
+
+def _first_version_line(text: str) -> str:
+    """The version a `.python-version` asks for, read as pyenv and uv read it: the
+    first line that is neither blank nor a `#` comment (`uv init` writes a comment
+    above the version). Further lines are pyenv's fallbacks: the first one rules."""
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            return line
+    return text
 
 
 def make_relocatable(venv: Path) -> None:

@@ -54,6 +54,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("help", "[COMMAND]", "list the commands, or show one's usage", _help),
     Command("version", "", "show this node's People's Cloud version", apps.version),
     Command("apps", "", "list your apps", apps.apps),
+    Command(
+        "apps:create", "APP", "create an empty app, to set up before its first push", apps.create
+    ),
     Command("apps:info", "APP", "show an app's details", apps.info),
     Command(
         "apps:destroy", "APP --confirm APP", "delete an app, its releases and config", apps.destroy
@@ -77,8 +80,8 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "run",
-        "APP CMD...",
-        "run a one-off command in the app's environment",
+        "APP CMD...|TYPE",
+        "run a one-off command (or a Procfile type's) in the app's shell",
         run.run,
         verbatim=True,
     ),

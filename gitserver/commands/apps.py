@@ -1,4 +1,4 @@
-"""`apps`, `apps:info`, `apps:destroy` and `version`."""
+"""`apps`, `apps:create`, `apps:info`, `apps:destroy` and `version`."""
 
 from __future__ import annotations
 
@@ -22,13 +22,21 @@ async def apps(ctx: Context, args: Args) -> int:
     args.done()
     rows = await ctx.call(ctx.service.apps)
     if not rows:
-        ctx.out("-----> No apps yet: `git push` one to create it")
+        ctx.out("-----> No apps yet: `git push` one (or `apps:create APP`) to create it")
         return 0
     for line in table(
         ["NAME", "OWNER", "RELEASE", "STATE", "SCALE"],
         [(r.name, r.owner, r.release, r.state, r.scale or "-") for r in rows],
     ):
         ctx.out(line)
+    return 0
+
+
+async def create(ctx: Context, args: Args) -> int:
+    app = args.word("APP")
+    args.done()
+    await ctx.call(ctx.service.create, app)
+    ctx.out(f"-----> Created {app}: set its config and scale, then push it")
     return 0
 
 

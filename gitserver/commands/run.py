@@ -1,5 +1,6 @@
 """`run`: a one-off process of the app's current release, wired to the client's
-stdin and stdout, in a thread of its own for as long as it lasts."""
+stdin and stdout, in a thread of its own for as long as it lasts. The words become
+one line of the app's shell (`peoplescloud.service.run.command_line`)."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ Restart policy, log aggregation and placement live around the runtime, not in it
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -133,6 +134,40 @@ class Capabilities:
             f"this node runs only its host's apps (apps run as plain processes here: "
             f"{self.why}); ask the host for a node with Docker"
         )
+
+
+# One simple command: no list, pipe, redirection, subshell or substitution (`;&|<>()`
+# and backquotes stay out, even quoted: this errs on the side of the trap below).
+_SIMPLE_COMMAND = re.compile(r"[A-Za-z0-9_./:@%+,=$'\"{}~*?\[\]# \t-]+")
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+# Built into sh, with no program of that name: `exec` would not find them.
+_BUILTINS = frozenset(
+    {".", ":", "alias", "bg", "break", "cd", "command", "continue", "eval", "exit", "export"}
+    | {"fg", "getopts", "hash", "jobs", "local", "read", "readonly", "return", "set", "shift"}
+    | {"times", "trap", "type", "ulimit", "umask", "unalias", "unset", "wait"}
+)
+
+
+def shell_script(command: str) -> str:
+    """What `sh -c` runs for an instance's (Procfile) command.
+
+    The instance is stopped with SIGTERM to its whole process group, the shell
+    included. A simple command (`python bot.py`, `gunicorn app:app -b :$PORT`)
+    replaces the shell (`exec`): the app alone gets the signal, and no shell is
+    left to print `Terminated` into the app's log when the app dies of it. Any
+    other command line runs under a shell that traps the signal, so that it waits
+    for the app to finish its shutdown instead of ending first (the container, or
+    the process runtime's watch, would end with it and cut the app short); that
+    shell still reports an app killed by the signal, as sh does."""
+    words = command.split()
+    if (
+        _SIMPLE_COMMAND.fullmatch(command)
+        and words
+        and not _ASSIGNMENT.match(words[0])
+        and words[0] not in _BUILTINS
+    ):
+        return f"exec {command}"
+    return f"trap : TERM INT HUP; {command}"
 
 
 def search_path(slug: Path | str, dirs: tuple[str, ...], system: str) -> str:

@@ -51,19 +51,20 @@ from peoplescloud.runtime.base import (
     LogLine,
     on_set,
     search_path,
+    shell_script,
 )
 
 LABEL_ONEOFF = "peoplescloud.oneoff"  # one-off `run` containers: not instances
 APP_USER = "10001:10001"
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 # `docker stop` signals docker-init (tini); with this it signals the whole process
-# group, so the app gets SIGTERM even when `sh -c` did not exec it. The `trap` we
-# put before the command makes sh wait for the app instead of dying first (tini
-# would then end the container and SIGKILL the app mid-shutdown). `exec 2>&1`:
-# one stream, so docker stores lines in the order of their timestamps (its
-# stdout and stderr readers race), which timestamp cursors rely on.
+# group, so the app gets SIGTERM even when `sh -c` did not exec it (see
+# `shell_script`: then sh traps the signal and waits for the app instead of dying
+# first, when tini would end the container and SIGKILL the app mid-shutdown).
+# `exec 2>&1`: one stream, so docker stores lines in the order of their
+# timestamps (its stdout and stderr readers race), which timestamp cursors rely on.
 TINI_GROUP = {"TINI_KILL_PROCESS_GROUP": "1"}
-SH_PREFIX = "exec 2>&1; trap : TERM INT HUP; "
+SH_PREFIX = "exec 2>&1; "
 LEASE_MOUNT = "/run/pc"  # the lease directory, inside a container
 # `python3 -c WATCHDOG <lease dir> <process> <command...>`: lease.py, run as a script.
 WATCHDOG = inspect.getsource(lease) + "\nimport sys\nsys.exit(watchdog_main(sys.argv[1:]))\n"
@@ -125,7 +126,7 @@ class DockerRuntime:
             with self._network_lock:  # the network stays once the container is made
                 container = self.client.containers.create(
                     self.image,
-                    [*watchdog, "sh", "-c", SH_PREFIX + spec.command],
+                    [*watchdog, "sh", "-c", SH_PREFIX + shell_script(spec.command)],
                     name=self.container_name(spec.key),
                     environment=env,
                     labels=spec.labels(),

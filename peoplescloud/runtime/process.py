@@ -46,11 +46,11 @@ from peoplescloud.runtime.base import (
     LogLine,
     on_set,
     search_path,
+    shell_script,
 )
 
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 POLL = 0.2  # seconds between looks at a growing log or a dying process group
-SH_PREFIX = "trap : TERM INT HUP; "  # sh waits for the app on SIGTERM (see docker.py)
 _ROOT = str(Path(__file__).resolve().parents[2])  # makes `swarm` importable for the shim
 SHARED_NETWORK = "apps share the host's network and reach its local services"
 
@@ -101,7 +101,7 @@ class ProcessRuntime:
         lease_dir = str(self.lease_dir.resolve()) if self.lease_dir else ""
         what = {
             "sandbox": [self.sandbox.bwrap, self.sandbox.uid] if self.sandbox else None,
-            "argv": ["sh", "-c", SH_PREFIX + spec.command],
+            "argv": ["sh", "-c", shell_script(spec.command)],  # see `shell_script`
             "env": self._env(spec, port),
             "cwd": str(spec.slug.resolve()),
             "limits": self._limits(spec).__dict__,

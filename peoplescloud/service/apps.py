@@ -1,15 +1,34 @@
-"""Apps: list, show, destroy."""
+"""Apps: create, list, show, destroy."""
 
 from __future__ import annotations
 
 import shutil
+import socket
 
 from gitserver.service import AppRow
+from peoplescloud.errors import PCError
+from peoplescloud.processes import process_names
 from peoplescloud.service.base import ServiceBase
+from peoplescloud.settings import check_app_name
 from peoplescloud.state import App, now
+
+WILDCARDS = ("0.0.0.0", "::", "")  # `listen` values that name no one address
 
 
 class AppCommands(ServiceBase):
+    def create(self, user: str, app: str) -> None:
+        """An empty app of `user`, so that config and scale can be set before the
+        first push (which then finds it, as Heroku's and Dokku's `apps:create`)."""
+        check_app_name(app)
+        with self.state.change() as s:
+            self._runs_here(user, s)
+            if app in s.apps:
+                if s.apps[app].owner == user:
+                    raise PCError(f"you already have {app}: `apps` lists your apps")
+                raise PCError(f"{app} is taken: choose another name")
+            self._new_app(s, user, app, empty=True)
+        self.logbus.event(app, f"created by {user}")
+
     def apps(self, user: str) -> list[AppRow]:
         snap = self.state.read()
         admin = bool(snap.users.get(user) and snap.users[user].admin)
@@ -30,9 +49,14 @@ class AppCommands(ServiceBase):
             return "not deployed"
         if app.stopped:
             return "stopped"
+        if not process_names(app.scale):
+            return "idle"  # every type scaled to 0
         running = self.reconciler.everywhere()
         mine = [s for key, s in running.items() if key.app == app.name]
-        return "crashed" if any(not s.running for s in mine) else "running"
+        if any(not s.running for s in mine):
+            return "crashed"
+        # No instance yet (being started, or its slug still being fetched): not running.
+        return "running" if mine else "starting"
 
     def app_info(self, user: str, app: str) -> dict[str, str]:
         a = self._app(user, app)
@@ -42,7 +66,7 @@ class AppCommands(ServiceBase):
             "created": a.created,
             "state": self._app_state(a),
             "release": f"v{a.current}" if a.current else "-",
-            "git": f"ssh://pc@<this node>:{self.settings.ssh_port}/{a.name}",
+            "git": f"ssh://pc@{self._git_host()}:{self.settings.ssh_port}/{a.name}",
             "node": self.settings.name,
         }
         if a.current:
@@ -53,6 +77,16 @@ class AppCommands(ServiceBase):
             if "web" in r.processes:
                 info["url"] = f"http://{a.name}.{self.settings.domain}:{self.settings.router_port}/"
         return info
+
+    def _git_host(self) -> str:
+        """The host name of the app's git URL: the address the node advertises, else
+        the one it listens on; listening everywhere, the machine's host name (the
+        one name users may reach it by that the node knows)."""
+        host = self.settings.advertise
+        if not host:
+            listen = self.settings.listen
+            host = socket.gethostname() if listen in WILDCARDS else listen
+        return f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
 
     def destroy(self, user: str, app: str) -> None:
         a = self._app(user, app)

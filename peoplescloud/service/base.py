@@ -87,19 +87,21 @@ class ServiceBase:
             return self.settings.repo_path(app)
         with self.state.change() as s:  # check and create in one change: two first pushes race
             self._runs_here(user, s)
-            if app in s.apps:
-                found = self._app(user, app, s)
-            elif len(s.apps) >= self.settings.shares.max_apps:
-                raise PCError(f"this node hosts {len(s.apps)} apps, its limit; ask the host")
-            else:
-                found = s.apps[app] = App(name=app, owner=user, created=now())
-                s.destroyed.pop(app, None)
+            found = self._app(user, app, s) if app in s.apps else self._new_app(s, user, app)
         self._up_to_date(found, write)
         path = self.settings.repo_path(app)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             Repo.init_bare(path, mkdir=True)
         return path
+
+    def _new_app(self, s: Snapshot, user: str, app: str, empty: bool = False) -> App:
+        """A new app of `user` in the state being changed, within the node's limit."""
+        if len(s.apps) >= self.settings.shares.max_apps:
+            raise PCError(f"this node hosts {len(s.apps)} apps, its limit; ask the host")
+        new = s.apps[app] = App(name=app, owner=user, created=now(), created_empty=empty)
+        s.destroyed.pop(app, None)
+        return new
 
     def _up_to_date(self, app: App, write: bool) -> None:
         """In a swarm, the app's history may have been pushed to another node: the
@@ -129,11 +131,12 @@ class ServiceBase:
 
     def _forget_if_never_deployed(self, app: str) -> None:
         """A first push that fails, or pushes nothing, leaves no app behind (nor its
-        repo): only a deploy makes an app that holds one of the node's slots."""
+        repo): only a deploy makes an app that holds one of the node's slots, unless
+        the app was made with `apps:create` (its config and scale wait for a push)."""
         if self.deployer.busy(app):  # refused because another push builds it: keep it
             return
         with self.state.change() as s:
-            if app not in s.apps or s.apps[app].releases:
+            if app not in s.apps or s.apps[app].releases or s.apps[app].created_empty:
                 return
             del s.apps[app]
         shutil.rmtree(self.settings.repo_path(app), ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from builder.procfile import PROCESS_TYPE
 from gitserver.service import PsRow
 from peoplescloud.errors import PCError, UsageError
 from peoplescloud.processes import process_names, ptype_of
@@ -47,15 +48,22 @@ class ProcessCommands(ServiceBase):
         return rows
 
     def scale(self, user: str, app: str, counts: dict[str, int]) -> None:
+        """Set how many instances of each type run. Before the first push the types
+        are not known yet: the counts are kept for the types the first release has
+        (a type scaled to 0 then is not started, nor waited for)."""
         self._app(user, app)
         with self.state.change() as s:
             before = _wanted(s)
             a = s.app(app)
-            release = a.release()
+            types = a.release().processes if a.current is not None else None
             for ptype, n in counts.items():
-                if ptype not in release.processes:
-                    known = ", ".join(release.processes)
+                if types is not None and ptype not in types:
+                    known = ", ".join(types)
                     raise UsageError(f"{app} has no process type {ptype!r} (it has: {known})")
+                if types is None and not PROCESS_TYPE.fullmatch(ptype):
+                    raise UsageError(
+                        f"{ptype!r} is no process type: lowercase letters, digits, '-' or '_'"
+                    )
                 if not 0 <= n <= 20:
                     raise UsageError(f"{ptype}={n}: scale between 0 and 20 instances")
                 a.scale[ptype] = n

@@ -28,13 +28,9 @@ class RunCommands(ServiceBase):
         if not argv:
             raise UsageError("run needs a command, e.g. `run APP python -V`")
         release = a.release()
+        command = command_line(argv, release.processes)
         spec = instance_spec(
-            a,
-            release.version,
-            f"run.{next(self._oneoff)}",
-            shlex.join(argv),
-            self.node_name,
-            self.settings,
+            a, release.version, f"run.{next(self._oneoff)}", command, self.node_name, self.settings
         )
         if not self._oneoffs.acquire(blocking=False):
             most = self.settings.shares.max_oneoffs
@@ -43,9 +39,9 @@ class RunCommands(ServiceBase):
                 "try again when one ends"
             )
         try:
-            self.logbus.event(app, f"{user} runs {spec.process}: {shlex.join(argv)}")
+            self.logbus.event(app, f"{user} runs {spec.process}: {command}")
             with self.reconciler.holding(spec):
-                return self.runtime.run(spec, argv, output, stdin, cancel)
+                return self.runtime.run(spec, ["sh", "-c", command], output, stdin, cancel)
         finally:
             self._oneoffs.release()
 
@@ -65,6 +61,27 @@ class RunCommands(ServiceBase):
         sources = [self.logbus.follow(app, ptype, backlog=lines), *siblings]
         async for line in merge(sources):
             yield line
+
+
+def command_line(words: list[str], processes: dict[str, str]) -> str:
+    """The line the app's shell runs for `run APP WORDS...`, as Heroku and Dokku make
+    it: a Procfile type first stands for its command (`run APP console`), and
+    `$VAR`, `&&` or globs work (`run APP 'echo $TOKEN'`).
+
+    ssh joins the client's words with spaces and the server splits them again, so
+    a word that still holds spaces was quoted on purpose (`run APP sh -c "'exit 5'"`):
+    it stays one word. A lone word is the whole line (`run APP "'cd x && ls'"`),
+    as in Heroku's CLI."""
+    first, *rest = words
+    if first in processes:
+        first = processes[first]
+    elif rest:
+        first = _word(first)
+    return " ".join([first, *(_word(w) for w in rest)])
+
+
+def _word(word: str) -> str:
+    return shlex.quote(word) if not word or any(c.isspace() for c in word) else word
 
 
 async def _collect(lines: AsyncIterator[str]) -> list[str]:

@@ -1,0 +1,1 @@
+print("console says hi")  # a one-shot type: exits at once
