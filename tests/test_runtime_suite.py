@@ -550,3 +550,9 @@ def test_a_real_build_container_is_no_instance(slug):
 def test_a_simple_command_replaces_its_shell(command: str, replaces_the_shell: bool):
     trapped = f"trap : TERM INT HUP; {command}"
     assert shell_script(command) == (f"exec {command}" if replaces_the_shell else trapped)
+
+
+def test_a_command_that_execs_already_is_left_as_it_is():
+    """`exec exec python` would look for a program named exec."""
+    command = "exec /usr/bin/python3 -m http.server $PORT"
+    assert shell_script(command) == command

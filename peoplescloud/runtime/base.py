@@ -160,6 +160,8 @@ def shell_script(command: str) -> str:
     the process runtime's watch, would end with it and cut the app short); that
     shell still reports an app killed by the signal, as sh does."""
     words = command.split()
+    if words[:1] == ["exec"] and _SIMPLE_COMMAND.fullmatch(command):
+        return command  # replaces the shell already
     if (
         _SIMPLE_COMMAND.fullmatch(command)
         and words
