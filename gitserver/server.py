@@ -104,6 +104,7 @@ class _Server(asyncssh.SSHServer):
         user = await asyncio.to_thread(self._service.user_for_key, openssh)
         if user is None:
             log.info("refused key %s", key.get_fingerprint())
+            await asyncio.to_thread(self._service.refused_login, openssh)  # the audit trail
             return False
         assert self._conn is not None
         self._conn.set_extra_info(pc_user=user)

@@ -64,8 +64,8 @@ class FakeNode:
 
     def apps(self, user: str) -> list[AppRow]:
         return [
-            AppRow("mybot", user, "v3", "running", "bot=1"),
-            AppRow("a-much-longer-name", user, "-", "not deployed", ""),
+            AppRow("mybot", user, "v3", "running", "bot=1", "owner"),
+            AppRow("a-much-longer-name", "bob (removed)", "-", "not deployed", "", "collaborator"),
         ]
 
     def ps(self, user: str, app: str) -> list[PsRow]:
@@ -204,9 +204,11 @@ def test_service_errors_become_their_exit_codes():
 def test_apps_is_an_aligned_table():
     status, out, _ = call("apps")
     lines = out.splitlines()
-    assert status == 0 and lines[0].split() == ["NAME", "OWNER", "RELEASE", "STATE", "SCALE"]
-    assert lines[1].split() == ["mybot", "alice", "v3", "running", "bot=1"]
-    assert lines[2].split() == ["a-much-longer-name", "alice", "-", "not", "deployed", "-"]
+    head = ["NAME", "OWNER", "ROLE", "RELEASE", "STATE", "SCALE"]
+    assert status == 0 and lines[0].split() == head
+    assert lines[1].split() == ["mybot", "alice", "owner", "v3", "running", "bot=1"]
+    assert lines[2].split("  ")[0:1] == ["a-much-longer-name"] and "bob (removed)" in lines[2]
+    assert lines[2].split()[3:] == ["collaborator", "-", "not", "deployed", "-"]
     assert len({line.index(line.split()[1]) for line in lines}) == 1  # OWNER column lines up
 
 
