@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import keygen, make_repo
+from tests.conftest import keygen, make_repo, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.e2e]
 
@@ -100,7 +100,7 @@ def test_permission_matrix_over_ssh(node_factory, tmp_path: Path):
     print_ = subprocess.run(
         ["ssh-keygen", "-lf", f"{stranger}.pub"], capture_output=True, text=True, check=True
     ).stdout.split()[1]
-    assert f"refused login: key {print_}" in node.ssh("events", "-n", "1000").stdout
+    wait_for(lambda: f"refused login: key {print_}" in node.ssh("events", "-n", "1000").stdout)
     assert "refused login" not in as_[OTHER].ssh("events").stdout  # admins only
 
     # keys: fingerprints as ssh-keygen -l prints them; users:remove takes them back.

@@ -21,7 +21,7 @@ from gitserver.git import app_from_path
 from gitserver.server import start_server
 from gitserver.service import AppRow
 from peoplescloud.errors import ConfigError, NotFound, PCError
-from tests.conftest import keygen
+from tests.conftest import keygen, wait_for
 
 MAX_PUSH = 256 * 1024
 MAX_UNPACKED = 8 * 1024 * 1024
@@ -377,7 +377,19 @@ def test_unknown_key_is_refused(setup, tmp_path: Path):
     r = stranger.ssh("apps")
     assert r.returncode == 255 and "Permission denied" in r.stderr
     stranger_key = (tmp_path / "stranger.pub").read_text().split()[:2]
-    assert [k.split()[:2] for k in node.refused] == [stranger_key]  # for the audit trail
+    wait_for(  # for the audit trail, once the connection is gone
+        lambda: [k.split()[:2] for k in node.refused] == [stranger_key], what="refused login"
+    )
+    # A client that offers an unknown key first, then its own, logs in: not refused.
+    both = subprocess.run(
+        [*stranger.ssh_command.split(), "-i", str(client.key), "pc@127.0.0.1", "apps"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert both.returncode == 0, both.stderr
+    time.sleep(0.5)
+    assert len(node.refused) == 1
 
 
 def test_commands_over_ssh(setup):

@@ -101,7 +101,7 @@ class ServiceBase:
         """Add an event to the audit trail. An event that cannot be recorded (no
         quorum in a swarm, a member's append at the same instant) is logged here and
         never fails the action it describes."""
-        for _ in range(3):  # Conflict: another member trimmed the same old event
+        for _ in range(2):  # Conflict: another member trimmed the same old event
             try:
                 with self.state.change() as s:
                     s.add_event(user, app, what)
