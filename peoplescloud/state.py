@@ -19,6 +19,7 @@ import os
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -160,10 +161,14 @@ class Snapshot:
 
     def add_event(self, user: str, app: str, what: str) -> None:
         """Record who did what (never a config value or a key: names and
-        fingerprints only); the oldest go beyond MAX_EVENTS."""
+        fingerprints only). Beyond MAX_EVENTS, the oldest event of whoever has the
+        most goes: someone busy (or flooding) pushes out their own history, not
+        everyone else's."""
         self.events[event_id()] = {"at": now(), "user": user, "app": app, "what": what}
-        for old in sorted(self.events)[: max(0, len(self.events) - MAX_EVENTS)]:
-            del self.events[old]
+        while len(self.events) > MAX_EVENTS:
+            counts = Counter(e["user"] for e in self.events.values())
+            busiest = counts.most_common(1)[0][0]
+            del self.events[min(k for k, e in self.events.items() if e["user"] == busiest)]
 
 
 MAX_EVENTS = 1000  # the audit trail's length: it lives in the (replicated) state

@@ -153,11 +153,16 @@ def test_refusals_are_rate_limited_and_events_bounded(node: Node, monkeypatch): 
         node.refused_login(key(10 + n))
     refused = [e for e in node.state.read().events.values() if "refused login" in e["what"]]
     assert len(refused) == 30  # REFUSALS_PER_MINUTE: a stranger cannot flood the state
+    with node.state.change() as s:
+        s.events.clear()
     monkeypatch.setattr("peoplescloud.state.MAX_EVENTS", 5)
-    for n in range(8):
-        node.scale("ann", "annbot", {"bot": n % 2})
-    events = node.state.read().events
-    assert len(events) == 5 and list(events.values())[-1]["what"] == "ps:scale bot=1"
+    node.scale("root", "annbot", {"bot": 1})
+    node.sharing_add("ann", "annbot", "bob")
+    for n in range(8):  # bob keeps busy: his own oldest events go, not the others'
+        node.scale("bob", "annbot", {"bot": n % 2})
+    events = [(e["user"], e["what"]) for e in node.state.read().events.values()]
+    assert events[:2] == [("root", "ps:scale bot=1"), ("ann", "sharing:add bob")]
+    assert len(events) == 5 and events[-1] == ("bob", "ps:scale bot=1")
 
 
 def test_old_state_files_load():
