@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 SHELL_MESSAGE = "This server runs commands, not shells: try `ssh ... help`.\n"
 
 KEEPALIVE_SECONDS = 30
+MAX_UNKNOWN_KEYS = 3  # a connection's unknown keys recorded (clients offer several)
 
 
 class ChannelIO:
@@ -83,9 +84,22 @@ class _Server(asyncssh.SSHServer):
     def __init__(self, service: NodeService):
         self._service = service
         self._conn: asyncssh.SSHServerConnection | None = None
+        self._unknown: list[str] = []  # keys offered that nobody owns, for the audit trail
+        self._authenticated = False
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
+
+    def auth_completed(self) -> None:
+        self._authenticated = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """A connection that never logged in: the keys it offered are refused logins
+        (a client that logs in with its second key after an unknown first is not)."""
+        if not self._authenticated and self._unknown:
+            loop = asyncio.get_running_loop()
+            for key in self._unknown:
+                loop.run_in_executor(None, self._service.refused_login, key)
 
     def begin_auth(self, username: str) -> bool:
         return True  # authentication is always required
@@ -104,6 +118,8 @@ class _Server(asyncssh.SSHServer):
         user = await asyncio.to_thread(self._service.user_for_key, openssh)
         if user is None:
             log.info("refused key %s", key.get_fingerprint())
+            if len(self._unknown) < MAX_UNKNOWN_KEYS:
+                self._unknown.append(openssh)
             return False
         assert self._conn is not None
         self._conn.set_extra_info(pc_user=user)

@@ -18,6 +18,29 @@ class AppRow:
     release: str  # "v3", or "-" before the first deploy
     state: str  # "running", "starting", "idle", "stopped", "crashed", "not deployed"
     scale: str  # "bot=1 web=2"
+    role: str = ""  # the asker's: "owner", "collaborator", "admin"
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    fingerprint: str  # "SHA256:...", as `ssh-keygen -l` shows it
+    type: str  # "ssh-ed25519"
+
+
+@dataclass(frozen=True)
+class UserRow:
+    name: str
+    admin: bool
+    keys: int
+    apps: int  # apps they own
+
+
+@dataclass(frozen=True)
+class EventRow:
+    at: str  # RFC 3339
+    user: str  # "" for a refused login (nobody)
+    app: str  # "" for an event of no app (keys, users)
+    what: str  # "push 1a2b3c4: v3 deployed", "config: Set TOKEN" (names, never values)
 
 
 @dataclass(frozen=True)
@@ -95,6 +118,33 @@ class NodeService(Protocol):
         """The new release (None before the first push)."""
 
     def releases(self, user: str, app: str) -> list[ReleaseRow]: ...
+
+    # --- people: keys, users, sharing, the audit trail ---------------------
+    def refused_login(self, openssh_public_key: str) -> None:
+        """A key nobody owns was offered: record its fingerprint (rate-limited)."""
+
+    def keys(self, user: str) -> list[KeyRow]: ...
+    def key_add(self, user: str, openssh_public_key: str) -> str:
+        """The new key's fingerprint; PCError if it is no key or someone's already."""
+
+    def key_remove(self, user: str, fingerprint: str) -> None:
+        """NotFound if `user` has no such key; PCError for their last one."""
+
+    def users(self, user: str) -> list[UserRow]: ...  # admins only
+    def user_add(self, user: str, name: str, openssh_public_key: str, admin: bool) -> None: ...
+    def user_remove(self, user: str, name: str) -> None:
+        """Their keys stop working at once; their apps stay (owner shown removed)."""
+
+    def sharing(self, user: str, app: str) -> list[str]:
+        """The app's collaborators (anyone who may use it can see them)."""
+
+    def sharing_add(self, user: str, app: str, other: str) -> None: ...  # owner, admins
+    def sharing_remove(self, user: str, app: str, other: str) -> None: ...
+    def transfer(self, user: str, app: str, other: str) -> None: ...  # owner, admins
+    def events(self, user: str, app: str | None, n: int) -> list[EventRow]:
+        """The newest `n` events, oldest first: of `app`, or of the apps `user` may
+        use (admins: all)."""
+
     def rollback(self, user: str, app: str, version: str) -> str: ...
     def swarm_nodes(self, user: str) -> list[NodeRow]:
         """The swarm's members; raises PCError on a node that is in no swarm."""

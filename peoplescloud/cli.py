@@ -1,5 +1,5 @@
 """`pc`: the host's command line. `pc init`, `pc daemon`, `pc doctor`,
-`pc stack build`, `pc user add|list`; the swarm package adds `pc swarm ...`.
+`pc stack build`, `pc user add|list|remove`; the swarm package adds `pc swarm ...`.
 
 Messages follow one shape: `-----> doing X` on stdout for progress,
 ` !     reason` on stderr with a non-zero exit for failure.
@@ -141,6 +141,20 @@ def cmd_user_add(args: argparse.Namespace) -> None:
     say(f"-----> {args.name} can now push with the key from {args.key}")
 
 
+def cmd_user_remove(args: argparse.Namespace) -> None:
+    from peoplescloud.service.users import remove_user
+
+    s = _settings(args)
+    config.check_user_name(args.name)
+    if in_swarm(s):
+        swarm_entry().ask_daemon(s, "user_remove", {"name": args.name})
+    else:
+        with State(s.state_file).change() as snap:
+            remove_user(snap, args.name)
+            snap.add_event("", "", f"users:remove {args.name} (pc user remove)")
+    say(f"-----> {args.name} removed: their keys no longer log in; their apps stay")
+
+
 def cmd_user_list(args: argparse.Namespace) -> None:
     s = _settings(args)
     if in_swarm(s):
@@ -196,6 +210,9 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--admin", action="store_true", help="may manage every app")
     add.set_defaults(func=cmd_user_add)
     user_sub.add_parser("list", help="users and their key counts").set_defaults(func=cmd_user_list)
+    remove = user_sub.add_parser("remove", help="take a user's keys back (their apps stay)")
+    remove.add_argument("name")
+    remove.set_defaults(func=cmd_user_remove)
 
     # `pc swarm create|invite|join|leave|status`; an install without the swarm
     # package has a lone node's commands only.

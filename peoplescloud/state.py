@@ -9,11 +9,17 @@ will put the same changes through consensus; callers do not change.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import fcntl
+import hashlib
 import json
 import os
+import secrets
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -66,6 +72,7 @@ class App:
     stopped: bool = False  # ps:stop
     placement: dict[str, str] = field(default_factory=dict)  # process -> node (in a swarm)
     created_empty: bool = False  # by `apps:create`: a failed first push leaves it
+    collaborators: list[str] = field(default_factory=list)  # `sharing:add`: may use, not own
 
     def release(self, version: int | None = None) -> Release:
         """The release `version` (default: the current one)."""
@@ -116,6 +123,10 @@ class Snapshot:
     # app -> when it was destroyed: every node then drops its repo copy and log.
     # A new app of the same name takes the name back.
     destroyed: dict[str, str] = field(default_factory=dict)
+    # The audit trail (`events`): id -> {"at", "user", "app", "what"}, the newest
+    # MAX_EVENTS kept. Keyed by a unique, time-ordered id rather than a list, so two
+    # members recording at once touch different entries (no Conflict in a swarm).
+    events: dict[str, dict] = field(default_factory=dict)
 
     def app(self, name: str) -> App:
         try:
@@ -136,9 +147,36 @@ class Snapshot:
         owner = self.user_for_key(key)
         if owner:
             raise PCError(f"that key already belongs to {owner}")
+        if name not in self.users and (
+            owned := sorted(a for a, o in self.apps.items() if o.owner == name)
+        ):
+            # a removed user's name: a new account of that name would take their apps
+            raise PCError(
+                f"{name} was removed and still owns {', '.join(owned)}: "
+                "`apps:transfer` them first, or choose another name"
+            )
         user = self.users.setdefault(name, User(name=name))
         user.keys.append(key)
         user.admin = user.admin or admin
+
+    def add_event(self, user: str, app: str, what: str) -> None:
+        """Record who did what (never a config value or a key: names and
+        fingerprints only). Beyond MAX_EVENTS, the oldest event of whoever has the
+        most goes: someone busy (or flooding) pushes out their own history, not
+        everyone else's."""
+        self.events[event_id()] = {"at": now(), "user": user, "app": app, "what": what}
+        while len(self.events) > MAX_EVENTS:
+            counts = Counter(e["user"] for e in self.events.values())
+            busiest = counts.most_common(1)[0][0]
+            del self.events[min(k for k, e in self.events.items() if e["user"] == busiest)]
+
+
+MAX_EVENTS = 1000  # the audit trail's length: it lives in the (replicated) state
+
+
+def event_id() -> str:
+    """Unique and in time order: nanoseconds, then a random tail."""
+    return f"{time.time_ns():020d}-{secrets.token_hex(4)}"
 
 
 def normalize_key(openssh: str) -> str:
@@ -147,6 +185,16 @@ def normalize_key(openssh: str) -> str:
     if len(parts) < 2:
         raise ValueError("not an OpenSSH public key line")
     return f"{parts[0]} {parts[1]}"
+
+
+def fingerprint(openssh: str) -> str:
+    """ "SHA256:..." of a public key, as `ssh-keygen -l` and ssh clients show it."""
+    text = normalize_key(openssh).split()[1]
+    try:
+        blob = base64.b64decode(text, validate=True)
+    except binascii.Error:  # no real key (keys are checked when added): still one print
+        blob = text.encode()
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
 def snapshot_from_dict(data: dict) -> Snapshot:
@@ -166,6 +214,7 @@ def snapshot_from_dict(data: dict) -> Snapshot:
         held=dict(data.get("held", {})),
         observed=dict(data.get("observed", {})),
         destroyed=dict(data.get("destroyed", {})),
+        events=dict(data.get("events", {})),
     )
 
 

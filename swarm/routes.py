@@ -70,6 +70,24 @@ class NodeRoutes:
         log.info("user %s added (a key)", name)
         return {"ok": True}
 
+    async def user_remove(self, sender: str, body: Any) -> Any:
+        """`pc user remove` on this node: gone from the replicated state, so their
+        keys stop working on every member at once."""
+        from peoplescloud.service.users import remove_user
+
+        if sender != self.me:
+            raise Forbidden("users are removed by a node's host with `pc user remove` on that node")
+        name = check_user_name(str(body["name"]))
+
+        def remove() -> None:
+            with self.state.change() as s:
+                remove_user(s, name)
+                s.add_event("", "", f"users:remove {name} (pc user remove on {self.me})")
+
+        await asyncio.to_thread(remove)
+        log.info("user %s removed", name)
+        return {"ok": True}
+
     async def users(self, sender: str, body: Any) -> Any:
         return {"users": [asdict(u) for u in self.state.read().users.values()]}
 
@@ -106,6 +124,7 @@ def peer_app(
             "step_down": membership.step_down_route,
             "remove": membership.remove_route,
             "user_add": node.user_add,
+            "user_remove": node.user_remove,
             "users": node.users,
             "repo": node.repo,
         },

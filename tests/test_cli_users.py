@@ -46,3 +46,15 @@ def test_in_a_swarm_user_add_needs_the_daemon_and_says_so(tmp_path: Path, user_k
     assert r.returncode != 0
     assert f"daemon does not answer at 127.0.0.1:{node.peer_port}" in r.stderr
     assert "start `pc daemon` first" in r.stderr
+
+
+def test_user_remove_takes_the_keys_back(tmp_path: Path, user_key: Path):
+    node = init_node(tmp_path, user_key, "process")
+    node.pc("user", "add", "ann", "--key", str(new_key(tmp_path, "ann")))
+    r = node.pc("user", "remove", "ann")
+    assert r.stdout.strip() == "-----> ann removed: their keys no longer log in; their apps stay"
+    assert "ann" not in node.pc("user", "list").stdout
+    again = node.pc("user", "remove", "ann", check=False)
+    assert again.returncode == 3 and "no user named 'ann'" in again.stderr
+    last = node.pc("user", "remove", "admin", check=False)  # the one from init
+    assert last.returncode != 0 and "admin is the last admin" in last.stderr

@@ -64,8 +64,8 @@ class FakeNode:
 
     def apps(self, user: str) -> list[AppRow]:
         return [
-            AppRow("mybot", user, "v3", "running", "bot=1"),
-            AppRow("a-much-longer-name", user, "-", "not deployed", ""),
+            AppRow("mybot", user, "v3", "running", "bot=1", "owner"),
+            AppRow("a-much-longer-name", "bob (removed)", "-", "not deployed", "", "collaborator"),
         ]
 
     def ps(self, user: str, app: str) -> list[PsRow]:
@@ -204,9 +204,11 @@ def test_service_errors_become_their_exit_codes():
 def test_apps_is_an_aligned_table():
     status, out, _ = call("apps")
     lines = out.splitlines()
-    assert status == 0 and lines[0].split() == ["NAME", "OWNER", "RELEASE", "STATE", "SCALE"]
-    assert lines[1].split() == ["mybot", "alice", "v3", "running", "bot=1"]
-    assert lines[2].split() == ["a-much-longer-name", "alice", "-", "not", "deployed", "-"]
+    head = ["NAME", "OWNER", "ROLE", "RELEASE", "STATE", "SCALE"]
+    assert status == 0 and lines[0].split() == head
+    assert lines[1].split() == ["mybot", "alice", "owner", "v3", "running", "bot=1"]
+    assert lines[2].split("  ")[0:1] == ["a-much-longer-name"] and "bob (removed)" in lines[2]
+    assert lines[2].split()[3:] == ["collaborator", "-", "not", "deployed", "-"]
     assert len({line.index(line.split()[1]) for line in lines}) == 1  # OWNER column lines up
 
 
@@ -424,3 +426,62 @@ def test_progress_lines_of_changes_that_were_made():
     assert out == "-----> Created newbot: set its config and scale, then push it\n"
     out = call("rollback mybot v1", node)[1]
     assert out == "-----> Rolled back mybot to v1\n-----> Release v9 running\n"
+
+
+def test_keys_add_and_users_add_read_the_key_from_stdin():
+    node = FakeNode()
+    node.key_add = lambda user, text: node.calls.append(("key_add", (user, text))) or "SHA256:x"  # type: ignore[attr-defined]
+    status, out, _ = call("keys:add", node, stdin=b"ssh-ed25519 AAAA me@laptop\n")
+    assert status == 0 and out == "-----> Added key SHA256:x\n"
+    assert node.calls == [("key_add", ("alice", "ssh-ed25519 AAAA me@laptop"))]
+    status, out, _ = call("users:add eve --admin", node, stdin=b"ssh-ed25519 BBBB\n")
+    assert status == 0 and "eve (admin) can now log in" in out
+    assert node.calls[-1] == ("user_add", ("alice", "eve", "ssh-ed25519 BBBB", True))
+    status, _, err = call("keys:add", node)  # nothing on stdin
+    assert status == 2 and "no key on stdin" in err
+    status, _, err = call("users:add eve", node, stdin=b"x" * 20000)
+    assert status == 2 and "more than 16384 bytes" in err
+
+
+def test_people_commands_call_the_node():
+    node = FakeNode()
+    for command, expected in [
+        ("keys:remove SHA256:abc", ("key_remove", ("alice", "SHA256:abc"))),
+        ("users:remove eve", ("user_remove", ("alice", "eve"))),
+        ("sharing:add mybot bob", ("sharing_add", ("alice", "mybot", "bob"))),
+        ("sharing:remove mybot bob", ("sharing_remove", ("alice", "mybot", "bob"))),
+        ("apps:transfer mybot bob", ("transfer", ("alice", "mybot", "bob"))),
+    ]:
+        status, out, err = call(command, node)
+        assert (status, err) == (0, "") and out.startswith("-----> ")
+        assert node.calls[-1] == expected
+
+
+def test_events_and_sharing_tables():
+    from gitserver.service import EventRow, KeyRow, UserRow
+
+    node = FakeNode()
+    asked: list[tuple] = []
+
+    def events(user: str, app: str | None, n: int) -> list[EventRow]:
+        asked.append((app, n))
+        return [EventRow("2026-11-23T21:00:00Z", "ann", "mybot", "config: Set TOKEN")]
+
+    node.events = events  # type: ignore[attr-defined]
+    node.sharing = lambda user, app: ["bob", "eve"]  # type: ignore[attr-defined]
+    node.keys = lambda user: [KeyRow("SHA256:abc", "ssh-ed25519")]  # type: ignore[attr-defined]
+    node.users = lambda user: [UserRow("ann", True, 2, 1)]  # type: ignore[attr-defined]
+    status, out, _ = call("events mybot -n 5", node)
+    assert status == 0 and out.splitlines()[1].split() == [
+        "2026-11-23T21:00:00Z",
+        "ann",
+        "mybot",
+        "config:",
+        "Set",
+        "TOKEN",
+    ]
+    assert call("events", node)[0] == 0 and asked == [("mybot", 5), (None, 50)]
+    assert call("events -n 5000", node)[0] == 2
+    assert call("sharing mybot", node)[1] == "bob\neve\n"
+    assert call("keys", node)[1].splitlines()[1].split() == ["SHA256:abc", "ssh-ed25519"]
+    assert call("users", node)[1].splitlines()[1].split() == ["ann", "yes", "2", "1"]

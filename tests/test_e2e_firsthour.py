@@ -41,7 +41,7 @@ def test_create_configure_scale_push_then_run(node_factory, tmp_path: Path):
     assert r.returncode == 0 and r.stdout.startswith("Python 3."), r.stderr
 
     [row] = [line.split() for line in node.ssh("apps").stdout.splitlines() if line.startswith(app)]
-    assert row[3:] == ["running", "bot=1", "console=0"]
+    assert row[4:] == ["running", "bot=1", "console=0"]  # after NAME OWNER ROLE RELEASE
     info = dict(line.split(maxsplit=1) for line in node.ssh("apps:info", app).stdout.splitlines())
     assert info["git:"] == node.remote(app)  # the node listens on 127.0.0.1 here
 

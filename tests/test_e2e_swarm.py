@@ -115,6 +115,9 @@ def test_three_nodes_place_replicate_and_fail_over(
     assert "ann: 1 key(s)" in n2.pc("user", "list").stdout
     r = dataclasses.replace(n1, key=ann_key).ssh("apps")
     assert r.returncode == 0 and "No apps yet" in r.stdout, r.stderr
+    # Removed on another node: the key stops working on every node.
+    n2.pc("user", "remove", "ann")
+    wait_for(lambda: dataclasses.replace(n1, key=ann_key).ssh("apps").returncode == 255)
 
     # Push to node 1: it runs where placement says, the slug is pinned on all three.
     work = make_repo(tmp_path, "python-bot")

@@ -21,7 +21,7 @@ from gitserver.git import app_from_path
 from gitserver.server import start_server
 from gitserver.service import AppRow
 from peoplescloud.errors import ConfigError, NotFound, PCError
-from tests.conftest import keygen
+from tests.conftest import keygen, wait_for
 
 MAX_PUSH = 256 * 1024
 MAX_UNPACKED = 8 * 1024 * 1024
@@ -36,6 +36,7 @@ class FakeNode:
     node_name: str = "testnode"
     deployed: list[str] = field(default_factory=list)
     ended: list[str] = field(default_factory=list)  # apps whose push session ended
+    refused: list[str] = field(default_factory=list)  # keys of refused logins
 
     def user_for_key(self, openssh_public_key: str) -> str | None:
         return "alice" if openssh_public_key.split()[:2] == self.alice_key.split()[:2] else None
@@ -62,6 +63,9 @@ class FakeNode:
         self.deployed.append(commit)
         say(f"-----> Release v{len(self.deployed)} running")
         return f"v{len(self.deployed)}"
+
+    def refused_login(self, openssh_public_key: str) -> None:
+        self.refused.append(openssh_public_key)
 
     def push_ended(self, user: str, app: str) -> None:
         self.ended.append(app)
@@ -372,13 +376,27 @@ def test_unknown_key_is_refused(setup, tmp_path: Path):
     stranger = Client(client.port, keygen(tmp_path / "stranger"))
     r = stranger.ssh("apps")
     assert r.returncode == 255 and "Permission denied" in r.stderr
+    stranger_key = (tmp_path / "stranger.pub").read_text().split()[:2]
+    wait_for(  # for the audit trail, once the connection is gone
+        lambda: [k.split()[:2] for k in node.refused] == [stranger_key], what="refused login"
+    )
+    # A client that offers an unknown key first, then its own, logs in: not refused.
+    both = subprocess.run(
+        [*stranger.ssh_command.split(), "-i", str(client.key), "pc@127.0.0.1", "apps"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert both.returncode == 0, both.stderr
+    time.sleep(0.5)
+    assert len(node.refused) == 1
 
 
 def test_commands_over_ssh(setup):
     node, client = setup
     r = client.ssh("apps")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split("\n")[1].split() == ["mybot", "alice", "v1", "running", "bot=1"]
+    assert r.stdout.split("\n")[1].split() == ["mybot", "alice", "-", "v1", "running", "bot=1"]
 
     r = client.ssh("frobnicate")
     assert r.returncode == 2 and "help" in r.stderr

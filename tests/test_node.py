@@ -79,25 +79,33 @@ def node(tmp_path: Path) -> Node:
 
 
 def test_only_the_owner_or_an_admin_touches_an_app(node: Node):
-    refused = [
-        lambda: node.repo_for("bob", "annbot", write=True),
-        lambda: node.repo_for("bob", "annbot", write=False),
-        lambda: node.config_set("bob", "annbot", {"X": "1"}),
-        lambda: node.config("bob", "annbot"),
-        lambda: node.destroy("bob", "annbot"),
-        lambda: node.run("bob", "annbot", ["true"], lambda _b: None, None),
-        lambda: node.rollback("bob", "annbot", "v1"),
-        lambda: node.scale("bob", "annbot", {"bot": 2}),
-    ]
-    for call in refused:
-        with pytest.raises(Forbidden, match="belongs to ann"):
-            call()
+    def refused(app: str) -> list:
+        return [
+            lambda: node.repo_for("bob", app, write=False),
+            lambda: node.config_set("bob", app, {"X": "1"}),
+            lambda: node.config("bob", app),
+            lambda: node.destroy("bob", app),
+            lambda: node.run("bob", app, ["true"], lambda _b: None, None),
+            lambda: node.rollback("bob", app, "v1"),
+            lambda: node.scale("bob", app, {"bot": 2}),
+        ]
+
+    # the same refusal for ann's app as for one that does not exist: no name leaks
+    for theirs, ghost in zip(refused("annbot"), refused("ghost"), strict=True):
+        with pytest.raises(NotFound) as one:
+            theirs()
+        with pytest.raises(NotFound) as other:
+            ghost()
+        assert str(one.value).replace("annbot", "X") == str(other.value).replace("ghost", "X")
+        assert "of yours: `apps` lists yours" in str(one.value)
+    with pytest.raises(Forbidden, match="annbot is taken"):  # a push would create it
+        node.repo_for("bob", "annbot", write=True)
 
     async def read_logs() -> None:
         async for _ in node.logs("bob", "annbot", 10, None, False):
             pass
 
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):
         asyncio.run(read_logs())
     assert [a.name for a in node.apps("bob")] == []
     node.config_set("root", "annbot", {"X": "1"})  # an admin may

@@ -301,3 +301,20 @@ def test_a_command_sent_twice_is_applied_once():
     restored._deserialize(consumer._serialize())
     assert restored.apply("id-1", edits, _doApply=True) == 1
     assert restored.machine.read() == consumer.machine.read()
+
+
+def test_two_members_recording_events_at_once_both_apply():
+    """Events are entries of a dict keyed by a unique id: members that append at
+    the same moment touch different entries (a list would Conflict)."""
+    from dataclasses import asdict
+
+    from peoplescloud.state import snapshot_from_dict
+
+    machine = SnapshotMachine()
+    _, base = machine.read()
+    drafts = [snapshot_from_dict(base), snapshot_from_dict(base)]
+    drafts[0].add_event("ann", "mybot", "ps:restart")
+    drafts[1].add_event("bob", "mybot", "config: Set X")
+    for draft in drafts:
+        assert machine.apply(diff(base, asdict(draft))) is not None
+    assert sorted(e["user"] for e in machine.read()[1]["events"].values()) == ["ann", "bob"]

@@ -13,7 +13,18 @@ import difflib
 from collections.abc import Sequence
 
 from gitserver.channel import Channel
-from gitserver.commands import apps, config, logs, ps, releases, run, swarm
+from gitserver.commands import (
+    apps,
+    config,
+    events,
+    logs,
+    ps,
+    releases,
+    run,
+    sharing,
+    swarm,
+    users,
+)
 from gitserver.commands.base import Args, Command, Context, parse_assignments, table
 from gitserver.commands.swarm import node_table
 from gitserver.service import NodeService
@@ -53,13 +64,40 @@ async def _help(ctx: Context, args: Args) -> int:
 COMMANDS: tuple[Command, ...] = (
     Command("help", "[COMMAND]", "list the commands, or show one's usage", _help),
     Command("version", "", "show this node's People's Cloud version", apps.version),
-    Command("apps", "", "list your apps", apps.apps),
+    Command("apps", "", "list the apps you own or share, with your role", apps.apps),
     Command(
         "apps:create", "APP", "create an empty app, to set up before its first push", apps.create
     ),
     Command("apps:info", "APP", "show an app's details", apps.info),
     Command(
         "apps:destroy", "APP --confirm APP", "delete an app, its releases and config", apps.destroy
+    ),
+    Command(
+        "apps:transfer", "APP USER", "give an app to another user (owner, admins)", sharing.transfer
+    ),
+    Command("sharing", "APP", "list who shares an app with its owner", sharing.sharing),
+    Command("sharing:add", "APP USER", "let a user push, configure and run an app", sharing.add),
+    Command("sharing:remove", "APP USER", "stop sharing an app with a user", sharing.remove),
+    Command("keys", "", "list your SSH keys' fingerprints", users.keys),
+    Command("keys:add", "< KEY.pub", "add an SSH key of yours, read from stdin", users.keys_add),
+    Command(
+        "keys:remove", "FINGERPRINT", "remove one of your keys (not the last)", users.keys_remove
+    ),
+    Command("users", "", "list the node's users (admins)", users.users),
+    Command(
+        "users:add",
+        "NAME [--admin] < KEY.pub",
+        "add a user, or a key of theirs (admins)",
+        users.users_add,
+    ),
+    Command(
+        "users:remove",
+        "NAME",
+        "remove a user: their keys stop working (admins)",
+        users.users_remove,
+    ),
+    Command(
+        "events", "[APP] [-n N]", "who did what and when (your apps; admins: all)", events.events
     ),
     Command("logs", "APP [-f] [-n N] [--ps TYPE]", "show (-f: follow) an app's logs", logs.logs),
     Command("ps", "APP", "list an app's processes", ps.ps),

@@ -25,8 +25,8 @@ async def apps(ctx: Context, args: Args) -> int:
         ctx.out("-----> No apps yet: `git push` one (or `apps:create APP`) to create it")
         return 0
     for line in table(
-        ["NAME", "OWNER", "RELEASE", "STATE", "SCALE"],
-        [(r.name, r.owner, r.release, r.state, r.scale or "-") for r in rows],
+        ["NAME", "OWNER", "ROLE", "RELEASE", "STATE", "SCALE"],
+        [(r.name, r.owner, r.role or "-", r.release, r.state, r.scale or "-") for r in rows],
     ):
         ctx.out(line)
     return 0

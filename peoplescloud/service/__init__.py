@@ -8,12 +8,24 @@ noun, composed here.
 
 from peoplescloud.service.apps import AppCommands
 from peoplescloud.service.config import ConfigCommands
+from peoplescloud.service.events import EventCommands
 from peoplescloud.service.processes import ProcessCommands
 from peoplescloud.service.releases import ReleaseCommands
 from peoplescloud.service.run import RunCommands, merge
+from peoplescloud.service.sharing import SharingCommands
+from peoplescloud.service.users import UserCommands
 
 
-class Node(AppCommands, ProcessCommands, ConfigCommands, ReleaseCommands, RunCommands):
+class Node(
+    AppCommands,
+    ProcessCommands,
+    ConfigCommands,
+    ReleaseCommands,
+    RunCommands,
+    UserCommands,
+    SharingCommands,
+    EventCommands,
+):
     """The app service of one node (alone or in a swarm: see `peoplescloud.cluster`)."""
 
 

@@ -28,21 +28,28 @@ class AppCommands(ServiceBase):
                 raise PCError(f"{app} is taken: choose another name")
             self._new_app(s, user, app, empty=True)
         self.logbus.event(app, f"created by {user}")
+        self._record(user, app, "apps:create")
 
     def apps(self, user: str) -> list[AppRow]:
+        """The apps `user` owns or shares (admins: all), with their role."""
         snap = self.state.read()
-        admin = bool(snap.users.get(user) and snap.users[user].admin)
-        return [
-            AppRow(
-                name=a.name,
-                owner=a.owner,
-                release=f"v{a.current}" if a.current else "-",
-                state=self._app_state(a),
-                scale=" ".join(f"{t}={n}" for t, n in sorted(a.scale.items())),
+        rows = []
+        for a in sorted(snap.apps.values(), key=lambda a: a.name):
+            role = self._role(user, a, snap)
+            if not role:
+                continue
+            rows.append(
+                AppRow(
+                    name=a.name,
+                    # the owner's account removed: the app stays and says whose it was
+                    owner=a.owner if a.owner in snap.users else f"{a.owner} (removed)",
+                    release=f"v{a.current}" if a.current else "-",
+                    state=self._app_state(a),
+                    scale=" ".join(f"{t}={n}" for t, n in sorted(a.scale.items())),
+                    role=role,
+                )
             )
-            for a in sorted(snap.apps.values(), key=lambda a: a.name)
-            if admin or a.owner == user
-        ]
+        return rows
 
     def _app_state(self, app: App) -> str:
         if app.current is None:
@@ -89,7 +96,7 @@ class AppCommands(ServiceBase):
         return f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
 
     def destroy(self, user: str, app: str) -> None:
-        a = self._app(user, app)
+        a = self._app(user, app, need="own")
         with self.state.change() as s:
             del s.apps[app]
             s.destroyed[app] = now()
@@ -98,3 +105,4 @@ class AppCommands(ServiceBase):
         shutil.rmtree(self.settings.repo_path(app), ignore_errors=True)
         shutil.rmtree(self.settings.cache_dir / app, ignore_errors=True)
         self.logbus.forget(app)
+        self._record(user, app, "apps:destroy")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,12 +14,16 @@ from dulwich.repo import Repo
 
 from peoplescloud.cluster import Cluster
 from peoplescloud.deploy import Deployer
-from peoplescloud.errors import Forbidden, PCError
+from peoplescloud.errors import Forbidden, NotFound, PCError
 from peoplescloud.logbus import LogBus
 from peoplescloud.reconciler import Reconciler
 from peoplescloud.runtime.base import Runtime
 from peoplescloud.settings import Settings, check_app_name
-from peoplescloud.state import App, Snapshot, normalize_key, now
+from peoplescloud.state import App, Snapshot, fingerprint, normalize_key, now
+
+log = logging.getLogger(__name__)
+
+REFUSALS_PER_MINUTE = 30  # refusals recorded in the audit trail, at most
 
 
 class ServiceBase:
@@ -44,16 +50,89 @@ class ServiceBase:
         self._oneoff = itertools.count(1)
         self._keys: tuple[int, dict[str, str]] = (-1, {})  # state version, key -> user
         self._oneoffs = threading.BoundedSemaphore(settings.shares.max_oneoffs)
+        self._refusals: dict[str, float] = {}  # what was refused -> when (monotonic)
+        self._refusals_lock = threading.Lock()
 
     # --- who may do what ----------------------------------------------------
-    def _app(self, user: str, name: str, snap: Snapshot | None = None) -> App:
+    def _app(self, user: str, name: str, snap: Snapshot | None = None, need: str = "use") -> App:
+        """The app `name` if `user` may `need` it: "use" (its owner, a collaborator,
+        an admin: push, logs, config, scale, run...) or "own" (its owner or an admin:
+        destroy, transfer, sharing). Anyone else gets the same refusal whether or
+        not the app exists: the names of other people's apps are not told."""
         check_app_name(name)
+        inside = snap is not None  # a change is open: a refusal is recorded after it
         snap = snap or self.state.read()
-        app = snap.app(name)
-        u = snap.users.get(user)
-        if app.owner != user and not (u and u.admin):
-            raise Forbidden(f"{name} belongs to {app.owner}; ask them or an admin")
+        app = snap.apps.get(name)
+        role = self._role(user, app, snap) if app else ""
+        if not role:
+            if not inside:
+                self._refused(user, name, f"refused ({need})")
+            raise NotFound(f"no app named {name!r} of yours: `apps` lists yours")
+        if need == "own" and role == "collaborator":
+            assert app is not None
+            if not inside:
+                self._refused(user, name, f"refused ({need})")
+            raise Forbidden(
+                f"{name} is shared with you: only its owner {app.owner} or an admin may do that"
+            )
+        assert app is not None
         return app
+
+    @staticmethod
+    def _role(user: str, app: App, snap: Snapshot) -> str:
+        """ "owner", "admin", "collaborator", or "" (none) of `user` for `app`."""
+        u = snap.users.get(user)
+        if u is None:  # removed: a session opened before keeps no rights
+            return ""
+        if app.owner == user:
+            return "owner"
+        if u.admin:
+            return "admin"
+        return "collaborator" if user in app.collaborators else ""
+
+    def _admin(self, user: str, snap: Snapshot | None = None) -> None:
+        u = (snap or self.state.read()).users.get(user)
+        if not (u and u.admin):
+            self._refused(user, "", "refused (admin)")
+            raise Forbidden("only the node's admins may do that")
+
+    # --- the audit trail ------------------------------------------------------
+    def _record(self, user: str, app: str, what: str) -> None:
+        """Add an event to the audit trail. An event that cannot be recorded (no
+        quorum in a swarm, a member's append at the same instant) is logged here and
+        never fails the action it describes."""
+        for _ in range(2):  # Conflict: another member trimmed the same old event
+            try:
+                with self.state.change() as s:
+                    s.add_event(user, app, what)
+                return
+            except PCError as e:
+                reason = e
+        log.warning("event not recorded (%s): %s %s %s", reason, user, app, what)
+
+    def _refused(self, user: str, app: str, what: str) -> None:
+        """Record a refusal, at most once a minute per (who, app, what) and
+        REFUSALS_PER_MINUTE in all: refusals cost a state change each, and whoever
+        causes them is not trusted."""
+        key = f"{user}\0{app}\0{what}"
+        t = time.monotonic()
+        with self._refusals_lock:
+            seen = self._refusals
+            for k in [k for k, at in seen.items() if t - at > 60]:
+                del seen[k]
+            if key in seen or len(seen) >= REFUSALS_PER_MINUTE:
+                return
+            seen[key] = t
+        self._record(user, app, what)
+
+    def refused_login(self, openssh_public_key: str) -> None:
+        """A key nobody owns was offered (`gitserver.server`): its fingerprint goes
+        to the audit trail (admins see it), within the refusals' rate."""
+        try:
+            print_ = fingerprint(openssh_public_key)
+        except (ValueError, IndexError):
+            return
+        self._refused("", "", f"refused login: key {print_}")
 
     def _runs_here(self, user: str, snap: Snapshot | None = None) -> None:
         """Where the runtime cannot keep tenants apart, only the node's admins (its
@@ -85,9 +164,16 @@ class ServiceBase:
         if not write:
             self._up_to_date(self._app(user, app), write)
             return self.settings.repo_path(app)
-        with self.state.change() as s:  # check and create in one change: two first pushes race
-            self._runs_here(user, s)
-            found = self._app(user, app, s) if app in s.apps else self._new_app(s, user, app)
+        try:
+            with self.state.change() as s:  # check and create in one change: first pushes race
+                self._runs_here(user, s)
+                if app in s.apps and not self._role(user, s.apps[app], s):
+                    # a push would create it: that the name is taken is no secret
+                    raise Forbidden(f"{app} is taken: push to another name")
+                found = self._app(user, app, s) if app in s.apps else self._new_app(s, user, app)
+        except Forbidden:
+            self._refused(user, app, "refused (push)")
+            raise
         self._up_to_date(found, write)
         path = self.settings.repo_path(app)
         if not path.exists():
@@ -121,10 +207,13 @@ class ServiceBase:
         self._runs_here(user)
         try:
             repo = self.settings.repo_path(app)
-            return self.deployer.deploy(user, app, repo, commit, say)
+            release = self.deployer.deploy(user, app, repo, commit, say)
         except PCError:
+            self._record(user, app, f"push {commit[:7]}: deploy failed")
             self._forget_if_never_deployed(app)
             raise
+        self._record(user, app, f"push {commit[:7]}: {release} deployed")
+        return release
 
     def push_ended(self, user: str, app: str) -> None:
         self._forget_if_never_deployed(app)

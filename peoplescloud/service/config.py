@@ -101,5 +101,6 @@ class ConfigCommands(ServiceBase):
                 a.current = new.version
             release = a.release().name if a.current is not None else None
         self.logbus.event(app, f"{description} by {user}")
+        self._record(user, app, f"config: {description}")  # key names only, never values
         self.reconciler.reconcile()
         return release

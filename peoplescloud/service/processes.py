@@ -69,6 +69,7 @@ class ProcessCommands(ServiceBase):
                 a.scale[ptype] = n
             self._check_instances(s, before)
         self.reconciler.reconcile()
+        self._record(user, app, "ps:scale " + " ".join(f"{t}={n}" for t, n in counts.items()))
 
     def _check_instances(self, snap: Snapshot, before: int) -> None:
         """Refuse a scale up that asks more instances than the node (in a swarm:
@@ -88,6 +89,7 @@ class ProcessCommands(ServiceBase):
             raise UsageError(f"{app} has no process type {ptype!r}")
         self.reconciler.restart(app, ptype)
         self.cluster.restart_elsewhere(app, ptype)
+        self._record(user, app, f"ps:restart {ptype or ''}".rstrip())
 
     def stop(self, user: str, app: str) -> None:
         self._set_stopped(user, app, True)
@@ -100,6 +102,7 @@ class ProcessCommands(ServiceBase):
         with self.state.change() as s:
             s.app(app).stopped = stopped
         self.reconciler.reconcile()
+        self._record(user, app, "ps:stop" if stopped else "ps:start")
 
 
 def _wanted(snap: Snapshot) -> int:

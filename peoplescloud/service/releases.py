@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from gitserver.service import NodeRow, ReleaseRow
-from peoplescloud.errors import NotFound, UsageError
+from peoplescloud.errors import NotFound, PCError, UsageError
 from peoplescloud.service.base import ServiceBase
 from peoplescloud.state import now
 
@@ -54,4 +54,10 @@ class ReleaseCommands(ServiceBase):
                 )
                 a2.releases.append(new)
             self.logbus.event(app, f"release {new.name} by {user}: rollback to {version}")
-            return self.deployer.activate(app, new.version, lambda _line: None)
+            try:
+                running = self.deployer.activate(app, new.version, lambda _line: None)
+            except PCError:
+                self._record(user, app, f"rollback to {version}: {new.name} failed")
+                raise
+            self._record(user, app, f"rollback to {version}: {running} deployed")
+            return running

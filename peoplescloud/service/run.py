@@ -40,6 +40,7 @@ class RunCommands(ServiceBase):
             )
         try:
             self.logbus.event(app, f"{user} runs {spec.process}: {command}")
+            self._record(user, app, f"run {spec.process}")  # the command may hold a secret
             with self.reconciler.holding(spec):
                 return self.runtime.run(spec, ["sh", "-c", command], output, stdin, cancel)
         finally:
