@@ -66,6 +66,9 @@ class App:
     stopped: bool = False  # ps:stop
     placement: dict[str, str] = field(default_factory=dict)  # process -> node (in a swarm)
     created_empty: bool = False  # by `apps:create`: a failed first push leaves it
+    # `resources:set`: process type (or "*", every type) -> {"memory_mb": int,
+    # "cpus": float}, either or both; the node's [shares] instance_* otherwise.
+    resources: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def release(self, version: int | None = None) -> Release:
         """The release `version` (default: the current one)."""
@@ -116,6 +119,8 @@ class Snapshot:
     # app -> when it was destroyed: every node then drops its repo copy and log.
     # A new app of the same name takes the name back.
     destroyed: dict[str, str] = field(default_factory=dict)
+    # user -> quota name -> limit, set by an admin (`quota:set`); [quotas] otherwise.
+    quotas: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def app(self, name: str) -> App:
         try:
@@ -166,6 +171,7 @@ def snapshot_from_dict(data: dict) -> Snapshot:
         held=dict(data.get("held", {})),
         observed=dict(data.get("observed", {})),
         destroyed=dict(data.get("destroyed", {})),
+        quotas={u: dict(q) for u, q in data.get("quotas", {}).items()},
     )
 
 
