@@ -13,7 +13,7 @@ import difflib
 from collections.abc import Sequence
 
 from gitserver.channel import Channel
-from gitserver.commands import apps, config, logs, ps, releases, run, swarm
+from gitserver.commands import apps, config, logs, ps, quota, releases, run, swarm
 from gitserver.commands.base import Args, Command, Context, parse_assignments, table
 from gitserver.commands.swarm import node_table
 from gitserver.service import NodeService
@@ -74,6 +74,17 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "releases", "APP", "list an app's releases (* marks the current one)", releases.releases
     ),
+    Command(
+        "resources", "APP", "show the memory and CPU of each process instance", quota.resources
+    ),
+    Command(
+        "resources:set",
+        "APP [TYPE] [memory=SIZE] [cpu=N]",
+        "set what one instance may use, e.g. memory=256M cpu=0.5 (restarts the app)",
+        quota.resources_set,
+    ),
+    Command("quota", "[USER]", "show your quotas and usage (admins: anyone's)", quota.quota),
+    Command("quota:set", "USER NAME=N...", "admins: set a user's quotas", quota.set_),
     Command("swarm:nodes", "", "list the swarm's members, their state and load", swarm.nodes),
     Command(
         "rollback", "APP VERSION", "run an earlier release again, as a new one", releases.rollback
