@@ -63,7 +63,8 @@ async def resources_set(ctx: Context, args: Args) -> int:
         raise UsageError("missing memory=SIZE or cpu=N")
     release = await ctx.call(ctx.service.resources_set, app, ptype, memory, cpus)
     said = " ".join(
-        [f"memory={memory} MB"] * (memory is not None) + [f"cpu={cpus:g}"] * (cpus is not None)
+        ([f"memory={memory} MB"] if memory is not None else [])
+        + ([f"cpu={cpus:g}"] if cpus is not None else [])
     )
     ctx.out(f"-----> Resources of {app} ({ptype or 'every type'}): {said}")
     if release is not None:

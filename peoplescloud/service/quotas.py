@@ -113,10 +113,7 @@ class QuotaCommands(ServiceBase):
             figures["memory_mb"] = memory_mb
         if cpus is not None:
             figures["cpus"] = cpus
-        said = " ".join(
-            [f"memory={memory_mb}M"] * (memory_mb is not None)
-            + [f"cpu={cpus:g}"] * (cpus is not None)
-        )
+        said = " ".join(f"{k}={v:g}" for k, v in figures.items())
         description = f"Set resources of {ptype or 'every type'}: {said}"
         with self.state.change() as s:
             a = s.app(app)
