@@ -13,9 +13,10 @@ import pytest
 import peoplescloud.deploy
 from peoplescloud.errors import Forbidden, NotFound, PCError, UsageError
 from peoplescloud.quotas import OverQuota
+from peoplescloud.reconciler import Reconciler
 from peoplescloud.runtime.base import InstanceStatus
 from peoplescloud.service import Node
-from peoplescloud.settings import Quotas, Shares, load
+from peoplescloud.settings import Quotas, Settings, Shares, load
 from peoplescloud.state import User
 from tests.fakes import FakeBus, FakeRuntime
 from tests.test_bounds import BlockingRuntime, make_node
@@ -238,3 +239,58 @@ def test_an_instance_killed_over_its_memory_is_restarted_and_its_log_says_so(
     bus: FakeBus = node.logbus  # type: ignore[assignment]
     assert "annbot: bot.1 exceeded its memory limit (256 MB); restarting in 1s" in bus.events
     assert node.reconciler.crash("annbot", "bot.1") is not None  # with back-off
+
+
+# --- a real container over its memory ------------------------------------------------------
+
+HOG = "/usr/bin/python3 -c 'b = b\"x\" * (200 << 20); import time; time.sleep(60)'"
+
+
+@pytest.mark.docker
+def test_a_container_over_its_memory_is_oom_killed_and_its_log_says_so(tmp_path: Path) -> None:
+    """64 MB for a bot that writes 200 MB: docker kills it, `status` says it was
+    the memory, and the reconciler's restart line says so."""
+    from peoplescloud.docker_engine import connect
+    from peoplescloud.runtime.docker import DockerRuntime
+    from peoplescloud.state import App, Release, State
+    from peoplescloud.store import LocalStore
+    from tests.conftest import wait_for
+    from tests.fakes import FakeCluster
+    from tests.test_runtime_suite import STACK_IMAGE, node_name
+
+    client = connect(30)
+    assert client is not None
+    name = node_name()
+    settings = Settings(home=tmp_path, name=name)
+    slug = settings.slug_path("hogslug")
+    slug.mkdir(parents=True)
+    for p in (tmp_path, settings.slugs_dir, slug):
+        p.chmod(0o755)
+    state = State(settings.state_file)
+    with state.change() as s:
+        app = App(name="hog", owner="ann", created="t", scale={"bot": 1})
+        app.releases.append(
+            Release(1, "hogslug", "procfile", "img", {"bot": HOG}, "c", "ann", "t", "")
+        )
+        app.current = 1
+        app.resources = {"*": {"memory_mb": 64}}
+        s.apps["hog"] = app
+    runtime = DockerRuntime(client, name, STACK_IMAGE)
+    bus = FakeBus()
+    reconciler = Reconciler(
+        settings, FakeCluster(state, LocalStore(settings.store_dir)), runtime, bus
+    )  # type: ignore[arg-type]
+    try:
+        reconciler.reconcile()
+        dead = wait_for(
+            lambda: next((s for s in runtime.status() if not s.running), None),
+            "the bot to be killed",
+            timeout=60,
+        )
+        assert dead.oom_killed and dead.process == "bot.1"
+        reconciler.reconcile()
+        assert "hog: bot.1 exceeded its memory limit (64 MB); restarting in 1s" in bus.events
+    finally:
+        reconciler.close()
+        for s in runtime.status():
+            runtime.stop(s.key, timeout=1)
