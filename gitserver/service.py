@@ -77,6 +77,27 @@ class NodeRow:
     instances: int
 
 
+@dataclass(frozen=True)
+class QuotaRow:
+    """One of a user's quotas, as `quota` shows it."""
+
+    name: str  # "apps", "instances", "runs", "builds"
+    what: str  # "process instances"
+    limit: int
+    used: int
+    source: str  # "node default ([quotas])" or "set for ann"
+
+
+@dataclass(frozen=True)
+class ResourceRow:
+    """What one instance of a process type may use, as `resources` shows it."""
+
+    ptype: str  # "bot", or "*" before the first push
+    memory_mb: int
+    cpus: float
+    source: str  # "node default", "set for the app", "set for bot"
+
+
 class NodeService(Protocol):
     node_name: str
 
@@ -146,6 +167,18 @@ class NodeService(Protocol):
         use (admins: all)."""
 
     def rollback(self, user: str, app: str, version: str) -> str: ...
+    def quota(self, user: str, who: str | None = None) -> list[QuotaRow]:
+        """`who`'s quotas (default: the asker's); another user's only for admins."""
+
+    def quota_set(self, user: str, who: str, values: dict[str, int]) -> None:
+        """Admins only: set `who`'s limits (quota name -> N)."""
+
+    def resources(self, user: str, app: str) -> list[ResourceRow]: ...
+    def resources_set(
+        self, user: str, app: str, ptype: str | None, memory_mb: int | None, cpus: float | None
+    ) -> str | None:
+        """The new release (None before the first push)."""
+
     def swarm_nodes(self, user: str) -> list[NodeRow]:
         """The swarm's members; raises PCError on a node that is in no swarm."""
 

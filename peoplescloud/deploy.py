@@ -20,6 +20,7 @@ from peoplescloud.errors import PCError
 from peoplescloud.locks import KeyedLocks
 from peoplescloud.logbus import LogBus
 from peoplescloud.processes import is_web, process_names
+from peoplescloud.quotas import UserSlots, limit_of
 from peoplescloud.reconciler import Reconciler
 from peoplescloud.runtime.base import InstanceKey, InstanceStatus
 from peoplescloud.settings import Settings
@@ -50,6 +51,7 @@ class Deployer:
         self.executor = executor
         self.locks = locks or KeyedLocks()
         self._builds = threading.BoundedSemaphore(settings.build.max_concurrent)
+        self._user_builds = UserSlots("builds")  # builds each user has going here
 
     def deploy(
         self, user: str, app: str, repo: Path, commit: str, say: Callable[[str], None]
@@ -70,12 +72,17 @@ class Deployer:
     def busy(self, app: str) -> bool:
         return self.locks.held(app)
 
+    def builds_of(self, user: str) -> int:
+        """The builds `user` has going on this node (their `builds` quota counts them)."""
+        return self._user_builds.used(user)
+
     def _deploy(
         self, user: str, app: str, repo: Path, commit: str, say: Callable[[str], None]
     ) -> str:
         tmp_root = self.settings.tmp_dir
         tmp_root.mkdir(parents=True, exist_ok=True)
-        with self._build_slot(say):
+        most = limit_of(self.state.read(), self.settings.quotas, user, "builds")
+        with self._user_builds.hold(user, most), self._build_slot(say):
             work = Path(tempfile.mkdtemp(prefix=f"build-{app}-", dir=tmp_root))
             try:
                 src, out = work / "src", work / "slug"

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import builder
 from peoplescloud.errors import NotFound
 from peoplescloud.processes import is_web, process_names, ptype_of
+from peoplescloud.resources import instance_size
 from peoplescloud.runtime.base import InstanceKey, InstanceSpec, InstanceStatus, Runtime
 from peoplescloud.settings import Settings
 from peoplescloud.state import App, Snapshot
@@ -94,6 +95,8 @@ def instance_spec(
     app: App, version: int, process: str, command: str, node: str, settings: Settings
 ) -> InstanceSpec:
     release = app.release(version)
+    shares = settings.shares
+    size = instance_size(app, ptype_of(process), shares.instance_memory_mb, shares.instance_cpus)
     return InstanceSpec(
         app=app.name,
         process=process,
@@ -102,8 +105,8 @@ def instance_spec(
         slug=settings.slug_path(release.slug),
         node=node,
         env=dict(app.config),
-        memory_mb=settings.shares.instance_memory_mb,
-        cpus=settings.shares.instance_cpus,
+        memory_mb=size.memory_mb,
+        cpus=size.cpus,
         web=is_web(process),
         path=builder.SLUG_PATH,
     )
@@ -292,8 +295,11 @@ class Reconciler:
                 crash.count += 1
                 delay = min(BACKOFF_MAX, 2.0 ** (crash.count - 1))
                 crash.retry_at = time.monotonic() + delay
-                why = f"exited with code {status.exit_code}; restarting in {delay:.0f}s"
-                self.logbus.event(spec.app, f"{spec.process} {why}")
+                if status.oom_killed:
+                    why = f"exceeded its memory limit ({spec.memory_mb} MB)"
+                else:
+                    why = f"exited with code {status.exit_code}"
+                self.logbus.event(spec.app, f"{spec.process} {why}; restarting in {delay:.0f}s")
             if time.monotonic() < crash.retry_at:
                 return
             crash.retry_at = None

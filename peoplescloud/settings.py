@@ -136,6 +136,10 @@ class Shares:
     max_oneoffs: int = 4  # one-off `run` processes at once on this node
     max_config_value_kb: int = 32  # one config var's value
     max_config_total_kb: int = 64  # all of one app's config vars, names and values
+    # The most `resources:set` may give one instance of an app (its default: the
+    # instance_* figures above).
+    max_instance_memory_mb: int = 1024
+    max_instance_cpus: float = 1.0
 
     def __post_init__(self) -> None:
         _numbers(
@@ -155,7 +159,26 @@ class Shares:
             max_oneoffs=(int, 1),
             max_config_value_kb=(int, 1),
             max_config_total_kb=(int, 1),
+            max_instance_memory_mb=(int, 16),
+            max_instance_cpus=(float, 0.01),
         )
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """What one user may have or run at once, unless an admin set theirs
+    (`quota:set USER NAME=N`)."""
+
+    apps: int = 5  # apps the user owns
+    instances: int = 10  # process instances of their apps (the scale of all of them)
+    runs: int = 2  # one-off `run` processes at once, on one node
+    builds: int = 1  # builds at once, on one node
+
+    def __post_init__(self) -> None:
+        _numbers(self, "quotas", apps=(int, 0), instances=(int, 0), runs=(int, 0), builds=(int, 0))
+
+
+QUOTA_NAMES = tuple(f.name for f in fields(Quotas))
 
 
 def _kubo_api_url(value: Any) -> str:
@@ -234,6 +257,7 @@ class Settings:
     shares: Shares = field(default_factory=Shares)
     ipfs: IpfsSettings = field(default_factory=IpfsSettings)
     swarm: SwarmSettings = field(default_factory=SwarmSettings)
+    quotas: Quotas = field(default_factory=Quotas)
 
     def __post_init__(self) -> None:
         if not NODE_NAME_RE.fullmatch(self.name):
@@ -323,6 +347,7 @@ _SECTIONS = {
     "shares": Shares,
     "ipfs": IpfsSettings,
     "swarm": SwarmSettings,
+    "quotas": Quotas,
 }
 
 

@@ -73,6 +73,9 @@ class App:
     placement: dict[str, str] = field(default_factory=dict)  # process -> node (in a swarm)
     created_empty: bool = False  # by `apps:create`: a failed first push leaves it
     collaborators: list[str] = field(default_factory=list)  # `sharing:add`: may use, not own
+    # `resources:set`: process type (or "*", every type) -> {"memory_mb": int,
+    # "cpus": float}, either or both; the node's [shares] instance_* otherwise.
+    resources: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def release(self, version: int | None = None) -> Release:
         """The release `version` (default: the current one)."""
@@ -127,6 +130,8 @@ class Snapshot:
     # MAX_EVENTS kept. Keyed by a unique, time-ordered id rather than a list, so two
     # members recording at once touch different entries (no Conflict in a swarm).
     events: dict[str, dict] = field(default_factory=dict)
+    # user -> quota name -> limit, set by an admin (`quota:set`); [quotas] otherwise.
+    quotas: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def app(self, name: str) -> App:
         try:
@@ -215,6 +220,7 @@ def snapshot_from_dict(data: dict) -> Snapshot:
         observed=dict(data.get("observed", {})),
         destroyed=dict(data.get("destroyed", {})),
         events=dict(data.get("events", {})),
+        quotas={u: dict(q) for u, q in data.get("quotas", {}).items()},
     )
 
 

@@ -25,7 +25,8 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from peoplescloud.processes import process_names
+from peoplescloud.processes import process_names, ptype_of
+from peoplescloud.resources import Size, instance_size
 from peoplescloud.settings import SwarmSettings
 from peoplescloud.state import App, Member
 
@@ -76,17 +77,24 @@ def wanted_instances(apps: Mapping[str, App], instance_memory_mb: int) -> dict[K
     process type of the current release times its scale, unless the app is
     stopped.
     """
-    out: dict[Key, int] = {}
+    return {key: size.memory_mb for key, size in _wanted(apps, instance_memory_mb, 0.0).items()}
+
+
+def _wanted(
+    apps: Mapping[str, App], instance_memory_mb: int, instance_cpus: float
+) -> dict[Key, Size]:
+    """Every wanted instance with its own figures: its app's `resources:set` for
+    its type, else the defaults given."""
+    out: dict[Key, Size] = {}
     for name in sorted(apps):
         app = apps[name]
         if app.stopped or app.current is None:
             continue
-        # `App.memory_mb` (a per-app limit) is proposed for state.py; until it
-        # exists every instance needs the swarm's default.
-        memory = getattr(app, "memory_mb", None) or instance_memory_mb
         scale = {ptype: app.scale.get(ptype, 0) for ptype in sorted(app.release().processes)}
         for process in process_names(scale):
-            out[(name, process)] = memory
+            out[(name, process)] = instance_size(
+                app, ptype_of(process), instance_memory_mb, instance_cpus
+            )
     return out
 
 
@@ -161,13 +169,14 @@ def place(
     Running instances stay where they are while their node is up or suspect:
     never moved to balance load. Removed instances are dropped; those on down
     (or departed) nodes, new ones and those on leaving nodes go to up members
-    with room (each needs its memory and `instance_cpus` of what a member
-    shares), spread over nodes. Instances are placed in the order bot.1 of
+    with room (each needs its own memory and CPU of what a member shares: its
+    app's `resources:set` figures, else `instance_memory_mb` and
+    `instance_cpus`), spread over nodes. Instances are placed in the order bot.1 of
     every app, then bot.2 of every app, ...: with scarce room, one app scaled
     high cannot starve the others of their first instance.
     """
     loads = {m.name: _Load(m, member_state(m, now, margin)) for m in sorted(members, key=_by_name)}
-    wanted = wanted_instances(apps, instance_memory_mb)
+    wanted = _wanted(apps, instance_memory_mb, instance_cpus)
     nodes: dict[Key, str] = {}
     decisions: list[str] = []
     homeless: list[tuple[Key, str]] = []  # (instance, why it needs a new node)
@@ -184,7 +193,7 @@ def place(
             homeless.append((key, f"{node} is down since {_clock(load.member, margin)}"))
         else:
             nodes[key] = node
-            load.add(key[0], wanted[key], instance_cpus)
+            load.add(key[0], *wanted[key])
             if load.state == SUSPECT:
                 decisions.append(
                     f"{_label(key)}: {node} is suspect; left there until it is down at "
@@ -197,25 +206,25 @@ def place(
 
     unplaced: dict[Key, str] = {}
     for key, why in homeless:
-        target, reason = _choose(loads, key[0], wanted[key], instance_cpus)
+        target, reason = _choose(loads, key[0], *wanted[key])
         if target is None:
             unplaced[key] = reason
             decisions.append(f"{_label(key)}: {why + '; ' if why else ''}not placed: {reason}")
             continue
         nodes[key] = target
-        loads[target].add(key[0], wanted[key], instance_cpus)
+        loads[target].add(key[0], *wanted[key])
         verb = f"{why}; moved to" if why else "placed on"
         decisions.append(f"{_label(key)}: {verb} {target}")
 
     handoffs: dict[Key, str] = {}
     for key in leaving:
         old = nodes[key]
-        target, reason = _choose(loads, key[0], wanted[key], instance_cpus)
+        target, reason = _choose(loads, key[0], *wanted[key])
         if target is None:
             decisions.append(f"{_label(key)}: {old} is leaving; stays there: {reason}")
             continue
-        loads[old].remove(key[0], wanted[key], instance_cpus)
-        loads[target].add(key[0], wanted[key], instance_cpus)
+        loads[old].remove(key[0], *wanted[key])
+        loads[target].add(key[0], *wanted[key])
         nodes[key] = target
         handoffs[key] = old
         decisions.append(f"{_label(key)}: {old} is leaving; moved to {target}")

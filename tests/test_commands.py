@@ -13,7 +13,7 @@ import pytest
 
 import gitserver.channel
 from gitserver.commands import COMMANDS, dispatch, node_table, parse_assignments
-from gitserver.service import AppRow, NodeRow, PsRow, ReleaseRow
+from gitserver.service import AppRow, NodeRow, PsRow, QuotaRow, ReleaseRow, ResourceRow
 from peoplescloud.errors import Forbidden, NotFound, PCError, UsageError
 
 
@@ -90,6 +90,27 @@ class FakeNode:
     def rollback(self, user: str, app: str, version: str) -> str:
         self.calls.append(("rollback", (user, app, version)))
         return "v9"
+
+    def quota(self, user: str, who: str | None = None) -> list[QuotaRow]:
+        self.calls.append(("quota", (user, who)))
+        if who == "bob":
+            raise Forbidden("only an admin may see another user's quota; `quota` shows yours")
+        return [
+            QuotaRow("apps", "apps", 5, 2, "node default ([quotas])"),
+            QuotaRow("instances", "process instances", 20, 3, f"set for {who or user}"),
+        ]
+
+    def resources(self, user: str, app: str) -> list[ResourceRow]:
+        return [
+            ResourceRow("bot", 512, 0.25, "node default"),
+            ResourceRow("web", 256, 0.5, "set for web"),
+        ]
+
+    def resources_set(
+        self, user: str, app: str, ptype: str | None, memory_mb: int | None, cpus: float | None
+    ) -> str | None:
+        self.calls.append(("resources_set", (user, app, ptype, memory_mb, cpus)))
+        return "v4"
 
     def run(
         self,
@@ -168,6 +189,17 @@ def test_help_lists_all_commands():
         ("apps:create", "missing APP"),
         ("apps:create mybot extra", "unexpected argument 'extra'"),
         ("apps:destroy mybot --confirm other", "repeat with --confirm mybot"),
+        ("quota ann extra", "unexpected argument 'extra'"),
+        ("quota:set", "missing USER"),
+        ("quota:set ann", "missing NAME=N"),
+        ("quota:set ann apps", "'apps' is not NAME=N"),
+        ("quota:set ann apps=lots", "apps needs a number"),
+        ("resources", "missing APP"),
+        ("resources:set mybot", "missing memory=SIZE or cpu=N"),
+        ("resources:set mybot web", "missing memory=SIZE or cpu=N"),
+        ("resources:set mybot disk=1G", "'disk=1G' is neither memory=SIZE nor cpu=N"),
+        ("resources:set mybot memory=lots", "give megabytes or gigabytes, like 256M"),
+        ("resources:set mybot cpu=half", "give a number of CPUs, like 0.5"),
     ],
 )
 def test_wrong_arguments_say_why_and_show_usage(command: str, reason: str):
@@ -485,3 +517,50 @@ def test_events_and_sharing_tables():
     assert call("sharing mybot", node)[1] == "bob\neve\n"
     assert call("keys", node)[1].splitlines()[1].split() == ["SHA256:abc", "ssh-ed25519"]
     assert call("users", node)[1].splitlines()[1].split() == ["ann", "yes", "2", "1"]
+
+
+def test_quota_shows_limits_and_usage_and_quota_set_passes_the_numbers():
+    node = FakeNode()
+    status, out, _ = call("quota", node)
+    assert status == 0
+    assert out.splitlines() == [
+        "QUOTA      USED  LIMIT  COUNTS             LIMIT FROM",
+        "apps       2     5      apps               node default ([quotas])",
+        "instances  3     20     process instances  set for alice",
+    ]
+    assert call("quota ann", node)[0] == 0
+    status, out, err = call("quota bob", node)
+    assert (status, out) == (Forbidden.exit_code, "")
+    assert err == " !     only an admin may see another user's quota; `quota` shows yours\n"
+    status, out, _ = call("quota:set ann apps=7 instances=20", node)
+    assert (status, out) == (0, "-----> Quota of ann: apps=7 instances=20\n")
+    assert node.calls == [
+        ("quota", ("alice", None)),
+        ("quota", ("alice", "ann")),
+        ("quota", ("alice", "bob")),
+        ("quota_set", ("alice", "ann", {"apps": 7, "instances": 20})),
+    ]
+
+
+def test_resources_shows_each_type_and_resources_set_parses_sizes():
+    node = FakeNode()
+    status, out, _ = call("resources mybot", node)
+    assert status == 0
+    assert out.splitlines() == [
+        "TYPE  MEMORY  CPU   FROM",
+        "bot   512 MB  0.25  node default",
+        "web   256 MB  0.5   set for web",
+    ]
+    status, out, _ = call("resources:set mybot web memory=256M cpu=0.5", node)
+    assert status == 0
+    assert out == (
+        "-----> Resources of mybot (web): memory=256 MB cpu=0.5\n"
+        "-----> Release v4: restarting the app's processes\n"
+    )
+    for command in ("resources:set mybot memory=1G", "resources:set mybot cpu=.25 memory=300"):
+        assert call(command, node)[0] == 0
+    assert [c for c in node.calls if c[0] == "resources_set"] == [
+        ("resources_set", ("alice", "mybot", "web", 256, 0.5)),
+        ("resources_set", ("alice", "mybot", None, 1024, None)),
+        ("resources_set", ("alice", "mybot", None, 300, 0.25)),
+    ]

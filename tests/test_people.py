@@ -81,6 +81,14 @@ def test_transfer_gives_the_app_away(node: Node):  # noqa: F811
     node.destroy("bob", "annbot")
 
 
+def test_a_transfer_counts_against_the_new_owners_apps_quota(node: Node):  # noqa: F811
+    with node.state.change() as s:
+        s.quotas["bob"] = {"apps": 0}
+    with pytest.raises(PCError, match=r"bob has 0 apps, their quota \(apps\)"):
+        node.transfer("ann", "annbot", "bob")
+    assert node.state.read().apps["annbot"].owner == "ann"
+
+
 def test_keys_add_list_and_remove_but_never_the_last(node: Node):  # noqa: F811
     added = node.key_add("ann", key(1))
     assert added == fingerprint(key(1)) and added.startswith("SHA256:")

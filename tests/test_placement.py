@@ -263,12 +263,42 @@ def test_max_apps_counts_apps_not_instances() -> None:
 
 
 def test_per_app_memory_overrides_the_default() -> None:
-    """`App.memory_mb` is proposed for state.py; an attribute stands in until then."""
+    """`resources:set big memory=1500M`: its instance needs 1500 MB, not the default."""
     big = app("big", bot=1)
-    big.memory_mb = 1500  # type: ignore[attr-defined]
+    big.resources = {"*": {"memory_mb": 1500}}
     p = run([member("n1", memory_mb=1024), member("n2", memory_mb=1600)], apps(big))
     assert p.nodes == {("big", "bot.1"): "n2"}
     assert p.free_mb == {"n1": 1024, "n2": 100}
+
+
+def test_placement_counts_each_instances_own_memory_and_cpus() -> None:
+    """Mixed figures: a type's own beat the app's "*", which beat the default (512 MB)."""
+    small = app("small", bot=3)
+    small.resources = {"*": {"memory_mb": 128}}
+    mixed = app("mixed", web=1, bot=1)
+    mixed.resources = {"*": {"memory_mb": 256, "cpus": 0.5}, "web": {"memory_mb": 700}}
+    plain = app("plain", bot=1)
+    members = [member("n1", memory_mb=1024, cpus=1.0), member("n2", memory_mb=1024, cpus=1.0)]
+    p = place(members, apps(small, mixed, plain), {}, NOW, MB, instance_cpus=0.25)
+    assert len(p.nodes) == 6 and not p.unplaced
+    used = {
+        n: sum(
+            mb
+            for (a, proc), node in p.nodes.items()
+            if node == n
+            for mb in [
+                {"small": 128, "plain": 512}.get(a) or (700 if proc.startswith("web") else 256)
+            ]
+        )
+        for n in ("n1", "n2")
+    }
+    assert p.free_mb == {n: 1024 - used[n] for n in used}
+    assert sum(used.values()) == 3 * 128 + 700 + 256 + 512
+    # One more 700 MB web does not fit anywhere: the figures, not 512 each, are counted.
+    mixed.scale["web"] = 2
+    p = place(members, apps(small, mixed, plain), p.nodes, NOW, MB, instance_cpus=0.25)
+    assert set(p.unplaced) == {("mixed", "web.2")}
+    assert "no member has room for 700 MB and 0.5 CPU" in p.unplaced[("mixed", "web.2")]
 
 
 def test_cpus_are_a_soft_weight_never_a_limit() -> None:

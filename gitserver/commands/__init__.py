@@ -19,6 +19,7 @@ from gitserver.commands import (
     events,
     logs,
     ps,
+    quota,
     releases,
     run,
     sharing,
@@ -112,6 +113,17 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "releases", "APP", "list an app's releases (* marks the current one)", releases.releases
     ),
+    Command(
+        "resources", "APP", "show the memory and CPU of each process instance", quota.resources
+    ),
+    Command(
+        "resources:set",
+        "APP [TYPE] [memory=SIZE] [cpu=N]",
+        "set what one instance may use, e.g. memory=256M cpu=0.5 (restarts the app)",
+        quota.resources_set,
+    ),
+    Command("quota", "[USER]", "show your quotas and usage (admins: anyone's)", quota.quota),
+    Command("quota:set", "USER NAME=N...", "admins: set a user's quotas", quota.set_),
     Command("swarm:nodes", "", "list the swarm's members, their state and load", swarm.nodes),
     Command(
         "rollback", "APP VERSION", "run an earlier release again, as a new one", releases.rollback

@@ -103,6 +103,7 @@ class InstanceStatus:
     started_at: str = ""  # RFC 3339, UTC
     address: str | None = None  # "127.0.0.1:49153" for web instances the router can reach
     detail: str = ""  # runtime-specific: container id, pid
+    oom_killed: bool = False  # it ended because it went over its memory limit
 
     @property
     def key(self) -> InstanceKey:

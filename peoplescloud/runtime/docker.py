@@ -339,6 +339,7 @@ class DockerRuntime:
             started_at=state.get("StartedAt", "")[:19] + "Z",
             address=address,
             detail=container.short_id,
+            oom_killed=not running and bool(state.get("OOMKilled")),
         )
 
     def _read_logs(self, container: Any, follow: bool, cursor: str | None) -> Iterator[LogLine]:

@@ -10,6 +10,7 @@ from peoplescloud.service.apps import AppCommands
 from peoplescloud.service.config import ConfigCommands
 from peoplescloud.service.events import EventCommands
 from peoplescloud.service.processes import ProcessCommands
+from peoplescloud.service.quotas import QuotaCommands
 from peoplescloud.service.releases import ReleaseCommands
 from peoplescloud.service.run import RunCommands, merge
 from peoplescloud.service.sharing import SharingCommands
@@ -25,6 +26,7 @@ class Node(
     UserCommands,
     SharingCommands,
     EventCommands,
+    QuotaCommands,
 ):
     """The app service of one node (alone or in a swarm: see `peoplescloud.cluster`)."""
 

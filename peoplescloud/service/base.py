@@ -16,6 +16,7 @@ from peoplescloud.cluster import Cluster
 from peoplescloud.deploy import Deployer
 from peoplescloud.errors import Forbidden, NotFound, PCError
 from peoplescloud.logbus import LogBus
+from peoplescloud.quotas import UserSlots, apps_of, limit_of, refusal
 from peoplescloud.reconciler import Reconciler
 from peoplescloud.runtime.base import Runtime
 from peoplescloud.settings import Settings, check_app_name
@@ -52,6 +53,7 @@ class ServiceBase:
         self._oneoffs = threading.BoundedSemaphore(settings.shares.max_oneoffs)
         self._refusals: dict[str, float] = {}  # what was refused -> when (monotonic)
         self._refusals_lock = threading.Lock()
+        self._user_runs = UserSlots("runs")  # one-offs each user has going here
 
     # --- who may do what ----------------------------------------------------
     def _app(self, user: str, name: str, snap: Snapshot | None = None, need: str = "use") -> App:
@@ -185,6 +187,8 @@ class ServiceBase:
         """A new app of `user` in the state being changed, within the node's limit."""
         if len(s.apps) >= self.settings.shares.max_apps:
             raise PCError(f"this node hosts {len(s.apps)} apps, its limit; ask the host")
+        if (have := apps_of(s, user)) >= limit_of(s, self.settings.quotas, user, "apps"):
+            raise refusal("apps", user, user, have)
         new = s.apps[app] = App(name=app, owner=user, created=now(), created_empty=empty)
         s.destroyed.pop(app, None)
         return new

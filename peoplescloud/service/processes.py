@@ -6,6 +6,7 @@ from builder.procfile import PROCESS_TYPE
 from gitserver.service import PsRow
 from peoplescloud.errors import PCError, UsageError
 from peoplescloud.processes import process_names, ptype_of
+from peoplescloud.quotas import instances_of, limit_of, refusal
 from peoplescloud.runtime.base import InstanceKey, InstanceStatus
 from peoplescloud.service.base import ServiceBase
 from peoplescloud.state import Snapshot
@@ -51,9 +52,10 @@ class ProcessCommands(ServiceBase):
         """Set how many instances of each type run. Before the first push the types
         are not known yet: the counts are kept for the types the first release has
         (a type scaled to 0 then is not started, nor waited for)."""
-        self._app(user, app)
+        owner = self._app(user, app).owner
         with self.state.change() as s:
             before = _wanted(s)
+            mine = instances_of(s, owner)
             a = s.app(app)
             types = a.release().processes if a.current is not None else None
             for ptype, n in counts.items():
@@ -68,6 +70,7 @@ class ProcessCommands(ServiceBase):
                     raise UsageError(f"{ptype}={n}: scale between 0 and 20 instances")
                 a.scale[ptype] = n
             self._check_instances(s, before)
+            self._check_quota(s, user, a.owner, mine)
         self.reconciler.reconcile()
         self._record(user, app, "ps:scale " + " ".join(f"{t}={n}" for t, n in counts.items()))
 
@@ -82,6 +85,13 @@ class ProcessCommands(ServiceBase):
                 f"{wanted} instances in all: {where} at most {most} "
                 "([shares] max_instances); scale something down first"
             )
+
+    def _check_quota(self, snap: Snapshot, user: str, owner: str, before: int) -> None:
+        """Refuse a scale up past the instance quota of the app's owner (whoever asks:
+        a collaborator spends the owner's quota); scaling down always goes."""
+        wanted = instances_of(snap, owner)
+        if wanted > limit_of(snap, self.settings.quotas, owner, "instances") and wanted > before:
+            raise refusal("instances", owner, user, wanted)
 
     def restart(self, user: str, app: str, ptype: str | None) -> None:
         a = self._app(user, app)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 from peoplescloud.bridge import in_pool
 from peoplescloud.errors import PCError, UsageError
+from peoplescloud.quotas import limit_of
 from peoplescloud.reconciler import instance_spec
 from peoplescloud.service.base import ServiceBase
 
@@ -39,10 +40,12 @@ class RunCommands(ServiceBase):
                 "try again when one ends"
             )
         try:
-            self.logbus.event(app, f"{user} runs {spec.process}: {command}")
-            self._record(user, app, f"run {spec.process}")  # the command may hold a secret
-            with self.reconciler.holding(spec):
-                return self.runtime.run(spec, ["sh", "-c", command], output, stdin, cancel)
+            most = limit_of(self.state.read(), self.settings.quotas, user, "runs")
+            with self._user_runs.hold(user, most):
+                self.logbus.event(app, f"{user} runs {spec.process}: {command}")
+                self._record(user, app, f"run {spec.process}")  # the command may hold a secret
+                with self.reconciler.holding(spec):
+                    return self.runtime.run(spec, ["sh", "-c", command], output, stdin, cancel)
         finally:
             self._oneoffs.release()
 

@@ -5,6 +5,7 @@ change who shares it."""
 from __future__ import annotations
 
 from peoplescloud.errors import NotFound, PCError
+from peoplescloud.quotas import apps_of, limit_of, refusal
 from peoplescloud.service.base import ServiceBase
 from peoplescloud.state import Snapshot
 
@@ -41,6 +42,9 @@ class SharingCommands(ServiceBase):
             _known(s, other)
             if other == a.owner:
                 raise PCError(f"{other} already owns {app}")
+            quotas = self.settings.quotas
+            if (have := apps_of(s, other)) >= limit_of(s, quotas, other, "apps"):
+                raise refusal("apps", other, user, have)  # the new owner's quota counts
             if other in a.collaborators:
                 a.collaborators.remove(other)
             before, a.owner = a.owner, other
