@@ -13,7 +13,7 @@ import difflib
 from collections.abc import Sequence
 
 from gitserver.channel import Channel
-from gitserver.commands import apps, config, logs, ps, releases, run, swarm
+from gitserver.commands import apps, config, dashboard, logs, ps, releases, run, swarm
 from gitserver.commands.base import Args, Command, Context, parse_assignments, table
 from gitserver.commands.swarm import node_table
 from gitserver.service import NodeService
@@ -73,6 +73,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("config:unset", "APP KEY...", "remove config vars (restarts the app)", config.unset),
     Command(
         "releases", "APP", "list an app's releases (* marks the current one)", releases.releases
+    ),
+    Command(
+        "dashboard:login", "", "print a one-time link to the node's dashboard", dashboard.login
     ),
     Command("swarm:nodes", "", "list the swarm's members, their state and load", swarm.nodes),
     Command(

@@ -8,12 +8,20 @@ noun, composed here.
 
 from peoplescloud.service.apps import AppCommands
 from peoplescloud.service.config import ConfigCommands
+from peoplescloud.service.dashboard import DashboardCommands
 from peoplescloud.service.processes import ProcessCommands
 from peoplescloud.service.releases import ReleaseCommands
 from peoplescloud.service.run import RunCommands, merge
 
 
-class Node(AppCommands, ProcessCommands, ConfigCommands, ReleaseCommands, RunCommands):
+class Node(
+    AppCommands,
+    ProcessCommands,
+    ConfigCommands,
+    ReleaseCommands,
+    RunCommands,
+    DashboardCommands,
+):
     """The app service of one node (alone or in a swarm: see `peoplescloud.cluster`)."""
 
 
