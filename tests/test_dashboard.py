@@ -259,3 +259,18 @@ def test_html_in_a_log_line_is_text(client, api):
     assert "<b>hello</b>" in resp.json["lines"][0]  # JSON: the page's script sets it as text
     assert "<b>" not in page.split("<pre", 1)[1]
     assert "script-src 'self'" in client.get("/").headers["Content-Security-Policy"]
+
+
+def test_a_missing_browser_fails_where_it_is_required(monkeypatch: pytest.MonkeyPatch):
+    from tests import test_e2e_dashboard
+
+    monkeypatch.setattr(test_e2e_dashboard.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("PC_REQUIRE_BROWSER", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        test_e2e_dashboard.browser_or_fail()
+    for name, value in (("CI", "true"), ("PC_REQUIRE_BROWSER", "1")):
+        with monkeypatch.context() as m:
+            m.setenv(name, value)
+            with pytest.raises(pytest.fail.Exception, match="chromium"):
+                test_e2e_dashboard.browser_or_fail()

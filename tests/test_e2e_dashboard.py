@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 import urllib.error
@@ -134,6 +135,20 @@ def test_dashboard_over_http(node_factory, tmp_path: Path):
     log = node.log.read_text()
     assert SECRET not in log and token not in log and session not in log
     assert '"GET /login' in log  # gunicorn's access log: the path, never the query
+
+    # A gunicorn that dies is started again; it stops with the node.
+    first = gunicorn_pids(node)[-1]
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: len(gunicorn_pids(node)) == 2, what="a new gunicorn", timeout=30)
+    wait_dashboard(base)
+    assert json.loads(get("/api/apps", bearer))[0]["name"] == "dashapp"  # sessions kept
+    second = gunicorn_pids(node)[-1]
+    node.stop()
+    wait_for(lambda: not os.path.exists(f"/proc/{second}"), what="gunicorn to stop", timeout=15)
+
+
+def gunicorn_pids(node) -> list[int]:
+    return [int(p) for p in re.findall(r"gunicorn pid (\d+)", node.log.read_text())]
 
 
 def browser_or_fail() -> tuple[str, str]:
