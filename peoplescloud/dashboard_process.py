@@ -50,8 +50,43 @@ def command(settings: Settings, api_socket: Path) -> list[str]:
         "--error-logfile", "-",
         "--graceful-timeout", "5",
         "--worker-tmp-dir", str(settings.run_dir),
+        "--pid", str(pidfile(settings)),
         "dashboard.app:create_app()",
     ]  # fmt: skip
+
+
+def pidfile(settings: Settings) -> Path:
+    return settings.run_dir / "dashboard.pid"
+
+
+def stop_leftover(path: Path) -> None:
+    """A gunicorn a killed daemon left running (it holds the port): stopped, if the
+    pid in its pid file is still a dashboard's gunicorn."""
+    try:
+        pid = int(path.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if b"gunicorn" not in cmdline or b"dashboard.app:create_app()" not in cmdline:
+        return
+    log.info("stopping the dashboard a previous daemon left running (pid %d)", pid)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + STOP_WAIT / 2
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        if not _alive(pid):
+            return
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def environment(settings: Settings, api_socket: Path) -> dict[str, str]:
@@ -67,6 +102,7 @@ def environment(settings: Settings, api_socket: Path) -> dict[str, str]:
 
 async def supervise(settings: Settings, api_socket: Path, stop: asyncio.Event) -> None:
     """Run gunicorn until `stop` is set; start it again when it dies."""
+    await asyncio.to_thread(stop_leftover, pidfile(settings))
     backoff = FIRST_BACKOFF
     while not stop.is_set():
         started = time.monotonic()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -157,6 +158,12 @@ def test_gunicorn_stops_with_the_node(tmp_path: Path, monkeypatch: pytest.Monkey
     )
     monkeypatch.setattr(dashboard_process, "command", lambda s, p: [sys.executable, "-c", script])
     settings = Settings(home=tmp_path, name="n1")
+    sleeper = "import time; time.sleep(60)"
+    leftover = subprocess.Popen(
+        [sys.executable, "-c", sleeper, "gunicorn", "dashboard.app:create_app()"]
+    )
+    settings.run_dir.mkdir()
+    dashboard_process.pidfile(settings).write_text(str(leftover.pid))
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -165,6 +172,7 @@ def test_gunicorn_stops_with_the_node(tmp_path: Path, monkeypatch: pytest.Monkey
             await asyncio.sleep(0.05)
             if pidfile.exists() and pidfile.read_text():
                 break
+        assert leftover.poll() is not None  # a killed daemon's gunicorn went first
         stop.set()
         await asyncio.wait_for(task, 15)
 
@@ -172,3 +180,23 @@ def test_gunicorn_stops_with_the_node(tmp_path: Path, monkeypatch: pytest.Monkey
     pid = int(pidfile.read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_a_gunicorn_a_killed_daemon_left_is_stopped(tmp_path: Path):
+    sleeper = "import time; time.sleep(60)"
+    left = subprocess.Popen(
+        [sys.executable, "-c", sleeper, "gunicorn", "dashboard.app:create_app()"]
+    )
+    other = subprocess.Popen([sys.executable, "-c", sleeper])
+    try:
+        pidfile = tmp_path / "dashboard.pid"
+        pidfile.write_text(str(other.pid))
+        dashboard_process.stop_leftover(pidfile)
+        assert other.poll() is None  # not a dashboard: left alone
+        pidfile.write_text(f"{left.pid}\n")
+        dashboard_process.stop_leftover(pidfile)
+        assert left.wait(5) is not None
+    finally:
+        for proc in (left, other):
+            proc.kill()
+            proc.wait()
