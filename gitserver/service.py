@@ -179,6 +179,10 @@ class NodeService(Protocol):
     ) -> str | None:
         """The new release (None before the first push)."""
 
+    def dashboard_login(self, user: str) -> str:
+        """A one-time link that logs `user` in to the dashboard; its token is its
+        last part (after `token=`)."""
+
     def swarm_nodes(self, user: str) -> list[NodeRow]:
         """The swarm's members; raises PCError on a node that is in no swarm."""
 

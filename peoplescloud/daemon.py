@@ -24,6 +24,8 @@ import builder
 from gitserver.server import start_server
 from peoplescloud.bridge import every
 from peoplescloud.cluster import Cluster, LocalParts, open_cluster
+from peoplescloud.dashboard_api import start_api
+from peoplescloud.dashboard_process import supervise
 from peoplescloud.deploy import Deployer
 from peoplescloud.errors import PCError
 from peoplescloud.logbus import LogBus
@@ -269,6 +271,8 @@ async def start_node(
         hop_key=cluster.hop_key,
     )
     started.push_async_callback(router.cleanup)
+    if settings.dashboard_port:
+        await start_dashboard(settings, parts, started)
     if isinstance(parts.node.runtime, DockerRuntime):  # its containers reach only the router
         router_port = router.addresses[0][1]  # the one bound, when router_port is 0
         if why := await asyncio.to_thread(firewall.protect, settings.name, router_port):
@@ -288,6 +292,22 @@ async def start_node(
         asyncio.ensure_future(every(RECONCILE_EVERY, reconciler.tick, stop, wake))
     ]
     return loops + cluster_loops
+
+
+async def start_dashboard(
+    settings: Settings, parts: Parts, started: contextlib.AsyncExitStack
+) -> None:
+    """The local API for the dashboard, and its gunicorn (stopped last-first with the node)."""
+    api = await start_api(parts.node, settings.run_dir / "api.sock")
+    started.push_async_callback(api.cleanup)
+    done = asyncio.Event()
+    gunicorn = asyncio.ensure_future(supervise(settings, settings.run_dir / "api.sock", done))
+
+    async def stop_dashboard() -> None:
+        done.set()
+        await gunicorn
+
+    started.push_async_callback(stop_dashboard)
 
 
 async def close_parts(parts: Parts) -> None:

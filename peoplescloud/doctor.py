@@ -71,11 +71,11 @@ def checks(settings: Settings) -> list[Check]:
     result.append(check_firewall())
     result += swarm_checks(settings)
     result += [
-        check_port(what, settings.listen, port)
-        for what, port in (
-            ("ssh_port", settings.ssh_port),
-            ("router_port", settings.router_port),
-            ("dashboard_port", settings.dashboard_port),
+        check_port(what, host, port)
+        for what, host, port in (
+            ("ssh_port", settings.listen, settings.ssh_port),
+            ("router_port", settings.listen, settings.router_port),
+            ("dashboard_port", settings.dashboard_listen, settings.dashboard_port),
         )
     ]
     return result

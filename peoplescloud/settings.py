@@ -246,7 +246,8 @@ class Settings:
     listen: str = "0.0.0.0"  # address of the SSH server and router
     ssh_port: int = 2222
     router_port: int = 8080
-    dashboard_port: int = 8800
+    dashboard_port: int = 8800  # 0: no dashboard
+    dashboard_listen: str = "127.0.0.1"  # the dashboard's address (gunicorn binds it)
     peer_port: int = 7001  # node-to-node API (signed with the swarm secret)
     raft_port: int = 7002  # the swarm's consensus (pysyncobj, encrypted with the swarm secret)
     advertise: str = ""  # address siblings reach this node at; "" = `listen`, or 127.0.0.1

@@ -16,6 +16,7 @@ from gitserver.channel import Channel
 from gitserver.commands import (
     apps,
     config,
+    dashboard,
     events,
     logs,
     ps,
@@ -124,6 +125,9 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command("quota", "[USER]", "show your quotas and usage (admins: anyone's)", quota.quota),
     Command("quota:set", "USER NAME=N...", "admins: set a user's quotas", quota.set_),
+    Command(
+        "dashboard:login", "", "print a one-time link to the node's dashboard", dashboard.login
+    ),
     Command("swarm:nodes", "", "list the swarm's members, their state and load", swarm.nodes),
     Command(
         "rollback", "APP VERSION", "run an earlier release again, as a new one", releases.rollback

@@ -8,6 +8,7 @@ noun, composed here.
 
 from peoplescloud.service.apps import AppCommands
 from peoplescloud.service.config import ConfigCommands
+from peoplescloud.service.dashboard import DashboardCommands
 from peoplescloud.service.events import EventCommands
 from peoplescloud.service.processes import ProcessCommands
 from peoplescloud.service.quotas import QuotaCommands
@@ -27,6 +28,7 @@ class Node(
     SharingCommands,
     EventCommands,
     QuotaCommands,
+    DashboardCommands,
 ):
     """The app service of one node (alone or in a swarm: see `peoplescloud.cluster`)."""
 

@@ -1,0 +1,235 @@
+"""The daemon's local API for the dashboard's gunicorn workers: HTTP on a Unix
+socket (`$PC_HOME/run/api.sock`, mode 0600), one request per call.
+
+Every call but `POST /login` carries `Authorization: Bearer SESSION`; the daemon
+maps the session to its user and calls the app service as that user, so the
+dashboard sees what the user's SSH commands see, no more. Answers are JSON and
+never hold a config value: `config` gives the names only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from peoplescloud.bridge import in_pool
+from peoplescloud.errors import Forbidden, NotFound, PCError, UsageError
+from peoplescloud.service import Node
+
+log = logging.getLogger("pc.dashboard")
+
+MAX_TAIL = 1000  # log lines one call returns at most
+MAX_BODY = 16 * 1024  # an action's JSON body
+LOG_WAIT = 2.0  # seconds the log tail may take
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data), status=status, content_type="application/json")
+
+
+def _error(status: int, reason: str) -> web.Response:
+    return _json({"error": reason}, status)
+
+
+def make_app(node: Node) -> web.Application:
+    sessions = node.sessions
+
+    async def login(request: web.Request) -> web.Response:
+        body = await _body(request)
+        token = body.get("token")
+        if not isinstance(token, str) or not token:
+            return _error(400, "missing token")
+        try:
+            user, session, seconds = sessions.exchange(token)
+        except Forbidden as e:
+            log.info("dashboard: a login link was refused (used up or expired)")
+            return _error(403, str(e))
+        log.info("dashboard: %s logged in", user)
+        return _json({"user": user, "session": session, "seconds": seconds})
+
+    def authed(
+        handler: Callable[[web.Request, str], Awaitable[Any]],
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def wrapped(request: web.Request) -> web.Response:
+            scheme, _, session = request.headers.get("Authorization", "").partition(" ")
+            user = sessions.user_of(session) if scheme == "Bearer" and session else None
+            if user is None:
+                return _error(401, "not logged in: run `ssh ... dashboard:login` for a link")
+            app = request.match_info.get("app")
+            try:
+                return _json(await handler(request, user))
+            except (NotFound, Forbidden) as e:
+                if app is None:
+                    return _error(403, str(e))
+                # The same refusal whether the app exists or belongs to another.
+                return _error(404, f"no app {app} of yours: `apps` lists yours")
+            except UsageError as e:
+                return _error(400, str(e))
+            except PCError as e:
+                return _error(409, str(e))
+
+        return wrapped
+
+    async def whoami(request: web.Request, user: str) -> Any:
+        return {"user": user, "node": node.node_name}
+
+    async def logout(request: web.Request, user: str) -> Any:
+        _, _, session = request.headers["Authorization"].partition(" ")
+        sessions.end(session)
+        return {"ok": True}
+
+    async def apps(request: web.Request, user: str) -> Any:
+        return await in_pool(_apps, node, user)
+
+    async def app_detail(request: web.Request, user: str) -> Any:
+        app = request.match_info["app"]
+        detail = await in_pool(_app_detail, node, user, app)
+        detail["logs"] = await _tail(node, user, app, 50)
+        return detail
+
+    async def logs(request: web.Request, user: str) -> Any:
+        app = request.match_info["app"]
+        try:
+            tail = min(max(int(request.query.get("tail", "100")), 1), MAX_TAIL)
+        except ValueError:
+            raise UsageError("tail must be a number") from None
+        return {"lines": await _tail(node, user, app, tail)}
+
+    async def nodes(request: web.Request, user: str) -> Any:
+        return await in_pool(_nodes, node, user)
+
+    async def restart(request: web.Request, user: str) -> Any:
+        body = await _body(request)
+        ptype = body.get("type") or None
+        if ptype is not None and not isinstance(ptype, str):
+            raise UsageError("type must be a process type")
+        await in_pool(node.restart, user, request.match_info["app"], ptype)
+        return {"ok": True}
+
+    async def scale(request: web.Request, user: str) -> Any:
+        body = await _body(request)
+        counts = body.get("counts")
+        if not isinstance(counts, dict) or not counts:
+            raise UsageError("counts must be {TYPE: N, ...}")
+        if not all(isinstance(k, str) and type(v) is int for k, v in counts.items()):
+            raise UsageError("counts must be {TYPE: N, ...}")
+        await in_pool(node.scale, user, request.match_info["app"], counts)
+        return {"ok": True}
+
+    async def rollback(request: web.Request, user: str) -> Any:
+        body = await _body(request)
+        version = body.get("version")
+        if not isinstance(version, str) or not version:
+            raise UsageError("version must be a release, like v2")
+        release = await in_pool(node.rollback, user, request.match_info["app"], version)
+        return {"ok": True, "release": release}
+
+    api = web.Application(client_max_size=MAX_BODY)
+    api.add_routes(
+        [
+            web.post("/login", login),
+            web.get("/whoami", authed(whoami)),
+            web.post("/logout", authed(logout)),
+            web.get("/apps", authed(apps)),
+            web.get("/apps/{app}", authed(app_detail)),
+            web.get("/apps/{app}/logs", authed(logs)),
+            web.get("/nodes", authed(nodes)),
+            web.post("/apps/{app}/restart", authed(restart)),
+            web.post("/apps/{app}/scale", authed(scale)),
+            web.post("/apps/{app}/rollback", authed(rollback)),
+        ]
+    )
+    return api
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        raise UsageError("the body must be JSON") from None
+    if not isinstance(body, dict):
+        raise UsageError("the body must be a JSON object")
+    return body
+
+
+def _apps(node: Node, user: str) -> list[dict[str, Any]]:
+    rows = []
+    for a in node.apps(user):
+        row: dict[str, Any] = asdict(a)
+        try:
+            row["instances"] = [
+                {"process": p.process, "node": p.node, "state": p.state}
+                for p in node.ps(user, a.name)
+            ]
+            current = [r for r in node.releases(user, a.name) if r.current]
+        except PCError:  # destroyed meanwhile
+            continue
+        row["deployed"] = current[0].created if current else ""
+        row["deployed_by"] = current[0].pushed_by if current else ""
+        rows.append(row)
+    return rows
+
+
+def _app_detail(node: Node, user: str, app: str) -> dict[str, Any]:
+    return {
+        "info": node.app_info(user, app),
+        "ps": [asdict(p) for p in node.ps(user, app)],
+        "releases": [asdict(r) for r in node.releases(user, app)],
+        "config": sorted(node.config(user, app)),  # the names: no value leaves the daemon
+    }
+
+
+def _nodes(node: Node, user: str) -> dict[str, Any]:
+    try:
+        members = [asdict(n) for n in node.swarm_nodes(user)]
+        swarm = True
+    except PCError:
+        members, swarm = [], False
+    return {"node": node.node_name, "swarm": swarm, "members": members}
+
+
+async def _tail(node: Node, user: str, app: str, n: int) -> list[str]:
+    lines: list[str] = []
+    stream = node.logs(user, app, n, None, False)
+
+    async def read() -> None:
+        async for line in stream:
+            lines.append(line)
+
+    try:
+        await asyncio.wait_for(read(), LOG_WAIT)
+    except TimeoutError:
+        pass
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
+    return lines[-n:]
+
+
+async def start_api(node: Node, path: Path) -> web.AppRunner:
+    """Serve the local API on the Unix socket `path`, readable by the daemon's user only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    runner = web.AppRunner(make_app(node), access_log=None)  # no token reaches a log
+    await runner.setup()
+    old = os.umask(0o177)  # the socket is made 0600: no moment when others may connect
+    try:
+        site = web.UnixSite(runner, str(path))
+        await site.start()
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return runner
