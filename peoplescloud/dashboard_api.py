@@ -14,6 +14,8 @@ import contextlib
 import json
 import logging
 import os
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -23,6 +25,8 @@ from aiohttp import web
 
 from peoplescloud.bridge import in_pool
 from peoplescloud.errors import Forbidden, NotFound, PCError, UsageError
+from peoplescloud.processes import ptype_of
+from peoplescloud.resources import instance_size
 from peoplescloud.service import Node
 
 log = logging.getLogger("pc.dashboard")
@@ -30,6 +34,46 @@ log = logging.getLogger("pc.dashboard")
 MAX_TAIL = 1000  # log lines one call returns at most
 MAX_BODY = 16 * 1024  # an action's JSON body
 LOG_WAIT = 2.0  # seconds the log tail may take
+MAX_EVENTS = 200  # an app's events one call returns at most
+SAMPLE_EVERY = 60.0  # seconds between two samples of the node's usage
+SAMPLES = 60  # samples kept: the last hour
+
+
+class UsageSeries:
+    """The node's usage over the last hour, in memory (a restart starts it
+    again): one sample a minute of the instances running here and the memory
+    they are allowed, from what the reconciler's last pass found."""
+
+    def __init__(self, node: Node, clock: Callable[[], float] = time.time) -> None:
+        self.node = node
+        self.clock = clock
+        self.samples: deque[dict[str, Any]] = deque(maxlen=SAMPLES)
+
+    def sample(self) -> dict[str, Any]:
+        snap = self.node.state.read()
+        shares = self.node.settings.shares
+        running = [s for s in self.node.reconciler.instances().values() if s.running]
+        memory = 0
+        for s in running:
+            app = snap.apps.get(s.app)
+            if app is None:
+                memory += shares.instance_memory_mb
+                continue
+            size = instance_size(
+                app, ptype_of(s.process), shares.instance_memory_mb, shares.instance_cpus
+            )
+            memory += size.memory_mb
+        taken = {"at": int(self.clock()), "instances": len(running), "memory_mb": memory}
+        self.samples.append(taken)
+        return taken
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.sample)
+            except Exception:  # a failed sample is a gap in the chart, not a dead task
+                log.exception("dashboard: usage sample failed")
+            await asyncio.sleep(SAMPLE_EVERY)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -40,8 +84,9 @@ def _error(status: int, reason: str) -> web.Response:
     return _json({"error": reason}, status)
 
 
-def make_app(node: Node) -> web.Application:
+def make_app(node: Node, series: UsageSeries | None = None) -> web.Application:
     sessions = node.sessions
+    usage = series or UsageSeries(node)
 
     async def login(request: web.Request) -> web.Response:
         body = await _body(request)
@@ -67,11 +112,15 @@ def make_app(node: Node) -> web.Application:
             app = request.match_info.get("app")
             try:
                 return _json(await handler(request, user))
-            except (NotFound, Forbidden) as e:
+            except NotFound as e:
                 if app is None:
-                    return _error(403, str(e))
-                # The same refusal whether the app exists or belongs to another.
-                return _error(404, f"no app {app} of yours: `apps` lists yours")
+                    return _error(404, str(e))
+                if app not in str(e) or "of yours" in str(e):
+                    # The same refusal whether the app exists or belongs to another.
+                    return _error(404, f"no app {app} of yours: `apps` lists yours")
+                return _error(404, str(e))  # e.g. `sharing:remove` of one who does not share
+            except Forbidden as e:  # e.g. a collaborator asking what only the owner may
+                return _error(403, str(e))
             except UsageError as e:
                 return _error(400, str(e))
             except PCError as e:
@@ -80,7 +129,7 @@ def make_app(node: Node) -> web.Application:
         return wrapped
 
     async def whoami(request: web.Request, user: str) -> Any:
-        return {"user": user, "node": node.node_name}
+        return {"user": user, "node": node.node_name, "admin": node.is_admin(user)}
 
     async def logout(request: web.Request, user: str) -> Any:
         _, _, session = request.headers["Authorization"].partition(" ")
@@ -106,6 +155,35 @@ def make_app(node: Node) -> web.Application:
 
     async def nodes(request: web.Request, user: str) -> Any:
         return await in_pool(_nodes, node, user)
+
+    async def usage_series(request: web.Request, user: str) -> Any:
+        return {"every": SAMPLE_EVERY, "samples": list(usage.samples)}
+
+    async def events(request: web.Request, user: str) -> Any:
+        app = request.match_info["app"]
+        try:
+            n = min(max(int(request.query.get("n", "50")), 1), MAX_EVENTS)
+        except ValueError:
+            raise UsageError("n must be a number") from None
+        return {"events": await in_pool(_events, node, user, app, n)}
+
+    async def sharing(request: web.Request, user: str) -> Any:
+        body = await _body(request)
+        app = request.match_info["app"]
+        add, remove = body.get("add"), body.get("remove")
+        if isinstance(add, str) and add and remove is None:
+            await in_pool(node.sharing_add, user, app, add)
+        elif isinstance(remove, str) and remove and add is None:
+            await in_pool(node.sharing_remove, user, app, remove)
+        else:
+            raise UsageError('the body must be {"add": USER} or {"remove": USER}')
+        return {"ok": True, "collaborators": await in_pool(node.sharing, user, app)}
+
+    async def users(request: web.Request, user: str) -> Any:
+        return [asdict(u) for u in await in_pool(node.users, user)]
+
+    async def quotas(request: web.Request, user: str) -> Any:
+        return await in_pool(_quotas, node, user)
 
     async def restart(request: web.Request, user: str) -> Any:
         body = await _body(request)
@@ -143,11 +221,26 @@ def make_app(node: Node) -> web.Application:
             web.get("/apps/{app}", authed(app_detail)),
             web.get("/apps/{app}/logs", authed(logs)),
             web.get("/nodes", authed(nodes)),
+            web.get("/series", authed(usage_series)),
+            web.get("/users", authed(users)),
+            web.get("/quotas", authed(quotas)),
+            web.get("/apps/{app}/events", authed(events)),
+            web.post("/apps/{app}/sharing", authed(sharing)),
             web.post("/apps/{app}/restart", authed(restart)),
             web.post("/apps/{app}/scale", authed(scale)),
             web.post("/apps/{app}/rollback", authed(rollback)),
         ]
     )
+
+    async def sampling(app: web.Application) -> Any:
+        task = asyncio.ensure_future(usage.run())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    if series is None:
+        api.cleanup_ctx.append(sampling)
     return api
 
 
@@ -187,7 +280,30 @@ def _app_detail(node: Node, user: str, app: str) -> dict[str, Any]:
         "ps": [asdict(p) for p in node.ps(user, app)],
         "releases": [asdict(r) for r in node.releases(user, app)],
         "config": sorted(node.config(user, app)),  # the names: no value leaves the daemon
+        "sharing": {
+            "owner": node.app_info(user, app).get("owner", ""),
+            "collaborators": node.sharing(user, app),
+            "may_change": node.may_share(user, app),
+        },
+        "resources": [asdict(r) for r in node.resources(user, app)],
+        "events": _events(node, user, app, 50),
     }
+
+
+def _events(node: Node, user: str, app: str, n: int) -> list[dict[str, Any]]:
+    """The app's newest `n` events, newest first."""
+    return [asdict(e) for e in reversed(node.events(user, app, n))]
+
+
+def _quotas(node: Node, user: str) -> list[dict[str, Any]]:
+    """Each user's quotas (admins only, as `quota USER`)."""
+    rows = []
+    for u in node.users(user):
+        try:
+            rows.append({"user": u.name, "quotas": [asdict(q) for q in node.quota(user, u.name)]})
+        except NotFound:  # removed meanwhile
+            continue
+    return rows
 
 
 def _nodes(node: Node, user: str) -> dict[str, Any]:

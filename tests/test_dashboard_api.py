@@ -200,3 +200,87 @@ def test_a_gunicorn_a_killed_daemon_left_is_stopped(tmp_path: Path):
         for proc in (left, other):
             proc.kill()
             proc.wait()
+
+
+def test_sharing_events_resources_with_the_ssh_permissions(node: Node, tmp_path: Path):  # noqa: F811
+    ann, bob, root = (session_of(node, u) for u in ("ann", "bob", "root"))
+    node.logbus.tail = lambda app, n, ptype: []  # type: ignore[attr-defined]
+    node.restart("ann", "annbot", None)
+
+    def calls(api: LocalAPI, path: Path) -> None:
+        status, detail = api.call("GET", "/apps/annbot", ann)
+        assert status == 200
+        assert detail["sharing"] == {"owner": "ann", "collaborators": [], "may_change": True}
+        assert [r["ptype"] for r in detail["resources"]] == ["bot"]
+        assert detail["events"][0]["what"] == "ps:restart"
+        # bob: not his; the same answer as a missing app, for each new call
+        for method, suffix, body in [
+            ("GET", "/events", None),
+            ("POST", "/sharing", {"add": "bob"}),
+        ]:
+            theirs = api.call(method, f"/apps/annbot{suffix}", bob, body)
+            missing = api.call(method, f"/apps/nosuch{suffix}", bob, body)
+            assert theirs[0] == missing[0] == 404
+        # ann shares it with bob; bob sees it but may not change who shares it
+        status, answer = api.call("POST", "/apps/annbot/sharing", ann, {"add": "bob"})
+        assert status == 200 and answer["collaborators"] == ["bob"]
+        status, detail = api.call("GET", "/apps/annbot", bob)
+        assert status == 200 and detail["sharing"]["may_change"] is False
+        status, answer = api.call("POST", "/apps/annbot/sharing", bob, {"remove": "bob"})
+        assert status == 403 and "only its owner ann or an admin" in answer["error"]
+        assert api.call("POST", "/apps/annbot/sharing", ann, {"add": 3})[0] == 400
+        assert api.call("POST", "/apps/annbot/sharing", ann, {"add": "nobody"})[0] == 404
+        # root (admin) removes him; newest event first
+        assert api.call("POST", "/apps/annbot/sharing", root, {"remove": "bob"})[0] == 200
+        status, events = api.call("GET", "/apps/annbot/events?n=2", ann)
+        assert status == 200
+        assert [e["what"] for e in events["events"]] == ["sharing:remove bob", "sharing:add bob"]
+        assert api.call("GET", "/apps/annbot/events?n=x", ann)[0] == 400
+
+    with_api(node, tmp_path, calls)
+
+
+def test_users_and_quotas_are_for_admins(node: Node, tmp_path: Path):  # noqa: F811
+    ann, root = session_of(node, "ann"), session_of(node, "root")
+
+    def calls(api: LocalAPI, path: Path) -> None:
+        assert api.call("GET", "/whoami", ann)[1]["admin"] is False
+        assert api.call("GET", "/whoami", root)[1]["admin"] is True
+        for what in ("/users", "/quotas"):
+            status, answer = api.call("GET", what, ann)
+            assert status == 403 and answer["error"].startswith("only the node's admins")
+        status, users = api.call("GET", "/users", root)
+        assert status == 200
+        assert {u["name"]: (u["admin"], u["keys"], u["apps"]) for u in users} == {
+            "ann": (False, 1, 2), "bob": (False, 1, 0), "root": (True, 1, 0)
+        }  # fmt: skip
+        status, quotas = api.call("GET", "/quotas", root)
+        assert status == 200 and [q["user"] for q in quotas] == ["ann", "bob", "root"]
+        apps = [q for q in quotas[0]["quotas"] if q["name"] == "apps"][0]
+        assert apps["used"] == 2 and apps["limit"] >= 2
+
+    with_api(node, tmp_path, calls)
+
+
+def test_the_usage_series_is_bounded_and_served(node: Node, tmp_path: Path):  # noqa: F811
+    from peoplescloud.dashboard_api import SAMPLES, UsageSeries
+
+    node.reconciler.reconcile()
+    series = UsageSeries(node, clock=lambda: 1000.0)
+    first = series.sample()
+    running = [s for s in node.reconciler.instances().values() if s.running]
+    assert first["instances"] == len(running)
+    assert first["memory_mb"] == len(running) * node.settings.shares.instance_memory_mb
+    for _ in range(SAMPLES + 5):
+        series.sample()
+    assert len(series.samples) == SAMPLES
+
+
+def test_removing_a_user_ends_their_dashboard_sessions(node: Node):  # noqa: F811
+    session = session_of(node, "bob")
+    link = node.sessions.new_login("bob")
+    assert node.sessions.user_of(session) == "bob"
+    node.user_remove("root", "bob")
+    assert node.sessions.user_of(session) is None
+    with pytest.raises(PCError):
+        node.sessions.exchange(link)

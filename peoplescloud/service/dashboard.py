@@ -92,6 +92,15 @@ class DashboardCommands(ServiceBase):
             self._sessions = Sessions()
         return self._sessions
 
+    def is_admin(self, user: str) -> bool:
+        u = self.state.read().users.get(user)
+        return bool(u and u.admin)
+
+    def may_share(self, user: str, app: str) -> bool:
+        """Whether `user` may change who shares `app` (its owner, an admin)."""
+        snap = self.state.read()
+        return self._role(user, self._app(user, app, snap), snap) in ("owner", "admin")
+
     def dashboard_login(self, user: str) -> str:
         """A one-time link to the dashboard for `user`, the token its last part."""
         if self.settings.dashboard_port == 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from gitserver.service import KeyRow, UserRow
 from peoplescloud.errors import NotFound, PCError
 from peoplescloud.service.base import ServiceBase
+from peoplescloud.service.dashboard import DashboardCommands
 from peoplescloud.settings import check_public_key, check_user_name
 from peoplescloud.state import Snapshot, fingerprint
 
@@ -73,6 +74,8 @@ class UserCommands(ServiceBase):
         with self.state.change() as s:
             self._admin(user, s)
             remove_user(s, name, by=user)
+        if isinstance(self, DashboardCommands):
+            self.sessions.forget_user(name)  # their dashboard sessions end now, not in 12 h
         self._record(user, "", f"users:remove {name}")
 
 
