@@ -20,11 +20,14 @@ from urllib.parse import quote
 
 from flask import Flask, Response, abort, jsonify, redirect, render_template, request, url_for
 
+from dashboard.chart import usage_svg
 from dashboard.local import API, LocalAPI
 
 COOKIE = "pc_session"
 APP_RE = re.compile(r"^[a-z][a-z0-9-]{1,29}$")
+USER_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 MAX_TAIL = 1000
+MAX_EVENTS = 200
 HEADERS = {
     # No inline script: a log line that holds HTML can never run.
     "Content-Security-Policy": (
@@ -151,7 +154,29 @@ def create_app(api: API | None = None) -> Flask:
 
     @app.get("/nodes")
     def nodes_page() -> Any:
-        return page("nodes.html", nodes=call("GET", "/nodes"))
+        series = call("GET", "/series")
+        return page("nodes.html", nodes=call("GET", "/nodes"), chart=usage_svg(series["samples"]))
+
+    @app.get("/admin/users")
+    def users_page() -> Any:
+        return page("users.html", users=call("GET", "/users"))
+
+    @app.get("/admin/quotas")
+    def quotas_page() -> Any:
+        return page("quotas.html", quotas=call("GET", "/quotas"))
+
+    @app.post("/apps/<name>/sharing")
+    def sharing_form(name: str) -> Any:
+        check_csrf()
+        name = app_name(name)
+        op, other = request.form.get("op", ""), request.form.get("user", "").strip()
+        if op not in ("add", "remove"):
+            abort(404)
+        if not USER_RE.fullmatch(other):
+            raise Failed(400, "a user name is lowercase letters, digits, - and _")
+        call("POST", f"/apps/{name}/sharing", {op: other})
+        done = f"shared with {other}" if op == "add" else f"no longer shared with {other}"
+        return redirect(url_for("app_page", name=name) + "?done=" + quote(done), code=303)
 
     @app.post("/apps/<name>/<action>")
     def action_form(name: str, action: str) -> Any:
@@ -192,14 +217,31 @@ def create_app(api: API | None = None) -> Flask:
             raise Failed(400, f"tail must be a number from 1 to {MAX_TAIL}")
         return jsonify(call("GET", f"/apps/{app_name(name)}/logs?tail={int(tail)}"))
 
+    @app.get("/api/apps/<name>/events")
+    def api_events(name: str) -> Any:
+        n = request.args.get("n", "50")
+        if not n.isascii() or not n.isdigit() or not 1 <= int(n) <= MAX_EVENTS:
+            raise Failed(400, f"n must be a number from 1 to {MAX_EVENTS}")
+        return jsonify(call("GET", f"/apps/{app_name(name)}/events?n={int(n)}"))
+
     @app.get("/api/nodes")
     def api_nodes() -> Any:
-        return jsonify(call("GET", "/nodes"))
+        answer = call("GET", "/nodes")
+        answer["usage"] = call("GET", "/series")
+        return jsonify(answer)
+
+    @app.get("/api/users")
+    def api_users() -> Any:
+        return jsonify(call("GET", "/users"))
+
+    @app.get("/api/quotas")
+    def api_quotas() -> Any:
+        return jsonify(call("GET", "/quotas"))
 
     @app.post("/api/apps/<name>/<action>")
     def api_action(name: str, action: str) -> Any:
         check_csrf()
-        if action not in ("restart", "scale", "rollback"):
+        if action not in ("restart", "scale", "rollback", "sharing"):
             abort(404)
         body = request.get_json(silent=True)
         if not isinstance(body, dict):

@@ -24,6 +24,11 @@ class FakeAPI:
         self.calls: list[tuple[str, str, Any]] = []
         self.config = {"mybot": {"TOKEN": SECRET}, "theirs": {"KEY": SECRET}}
         self.owner = {"mybot": "alice", "theirs": "bob"}
+        self.admins = {"root"}
+        self.shared = {"mybot": ["carol"], "theirs": []}
+        self.samples = [
+            {"at": 1000 + 60 * i, "instances": i % 3, "memory_mb": 512 * (i % 3)} for i in range(60)
+        ]
 
     def call(self, method: str, path: str, session: str | None = None, body: Any = None):
         self.calls.append((method, path, body))
@@ -37,7 +42,32 @@ class FakeAPI:
         if user is None:
             return 401, {"error": "not logged in"}
         if path == "/whoami":
-            return 200, {"user": user, "node": "node1"}
+            return 200, {"user": user, "node": "node1", "admin": user in self.admins}
+        if path == "/series":
+            return 200, {"every": 60, "samples": self.samples}
+        if path in ("/users", "/quotas"):
+            if user not in self.admins:
+                return 403, {"error": "only the node's admins may do that"}
+            if path == "/users":
+                return 200, [
+                    {"name": u, "admin": u in self.admins, "keys": 1, "apps": 1}
+                    for u in ("alice", "bob", "root")
+                ]
+            return 200, [
+                {
+                    "user": u,
+                    "quotas": [
+                        {
+                            "name": "apps",
+                            "what": "apps",
+                            "limit": 5,
+                            "used": 1,
+                            "source": "node default ([quotas])",
+                        }
+                    ],
+                }
+                for u in ("alice", "bob", "root")
+            ]
         if path == "/logout":
             self.sessions.end(session or "")
             return 200, {"ok": True}
@@ -48,10 +78,22 @@ class FakeAPI:
         m = re.fullmatch(r"/apps/([a-z0-9-]+)(/.*)?", path.split("?")[0])
         assert m, path
         app, rest = m.group(1), m.group(2) or ""
-        if self.owner.get(app) != user:
+        if self.owner.get(app) != user and user not in self.admins:
             return 404, {"error": f"no app {app} of yours: `apps` lists yours"}
         if rest == "/logs":
             return 200, {"lines": ["2026-11-30T12:00:00Z app[bot.1]: <b>hello</b>"]}
+        events = [
+            {"at": "2026-11-30T12:05:00Z", "user": user, "app": app, "what": "ps:restart"},
+            {"at": "2026-11-30T12:00:00Z", "user": user, "app": app, "what": "config: Set TOKEN"},
+        ]
+        if rest == "/events":
+            return 200, {"events": events}
+        if rest == "/sharing":
+            if "add" in body:
+                self.shared[app].append(body["add"])
+            else:
+                self.shared[app].remove(body["remove"])
+            return 200, {"ok": True, "collaborators": self.shared[app]}
         if method == "POST":
             return 200, {"ok": True, "release": "v3"}
         return 200, {
@@ -66,6 +108,11 @@ class FakeAPI:
                  "pushed_by": user, "created": "2026-11-30T11:00:00Z", "slug": "y"},
             ],
             "config": sorted(self.config[app]),
+            "sharing": {"owner": self.owner[app], "collaborators": self.shared[app],
+                        "may_change": True},
+            "resources": [{"ptype": "bot", "memory_mb": 256, "cpus": 0.25,
+                           "source": "set for bot"}],
+            "events": events,
             "logs": ["2026-11-30T12:00:00Z app[bot.1]: hello"],
         }  # fmt: skip
 
@@ -240,8 +287,9 @@ def test_no_secret_value_in_any_page_or_answer(client, api):
     answers = [
         client.get(path, headers=auth if path.startswith("/api/") else {})
         for path in [
-            "/", "/apps/mybot", "/nodes", "/apps/theirs",
+            "/", "/apps/mybot", "/nodes", "/apps/theirs", "/admin/users", "/admin/quotas",
             "/api/apps", "/api/apps/mybot", "/api/apps/mybot/logs?tail=10", "/api/nodes",
+            "/api/apps/mybot/events", "/api/users", "/api/quotas",
         ]
     ]  # fmt: skip
     for resp in answers:
@@ -274,3 +322,68 @@ def test_a_missing_browser_fails_where_it_is_required(monkeypatch: pytest.Monkey
             m.setenv(name, value)
             with pytest.raises(pytest.fail.Exception, match="chromium"):
                 test_e2e_dashboard.browser_or_fail()
+
+
+def test_app_page_shows_sharing_resources_and_events_newest_first(client, api):
+    session = log_in(client, api)
+    page = client.get("/apps/mybot").get_data(as_text=True)
+    sharing = page.split('id="sharing"', 1)[1].split("</ul>", 1)[0]
+    assert "carol" in sharing and 'value="remove"' in sharing
+    assert 'id="share"' in page  # the owner may add
+    resources = page.split('id="resources"', 1)[1].split("</table>", 1)[0]
+    assert "<td>bot</td><td>256</td><td>0.25</td>" in resources
+    events = page.split('id="events"', 1)[1].split("</table>", 1)[0]
+    assert events.index("ps:restart") < events.index("config: Set TOKEN")
+    resp = client.get("/api/apps/mybot/events", headers={"Authorization": f"Bearer {session}"})
+    assert resp.status_code == 200 and resp.json["events"][0]["what"] == "ps:restart"
+    assert client.get("/api/apps/mybot/events?n=0").status_code == 400
+    assert client.get("/api/apps/theirs/events").status_code == 404
+
+
+def test_sharing_changes_need_the_csrf_token(client, api):
+    session = log_in(client, api)
+    before = list(api.shared["mybot"])
+    for data in ({"op": "add", "user": "dave"}, {"op": "add", "user": "dave", "csrf": "0" * 64}):
+        assert client.post("/apps/mybot/sharing", data=data).status_code == 403
+    resp = client.post("/api/apps/mybot/sharing", json={"add": "dave"})
+    assert resp.status_code == 403
+    assert api.shared["mybot"] == before  # nothing reached the node
+    csrf = csrf_for(session)
+    resp = client.post("/apps/mybot/sharing", data={"op": "add", "user": "dave", "csrf": csrf})
+    assert resp.status_code == 303 and "shared%20with%20dave" in resp.headers["Location"]
+    assert api.shared["mybot"] == ["carol", "dave"]
+    resp = client.post("/apps/mybot/sharing", data={"op": "remove", "user": "carol", "csrf": csrf})
+    assert resp.status_code == 303 and api.shared["mybot"] == ["dave"]
+    bad = client.post("/apps/mybot/sharing", data={"op": "add", "user": "../x", "csrf": csrf})
+    assert bad.status_code == 400
+    resp = client.post("/apps/theirs/sharing", data={"op": "add", "user": "dave", "csrf": csrf})
+    assert resp.status_code == 404
+
+
+def test_the_node_page_draws_the_last_hour_as_svg(client, api):
+    log_in(client, api)
+    page = client.get("/nodes").get_data(as_text=True)
+    svg = page.split('<svg id="usage"', 1)[1].split("</svg>", 1)[0]
+    points = svg.split('class="instances"', 1)[1].split('points="', 1)[1].split('"', 1)[0]
+    assert len(points.split()) == 60
+    assert "memory allowed, MB (max 1024)" in svg and "instances (max 2)" in svg
+    assert "<script" not in svg and "style=" not in svg  # the CSP allows neither inline
+    api.samples = []
+    assert 'id="usage-empty"' in client.get("/nodes").get_data(as_text=True)
+
+
+def test_admin_pages_are_for_admins(client, api):
+    log_in(client, api, "alice")
+    assert "/admin/users" not in client.get("/").get_data(as_text=True)
+    for path in ("/admin/users", "/admin/quotas", "/api/users", "/api/quotas"):
+        resp = client.get(path)
+        assert resp.status_code == 403 and b"only the node" in resp.data, path
+    admin = create_app(api).test_client()
+    log_in(admin, api, "root")
+    assert "/admin/users" in admin.get("/").get_data(as_text=True)
+    users = admin.get("/admin/users").get_data(as_text=True)
+    assert "<td>alice</td><td></td><td>1</td><td>1</td>" in users
+    assert "<td>root</td><td>yes</td>" in users
+    quotas = admin.get("/admin/quotas").get_data(as_text=True)
+    assert quotas.count("apps (apps)") == 3 and "node default" in quotas
+    assert [u["user"] for u in admin.get("/api/quotas").json] == ["alice", "bob", "root"]
