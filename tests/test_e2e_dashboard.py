@@ -127,7 +127,16 @@ def test_dashboard_over_http(node_factory, tmp_path: Path):
         return all(r["state"] == "up" and r["since"] != before[r["process"]] for r in ps)
 
     wait_for(restarted, what="the restarted instances", timeout=60)
-    get("/apps/dashapp?done=restarted")
+    page = get("/apps/dashapp?done=restarted")
+    events = page.split('id="events"', 1)[1].split("</table>", 1)[0]
+    assert "ps:restart" in events and "config:" in events  # the audit trail, newest first
+    assert events.index("ps:restart") < events.index("config:")
+    newest = json.loads(get("/api/apps/dashapp/events?n=5", bearer))["events"][0]
+    assert newest["what"] == "ps:restart" and newest["user"]
+    assert 'id="resources"' in page and 'id="sharing"' in page
+    nodes = get("/nodes")
+    assert '<svg id="usage"' in nodes or 'id="usage-empty"' in nodes
+    assert json.loads(get("/api/nodes", bearer))["usage"]["every"] == 60
 
     for text in seen:
         assert SECRET not in text
@@ -208,6 +217,15 @@ def test_dashboard_in_chromium(node_factory, tmp_path: Path):
         wait.until(ec.alert_is_present()).accept()  # the confirm()
         done = wait.until(ec.presence_of_element_located((By.ID, "done")))
         assert done.text == "restarted"
+
+        def restart_in_events(b) -> bool:
+            rows = b.find_elements(By.CSS_SELECTOR, "#events tbody tr")
+            if rows and "ps:restart" in rows[0].text:  # the newest first
+                return True
+            b.refresh()  # recorded after the page was drawn: look again
+            return False
+
+        wait.until(restart_in_events)
         wait.until(lambda b: "up" in b.find_element(By.ID, "ps").text)
         # The log follows while the page is open: a line written now shows, no reload.
         logs = browser.find_element(By.ID, "logs")
