@@ -106,6 +106,9 @@ def test_config_names_only_and_actions(node: Node, tmp_path: Path):  # noqa: F81
         answers.append(repr(detail))
         answers.append(repr(api.call("GET", "/apps", ann)))
         answers.append(repr(api.call("GET", "/nodes", ann)))
+        answers.append(repr(api.call("GET", "/apps/annbot/events", ann)))
+        answers.append(repr(api.call("GET", "/series", ann)))
+        assert "API_TOKEN" in answers[-2]  # the event names the key, never its value
         logs = api.call("GET", "/apps/annbot/logs?tail=5", ann)
         assert logs == (200, {"lines": ["2026-11-30T12:00:00Z app[bot.1]: hi"]})
         answers.append(repr(logs))
