@@ -239,6 +239,11 @@ def test_sharing_events_resources_with_the_ssh_permissions(node: Node, tmp_path:
         assert status == 200
         assert [e["what"] for e in events["events"]] == ["sharing:remove bob", "sharing:add bob"]
         assert api.call("GET", "/apps/annbot/events?n=x", ann)[0] == 400
+        detail = api.call("GET", "/apps/annbot", ann)[1]
+        assert [e["what"] for e in detail["events"]][:2] == [
+            "sharing:remove bob",
+            "sharing:add bob",
+        ]
 
     with_api(node, tmp_path, calls)
 
