@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -89,6 +89,23 @@ class App:
 
     def next_version(self) -> int:
         return max((r.version for r in self.releases), default=0) + 1
+
+    def rerelease(self, user: str, description: str) -> str | None:
+        """A new release of the current slug, made current (a config or resources
+        change: the reconciler then replaces the instances); its name, or None
+        before the first push (there is nothing to restart)."""
+        if self.current is None:
+            return None
+        new = replace(
+            self.release(),
+            version=self.next_version(),
+            created=now(),
+            pushed_by=user,
+            description=description,
+        )
+        self.releases.append(new)
+        self.current = new.version
+        return new.name
 
 
 @dataclass

@@ -119,14 +119,19 @@ def count(text: str, what: str, most: int = 1_000_000) -> int:
     return int(digits)
 
 
-def parse_assignments(words: Sequence[str]) -> dict[str, str]:
+def parse_assignments(words: Sequence[str], what: str = "KEY=VALUE") -> dict[str, str]:
     """`["A=1", "B=x=y"]` -> `{"A": "1", "B": "x=y"}`: split at the first `=`."""
     values = {}
     for word in words:
         key, sep, value = word.partition("=")
         if not sep or not key:
-            raise UsageError(f"{word!r} is not KEY=VALUE")
+            raise UsageError(f"{word!r} is not {what}")
         values[key] = value
     if not values:
-        raise UsageError("missing KEY=VALUE")
+        raise UsageError(f"missing {what}")
     return values
+
+
+def parse_counts(words: Sequence[str], what: str) -> dict[str, int]:
+    """`["web=2", "bot=0"]` -> `{"web": 2, "bot": 0}` (`what`: "TYPE=N", "NAME=N")."""
+    return {name: count(n, name) for name, n in parse_assignments(words, what).items()}

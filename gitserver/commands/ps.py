@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from gitserver.commands.base import Args, Context, count, table
-from peoplescloud.errors import UsageError
+from gitserver.commands.base import Args, Context, parse_counts, table
 
 
 async def ps(ctx: Context, args: Args) -> int:
@@ -27,14 +26,7 @@ async def ps(ctx: Context, args: Args) -> int:
 
 async def scale(ctx: Context, args: Args) -> int:
     app = args.word("APP")
-    counts = {}
-    for word in args.rest():
-        ptype, sep, n = word.partition("=")
-        if not sep or not ptype:
-            raise UsageError(f"{word!r} is not TYPE=N")
-        counts[ptype] = count(n, ptype)
-    if not counts:
-        raise UsageError("missing TYPE=N")
+    counts = parse_counts(args.rest(), "TYPE=N")
     await ctx.call(ctx.service.scale, app, counts)
     # Said once the service's checks passed, never before a refusal.
     ctx.out(f"-----> Scaled {app}: " + " ".join(f"{t}={n}" for t, n in counts.items()))

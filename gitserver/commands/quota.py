@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gitserver.commands.base import Args, Context, count, table
+from gitserver.commands.base import Args, Context, parse_counts, table
 from peoplescloud.errors import UsageError
 from peoplescloud.resources import parse_cpus, parse_memory
 
@@ -21,14 +21,7 @@ async def quota(ctx: Context, args: Args) -> int:
 
 async def set_(ctx: Context, args: Args) -> int:
     who = args.word("USER")
-    values = {}
-    for word in args.rest():
-        name, sep, n = word.partition("=")
-        if not sep or not name:
-            raise UsageError(f"{word!r} is not NAME=N")
-        values[name] = count(n, name)
-    if not values:
-        raise UsageError("missing NAME=N")
+    values = parse_counts(args.rest(), "NAME=N")
     await ctx.call(ctx.service.quota_set, who, values)
     ctx.out(f"-----> Quota of {who}: " + " ".join(f"{k}={v}" for k, v in values.items()))
     return 0

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 from peoplescloud.errors import NotFound, PCError, UsageError
 from peoplescloud.service.base import ServiceBase
-from peoplescloud.state import now
 
 CONFIG_KEY_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 RESERVED_KEYS = {"PORT", "PC_APP", "PC_PROCESS", "PC_RELEASE", "PC_NODE", "HOME", "PATH"}
@@ -89,17 +87,7 @@ class ConfigCommands(ServiceBase):
         with self.state.change() as s:
             a = s.app(app)
             edit(a.config)
-            if a.current is not None:
-                new = replace(
-                    a.release(),
-                    version=a.next_version(),
-                    created=now(),
-                    pushed_by=user,
-                    description=description,
-                )
-                a.releases.append(new)
-                a.current = new.version
-            release = a.release().name if a.current is not None else None
+            release = a.rerelease(user, description)
         self.logbus.event(app, f"{description} by {user}")
         self._record(user, app, f"config: {description}")  # key names only, never values
         self.reconciler.reconcile()

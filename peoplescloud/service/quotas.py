@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from gitserver.service import QuotaRow, ResourceRow
 from peoplescloud.errors import Forbidden, NotFound, UsageError
 from peoplescloud.quotas import UNITS, apps_of, instances_of, limit_of
 from peoplescloud.resources import ALL_TYPES, instance_size
 from peoplescloud.service.base import ServiceBase
 from peoplescloud.settings import QUOTA_NAMES, check_user_name
-from peoplescloud.state import Snapshot, now
+from peoplescloud.state import Snapshot
 
 MOST_QUOTA = 10_000  # a limit above any node's: "as many as the node allows"
 
@@ -121,17 +119,7 @@ class QuotaCommands(ServiceBase):
                 known = ", ".join(a.release().processes)
                 raise UsageError(f"{app} has no process type {ptype!r} (it has: {known})")
             a.resources.setdefault(ptype or ALL_TYPES, {}).update(figures)
-            if a.current is not None:
-                new = replace(
-                    a.release(),
-                    version=a.next_version(),
-                    created=now(),
-                    pushed_by=user,
-                    description=description,
-                )
-                a.releases.append(new)
-                a.current = new.version
-            release = a.release().name if a.current is not None else None
+            release = a.rerelease(user, description)
         self.logbus.event(app, f"{description} by {user}")
         self.reconciler.reconcile()
         return release
