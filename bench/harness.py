@@ -160,13 +160,22 @@ class NodeProc:
                 continue
         return pids
 
+    def dashboard_pids(self) -> list[int]:
+        """The node's gunicorn master (its workers end with it)."""
+        try:
+            pid = int((self.home / "run" / "dashboard.pid").read_text().strip())
+            alive = b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return []
+        return [pid] if alive else []
+
     def kill(self) -> None:
-        """The machine dies: its daemon, its kubo and its containers, at once."""
+        """The machine dies: its daemon, its kubo, its dashboard and its containers, at once."""
         import docker
 
         for pid in [self.proc.pid] if self.proc else []:
             os.kill(pid, signal.SIGKILL)
-        for pid in self.kubo_pids():
+        for pid in [*self.kubo_pids(), *self.dashboard_pids()]:
             os.kill(pid, signal.SIGKILL)
         if self.proc:
             self.proc.wait()
@@ -207,10 +216,12 @@ def commit_all(work: Path, message: str) -> None:
 
 def cleanup_instances(home: Path, runtime: str) -> None:
     """Stop whatever the node left running: tests and benchmarks own their instances."""
+    from peoplescloud.dashboard_process import pidfile, stop_leftover
     from peoplescloud.runtime.select import open_runtime
     from peoplescloud.settings import load
 
     settings = load(home, runtime=runtime)
+    stop_leftover(pidfile(settings))  # the dashboard of a daemon that was killed
     rt = open_runtime(settings, lambda _msg: None)
     for s in rt.status():
         rt.stop(s.key, timeout=2)

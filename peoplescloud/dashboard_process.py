@@ -44,7 +44,7 @@ def command(settings: Settings, api_socket: Path) -> list[str]:
         "-m",
         "gunicorn",
         "--workers", str(WORKERS),
-        "--bind", f"{bind}:{settings.dashboard_port}",
+        "--bind", bind,
         "--access-logfile", "-",
         "--access-logformat", ACCESS_FORMAT,
         "--error-logfile", "-",

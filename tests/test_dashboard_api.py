@@ -292,3 +292,12 @@ def test_removing_a_user_ends_their_dashboard_sessions(node: Node):  # noqa: F81
     assert node.sessions.user_of(session) is None
     with pytest.raises(PCError):
         node.sessions.exchange(link)
+
+
+@pytest.mark.parametrize(
+    ("listen", "bind"), [("127.0.0.1", "127.0.0.1:8800"), ("::1", "[::1]:8800")]
+)
+def test_gunicorn_binds_the_dashboard_address_and_port_once(tmp_path: Path, listen: str, bind: str):
+    settings = Settings(home=tmp_path, dashboard_port=8800, dashboard_listen=listen)
+    argv = dashboard_process.command(settings, tmp_path / "api.sock")
+    assert argv[argv.index("--bind") + 1] == bind
