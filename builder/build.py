@@ -9,7 +9,7 @@ from types import ModuleType
 
 from builder.cache import size_of
 from builder.errors import BuildError
-from builder.executor import Executor, Say
+from builder.executor import DOWNLOAD_CACHES, Executor, Say
 from builder.kinds import ORDER
 from builder.procfile import read_procfile
 from builder.tree import check_tree
@@ -71,7 +71,7 @@ def build(
 def _trim_downloads(cache: Path, limit: int) -> None:
     """Empty the app's pip and npm download caches once they hold more than
     `limit` bytes: they only save downloads, and must not grow without bound."""
-    for name in ("pip", "npm"):
+    for name in DOWNLOAD_CACHES:
         path = cache / name
         if path.is_dir() and not path.is_symlink() and size_of(path) > limit:
             shutil.rmtree(path, ignore_errors=True)

@@ -18,7 +18,7 @@ from builder import BuildError, HostExecutor, build, checkout
 from builder.build import detect, processes_for
 from builder.cache import cache_key, install_cached
 from builder.docker_executor import _lines
-from builder.executor import last_meaningful
+from builder.executor import Say, last_meaningful
 from builder.kinds import node, procfile, python
 from builder.kinds.python import check_python_version, make_relocatable
 from builder.procfile import parse_procfile, read_procfile
@@ -142,15 +142,14 @@ class FakeExecutor:
     def python_version(self) -> str:
         return self.python
 
-    def run(self, argv: Sequence[str], app: Path, cache: Path, say: builder.executor.Say) -> None:
+    def run(self, argv: Sequence[str], app: Path, cache: Path, say: Say, shown: str = "") -> None:
         self.steps.append(list(argv))
-        if argv[:3] == ["python3", "-m", "venv"]:
-            (app / argv[3] / "bin").mkdir(parents=True)
+        if argv[:2] == ["sh", "-c"] and "uv venv" in argv[2]:  # venv and install, one step
+            (app / ".venv" / "bin").mkdir(parents=True)
+            (app / ".venv" / "lib.txt").write_text("six\n")
         elif argv[0] == "npm":
             (app / "node_modules" / "is-number").mkdir(parents=True)
             (app / "node_modules" / "is-number" / "index.js").write_text("module.exports = 1\n")
-        elif "pip" in argv[0]:
-            (app / ".venv" / "lib.txt").write_text("six\n")
         say("       step output")
 
 
@@ -368,24 +367,15 @@ def test_python_build_installs_once_then_uses_the_cache(tmp_path: Path) -> None:
         APPS / "python-bot", tmp_path / "out1", tmp_path / "cache", executor, said.append
     )
     assert result == builder.BuildResult("python", "fake", {"bot": "python bot.py"})
-    assert executor.steps == [
-        ["python3", "-m", "venv", ".venv"],
-        [
-            ".venv/bin/pip",
-            "install",
-            "--no-input",
-            "--disable-pip-version-check",
-            "-r",
-            "requirements.txt",
-        ],
-    ]
+    [step] = executor.steps  # one step: a venv by uv, then the requirements into it
+    assert step[:2] == ["sh", "-c"] and step[3:] == ["sh", "-r", "requirements.txt"]
     assert said[0] == "-----> Python app detected (bot.py, requirements.txt)"
     assert said[-1] == "-----> Process types: bot"
     assert (tmp_path / "out1" / "bot.py").is_file()
 
     said.clear()
     build(APPS / "python-bot", tmp_path / "out2", tmp_path / "cache", executor, said.append)
-    assert len(executor.steps) == 2  # nothing ran again
+    assert len(executor.steps) == 1  # nothing ran again
     assert "-----> Installing requirements ... done (cached)" in said
     assert (tmp_path / "out2" / ".venv" / "lib.txt").read_text() == "six\n"
 
@@ -399,7 +389,7 @@ def test_pyproject_app_is_installed_every_time(tmp_path: Path) -> None:
     executor = FakeExecutor()
     for out in ("a", "b"):
         build(src, tmp_path / out, tmp_path / "cache", executor, print)
-    assert [step[-1] for step in executor.steps] == [".venv", ".", ".venv", "."]
+    assert [step[-1] for step in executor.steps] == [".", "."]
 
 
 def test_node_build_uses_npm_ci_with_a_lock_and_npm_install_without(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from builder.cache import cache_key, install_cached
 from builder.errors import BuildError
-from builder.executor import Executor, Say
+from builder.executor import Executor, Say, uv_binary
 from builder.tree import check_tree
 
 NAME = "Python"
@@ -30,6 +30,18 @@ _INDEX_REQUIREMENT = re.compile(
     r"(|[<>=!~;(].*|@\s*(https?|git\+https?|git\+ssh)://\S+(\s*;.*)?)"
 )
 _HARMLESS_OPTIONS = re.compile(r"(-i|--index-url|--extra-index-url|--trusted-host)(\s|=)\S+")
+
+# One step, so one container: a venv made by uv (a second, where `python3 -m venv`
+# spends seconds installing pip), the stack's own pip put in from Debian's local
+# wheel when there is one (so `run APP pip freeze` works as with a plain venv),
+# then the app's dependencies ("$@") with uv. A fixed script: the app's input
+# only ever arrives as arguments.
+_INSTALL = (
+    "uv venv --quiet --python python3 .venv"
+    " && { [ ! -d /usr/share/python-wheels ] || uv pip install --quiet --python .venv/bin/python"
+    " --no-index --find-links /usr/share/python-wheels pip; }"
+    ' && exec uv pip install --python .venv/bin/python "$@"'
+)
 
 
 def detect(tree: Path) -> bool:
@@ -54,10 +66,12 @@ def build(tree: Path, out: Path, cache: Path, executor: Executor, say: Say) -> N
         install = ["."]
         key = None
 
+    if uv_binary() is None:
+        raise BuildError("this node has no uv: reinstall it (pip install -e .)")
+
     def run_install() -> None:
-        executor.run(["python3", "-m", "venv", ".venv"], out, cache, say)
-        pip = [".venv/bin/pip", "install", "--no-input", "--disable-pip-version-check"]
-        executor.run([*pip, *install], out, cache, say)
+        shown = " ".join(["uv pip install", *install])
+        executor.run(["sh", "-c", _INSTALL, "sh", *install], out, cache, say, shown)
         if executor.slug_moves:
             check_tree(out, ".venv", SYSTEM_LINKS)  # before the host rewrites files in it
             make_relocatable(out / ".venv")
