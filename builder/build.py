@@ -9,7 +9,7 @@ from types import ModuleType
 
 from builder.cache import size_of
 from builder.errors import BuildError
-from builder.executor import DOWNLOAD_CACHES, Executor, Say
+from builder.executor import DOWNLOAD_CACHES, Config, Executor, Say
 from builder.kinds import ORDER
 from builder.procfile import read_procfile
 from builder.tree import check_tree
@@ -40,11 +40,14 @@ def build(
     executor: Executor,
     say: Say,
     max_slug_mb: int = DEFAULT_MAX_SLUG_MB,
+    config: Config | None = None,
 ) -> BuildResult:
     """Build the checked-out tree `src` into the slug directory `out` (missing or
     empty): the source plus installed dependencies. `cache` is kept between builds
     of the same app, and of that app only (see `builder.cache.app_cache`). The
     slug is checked once built: no symlink out of it, at most `max_slug_mb`.
+    `config` (the app's config vars) reaches the steps that run the app's own
+    code, as on Heroku (Django's collectstatic reads its settings).
     Raises BuildError, with a reason the pusher can act on."""
     kind = detect(src)
     found = [name for name in (*kind.MARKERS, "Procfile") if (src / name).is_file()]
@@ -55,7 +58,7 @@ def build(
     shutil.copytree(src, out, symlinks=True, dirs_exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
     try:
-        kind.build(src, out, cache, executor, say)
+        kind.build(src, out, cache, executor, say, config or {})
     finally:
         _trim_downloads(cache, max_slug_mb * MB)
     size = check_tree(out, system_links=SYSTEM_LINKS)

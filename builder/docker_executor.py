@@ -18,6 +18,7 @@ from builder.executor import (
     DOWNLOAD_CACHES,
     INDENT,
     UV_DIR_IN_CONTAINER,
+    Config,
     Deadline,
     Say,
     check_step,
@@ -95,7 +96,15 @@ class DockerExecutor:
             self._python = lines[-1].strip() if lines else ""
         return self._python
 
-    def run(self, argv: Sequence[str], app: Path, cache: Path, say: Say, shown: str = "") -> None:
+    def run(
+        self,
+        argv: Sequence[str],
+        app: Path,
+        cache: Path,
+        say: Say,
+        shown: str = "",
+        config: Config | None = None,
+    ) -> None:
         # Only this app's download caches: the built dependencies in cache/deps are
         # hard-linked into its slugs, so no install script may write there.
         self._give(app, whole=True)
@@ -111,16 +120,24 @@ class DockerExecutor:
             if line.strip():
                 say(INDENT + line)
 
-        self._run(argv, volumes, show, shown)
+        self._run(argv, volumes, show, shown, config or {})
 
     def _give(self, path: Path, whole: bool) -> None:
         """Make `path` the build user's, so a step can write there."""
         if (self.uid, self.gid) != _own_ids():
             _give_tree(path, self.uid, self.gid, whole)
 
-    def _run(self, argv: Sequence[str], volumes: dict, on_line: Say, shown: str = "") -> None:
+    def _run(
+        self,
+        argv: Sequence[str],
+        volumes: dict,
+        on_line: Say,
+        shown: str = "",
+        config: Config | None = None,
+    ) -> None:
         """One container: start it, stream its output, wait, remove it."""
         environment = {
+            **(config or {}),
             "PATH": f"{IMAGE_PATH}:{UV_DIR_IN_CONTAINER}",
             "HOME": "/tmp",
             "PIP_CACHE_DIR": "/cache/pip",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from builder.errors import BuildError
 
 Say = Callable[[str], None]
+Config = Mapping[str, str]  # the app's config vars, for the steps that read them
 
 # Where a build step finds uv (installed with the node as a Python package, a
 # static-enough binary in its wheel): the Docker executor mounts it here, the
@@ -42,10 +43,19 @@ class Executor(Protocol):
         """The stack's Python, e.g. "3.11.2"."""
         ...
 
-    def run(self, argv: Sequence[str], app: Path, cache: Path, say: Say, shown: str = "") -> None:
+    def run(
+        self,
+        argv: Sequence[str],
+        app: Path,
+        cache: Path,
+        say: Say,
+        shown: str = "",
+        config: Config | None = None,
+    ) -> None:
         """Run one step in `app`, sending each output line to `say` as it comes.
         Raises BuildError on a non-zero exit or a timeout, naming the step as
-        `shown` (default: its argv)."""
+        `shown` (default: its argv). `config`: the app's config vars, in the
+        step's environment under the executor's own (PATH, HOME, caches)."""
         ...
 
 

@@ -14,6 +14,7 @@ from builder.errors import BuildError
 from builder.executor import (
     DOWNLOAD_CACHES,
     INDENT,
+    Config,
     Deadline,
     Jail,
     Say,
@@ -66,9 +67,17 @@ class HostExecutor:
             self._python = found.stdout.strip()
         return self._python
 
-    def run(self, argv: Sequence[str], app: Path, cache: Path, say: Say, shown: str = "") -> None:
+    def run(
+        self,
+        argv: Sequence[str],
+        app: Path,
+        cache: Path,
+        say: Say,
+        shown: str = "",
+        config: Config | None = None,
+    ) -> None:
         downloads = [cache / name for name in DOWNLOAD_CACHES]
-        env = _system_env(
+        env = {**(config or {})} | _system_env(
             HOME="/tmp",
             PIP_CACHE_DIR=str(cache / "pip"),
             PIP_DISABLE_PIP_VERSION_CHECK="1",

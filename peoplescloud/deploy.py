@@ -90,7 +90,11 @@ class Deployer:
                     builder.checkout(repo, commit, src, self.settings.build.max_tree_mb << 20)
                     cache = self._cache(app, user)
                     limit = self.settings.build.max_slug_mb
-                    result = builder.build(src, out, cache, self.executor, say, max_slug_mb=limit)
+                    known = self.state.read().apps.get(app)  # none before a first push
+                    config = known.config if known else {}  # collectstatic reads it
+                    result = builder.build(
+                        src, out, cache, self.executor, say, max_slug_mb=limit, config=config
+                    )
                 except builder.BuildError as e:
                     raise PCError(f"build failed: {e}") from None
                 self._check_process_types(result.processes)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from builder.cache import cache_key, install_cached
 from builder.errors import BuildError
-from builder.executor import Executor, Say, uv_binary
+from builder.executor import Config, Executor, Say, uv_binary
 from builder.tree import check_tree
 
 NAME = "Python"
@@ -52,7 +52,7 @@ def default_processes(tree: Path) -> dict[str, str]:
     return {"bot": "python bot.py"} if (tree / "bot.py").is_file() else {}
 
 
-def build(tree: Path, out: Path, cache: Path, executor: Executor, say: Say) -> None:
+def build(tree: Path, out: Path, cache: Path, executor: Executor, say: Say, config: Config) -> None:
     """Check the requested Python against the stack's, then install the
     dependencies into `out/.venv` (from the cache when they did not change)."""
     check_python_version(tree, executor)
@@ -78,6 +78,26 @@ def build(tree: Path, out: Path, cache: Path, executor: Executor, say: Say) -> N
 
     label = "Installing requirements"
     install_cached(cache, key, out / ".venv", label, run_install, say, SYSTEM_LINKS)
+    collectstatic(out, cache, executor, say, config)
+
+
+def collectstatic(out: Path, cache: Path, executor: Executor, say: Say, config: Config) -> None:
+    """Gather a Django app's static files into the slug, as Heroku's Python
+    buildpack does, so that whitenoise serves them from the first push. Runs the
+    app's own settings, with its config vars; DISABLE_COLLECTSTATIC=1 skips it."""
+    if not (out / "manage.py").is_file():
+        return
+    if not any((out / ".venv").glob("lib/python*/site-packages/django/__init__.py")):
+        return
+    if config.get("DISABLE_COLLECTSTATIC", "").lower() not in ("", "0", "false"):
+        say("-----> Skipping collectstatic (DISABLE_COLLECTSTATIC is set)")
+        return
+    say("-----> $ python manage.py collectstatic --noinput")
+    argv = [".venv/bin/python", "manage.py", "collectstatic", "--noinput"]
+    try:
+        executor.run(argv, out, cache, say, config=config)
+    except BuildError as e:
+        raise BuildError(f"{e} (set DISABLE_COLLECTSTATIC=1 to build without it)") from None
 
 
 def names_local_paths(tree: Path, requirements: Path) -> bool:
