@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from peoplescloud.runtime.base import Terminal
+
 
 @dataclass(frozen=True)
 class AppRow:
@@ -194,9 +196,10 @@ class NodeService(Protocol):
         output: Callable[[bytes], None],
         stdin: Callable[[], bytes] | None,
         cancel: threading.Event | None = None,
+        terminal: Terminal | None = None,
     ) -> int:
         """One-off process of the current release; returns its exit code. Setting
-        `cancel` (the client left) kills it."""
+        `cancel` (the client left) kills it; `terminal`: the client's pty, if any."""
 
     def logs(
         self, user: str, app: str, lines: int, ptype: str | None, follow: bool

@@ -45,7 +45,9 @@ class BlockingRuntime(FakeRuntime):
         self.running = threading.Semaphore(0)
         self.release = threading.Event()
 
-    def run(self, spec: InstanceSpec, argv: list[str], output: Callable, stdin, cancel) -> int:
+    def run(
+        self, spec: InstanceSpec, argv: list[str], output: Callable, stdin, cancel, terminal=None
+    ) -> int:
         self.running.release()
         self.release.wait(30)
         return 0

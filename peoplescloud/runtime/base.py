@@ -119,6 +119,18 @@ class LogLine:
     text: str  # without the trailing newline
 
 
+@dataclass
+class Terminal:
+    """The pty a client asked for (`ssh -t … run APP bash`): its type and size. A
+    runtime that gives the command a pty sets `resize`, which the SSH server calls
+    when the client's window changes."""
+
+    term: str
+    cols: int
+    rows: int
+    resize: Callable[[int, int], None] = lambda cols, rows: None
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a runtime can promise, declared rather than probed (like Nomad's
@@ -219,6 +231,8 @@ class Runtime(Protocol):
         output: Callable[[bytes], None],
         stdin: Callable[[], bytes] | None = None,
         cancel: threading.Event | None = None,
+        terminal: Terminal | None = None,
     ) -> int:
         """Run a one-off command in the app's environment; stream output; return its exit
-        code. Setting `cancel` (the client left) kills it."""
+        code. Setting `cancel` (the client left) kills it. With a `terminal` (the
+        client asked for a pty) the command gets one, where the runtime can."""

@@ -49,6 +49,7 @@ from peoplescloud.runtime.base import (
     InstanceSpec,
     InstanceStatus,
     LogLine,
+    Terminal,
     on_set,
     search_path,
     shell_script,
@@ -186,8 +187,11 @@ class DockerRuntime:
         output: Callable[[bytes], None],
         stdin: Callable[[], bytes] | None = None,
         cancel: threading.Event | None = None,
+        terminal: Terminal | None = None,
     ) -> int:
-        """A one-off container like `docker run --rm -i`, attached before it starts."""
+        """A one-off container like `docker run --rm -i` (`-it` with a terminal),
+        attached before it starts."""
+        tty = terminal is not None
         try:
             with self._network_lock:
                 container = self.client.containers.create(
@@ -197,9 +201,11 @@ class DockerRuntime:
                     environment={
                         **spec.environment(None),
                         "PATH": search_path("/app", spec.path, SYSTEM_PATH),
+                        **({"TERM": terminal.term} if terminal else {}),
                     },
                     labels={**spec.labels(), LABEL_ONEOFF: "1"},
                     stdin_open=stdin is not None,
+                    tty=tty,
                     network=self._network(),
                     **self._sandbox(spec),
                 )
@@ -210,11 +216,14 @@ class DockerRuntime:
             params = {"stdout": 1, "stderr": 1, "stream": 1, "stdin": int(stdin is not None)}
             sock = container.attach_socket(params=params)
             container.start()
+            if terminal is not None:
+                terminal.resize = lambda cols, rows: _resize(container, cols, rows)
+                terminal.resize(terminal.cols, terminal.rows)
             if cancel is not None:  # removing the container ends the stream below
                 on_set(cancel, lambda: self._remove(container))
             if stdin is not None:
-                threading.Thread(target=_feed, args=(sock, stdin), daemon=True).start()
-            for _stream, data in frames_iter(sock, tty=False):
+                threading.Thread(target=_feed, args=(sock, stdin, tty), daemon=True).start()
+            for _stream, data in frames_iter(sock, tty=tty):
                 output(data)
             sock.close()
             return int(container.wait()["StatusCode"])
@@ -385,12 +394,22 @@ def _ts_key(stamp: str) -> tuple[int, int]:
     return int(seconds), int((frac + "000000000")[:9])
 
 
-def _feed(sock: Any, stdin: Callable[[], bytes]) -> None:
-    """Copy stdin into the attached socket, then half-close it: the app sees EOF."""
+def _feed(sock: Any, stdin: Callable[[], bytes], tty: bool) -> None:
+    """Copy stdin into the attached socket, then half-close it: the app sees EOF.
+    Not on a pty: there Docker ends the whole attachment, output and all (a user
+    ends a shell with exit or Ctrl-D, which are bytes like any other)."""
     raw = getattr(sock, "_sock", sock)
     try:
         while data := stdin():
             raw.sendall(data)
-        raw.shutdown(SHUT_WR)
+        if not tty:
+            raw.shutdown(SHUT_WR)
     except OSError:
         pass  # the container ended first
+
+
+def _resize(container: Any, cols: int, rows: int) -> None:
+    """Give a one-off's pty the client's window size (0 x 0: the client did not say)."""
+    if cols > 0 and rows > 0:
+        with contextlib.suppress(docker.errors.DockerException):  # it may have ended
+            container.resize(height=rows, width=cols)

@@ -44,6 +44,7 @@ from peoplescloud.runtime.base import (
     InstanceSpec,
     InstanceStatus,
     LogLine,
+    Terminal,
     on_set,
     search_path,
     shell_script,
@@ -211,6 +212,7 @@ class ProcessRuntime:
         output: Callable[[bytes], None],
         stdin: Callable[[], bytes] | None = None,
         cancel: threading.Event | None = None,
+        terminal: Terminal | None = None,  # not given here: its one-offs have pipes, no pty
     ) -> int:
         env, limits = self._env(spec, None), self._limits(spec)
         if self.sandbox:  # a one-off ends with the daemon that reads it
