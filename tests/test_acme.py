@@ -141,3 +141,29 @@ def test_sni_picks_a_domains_certificate_and_others_get_the_self_signed_one(tmp_
     finally:
         thread.join(10)
         server.close()
+
+
+def test_a_refused_nonce_is_signed_again_and_a_problem_says_the_cas_reason():
+    client = acme.AcmeClient.__new__(acme.AcmeClient)  # no directory to fetch
+    client.key, client._kid, client._nonce = acme.new_key(), "https://ca/acct/1", ""
+    client.directory = {"newNonce": "https://ca/nonce"}
+    answers = [
+        acme.Answer(200, {"replay-nonce": "n1"}, b""),  # HEAD newNonce
+        acme.Answer(400, {"replay-nonce": "n2"}, json.dumps({"type": acme.BAD_NONCE}).encode()),
+        acme.Answer(200, {"replay-nonce": "n3"}, b'{"status": "valid"}'),
+        acme.Answer(403, {}, b'{"type": "urn:x:unauthorized", "detail": "no such account"}'),
+    ]
+    nonces = []
+
+    def http(method: str, url: str, body: bytes | None = None) -> acme.Answer:
+        if body:
+            nonces.append(json.loads(unb64(json.loads(body)["protected"]))["nonce"])
+        answer = answers.pop(0)
+        client._nonce = answer.headers.get("replay-nonce", "")
+        return answer
+
+    client._http = http  # type: ignore[method-assign]
+    assert client.post("https://ca/order/1").json() == {"status": "valid"}
+    assert nonces == ["n1", "n2"]  # the second try signed the nonce the refusal carried
+    with pytest.raises(acme.AcmeError, match=r"refused \(403\): no such account"):
+        client.post("https://ca/order/1")
