@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 ORDER_LEASE = 600.0  # seconds a node's claim to order a host lasts (an order's timeout + slack)
 ORDER_TIMEOUT = 300.0
 CHALLENGE_LIFE = 600.0  # seconds a published HTTP-01 answer is served at most
+PUBLISH_SETTLE = 0.5  # seconds for every member to apply a published answer (Raft heartbeats)
 FIRST_RETRY, LAST_RETRY = 60.0, 6 * 3600.0  # back-off after failed orders, doubling
 
 
@@ -190,6 +191,7 @@ class CertManager:
     def _publish(self, token: str, answer: str) -> None:
         with self.state.change() as s:
             s.challenges[token] = {"answer": answer, "expires": time.time() + CHALLENGE_LIFE}
+        time.sleep(PUBLISH_SETTLE)  # the CA may reach a member that applies it a beat later
 
     def _withdraw(self, token: str) -> None:
         try:

@@ -219,6 +219,7 @@ def _scenario(node, tmp_path: Path, ca_pem: Path, manage_port: int, tls_port: in
 
     table = wait_for(issued, what="the certificate", timeout=180, interval=1)
     assert HOST in table
+    print(table)  # what a user sees (README's example)
     context = ssl.create_default_context(cafile=str(ca_pem))
     with urllib.request.urlopen(
         f"https://127.0.0.1:{manage_port}/roots/0", context=context, timeout=10
