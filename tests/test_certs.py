@@ -138,3 +138,30 @@ def test_two_members_adding_one_domain_at_once_conflict():
     assert machine.apply(drafts[1]) is None  # Conflict: nothing of it kept
     assert machine.read()[1]["domains"] == {"www.example.org": "one"}
     assert Snapshot().domains == {}
+
+
+@pytest.mark.parametrize(
+    ("values", "why"),
+    [
+        ({"port": 70000}, r"\[tls\] port must be between 0 and 65535"),
+        ({"acme_directory": "acme.example/dir"}, r"\[tls\] acme_directory .* must be a URL"),
+        ({"contact": "not an address"}, r"\[tls\] contact .* must be an email address"),
+        ({"ca_bundle": "/nonexistent.pem"}, r"\[tls\] ca_bundle /nonexistent.pem is no file"),
+        ({"renew_days": 0}, r"\[tls\] renew_days must be at least 1"),
+    ],
+)
+def test_bad_tls_settings_are_refused_with_the_settings_name(values: dict, why: str):
+    from peoplescloud.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=why):
+        TlsSettings(**values)
+
+
+def test_tls_is_off_by_default_and_set_from_the_environment(tmp_path: Path, monkeypatch):
+    from peoplescloud.settings import load
+
+    assert load(tmp_path).tls.port == 0
+    monkeypatch.setenv("PC_TLS_PORT", "8443")
+    monkeypatch.setenv("PC_TLS_RENEW_DAYS", "20")
+    tls = load(tmp_path).tls
+    assert (tls.port, tls.renew_days) == (8443, 20)

@@ -183,3 +183,80 @@ def test_the_router_routes_custom_domains_and_answers_challenges():
             await up_runner.cleanup()
 
     asyncio.run(scenario())
+
+
+def test_the_router_serves_the_same_routing_over_https_picked_by_sni(tmp_path):  # type: ignore[no-untyped-def]
+    import ssl
+
+    from aiohttp import web
+
+    from peoplescloud.state import Snapshot
+    from peoplescloud.tls import SniContexts, self_signed
+    from router.proxy import Upstream
+
+    async def scenario() -> None:
+        async def echo(request: web.Request) -> web.Response:
+            return web.Response(text=request.headers.get("X-Forwarded-Proto", "-"))
+
+        upstream = web.Application()
+        upstream.router.add_route("*", "/{tail:.*}", echo)
+        up = web.AppRunner(upstream)
+        await up.setup()
+        up_port = free_port()
+        await web.TCPSite(up, "127.0.0.1", up_port).start()
+
+        chain, key = self_signed("www.example.org")
+        sni = SniContexts("localhost", tmp_path / "tls")
+        sni.refresh(Snapshot(certs={"www.example.org": {"app": "a", "chain": chain, "key": key}}))
+        port, tls_port = free_port(), free_port()
+        runner = await start_router(
+            lambda app, local_only: [Upstream(f"127.0.0.1:{up_port}")] if app == "a" else None,
+            "localhost",
+            "n1",
+            "127.0.0.1",
+            port,
+            resolve_host=lambda host: "a" if host == "www.example.org" else None,
+            challenge=lambda token: "proof",
+            tls=(sni.context, tls_port),
+        )
+        try:
+            assert [a[1] for a in runner.addresses] == [port, tls_port]
+            trust = ssl.create_default_context(cadata=chain)  # verifies name and chain
+            connector = aiohttp.TCPConnector(ssl=trust, resolver=Loopback())
+            async with aiohttp.ClientSession(connector=connector) as http:
+                async with http.get(f"https://www.example.org:{tls_port}/") as r:
+                    assert (r.status, await r.text()) == (200, "https")
+                async with http.get(
+                    f"http://127.0.0.1:{port}/", headers={"Host": "a.localhost"}
+                ) as r:
+                    assert await r.text() == "http"
+                # ACME answers live on the plain HTTP port only
+                url = f"https://www.example.org:{tls_port}/.well-known/acme-challenge/x"
+                async with http.get(url) as r:
+                    assert (r.status, await r.text()) == (200, "https")  # the app's, not "proof"
+        finally:
+            await runner.cleanup()
+            await up.cleanup()
+
+    asyncio.run(scenario())
+
+
+class Loopback(aiohttp.abc.AbstractResolver):
+    """Every name is 127.0.0.1: HTTPS with the real name (SNI, verification) on loopback."""
+
+    async def resolve(self, host: str, port: int = 0, family: int = 0) -> list:  # type: ignore[override]
+        import socket
+
+        return [
+            {
+                "hostname": host,
+                "host": "127.0.0.1",
+                "port": port,
+                "family": socket.AF_INET,
+                "proto": 0,
+                "flags": 0,
+            }
+        ]
+
+    async def close(self) -> None:
+        return None
