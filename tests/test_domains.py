@@ -260,3 +260,32 @@ class Loopback(aiohttp.abc.AbstractResolver):
 
     async def close(self) -> None:
         return None
+
+
+def test_the_domain_commands_call_the_node_and_print_tables():
+    from gitserver.service import CertRow
+    from tests.test_commands import FakeNode, call
+
+    fake = FakeNode()
+    status, out, err = call("domains:add mybot WWW.Example.org.", fake)
+    assert (status, err) == (0, "") and out.startswith("-----> www.example.org now routes to mybot")
+    assert fake.calls[-1] == ("domains_add", ("alice", "mybot", "WWW.Example.org."))
+    status, out, _ = call("domains:remove mybot www.example.org", fake)
+    assert status == 0 and fake.calls[-1] == (
+        "domains_remove",
+        ("alice", "mybot", "www.example.org"),
+    )
+    status, _, err = call("domains:add mybot", fake)
+    assert status == 2 and "missing HOST" in err and "usage: domains:add APP HOST" in err
+    fake.domains = lambda user, app: []  # type: ignore[method-assign]
+    assert "has no custom domain" in call("domains mybot", fake)[1]
+    fake.certs = lambda user, app: [  # type: ignore[method-assign]
+        CertRow("www.example.org", "CN=Test CA", "2027-01-01T00:00:00Z", "valid"),
+        CertRow("a.example.org", "-", "-", "failed: refused"),
+    ]
+    status, out, _ = call("certs mybot", fake)
+    assert status == 0 and out.splitlines() == [
+        "HOST             ISSUER      NOT AFTER             STATUS",
+        "www.example.org  CN=Test CA  2027-01-01T00:00:00Z  valid",
+        "a.example.org    -           -                     failed: refused",
+    ]
