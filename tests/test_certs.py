@@ -4,6 +4,7 @@ the same domain at once in the swarm's replicated state."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -165,3 +166,40 @@ def test_tls_is_off_by_default_and_set_from_the_environment(tmp_path: Path, monk
     monkeypatch.setenv("PC_TLS_RENEW_DAYS", "20")
     tls = load(tmp_path).tls
     assert (tls.port, tls.renew_days) == (8443, 20)
+
+
+def test_in_a_swarm_one_member_orders_and_every_member_answers_and_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Real Raft members on loopback: a domain added on one member routes on the
+    others, the orderer's challenge answer is served by another member's router
+    while the order runs, and the certificate reaches every member's TLS."""
+    from peoplescloud.domains import HostTable
+    from peoplescloud.tls import SniContexts
+    from tests.test_replicated import Swarm, wait_for
+
+    swarm = Swarm(tmp_path)
+    try:
+        a, b, c = swarm.start_all(3)
+        with a.change() as s:
+            s.domains["a.example.org"] = "app"
+            s.certs["a.example.org"] = CertRecord(app="app").to_dict()
+        on_c = HostTable(c)
+        wait_for(lambda: on_c.app_for("a.example.org") == "app", "c routes a's domain")
+        ca = FakeCa(monkeypatch, a)  # type: ignore[arg-type]
+        seen_on_c: list[str | None] = []
+        ca.during.append(lambda: seen_on_c.append(on_c.challenge("tok")))
+        managers = [CertManager(m, n, TlsSettings(port=8443)) for m, n in ((a, "a"), (b, "b"))]
+        threads = [threading.Thread(target=m.tick) for m in managers]  # at the same moment
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert ca.orders == ["a.example.org"]  # one order, whoever won the claim
+        assert seen_on_c == ["tok.print"]  # c answered the CA while a member ordered
+        sni = SniContexts("localhost", tmp_path / "tls")
+        wait_for(lambda: c.read().certs["a.example.org"]["chain"], "the chain reaches c")
+        sni.refresh(c.read())
+        assert "a.example.org" in sni._by_host
+    finally:
+        swarm.close()

@@ -64,6 +64,8 @@ def test_a_domain_belongs_to_one_app(node: Node):  # noqa: F811
         node.domains_add("ann", "annbot-copy", "www.example.org.")
     assert "annbot" not in str(refused.value).replace("annbot-copy", "")  # no name told
     assert node.domains("ann", "annbot-copy") == []
+    with pytest.raises(PCError, match=r"belongs to another app \(annbot\)"):  # admins: which
+        node.domains_add("root", "annbot-copy", "www.example.org")
     assert node.app_info("ann", "annbot")["domains"] == "www.example.org"
     # pending until a node with TLS orders it
     assert [r.host for r in node.certs("ann", "annbot")] == ["www.example.org"]

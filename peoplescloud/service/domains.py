@@ -24,8 +24,12 @@ class DomainCommands(ServiceBase):
             owner = s.domains.get(host)
             if owner == app:
                 raise PCError(f"{app} already has {host}: `domains {app}` lists its domains")
-            if owner is not None:  # whose it is is not told: app names are private
-                raise PCError(f"{host} belongs to another app: its owner must remove it first")
+            if owner is not None:  # whose it is is told only to admins: app names are private
+                asker = s.users.get(user)
+                which = f" ({owner})" if asker and asker.admin else ""
+                raise PCError(
+                    f"{host} belongs to another app{which}: its owner must remove it first"
+                )
             if sum(a == app for a in s.domains.values()) >= MAX_DOMAINS:
                 raise PCError(f"{app} has {MAX_DOMAINS} domains, the most an app may have")
             s.domains[host] = app
