@@ -205,11 +205,11 @@ def _scenario(node, tmp_path: Path, ca_pem: Path, manage_port: int, tls_port: in
     assert HOST in node.ssh("apps:info", "tlsapp").stdout
     assert http_get(node.router_port, HOST) == (200, "hello from web.1\n")
 
-    # Taken: refused in one line, whoever asks.
+    # Taken: refused in one line (the test's user is an admin: told which app has it).
     assert node.ssh("apps:create", "other").returncode == 0
     r = node.ssh("domains:add", "other", HOST)
     assert r.returncode == 1 and r.stderr.splitlines() == [
-        f" !     {HOST} belongs to another app: its owner must remove it first"
+        f" !     {HOST} belongs to another app (tlsapp): its owner must remove it first"
     ]
 
     # Issued by pebble in the background, after validating HTTP-01 against the router.
