@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +36,10 @@ NONCE_RETRIES = 5  # a CA may refuse a good nonce now and then (RFC 8555 6.5): s
 
 class AcmeError(PCError):
     """The CA refused, failed, or did not answer (the reason is the CA's own)."""
+
+
+class Stopped(AcmeError):
+    """The node is stopping: the order was given up between two requests."""
 
 
 # --- JWS pieces (RFC 7515, 7518, 7638) -------------------------------------------------
@@ -135,9 +140,14 @@ class AcmeClient:
     """One account at one CA directory."""
 
     def __init__(
-        self, directory: str, key: ec.EllipticCurvePrivateKey, ca_bundle: str = ""
+        self,
+        directory: str,
+        key: ec.EllipticCurvePrivateKey,
+        ca_bundle: str = "",
+        halt: threading.Event | None = None,
     ) -> None:
         self.key = key
+        self.halt = halt or threading.Event()  # set: give up before the next request
         self._tls = ssl.create_default_context(cafile=ca_bundle or None)
         self._nonce = ""
         self._kid: str | None = None
@@ -147,6 +157,8 @@ class AcmeClient:
                 raise AcmeError(f"{directory} is no ACME directory (no {name})")
 
     def _http(self, method: str, url: str, body: bytes | None = None) -> Answer:
+        if self.halt.is_set():  # a stopping daemon waits for one request at most
+            raise Stopped("the node is stopping")
         headers = {"User-Agent": "peoplescloud-acme/1"}
         if body is not None:
             headers["Content-Type"] = "application/jose+json"

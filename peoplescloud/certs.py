@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import threading
 import time
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -105,10 +106,13 @@ def facts(chain: str) -> tuple[str, str]:
 class CertManager:
     """Orders and renews the swarm's certificates from this node."""
 
-    def __init__(self, state: StateStore, node: str, tls: TlsSettings) -> None:
+    def __init__(
+        self, state: StateStore, node: str, tls: TlsSettings, halt: threading.Event | None = None
+    ) -> None:
         self.state = state
         self.node = node
         self.tls = tls
+        self.halt = halt or threading.Event()  # set when the daemon stops
 
     def tick(self) -> None:
         """One round: order what is due, one host after another."""
@@ -117,6 +121,8 @@ class CertManager:
         for token in [t for t, c in snap.challenges.items() if c.get("expires", 0) < now]:
             self._withdraw(token)  # an order that died half-way left it
         for host, data in sorted(snap.certs.items()):
+            if self.halt.is_set():
+                return
             record = CertRecord.from_dict(data)
             claimed = record.orderer and record.order_until > now
             if claimed or not record.due(self.tls.renew_days, now):
@@ -146,11 +152,18 @@ class CertManager:
         log.info("ordering a certificate for %s from %s", host, self.tls.acme_directory)
         try:
             account = self._account_key()
-            client = acme.AcmeClient(self.tls.acme_directory, account, self.tls.ca_bundle)
+            client = acme.AcmeClient(
+                self.tls.acme_directory, account, self.tls.ca_bundle, self.halt
+            )
             chain, key = acme.issue(
                 client, self.tls.contact, [host], self._publish, self._withdraw, ORDER_TIMEOUT
             )
             not_after, issuer = facts(chain)
+        except acme.Stopped:
+            self._finish(
+                host, app, None, ""
+            )  # no failure: another node (or the next start) goes on
+            return
         except (PCError, ValueError, KeyError, TypeError) as e:  # the CA's or its answer's fault
             log.warning("certificate for %s failed: %s", host, e)
             self._finish(host, app, None, str(e) or type(e).__name__)
@@ -167,7 +180,7 @@ class CertManager:
                         return
                     record = new or CertRecord.from_dict(s.certs[host])
                     record.orderer, record.order_until = "", 0.0
-                    if new is None:
+                    if new is None and reason:
                         record.failures += 1
                         record.reason = reason[:300]
                         back_off = min(LAST_RETRY, FIRST_RETRY * 2 ** (record.failures - 1))
@@ -213,10 +226,17 @@ def start_tls(
     if not settings.tls.port:
         return None, []
     sni = SniContexts(settings.domain, settings.tls_dir)
-    manager = CertManager(state, settings.name, settings.tls)
+    halt = threading.Event()  # an order under way gives up when the daemon stops
+    manager = CertManager(state, settings.name, settings.tls, halt)
     orders = ThreadPoolExecutor(1, thread_name_prefix="acme")  # an order may take minutes
+
+    async def relay_stop() -> None:
+        await stop.wait()
+        halt.set()
+
     loops = [
         every(LOAD_EVERY, lambda: sni.refresh(state.read()), stop),
         every(CHECK_EVERY, manager.tick, stop, executor=orders),
+        relay_stop(),
     ]
     return (sni.context, settings.tls.port), loops

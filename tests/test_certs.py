@@ -203,3 +203,21 @@ def test_in_a_swarm_one_member_orders_and_every_member_answers_and_serves(
         assert "a.example.org" in sni._by_host
     finally:
         swarm.close()
+
+
+def test_a_stopping_node_gives_its_order_up_at_once_and_no_failure_is_kept(state: State):
+    halt = threading.Event()
+    tls = TlsSettings(port=8443, acme_directory="https://127.0.0.1:9/dir")  # never dialled
+    m = CertManager(state, "n1", tls, halt)
+    claim = m._claim
+
+    def claim_then_stop(host: str, app: str) -> bool:
+        claimed = claim(host, app)
+        assert state.read().certs[host]["orderer"] == "n1"
+        halt.set()  # the daemon stops as the order starts
+        return claimed
+
+    m._claim = claim_then_stop  # type: ignore[method-assign]
+    m.tick()
+    record = CertRecord.from_dict(state.read().certs["a.example.org"])
+    assert record == CertRecord(app="app")  # the claim given back, no failure recorded
