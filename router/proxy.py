@@ -108,8 +108,8 @@ def make_app(
         return web.Response(status=status, text=text, headers={"Via": via})
 
     def custom_app(host: str) -> str | None:
-        name = host.split(":", 1)[0].lower().rstrip(".")
-        return resolve_host(name) if name.isascii() and name else None
+        hostname = host.split(":", 1)[0].lower().rstrip(".")
+        return resolve_host(hostname) if hostname.isascii() and hostname else None
 
     async def proxy(request: web.Request) -> web.StreamResponse:
         if request.path.startswith(ACME_PREFIX) and not request.secure:
