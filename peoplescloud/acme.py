@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import ssl
 import threading
@@ -168,7 +169,7 @@ class AcmeClient:
                 answer = Answer(r.status, {k.lower(): v for k, v in r.headers.items()}, r.read())
         except urllib.error.HTTPError as e:
             answer = Answer(e.code, {k.lower(): v for k, v in e.headers.items()}, e.read())
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, http.client.HTTPException) as e:
             raise AcmeError(f"the CA at {url} did not answer: {e}") from None
         if "replay-nonce" in answer.headers:
             self._nonce = answer.headers["replay-nonce"]
@@ -244,6 +245,8 @@ def issue(
         {"identifiers": [{"type": "dns", "value": h} for h in hosts]},
     )
     order_url = answer.headers.get("location", "")
+    if not order_url:
+        raise AcmeError("the CA made the order but did not say its URL")
     order = answer.json()
     for authz_url in order.get("authorizations", []):
         authz = client.post(authz_url).json()
