@@ -23,10 +23,12 @@ from docker import DockerClient
 import builder
 from gitserver.server import start_server
 from peoplescloud.bridge import every
+from peoplescloud.certs import start_tls
 from peoplescloud.cluster import Cluster, LocalParts, open_cluster
 from peoplescloud.dashboard_api import start_api
 from peoplescloud.dashboard_process import supervise
 from peoplescloud.deploy import Deployer
+from peoplescloud.domains import HostTable
 from peoplescloud.errors import PCError
 from peoplescloud.logbus import LogBus
 from peoplescloud.private import make_private
@@ -96,6 +98,7 @@ def sweep_leftovers(settings: Settings) -> None:
     is written under a temporary name before an atomic rename."""
     leftovers = [
         settings.tmp_dir,  # build work dirs, repo copies
+        settings.tls_dir,  # a certificate's key being loaded
         settings.store_dir / "tmp",  # slugs being added to the store
         *settings.slugs_dir.glob("*.partial"),  # slugs being fetched from the store
         *settings.cache_dir.glob("*/deps/.tmp-*"),  # dependency cache entries
@@ -262,6 +265,8 @@ async def start_node(
         max_unpacked_bytes=settings.build.max_tree_mb * 1024 * 1024,
     )
     started.callback(ssh.close)
+    hosts = HostTable(cluster.state)  # custom domains and ACME answers, for the router
+    tls, tls_loops = start_tls(settings, cluster.state, stop)
     router = await start_router(
         lambda app, local_only: web_upstreams(parts, app, local_only),
         settings.domain,
@@ -269,6 +274,9 @@ async def start_node(
         settings.listen,
         settings.router_port,
         hop_key=cluster.hop_key,
+        resolve_host=hosts.app_for,
+        challenge=hosts.challenge,
+        tls=tls,
     )
     started.push_async_callback(router.cleanup)
     if settings.dashboard_port:
@@ -288,8 +296,11 @@ async def start_node(
         settings.router_port,
         cluster.describe(),
     )
+    if tls:
+        log.info("router serves HTTPS on %s:%d", settings.listen, tls[1])
     loops: list[asyncio.Future[None]] = [
-        asyncio.ensure_future(every(RECONCILE_EVERY, reconciler.tick, stop, wake))
+        asyncio.ensure_future(every(RECONCILE_EVERY, reconciler.tick, stop, wake)),
+        *(asyncio.ensure_future(c) for c in tls_loops),
     ]
     return loops + cluster_loops
 

@@ -240,6 +240,34 @@ class SwarmSettings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """HTTPS on the router, with certificates for custom domains from an ACME CA
+    (HTTP-01: the CA must reach the router's HTTP port as port 80 of each domain)."""
+
+    port: int = 0  # the router's HTTPS port; 0: no TLS, and no certificate is ordered here
+    acme_directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    contact: str = ""  # an email address the CA may write to about the certificates
+    renew_days: int = 30  # renew a certificate that many days before it expires
+    ca_bundle: str = ""  # PEM file to trust the ACME server with; "": the system's
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "port", _port(self.port, "[tls] port"))
+        _numbers(self, "tls", renew_days=(int, 1))
+        url = urlsplit(str(self.acme_directory))
+        if url.scheme not in ("https", "http") or not url.hostname:
+            raise ConfigError(
+                f"[tls] acme_directory {self.acme_directory!r} must be a URL like "
+                "https://acme-v02.api.letsencrypt.org/directory"
+            )
+        if self.contact and not re.fullmatch(r"[^@\s:]+@[^@\s:]+\.[^@\s:]+", self.contact):
+            raise ConfigError(f"[tls] contact {self.contact!r} must be an email address, or empty")
+        if self.ca_bundle and not Path(self.ca_bundle).is_file():
+            raise ConfigError(
+                f'[tls] ca_bundle {self.ca_bundle} is no file: give a PEM file, or ""'
+            )
+
+
+@dataclass(frozen=True)
 class Settings:
     name: str = "node1"
     home: Path = field(default_factory=default_home)
@@ -259,6 +287,7 @@ class Settings:
     ipfs: IpfsSettings = field(default_factory=IpfsSettings)
     swarm: SwarmSettings = field(default_factory=SwarmSettings)
     quotas: Quotas = field(default_factory=Quotas)
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
     def __post_init__(self) -> None:
         if not NODE_NAME_RE.fullmatch(self.name):
@@ -329,6 +358,11 @@ class Settings:
         return self.home / "run"
 
     @property
+    def tls_dir(self) -> Path:
+        """Where a certificate's key is written for the instant `ssl` loads it."""
+        return self.run_dir / "tls"
+
+    @property
     def lease_dir(self) -> Path:
         """Where the node's lease is written, and its runtimes' watchdogs read it."""
         return self.run_dir / "lease"
@@ -349,6 +383,7 @@ _SECTIONS = {
     "ipfs": IpfsSettings,
     "swarm": SwarmSettings,
     "quotas": Quotas,
+    "tls": TlsSettings,
 }
 
 

@@ -149,6 +149,17 @@ class Snapshot:
     events: dict[str, dict] = field(default_factory=dict)
     # user -> quota name -> limit, set by an admin (`quota:set`); [quotas] otherwise.
     quotas: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Custom domains (`domains:add`): host -> app. Keyed by host, so two members
+    # adding the same name at once touch one entry: the second gets Conflict.
+    domains: dict[str, str] = field(default_factory=dict)
+    # TLS certificates from the ACME CA, host -> peoplescloud.certs.CertRecord as a
+    # dict (with its private key: this is why the state file is 0600).
+    certs: dict[str, dict] = field(default_factory=dict)
+    # ACME HTTP-01 answers while an order runs: token -> {"answer", "host", "expires"};
+    # every node's router serves them, whichever node the CA reaches.
+    challenges: dict[str, dict] = field(default_factory=dict)
+    # The swarm's ACME account key per CA directory URL: {"key": PEM}.
+    acme: dict[str, dict] = field(default_factory=dict)
 
     def app(self, name: str) -> App:
         try:
@@ -238,6 +249,10 @@ def snapshot_from_dict(data: dict) -> Snapshot:
         destroyed=dict(data.get("destroyed", {})),
         events=dict(data.get("events", {})),
         quotas={u: dict(q) for u, q in data.get("quotas", {}).items()},
+        domains=dict(data.get("domains", {})),
+        certs=dict(data.get("certs", {})),
+        challenges=dict(data.get("challenges", {})),
+        acme=dict(data.get("acme", {})),
     )
 
 

@@ -21,6 +21,7 @@ import hmac
 import itertools
 import logging
 import re
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -86,21 +87,40 @@ def passed_on(headers: Mapping[str, str], key: bytes, now: float) -> str | None:
     return app if hmac.compare_digest(hop, hop_token(key, app, int(ts))) else None
 
 
+ACME_PREFIX = "/.well-known/acme-challenge/"
+
+
 def make_app(
-    lookup: Lookup, domain: str, name: str, hop_key: Callable[[], bytes] = bytes
+    lookup: Lookup,
+    domain: str,
+    name: str,
+    hop_key: Callable[[], bytes] = bytes,
+    resolve_host: Callable[[str], str | None] = lambda host: None,
+    challenge: Callable[[str], str | None] = lambda token: None,
 ) -> web.Application:
     """The router of node `name` for apps at APP.`domain`; `hop_key()` is the
-    swarm's secret (empty on a lone node: nothing is passed on)."""
+    swarm's secret (empty on a lone node: nothing is passed on). `resolve_host`
+    maps a custom domain to its app; `challenge` answers ACME HTTP-01 tokens."""
     counter = itertools.count()
     via = f"1.1 {name}"
 
     def answer(status: int, text: str) -> web.Response:
         return web.Response(status=status, text=text, headers={"Via": via})
 
+    def custom_app(host: str) -> str | None:
+        hostname = host.split(":", 1)[0].lower().rstrip(".")
+        return resolve_host(hostname) if hostname.isascii() and hostname else None
+
     async def proxy(request: web.Request) -> web.StreamResponse:
+        if request.path.startswith(ACME_PREFIX) and not request.secure:
+            token = request.path[len(ACME_PREFIX) :]
+            proof = challenge(token) if request.method == "GET" else None
+            if proof is not None:
+                return web.Response(text=proof, content_type="text/plain")
+            return answer(404, "no such challenge\n")
         key = hop_key()
         sibling_app = passed_on(request.headers, key, time.time())
-        app = sibling_app or app_for_host(request.host, domain)
+        app = sibling_app or app_for_host(request.host, domain) or custom_app(request.host)
         if app is None:
             port = request.host.rpartition(":")[2] if ":" in request.host else ""
             where = f"APP.{domain}:{port}" if re.fullmatch(r"[0-9]+", port) else f"APP.{domain}"
@@ -167,9 +187,17 @@ async def start_router(
     host: str,
     port: int,
     hop_key: Callable[[], bytes] = bytes,
+    *,
+    resolve_host: Callable[[str], str | None] = lambda host: None,
+    challenge: Callable[[str], str | None] = lambda token: None,
+    tls: tuple[ssl.SSLContext, int] | None = None,
 ) -> web.AppRunner:
-    """Serve until `runner.cleanup()`."""
-    runner = web.AppRunner(make_app(lookup, domain, name, hop_key), access_log=None)
+    """Serve until `runner.cleanup()`; with `tls`, the same routing over HTTPS on
+    its port too (`runner.addresses`: HTTP first, then HTTPS)."""
+    application = make_app(lookup, domain, name, hop_key, resolve_host, challenge)
+    runner = web.AppRunner(application, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
+    if tls is not None:
+        await web.TCPSite(runner, host, tls[1], ssl_context=tls[0]).start()
     return runner

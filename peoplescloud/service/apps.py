@@ -6,6 +6,7 @@ import shutil
 import socket
 
 from gitserver.service import AppRow
+from peoplescloud.domains import drop_app
 from peoplescloud.errors import PCError
 from peoplescloud.processes import process_names
 from peoplescloud.service.base import ServiceBase
@@ -83,6 +84,8 @@ class AppCommands(ServiceBase):
             info["scale"] = " ".join(f"{t}={n}" for t, n in sorted(a.scale.items()))
             if "web" in r.processes:
                 info["url"] = f"http://{a.name}.{self.settings.domain}:{self.settings.router_port}/"
+        domains = sorted(h for h, owner in self.state.read().domains.items() if owner == a.name)
+        info["domains"] = " ".join(domains) or "-"
         return info
 
     def _git_host(self) -> str:
@@ -99,6 +102,7 @@ class AppCommands(ServiceBase):
         a = self._app(user, app, need="own")
         with self.state.change() as s:
             del s.apps[app]
+            drop_app(s, app)  # its custom domains become free
             s.destroyed[app] = now()
         self.reconciler.reconcile()
         self.deployer.unpin_unused({r.slug for r in a.releases})
