@@ -1,0 +1,494 @@
+"""One client's connection to the router: read requests (httptools), pass each to
+an upstream connection, frame the answers back; keep-alive, pipelining (served
+in order), timeouts, and after a 101 a plain byte tunnel.
+
+Everything here runs in asyncio's callbacks, no task per request: the hot path
+is parse, one write upstream, parse, one write back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from router import pages
+from router.http import LAST_CHUNK, Headers, chunk, has_body, new_request_id, response_head
+from router.upstreams import UpstreamConnection
+
+if TYPE_CHECKING:
+    from router.proxy import Router
+
+log = logging.getLogger(__name__)
+
+MAX_BUFFERED = 64 * 1024  # request body held while an upstream connects; then reading pauses
+
+
+class Exchange:
+    """One request and its answer."""
+
+    __slots__ = (
+        "method", "url", "headers", "index", "http10", "keep_alive", "upgrade", "chunked",
+        "body", "buffered", "request_done", "app", "address", "head", "router_hop",
+        "request_id", "upstream", "connecting", "retried", "status", "started", "done",
+        "out_chunked", "until_close", "close_after", "bytes", "t0", "t_connect", "t_sent",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.method = b"GET"
+        self.http10 = False
+        self.keep_alive = True
+        self.upgrade: bytes | None = None
+        self.chunked = False
+        self.url = b""
+        self.headers: Headers = []
+        self.index: dict[bytes, bytes] = {}  # lowercased name -> value (the last one)
+        self.body: list[bytes] = []  # what came before an upstream was there to take it
+        self.buffered = 0
+        self.request_done = False
+        self.app = ""
+        self.address = ""
+        self.head = b""
+        self.router_hop = False  # the upstream is a sibling's router
+        self.request_id = ""
+        self.upstream: UpstreamConnection | None = None
+        self.connecting: asyncio.Task[UpstreamConnection] | None = None
+        self.retried = False
+        self.status = 0
+        self.started = False  # the answer's head went out
+        self.done = False  # the whole answer went out (or will: it is in the buffer)
+        self.out_chunked = False
+        self.until_close = False  # the app ends its answer by closing
+        self.close_after = False
+        self.bytes = 0
+        self.t0 = time.monotonic()
+        self.t_connect = self.t_sent = self.t0
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, router: Router, scheme: bytes) -> None:
+        self.router = router
+        self.limits = router.limits
+        self.scheme = scheme
+        self.parser = HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.client_ip = b""
+        self.port = 0
+        self.parsing: Exchange | None = None  # the request being read
+        self.active: Exchange | None = None  # the request being answered
+        self.waiting: deque[Exchange] = deque()  # pipelined behind it
+        self.ready: Exchange | None = None  # headers complete: start after this read
+        self.raw = False  # past an Upgrade request's head: no more HTTP from the client
+        self.tunnel: UpstreamConnection | None = None
+        self.refuse = 0  # a status to answer with once this read is parsed
+        self.in_head = False  # between a request's first byte and the end of its headers
+        self.head_size = 0
+        self.served = 0  # requests answered on this connection
+        self.out: list[bytes] = []
+        self.paused: set[str] = set()
+        self.closed = False
+        self.deadline = time.monotonic() + self.limits.header_timeout
+
+    # -- asyncio --
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        self.client_ip = str(peer[0]).encode() if peer else b""
+        self.port = sock[1] if sock else 0
+        self.router.clients.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.deadline = time.monotonic() + self.limits.idle_timeout
+            self.tunnel.write(data)
+            return
+        if self.raw:  # bytes after an Upgrade request, before the app said 101
+            ex = self.active
+            if ex is not None and ex.upstream is not None:
+                ex.upstream.write(data)
+            elif ex is not None:
+                ex.body.append(data)
+            return
+        if self.in_head:
+            self.head_size += len(data)
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as e:
+            self.raw = True
+            upgrading = self.ready or self.active
+            if upgrading is not None and e.args[0] < len(data):
+                upgrading.body.append(data[e.args[0] :])
+        except HttpParserError:
+            self.refuse = self.refuse or 400
+        if self.refuse:
+            self.fail(self.refuse)
+        elif self.in_head and self.head_size > self.limits.max_header_kb * 1024:
+            self.fail(431)  # a head still unfinished, and already too big
+        elif self.ready is not None:
+            ex, self.ready = self.ready, None
+            self.start(ex)
+        self.flush()
+
+    def eof_received(self) -> bool | None:
+        if self.active is None or self.tunnel is not None:
+            return None  # nothing to answer: close
+        self.active.close_after = True  # answer, then close
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.router.clients.discard(self)
+        if self.tunnel is not None:
+            self.tunnel.close()
+        ex = self.active
+        if ex is None:
+            return
+        if ex.connecting is not None:
+            ex.connecting.cancel()
+        if ex.upstream is not None:  # gone mid-answer: the app's connection is half-used
+            ex.upstream.close()
+        if not ex.done and self.tunnel is None:
+            ex.status = 499  # the client went away (nginx's and Heroku's code): no app error
+            self.router.log(ex, self)
+        self.active = None
+
+    def pause_writing(self) -> None:
+        self._pause_upstream(True)
+
+    def resume_writing(self) -> None:
+        self._pause_upstream(False)
+
+    def _pause_upstream(self, paused: bool) -> None:
+        upstream = self.tunnel or (self.active.upstream if self.active else None)
+        if upstream is not None:
+            upstream.pause(paused)
+
+    # -- httptools: the request --
+
+    def on_message_begin(self) -> None:
+        self.parsing = Exchange()
+        self.in_head = True
+        self.head_size = 0
+        if self.active is None and self.served:
+            self.deadline = time.monotonic() + self.limits.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        ex.url += url
+        if len(ex.url) > self.limits.max_header_kb * 1024:
+            self.refuse = self.refuse or 414
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        ex.headers.append((name, value))
+        if len(ex.headers) > self.limits.max_headers:
+            self.refuse = self.refuse or 431
+
+    def on_headers_complete(self) -> None:
+        ex = self.parsing
+        assert ex is not None
+        self.in_head = False
+        if self.refuse:
+            return
+        parser = self.parser
+        ex.method = parser.get_method()
+        ex.http10 = parser.get_http_version() == "1.0"
+        ex.keep_alive = parser.should_keep_alive()
+        ex.index = index = {name.lower(): value for name, value in ex.headers}
+        ex.upgrade = index.get(b"upgrade") if parser.should_upgrade() else None
+        te = index.get(b"transfer-encoding")
+        ex.chunked = te is not None
+        if (te is not None and te.strip().lower() != b"chunked") or ex.method == b"CONNECT":
+            self.refuse = 501
+            return
+        if ex.upgrade is not None:
+            ex.close_after = True  # unless the app says 101, the client expects a close
+        if self.active is None and self.ready is None:
+            self.ready = ex
+        else:
+            self.waiting.append(ex)
+            self._pause_reading("queue", True)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is None:
+            return
+        if ex is self.active and ex.upstream is not None and not ex.done:
+            ex.upstream.write(chunk(body) if ex.chunked else body)
+            ex.t_sent = time.monotonic()
+            self.deadline = ex.t_sent + self.limits.first_byte_timeout
+        elif not ex.done:  # not sent yet (a request answered already drops its body)
+            ex.body.append(chunk(body) if ex.chunked else body)
+            ex.buffered += len(body)
+            if ex.buffered > MAX_BUFFERED:
+                self._pause_reading("buffer", True)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        if ex is None:
+            return
+        self.parsing = None
+        ex.request_done = True
+        if ex.chunked and not ex.done:
+            if ex is self.active and ex.upstream is not None:
+                ex.upstream.write(LAST_CHUNK)
+            else:
+                ex.body.append(LAST_CHUNK)
+        if ex is self.active and ex.done and not self.raw:
+            self.finish(ex)
+
+    # -- the exchange --
+
+    def start(self, ex: Exchange) -> None:
+        self.active = ex
+        self.router.route(ex, self)
+
+    def answer(self, ex: Exchange, status: int, text: str, close: bool = False) -> None:
+        """The router's own answer (an error page) to `ex`."""
+        ex.status = status
+        ex.close_after = ex.close_after or close or not ex.keep_alive
+        head_only = ex.method == b"HEAD"
+        data = pages.page(status, text, ex.request_id, self.router.via, ex.close_after, head_only)
+        self.write_answer(ex, data)
+
+    def write_answer(self, ex: Exchange, data: bytes) -> None:
+        ex.started = ex.done = True
+        ex.bytes = len(data)
+        ex.body = []
+        self.out.append(data)
+        self.flush()
+        if ex.request_done or ex.close_after:
+            self.finish(ex)
+
+    def send(self, ex: Exchange, upstream: UpstreamConnection) -> None:
+        """The request's head and what came of its body so far, in one write."""
+        ex.upstream = upstream
+        ex.t_connect = ex.t_sent = time.monotonic()
+        self.deadline = ex.t_sent + self.limits.first_byte_timeout
+        data = ex.head + b"".join(ex.body) if ex.body else ex.head
+        ex.body = []
+        upstream.send(self, data, ex.method == b"HEAD")
+        self._pause_reading("buffer", False)
+
+    def forward(self, ex: Exchange) -> None:
+        """To `ex.address` on a kept-alive connection, else on a new one."""
+        upstream = self.router.pool.take(ex.address)
+        if upstream is not None:
+            self.send(ex, upstream)
+        else:
+            self.connect(ex)
+
+    def connect(self, ex: Exchange) -> None:
+        task = asyncio.ensure_future(self.router.pool.connect(ex.address))
+        ex.connecting = task
+        task.add_done_callback(lambda t: self._connected(ex, t))
+
+    def _connected(self, ex: Exchange, task: asyncio.Task[UpstreamConnection]) -> None:
+        ex.connecting = None
+        if task.cancelled():
+            return
+        error = task.exception()
+        if ex is not self.active or self.closed or ex.done:
+            if error is None:
+                task.result().close()
+            return
+        if error is None:
+            self.send(ex, task.result())
+        elif isinstance(error, TimeoutError):
+            self.answer(ex, 504, pages.text_for(504, ex.app), close=not ex.request_done)
+        else:
+            log.info("router: %s -> %s: %s", ex.app, ex.address, error)
+            self.answer(ex, 502, pages.text_for(502, ex.app), close=not ex.request_done)
+        self.flush()
+
+    # -- from the upstream connection (see upstreams.Owner) --
+
+    def interim_head(self, status: int, reason: bytes, headers: Headers) -> None:
+        ex = self.active
+        if ex is not None and not ex.http10:  # 100 Continue and the like
+            self.out.append(response_head(status, reason, headers, self.router.via, b"", True))
+
+    def response_head(self, status: int, reason: bytes, headers: Headers) -> None:
+        ex = self.active
+        assert ex is not None
+        now = time.monotonic()
+        self.deadline = now + self.limits.idle_timeout
+        ex.status, ex.started = status, True
+        framing = b""
+        if status == 101:
+            framing = b"Connection: Upgrade\r\nUpgrade: %b\r\n" % (ex.upgrade or b"")
+        elif has_body(ex.method, status):
+            lengths = {name.lower() for name, _ in headers} & {
+                b"content-length",
+                b"transfer-encoding",
+            }
+            if not lengths:
+                ex.until_close = True
+            if lengths != {b"content-length"}:  # not sized: chunked, or closed at the end
+                if ex.http10:
+                    ex.close_after = True
+                else:
+                    ex.out_chunked = True
+                    framing = b"Transfer-Encoding: chunked\r\n"
+        if status != 101:
+            if ex.close_after or not ex.keep_alive:
+                ex.close_after = True
+                framing += b"Connection: close\r\n"
+            elif ex.http10:
+                framing += b"Connection: keep-alive\r\n"
+        head = response_head(status, reason, headers, self.router.via, framing, not ex.router_hop)
+        ex.bytes += len(head)
+        self.out.append(head)
+
+    def response_body(self, data: bytes) -> None:
+        ex = self.active
+        assert ex is not None
+        ex.bytes += len(data)
+        self.deadline = time.monotonic() + self.limits.idle_timeout
+        self.out.append(chunk(data) if ex.out_chunked else data)
+
+    def response_done(self, upstream: UpstreamConnection) -> None:
+        ex = self.active
+        assert ex is not None
+        if ex.out_chunked:
+            self.out.append(LAST_CHUNK)
+        ex.done = True
+        ex.upstream = None
+        if upstream.reusable and ex.request_done and not ex.until_close:
+            self.router.pool.release(upstream)
+        else:
+            upstream.close()
+        if ex.request_done or ex.close_after:
+            self.finish(ex)
+
+    def upstream_upgraded(self, upstream: UpstreamConnection, rest: bytes) -> None:
+        ex = self.active
+        if ex is None or ex.upgrade is None or ex.status != 101:
+            upstream.close()
+            self.close()
+            return
+        self.tunnel = upstream
+        ex.done = True
+        self.router.log(ex, self)
+        if rest:
+            self.out.append(rest)
+
+    def from_tunnel(self, data: bytes) -> None:
+        self.deadline = time.monotonic() + self.limits.idle_timeout
+        self.out.append(data)
+
+    def upstream_lost(self, upstream: UpstreamConnection, why: str) -> None:
+        ex = self.active
+        if self.tunnel is upstream:
+            self.close()
+        elif ex is None or ex.upstream is not upstream:
+            return
+        elif ex.started:
+            if ex.until_close:  # the app's way to end this answer
+                self.response_done(upstream)
+            else:  # cut short: the client must not take it for the whole answer
+                self.close()
+        elif upstream.used > 1 and not upstream.answered and not ex.retried and not ex.chunked \
+                and b"content-length" not in ex.index:  # fmt: skip
+            # A kept-alive connection the app had just closed: try once on a new one.
+            ex.retried = True
+            ex.upstream = None
+            ex.body = []
+            self.connect(ex)
+        else:
+            ex.upstream = None
+            log.info("router: %s -> %s: %s before answering", ex.app, ex.address, why)
+            self.answer(ex, 502, pages.text_for(502, ex.app), close=not ex.request_done)
+
+    def pause_client(self, paused: bool) -> None:
+        self._pause_reading("upstream", paused)
+
+    def flush(self) -> None:
+        out = self.out
+        if out and self.transport is not None and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+
+    # -- ending --
+
+    def finish(self, ex: Exchange) -> None:
+        self.flush()
+        if ex is not self.active:
+            return
+        self.active = None
+        self.served += 1
+        self.router.log(ex, self)
+        if ex.close_after or self.closed:
+            self.close()
+            return
+        self.deadline = time.monotonic() + self.limits.idle_timeout
+        if self.waiting:
+            nxt = self.waiting.popleft()
+            if not self.waiting:
+                self._pause_reading("queue", False)
+            self.start(nxt)
+
+    def fail(self, status: int) -> None:
+        """A request the router cannot serve: answer `status`, then close."""
+        ex = self.parsing or Exchange()
+        self.parsing = None
+        self.in_head = False
+        if ex.started or (self.active is not None and self.active is not ex):
+            self.close()  # mid-answer: nothing more can be said
+            return
+        if ex.connecting is not None:
+            ex.connecting.cancel()
+        if ex.upstream is not None:
+            ex.upstream.close()
+            ex.upstream = None
+        self.active = ex
+        ex.request_id = ex.request_id or new_request_id()
+        self.answer(ex, status, pages.text_for(status, ex.app), close=True)
+
+    def expired(self, now: float) -> None:
+        """The deadline passed: what that means depends on what the connection waits for."""
+        ex = self.active
+        if self.tunnel is not None or (ex is not None and ex.started):
+            self.close()  # idle
+        elif ex is not None and not ex.done:
+            if ex.connecting is not None:
+                ex.connecting.cancel()
+                ex.connecting = None
+            if ex.upstream is not None:
+                ex.upstream.close()
+                ex.upstream = None
+            self.answer(ex, 504, pages.text_for(504, ex.app), close=True)
+        elif self.parsing is not None or not self.served:
+            self.fail(408)  # the head is still on its way
+        else:
+            self.close()  # a keep-alive connection nobody uses
+
+    def close(self) -> None:
+        self.flush()
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def _pause_reading(self, why: str, paused: bool) -> None:
+        if self.transport is None or self.closed:
+            return
+        before = bool(self.paused)
+        if paused:
+            self.paused.add(why)
+        else:
+            self.paused.discard(why)
+        if before != bool(self.paused):
+            if self.paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
