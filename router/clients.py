@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
@@ -29,44 +29,38 @@ MAX_BUFFERED = 64 * 1024  # request body held while an upstream connects; then r
 
 
 class Exchange:
-    """One request and its answer."""
+    """One request and its answer. Most fields keep their class default: a request
+    costs one small dict, not thirty assignments."""
 
-    __slots__ = (
-        "method", "url", "headers", "index", "http10", "keep_alive", "upgrade", "chunked",
-        "body", "buffered", "request_done", "app", "address", "head", "router_hop",
-        "request_id", "upstream", "connecting", "retried", "status", "started", "done",
-        "out_chunked", "until_close", "close_after", "bytes", "t0", "t_connect", "t_sent",
-    )  # fmt: skip
+    method = b"GET"
+    url = b""
+    http10 = False
+    keep_alive = True
+    upgrade: bytes | None = None
+    chunked = False  # the request's body comes chunked
+    index: dict[bytes, bytes] = {}  # noqa: RUF012 - lowercased name -> value (the last one)
+    buffered = 0
+    request_done = False
+    app = ""
+    address = ""
+    head = b""
+    router_hop = False  # the upstream is a sibling's router
+    request_id = "-"
+    upstream: UpstreamConnection | None = None
+    connecting: asyncio.Task[UpstreamConnection] | None = None
+    retried = False
+    status = 0
+    started = False  # the answer's head went out
+    done = False  # the whole answer went out (or is in the buffer)
+    out_chunked = False
+    until_close = False  # the app ends its answer by closing
+    close_after = False
+    bytes = 0
 
     def __init__(self) -> None:
-        self.method = b"GET"
-        self.http10 = False
-        self.keep_alive = True
-        self.upgrade: bytes | None = None
-        self.chunked = False
-        self.url = b""
         self.headers: Headers = []
-        self.index: dict[bytes, bytes] = {}  # lowercased name -> value (the last one)
         self.body: list[bytes] = []  # what came before an upstream was there to take it
-        self.buffered = 0
-        self.request_done = False
-        self.app = ""
-        self.address = ""
-        self.head = b""
-        self.router_hop = False  # the upstream is a sibling's router
-        self.request_id = ""
-        self.upstream: UpstreamConnection | None = None
-        self.connecting: asyncio.Task[UpstreamConnection] | None = None
-        self.retried = False
-        self.status = 0
-        self.started = False  # the answer's head went out
-        self.done = False  # the whole answer went out (or will: it is in the buffer)
-        self.out_chunked = False
-        self.until_close = False  # the app ends its answer by closing
-        self.close_after = False
-        self.bytes = 0
-        self.t0 = time.monotonic()
-        self.t_connect = self.t_sent = self.t0
+        self.t0 = self.t_connect = self.t_sent = time.monotonic()
 
 
 class ClientConnection(asyncio.Protocol):
@@ -89,6 +83,7 @@ class ClientConnection(asyncio.Protocol):
         self.head_size = 0
         self.served = 0  # requests answered on this connection
         self.out: list[bytes] = []
+        self.forwarded = (b"", b"")  # (Host, its X-Forwarded-* lines): the last one, kept
         self.paused: set[str] = set()
         self.closed = False
         self.deadline = time.monotonic() + self.limits.header_timeout
@@ -96,8 +91,7 @@ class ClientConnection(asyncio.Protocol):
     # -- asyncio --
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are no subclass
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
         self.client_ip = str(peer[0]).encode() if peer else b""
@@ -315,37 +309,38 @@ class ClientConnection(asyncio.Protocol):
     def interim_head(self, status: int, reason: bytes, headers: Headers) -> None:
         ex = self.active
         if ex is not None and not ex.http10:  # 100 Continue and the like
-            self.out.append(response_head(status, reason, headers, self.router.via, b"", True))
+            out = response_head(status, reason, headers, self.router.via, False)[0]
+            self.out.append(b"".join(out) + b"\r\n")
 
     def response_head(self, status: int, reason: bytes, headers: Headers) -> None:
         ex = self.active
         assert ex is not None
-        now = time.monotonic()
-        self.deadline = now + self.limits.idle_timeout
+        out, sized, chunked = response_head(status, reason, headers, self.router.via, ex.router_hop)
+        self._head(ex, status, out, sized, chunked)
+
+    def _head(
+        self, ex: Exchange, status: int, out: list[bytes], sized: bool, chunked: bool
+    ) -> None:
+        """Add the framing lines the router chooses to the head in `out`, and send it."""
+        self.deadline = time.monotonic() + self.limits.idle_timeout
         ex.status, ex.started = status, True
-        framing = b""
         if status == 101:
-            framing = b"Connection: Upgrade\r\nUpgrade: %b\r\n" % (ex.upgrade or b"")
-        elif has_body(ex.method, status):
-            lengths = {name.lower() for name, _ in headers} & {
-                b"content-length",
-                b"transfer-encoding",
-            }
-            if not lengths:
-                ex.until_close = True
-            if lengths != {b"content-length"}:  # not sized: chunked, or closed at the end
+            out.extend((b"Connection: Upgrade\r\nUpgrade: ", ex.upgrade or b"", b"\r\n"))
+        else:
+            if has_body(ex.method, status) and (chunked or not sized):
+                ex.until_close = not chunked  # the app ends its answer by closing
                 if ex.http10:
                     ex.close_after = True
                 else:
                     ex.out_chunked = True
-                    framing = b"Transfer-Encoding: chunked\r\n"
-        if status != 101:
+                    out.append(b"Transfer-Encoding: chunked\r\n")
             if ex.close_after or not ex.keep_alive:
                 ex.close_after = True
-                framing += b"Connection: close\r\n"
+                out.append(b"Connection: close\r\n")
             elif ex.http10:
-                framing += b"Connection: keep-alive\r\n"
-        head = response_head(status, reason, headers, self.router.via, framing, not ex.router_hop)
+                out.append(b"Connection: keep-alive\r\n")
+        out.append(b"\r\n")
+        head = b"".join(out)
         ex.bytes += len(head)
         self.out.append(head)
 
@@ -451,7 +446,8 @@ class ClientConnection(asyncio.Protocol):
             ex.upstream.close()
             ex.upstream = None
         self.active = ex
-        ex.request_id = ex.request_id or new_request_id()
+        if ex.request_id == "-":
+            ex.request_id = new_request_id()
         self.answer(ex, status, pages.text_for(status, ex.app), close=True)
 
     def expired(self, now: float) -> None:

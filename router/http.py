@@ -36,6 +36,10 @@ FORWARDED = frozenset(
 )
 SWARM = frozenset({b"x-pc-app", b"x-pc-hop"})  # what one router tells another
 XFF = b"x-forwarded-for"
+RESPONSE_SPECIAL = HOP | {b"content-length", b"via"}
+SWARM_HOP = HOP | SWARM  # dropped from a sibling router's request
+CLIENT_DROP = SWARM_HOP | FORWARDED | {XFF}  # dropped from a client's request
+PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 # A request id a client may choose (Heroku's rule): 20 to 200 of these characters.
 REQUEST_ID = re.compile(rb"[A-Za-z0-9+/=_.:-]{20,200}")
@@ -51,15 +55,6 @@ def new_request_id() -> str:
 def tokens(value: bytes) -> set[bytes]:
     """b"Keep-Alive, Upgrade" -> {b"keep-alive", b"upgrade"}."""
     return {t.strip().lower() for t in value.split(b",") if t.strip()}
-
-
-def connection_named(headers: Headers) -> set[bytes]:
-    """The headers a Connection field names: hop-by-hop too, whatever they are."""
-    named: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            named |= tokens(value)
-    return named
 
 
 def reason(status: int) -> bytes:
@@ -82,31 +77,38 @@ LAST_CHUNK = b"0\r\n\r\n"
 
 
 def response_head(
-    status: int,
-    status_reason: bytes,
-    headers: Headers,
-    via: bytes,
-    framing: bytes,
-    drop_via: bool,
-) -> bytes:
-    """The head sent to the client: the app's headers minus hop-by-hop ones,
-    `Via`, and `framing` (the Transfer-Encoding / Connection lines the router chose)."""
-    named = connection_named(headers) if _any_connection(headers) else ()
+    status: int, status_reason: bytes, headers: Headers, via: bytes, keep_via: bool
+) -> tuple[list[bytes], bool, bool]:
+    """The head for the client, as pieces to join, without its framing lines and
+    blank line: the app's headers minus hop-by-hop ones, then `Via` (the app's own
+    only when `keep_via`: a sibling's router). Also whether the app sent a
+    Content-Length, and whether it sent Transfer-Encoding."""
     out = [b"HTTP/1.1 %d %b\r\n" % (status, status_reason or reason(status))]
+    sized = chunked = False
+    named: set[bytes] = set()
     for name, value in headers:
         low = name.lower()
-        if low in HOP or low in named or (drop_via and low == b"via"):
-            continue
-        if low == b"via":  # a sibling's router: ours comes first
-            via = via + b", " + value
-            continue
-        out.append(b"%b: %b\r\n" % (name, value))
-    out.append(b"Via: %b\r\n%b\r\n" % (via, framing))
-    return b"".join(out)
-
-
-def _any_connection(headers: Headers) -> bool:
-    return any(len(name) == 10 and name.lower() == b"connection" for name, _ in headers)
+        if low in RESPONSE_SPECIAL:
+            if low == b"content-length":
+                sized = True
+            elif low == b"transfer-encoding":
+                chunked = True
+                continue
+            elif low == b"connection":
+                named |= _beyond_plain(value)
+                continue
+            elif low == b"via":
+                if keep_via:
+                    via = via + b", " + value
+                continue
+            else:
+                continue
+        out.extend((name, b": ", value, b"\r\n"))
+    if named:  # rare: the app named more headers as hop-by-hop
+        kept = [(n, v) for n, v in headers if n.lower() not in named]
+        return response_head(status, status_reason, kept, via, keep_via)[0], sized, chunked
+    out.extend((b"Via: ", via, b"\r\n"))
+    return out, sized, chunked
 
 
 def request_head(
@@ -120,23 +122,34 @@ def request_head(
 ) -> bytes:
     """The head sent upstream: the client's headers minus hop-by-hop ones and
     those the router sets (from a client), then `added` (X-Forwarded-*, id, hop)."""
-    named = connection_named(headers) if _any_connection(headers) else ()
-    out = [b"%b %b HTTP/1.1\r\n" % (method, url)]
+    out = [method, b" ", url, b" HTTP/1.1\r\n"]
+    drop = SWARM_HOP if from_router else CLIENT_DROP
     earlier: list[bytes] = []
+    named: set[bytes] = set()
     for name, value in headers:
         low = name.lower()
-        if low in HOP or low in named or low in SWARM:
-            continue
-        if not from_router and (low in FORWARDED or low == XFF):
+        if low in drop:
             if low == XFF:
                 earlier.append(value)
+            elif low == b"connection":
+                named |= _beyond_plain(value)
             continue
-        out.append(b"%b: %b\r\n" % (name, value))
+        out.extend((name, b": ", value, b"\r\n"))
+    if named:  # rare: the client named more headers as hop-by-hop
+        kept = [(n, v) for n, v in headers if n.lower() not in named]
+        return request_head(method, url, kept, added, upgrade, from_router, client_ip)
     if not from_router:
         earlier.append(client_ip)
-        out.append(b"X-Forwarded-For: %b\r\n" % b", ".join(earlier))
+        out.extend((b"X-Forwarded-For: ", b", ".join(earlier), b"\r\n"))
     if upgrade is not None:
-        out.append(b"Connection: Upgrade\r\nUpgrade: %b\r\n" % upgrade)
-    out.append(added)
-    out.append(b"\r\n")
+        out.extend((b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n"))
+    out.extend((added, b"\r\n"))
     return b"".join(out)
+
+
+def _beyond_plain(value: bytes) -> set[bytes]:
+    """What a Connection field names besides the usual keep-alive/close/upgrade."""
+    low = value.lower()
+    if low in PLAIN_CONNECTION:
+        return set()
+    return tokens(low) - PLAIN_CONNECTION

@@ -161,9 +161,11 @@ class Router:
         ex.address, ex.router_hop = target.address, target.router
         added = b"Transfer-Encoding: chunked\r\n" if ex.chunked else b""
         if sibling_app is None:  # from a client: say who asked (a sibling's router did)
-            added += FORWARDED % (conn.scheme, host, conn.port)
+            if conn.forwarded[0] != host:  # once per connection, mostly
+                conn.forwarded = host, FORWARDED % (conn.scheme, host, conn.port)
+            added += conn.forwarded[1]
         if sibling_app is None or given != ex.request_id.encode():
-            added += b"X-Request-Id: %b\r\n" % ex.request_id.encode()
+            added += b"X-Request-Id: " + ex.request_id.encode() + b"\r\n"
         if target.router:
             hop = hop_token(self.hop_key(), app, time.time())
             added += f"{H_APP}: {app}\r\n{H_HOP}: {hop}\r\n".encode()
