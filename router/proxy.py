@@ -32,9 +32,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from router import pages
-from router.clients import ClientConnection, Exchange
+from router.clients import ClientConnection
 from router.http import REQUEST_ID, new_request_id, request_head
 from router.limits import RouterLimits
+from router.relay import Exchange, Relay
 from router.upstreams import Pool
 
 H_APP = "X-PC-App"  # on a request one router passes to another: the app it is for
@@ -189,7 +190,7 @@ class Router:
                 return self.resolve_host(name)
         return app
 
-    def log(self, ex: Exchange, conn: ClientConnection) -> None:
+    def log(self, ex: Exchange, conn: Relay) -> None:
         """One Heroku-style line per request, for the app's log (the entry router's only)."""
         if self.on_request is None or not ex.app or b"x-pc-hop" in ex.index:
             return

@@ -72,7 +72,10 @@ def test_routes_by_host_and_streams_bodies():
                 async with http.get(url, headers={"Host": "idle.localhost"}) as r:
                     assert r.status == 503 and "no running web process" in await r.text()
                 async with http.get(url, headers={"Host": "ghost.localhost"}) as r:
-                    assert (r.status, first_line(await r.text())) == (404, "no app named ghost here")
+                    assert (r.status, first_line(await r.text())) == (
+                        404,
+                        "no app named ghost here",
+                    )
                 async with http.get(url, headers={"Host": f"localhost:{port}"}) as r:
                     hint = f"no app here: use http://APP.localhost:{port}/"
                     assert (r.status, first_line(await r.text())) == (404, hint)
