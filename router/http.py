@@ -105,7 +105,7 @@ def response_head(
                 continue
         out.extend((name, b": ", value, b"\r\n"))
     if named:  # rare: the app named more headers as hop-by-hop
-        kept = [(n, v) for n, v in headers if n.lower() not in named]
+        kept = [(n, v) for n, v in headers if n.lower() not in named | {b"connection"}]
         return response_head(status, status_reason, kept, via, keep_via)[0], sized, chunked
     out.extend((b"Via: ", via, b"\r\n"))
     return out, sized, chunked
@@ -136,7 +136,7 @@ def request_head(
             continue
         out.extend((name, b": ", value, b"\r\n"))
     if named:  # rare: the client named more headers as hop-by-hop
-        kept = [(n, v) for n, v in headers if n.lower() not in named]
+        kept = [(n, v) for n, v in headers if n.lower() not in named | {b"connection"}]
         return request_head(method, url, kept, added, upgrade, from_router, client_ip)
     if not from_router:
         earlier.append(client_ip)

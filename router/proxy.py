@@ -149,11 +149,11 @@ class Router:
             hint = pages.no_app_here(self.domain, host.decode("latin-1"))
             conn.answer(ex, 404, hint)
             return
-        ex.app = app
         upstreams = self.lookup(app, sibling_app is not None)
-        if upstreams is None:
+        if upstreams is None:  # no such app: nor a log to write to
             conn.answer(ex, 404, pages.text_for(404, app))
             return
+        ex.app = app
         if not upstreams:
             conn.answer(ex, 503, pages.text_for(503, app))
             return

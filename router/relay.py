@@ -89,6 +89,9 @@ class Relay:
         self.write_answer(ex, data)
 
     def write_answer(self, ex: Exchange, data: bytes) -> None:
+        """Send a whole answer the router made (it says Connection: close when
+        `ex.keep_alive` is false)."""
+        ex.close_after = ex.close_after or not ex.keep_alive
         ex.started = ex.done = True
         ex.bytes = len(data)
         ex.body = []

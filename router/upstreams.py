@@ -91,6 +91,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self.tunnel:
             owner.from_tunnel(data)
+            owner.flush()
             return
         self.answered = True
         try:
