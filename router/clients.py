@@ -46,7 +46,8 @@ class ClientConnection(Relay, asyncio.Protocol):
         self.tunnel: UpstreamConnection | None = None
         self.refuse = 0  # a status to answer with once this read is parsed
         self.in_head = False  # between a request's first byte and the end of its headers
-        self.head_size = 0
+        self.head_size = 0  # of the head being read: its line and the headers so far
+        self.head_bytes = 0  # bytes read while its head is unfinished (a bound on memory)
         self.served = 0  # requests answered on this connection
         self.out: list[bytes] = []
         self.forwarded = (b"", b"")  # (Host, its X-Forwarded-* lines): the last one, kept
@@ -76,8 +77,6 @@ class ClientConnection(Relay, asyncio.Protocol):
             elif ex is not None:
                 ex.body.append(data)
             return
-        if self.in_head:
-            self.head_size += len(data)
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as e:
@@ -89,18 +88,22 @@ class ClientConnection(Relay, asyncio.Protocol):
             self.refuse = self.refuse or 400
         if self.refuse:
             self.fail(self.refuse)
-        elif self.in_head and self.head_size > self.limits.max_header_kb * 1024:
+        elif self.in_head and self._unfinished_head(len(data)):
             self.fail(431)  # a head still unfinished, and already too big
         elif self.ready is not None:
             ex, self.ready = self.ready, None
             self.start(ex)
         self.flush()
 
+    def _unfinished_head(self, read: int) -> bool:
+        """Whether a head that has not ended yet is past the limit. httptools holds
+        a header's unfinished name or value itself: count the bytes that came
+        meanwhile (at worst one read of a pipelined earlier request too many)."""
+        self.head_bytes += read
+        return max(self.head_bytes, self.head_size) > self.limits.max_header_kb * 1024
+
     def eof_received(self) -> bool | None:
-        if self.active is None or self.tunnel is not None:
-            return None  # nothing to answer: close
-        self.active.close_after = True  # answer, then close
-        return True
+        return None  # a client that stops sending is gone (as nginx takes it): close
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -135,7 +138,7 @@ class ClientConnection(Relay, asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.parsing = Exchange()
         self.in_head = True
-        self.head_size = 0
+        self.head_size = self.head_bytes = 0
         if self.active is None and self.served:
             self.deadline = time.monotonic() + self.limits.header_timeout
 
@@ -143,6 +146,7 @@ class ClientConnection(Relay, asyncio.Protocol):
         ex = self.parsing
         assert ex is not None
         ex.url += url
+        self.head_size += len(url)
         if len(ex.url) > self.limits.max_header_kb * 1024:
             self.refuse = self.refuse or 414
 
@@ -150,7 +154,10 @@ class ClientConnection(Relay, asyncio.Protocol):
         ex = self.parsing
         assert ex is not None
         ex.headers.append((name, value))
-        if len(ex.headers) > self.limits.max_headers:
+        self.head_size += len(name) + len(value) + 4
+        if len(ex.headers) > self.limits.max_headers or (
+            self.head_size > self.limits.max_header_kb * 1024
+        ):
             self.refuse = self.refuse or 431
 
     def on_headers_complete(self) -> None:
