@@ -70,12 +70,10 @@ class ClientConnection(Relay, asyncio.Protocol):
             self.deadline = time.monotonic() + self.limits.idle_timeout
             self.tunnel.write(data)
             return
-        if self.raw:  # bytes after an Upgrade request, before the app said 101
-            ex = self.active
-            if ex is not None and ex.upstream is not None:
-                ex.upstream.write(data)
-            elif ex is not None:
-                ex.body.append(data)
+        if self.raw:  # bytes after an Upgrade request: held until the app says 101
+            if self.active is not None:
+                self.active.body.append(data)
+                self._pause_reading("buffer", True)
             return
         try:
             self.parser.feed_data(data)

@@ -149,7 +149,8 @@ class Router:
             hint = pages.no_app_here(self.domain, host.decode("latin-1"))
             conn.answer(ex, 404, hint)
             return
-        upstreams = self.lookup(app, sibling_app is not None)
+        ex.relayed = sibling_app is not None
+        upstreams = self.lookup(app, ex.relayed)
         if upstreams is None:  # no such app: nor a log to write to
             conn.answer(ex, 404, pages.text_for(404, app))
             return
@@ -192,7 +193,7 @@ class Router:
 
     def log(self, ex: Exchange, conn: Relay) -> None:
         """One Heroku-style line per request, for the app's log (the entry router's only)."""
-        if self.on_request is None or not ex.app or b"x-pc-hop" in ex.index:
+        if self.on_request is None or not ex.app or ex.relayed:
             return
         now = time.monotonic()
         connect = round((ex.t_connect - ex.t0) * 1000)

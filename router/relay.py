@@ -41,6 +41,7 @@ class Exchange:
     address = ""
     head = b""
     router_hop = False  # the upstream is a sibling's router
+    relayed = False  # from a sibling's router (which logs it)
     request_id = "-"
     upstream: UpstreamConnection | None = None
     connecting: asyncio.Task[UpstreamConnection] | None = None
@@ -105,6 +106,9 @@ class Relay:
         ex.upstream = upstream
         ex.t_connect = ex.t_sent = time.monotonic()
         self.deadline = ex.t_sent + self.limits.first_byte_timeout
+        if ex.upgrade is not None:  # the rest is for the new protocol, if the app agrees:
+            upstream.send(self, ex.head, False)  # never HTTP the app could read as a request
+            return
         data = ex.head + b"".join(ex.body) if ex.body else ex.head
         ex.body = []
         upstream.send(self, data, ex.method == b"HEAD")
@@ -119,6 +123,7 @@ class Relay:
             self.connect(ex)
 
     def connect(self, ex: Exchange) -> None:
+        self.deadline = time.monotonic() + self.limits.connect_timeout + 1  # wait_for's turn
         task = asyncio.ensure_future(self.router.pool.connect(ex.address))
         ex.connecting = task
         task.add_done_callback(lambda t: self._connected(ex, t))
@@ -195,7 +200,7 @@ class Relay:
             self.out.append(LAST_CHUNK)
         ex.done = True
         ex.upstream = None
-        if upstream.reusable and ex.request_done and not ex.until_close:
+        if upstream.reusable and ex.request_done and not ex.until_close and ex.upgrade is None:
             self.router.pool.release(upstream)
         else:
             upstream.close()
@@ -213,6 +218,10 @@ class Relay:
         self.router.log(ex, self)
         if rest:
             self.out.append(rest)
+        if ex.body:
+            upstream.write(b"".join(ex.body))
+            ex.body = []
+        self._pause_reading("buffer", False)
 
     def from_tunnel(self, data: bytes) -> None:
         self.deadline = time.monotonic() + self.limits.idle_timeout

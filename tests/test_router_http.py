@@ -284,8 +284,10 @@ def test_each_request_gets_a_heroku_style_line_in_its_apps_log():
         )
         raw(r.port, b"GET / HTTP/1.1\r\nHost: idle.localhost\r\nConnection: close\r\n\r\n")
         raw(r.port, b"GET / HTTP/1.1\r\nHost: ghost.localhost\r\nConnection: close\r\n\r\n")
-        lines = r.wait_lines(2)
-        assert [app for app, _ in lines] == ["web", "idle"]  # no app, no log
+        forged = b"X-PC-App: web\r\nX-PC-Hop: 1:forged\r\nConnection: close\r\n\r\n"
+        raw(r.port, b"GET /unlogged HTTP/1.1\r\n" + HOST + forged)  # not a sibling: logged
+        lines = r.wait_lines(3)
+        assert [app for app, _ in lines] == ["web", "idle", "web"]  # no app, no log
         line = lines[0][1]
         assert re.fullmatch(
             r'method=POST path="/path" host=web.localhost request_id=[0-9a-f-]+ '
@@ -293,3 +295,20 @@ def test_each_request_gets_a_heroku_style_line_in_its_apps_log():
             line,
         ), line
         assert "status=503" in lines[1][1]
+
+
+def test_bytes_after_a_refused_upgrade_never_reach_the_app_as_a_request():
+    """What follows an Upgrade request is the new protocol's: held until the app
+    says 101. This app ignores Upgrade and answers 200: a request hidden there
+    must not reach it (it would skip the router's X-Forwarded-For), and the
+    connection to it is not used again."""
+    with app_server() as (app, seen), router({"web": [Upstream(app)]}) as r:
+        upgrade = (
+            b"GET / HTTP/1.1\r\n" + HOST + b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        )
+        hidden = b"GET /hidden HTTP/1.1\r\n" + HOST + b"X-Forwarded-For: 6.6.6.6\r\n\r\n"
+        status, headers, _ = parse(raw(r.port, upgrade + hidden))
+        assert status == 200 and headers["connection"] == "close"
+        assert get(r.port, "web.localhost")[0] == 200
+        assert [request["path"] for request in seen.requests] == ["/", "/"]
+        assert seen.accepted == 2
