@@ -105,8 +105,17 @@ def serve_router(port: int, upstream: int) -> None:
         uvloop.run(main())
 
 
-def wrk(port: int, seconds: int, connections: int) -> tuple[float, float, float]:
-    """(requests/s, p50 ms, p99 ms)."""
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process and its children so far (nginx's worker)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(cpu_seconds(int(child)) for child in children)
+
+
+def wrk(port: int, seconds: int, connections: int, pid: int) -> tuple[float, float, float, float]:
+    """(requests/s, p50 ms, p99 ms, CPU µs per request of the proxy `pid`)."""
+    cpu = cpu_seconds(pid)
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
         + ["-H", f"Host: {HOST}", f"http://127.0.0.1:{port}/"],
@@ -116,8 +125,10 @@ def wrk(port: int, seconds: int, connections: int) -> tuple[float, float, float]
     ).stdout
     if "Non-2xx" in out or "Socket errors" in out or " 0 requests in" in out:
         raise SystemExit(f"wrk saw errors:\n{out}")
+    cpu = cpu_seconds(pid) - cpu
+    done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return rps, _ms(out, "50%"), _ms(out, "99%")
+    return rps, _ms(out, "50%"), _ms(out, "99%"), cpu / done * 1e6
 
 
 def _ms(out: str, pct: str) -> float:
@@ -149,7 +160,8 @@ def main() -> None:
             procs.append(subprocess.Popen(router, cwd=Path(__file__).resolve().parents[1]))
             for port, proc in zip((up, ng, pc), procs, strict=True):
                 wait_port(port, proc)
-            runs = run_pairs(ng, pc, args.pairs, args.seconds, args.connections)
+            targets = {"nginx": (ng, procs[1].pid), "router": (pc, procs[2].pid)}
+            runs = run_pairs(targets, args.pairs, args.seconds, args.connections)
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
@@ -161,39 +173,46 @@ def main() -> None:
     report(runs, args)
 
 
+Run = tuple[float, float, float, float]  # requests/s, p50 ms, p99 ms, CPU µs per request
+
+
 def run_pairs(
-    ng: int, pc: int, pairs: int, seconds: int, connections: int
-) -> dict[str, list[tuple[float, float, float]]]:
-    runs: dict[str, list[tuple[float, float, float]]] = {"nginx": [], "router": []}
-    wrk(ng, 1, connections), wrk(pc, 1, connections)  # warm both up
+    targets: dict[str, tuple[int, int]], pairs: int, seconds: int, connections: int
+) -> dict[str, list[Run]]:
+    """wrk against each (port, pid) in turn, the order swapped every pair."""
+    runs: dict[str, list[Run]] = {name: [] for name in targets}
+    for port, pid in targets.values():
+        wrk(port, 1, connections, pid)  # warm up
     for i in range(pairs):
-        order = [("nginx", ng), ("router", pc)]
-        for name, port in order if i % 2 == 0 else order[::-1]:
-            runs[name].append(wrk(port, seconds, connections))
+        order = list(targets.items())
+        for name, (port, pid) in order if i % 2 == 0 else order[::-1]:
+            runs[name].append(wrk(port, seconds, connections, pid))
             print(f"pair {i + 1} {name}: {runs[name][-1]}", file=sys.stderr, flush=True)
     return runs
 
 
-def report(runs: dict[str, list[tuple[float, float, float]]], args: argparse.Namespace) -> None:
+def report(runs: dict[str, list[Run]], args: argparse.Namespace) -> None:
     print(
         f"\nwrk -t2 -c{args.connections} -d{args.seconds}s, keep-alive, {args.pairs} pairs "
         f"interleaved, {os.cpu_count()} cores\n"
     )
-    print("| proxy | run | requests/s | p50 (ms) | p99 (ms) |")
-    print("|---|---|---|---|---|")
+    print("| proxy | run | requests/s | p50 (ms) | p99 (ms) | proxy CPU per request (µs) |")
+    print("|---|---|---|---|---|---|")
     medians = {}
     for name, results in runs.items():
-        for i, (rps, p50, p99) in enumerate(results, 1):
-            print(f"| {name} | {i} | {rps:,.0f} | {p50:.2f} | {p99:.2f} |")
-        medians[name] = tuple(statistics.median(r[k] for r in results) for k in range(3))
-        rps, p50, p99 = medians[name]
-        print(f"| {name} | median | {rps:,.0f} | {p50:.2f} | {p99:.2f} |")
+        for i, (rps, p50, p99, cpu) in enumerate(results, 1):
+            print(f"| {name} | {i} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {cpu:.0f} |")
+        medians[name] = [statistics.median(r[k] for r in results) for k in range(4)]
+        rps, p50, p99, cpu = medians[name]
+        print(f"| {name} | **median** | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {cpu:.0f} |")
     rps_ratio = medians["router"][0] / medians["nginx"][0]
     p99_ratio = medians["router"][2] / medians["nginx"][2]
+    cpu_ratio = medians["router"][3] / medians["nginx"][3]
     print(
         f"\nrouter / nginx: requests/s {rps_ratio:.2f}x (goal >= 0.8x: "
         f"{'met' if rps_ratio >= 0.8 else 'MISSED'}), p99 {p99_ratio:.2f}x "
-        f"(goal <= 1.5x: {'met' if p99_ratio <= 1.5 else 'MISSED'})"
+        f"(goal <= 1.5x: {'met' if p99_ratio <= 1.5 else 'MISSED'}), "
+        f"CPU per request {cpu_ratio:.1f}x"
     )
 
 

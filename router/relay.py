@@ -69,6 +69,7 @@ class Relay:
     out: list[bytes]
     closed: bool
     deadline: float
+    paused: set[str]  # why reading from the client is paused
     client_ip: bytes
     scheme: bytes  # b"http" or b"https": which listener
 
@@ -112,7 +113,8 @@ class Relay:
         data = ex.head + b"".join(ex.body) if ex.body else ex.head
         ex.body = []
         upstream.send(self, data, ex.method == b"HEAD")
-        self._pause_reading("buffer", False)
+        if self.paused:
+            self._pause_reading("buffer", False)
 
     def forward(self, ex: Exchange) -> None:
         """To `ex.address` on a kept-alive connection, else on a new one."""
