@@ -11,6 +11,8 @@ import json
 import re
 import socket
 import ssl
+import threading
+import time
 from pathlib import Path
 
 from router.proxy import Upstream
@@ -312,3 +314,69 @@ def test_bytes_after_a_refused_upgrade_never_reach_the_app_as_a_request():
         assert get(r.port, "web.localhost")[0] == 200
         assert [request["path"] for request in seen.requests] == ["/", "/"]
         assert seen.accepted == 2
+
+
+BIG = 64 * 1024 * 1024
+
+
+def test_bodies_stream_both_ways_without_being_held_whole():
+    """A reader that stops holds back the sender through the router (flow
+    control): neither a 64 MB answer nor a 64 MB upload piles up in it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sent = [0]
+    received = [0]
+    go_on = threading.Event()
+
+    def app() -> None:  # answers GET with 64 MB; reads a POST's 64 MB only when told to
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += conn.recv(65536)
+                if head.startswith(b"GET"):
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG)
+                    block = b"x" * (1024 * 1024)
+                    for _ in range(64):
+                        conn.sendall(block)
+                        sent[0] += len(block)
+                else:
+                    go_on.wait(30)
+                    received[0] = len(head.split(b"\r\n\r\n", 1)[1])
+                    while received[0] < BIG:
+                        received[0] += len(conn.recv(1024 * 1024))
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    threading.Thread(target=app, daemon=True).start()
+    with router({"big": [Upstream(f"127.0.0.1:{listener.getsockname()[1]}")]}) as r:
+        client = socket.create_connection(("127.0.0.1", r.port), timeout=30)
+        client.sendall(b"GET / HTTP/1.1\r\nHost: big.localhost\r\n\r\n")
+        got = len(client.recv(1024))
+        time.sleep(1.5)  # the client reads nothing meanwhile
+        assert sent[0] < BIG // 4, sent  # the app is held back, not drained into memory
+        while got < BIG + 40:
+            got += len(client.recv(1024 * 1024))
+        assert sent[0] == BIG
+        client.close()
+
+        uploader = socket.create_connection(("127.0.0.1", r.port), timeout=30)
+        uploader.sendall(
+            b"POST / HTTP/1.1\r\nHost: big.localhost\r\nContent-Length: %d\r\n\r\n" % BIG
+        )
+        progress = [0]
+
+        def upload() -> None:
+            block = b"y" * (1024 * 1024)
+            for _ in range(64):
+                uploader.sendall(block)
+                progress[0] += len(block)
+
+        sender = threading.Thread(target=upload)
+        sender.start()
+        time.sleep(1.5)  # the app reads nothing meanwhile
+        assert progress[0] < BIG // 4, progress
+        go_on.set()
+        sender.join(30)
+        assert uploader.recv(1024).endswith(b"\r\n\r\nok") and received[0] == BIG
+        uploader.close()
+    listener.close()
