@@ -8,12 +8,15 @@ import datetime
 import hashlib
 import http.client
 import json
+import logging
 import re
 import socket
 import ssl
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from router.proxy import Upstream
 from tests.routerkit import (
@@ -380,3 +383,30 @@ def test_bodies_stream_both_ways_without_being_held_whole():
         assert uploader.recv(1024).endswith(b"\r\n\r\nok") and received[0] == BIG
         uploader.close()
     listener.close()
+
+
+def test_requests_arriving_byte_by_byte_are_read_alike(caplog: pytest.LogCaptureFixture):
+    """Two pipelined requests (a POST with a chunked body, then a GET) sent one
+    byte per write: the same answers as in one write, and no error logged."""
+    requests = (
+        b"POST /a HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        b"GET /b HTTP/1.1\r\n" + HOST + b"Connection: close\r\n\r\n"
+    )
+    with (
+        caplog.at_level(logging.WARNING),
+        app_server() as (app, seen),
+        router({"web": [Upstream(app)]}) as r,
+    ):
+        whole = raw(r.port, requests)
+        with socket.create_connection(("127.0.0.1", r.port), timeout=10) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for i in range(len(requests)):
+                s.sendall(requests[i : i + 1])
+                time.sleep(0.001)
+            dribbled = b""
+            while chunk := s.recv(65536):
+                dribbled += chunk
+    assert whole.count(b"HTTP/1.1 200 OK") == dribbled.count(b"HTTP/1.1 200 OK") == 2
+    assert [(q["path"], q["body"]) for q in seen.requests] == [("/a", b"abcde"), ("/b", b"")] * 2
+    assert caplog.records == []
