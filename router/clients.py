@@ -189,8 +189,7 @@ class ClientConnection(Relay, asyncio.Protocol):
             return
         if ex is self.active and ex.upstream is not None and not ex.done:
             ex.upstream.write(chunk(body) if ex.chunked else body)
-            ex.t_sent = time.monotonic()
-            self.deadline = ex.t_sent + self.limits.first_byte_timeout
+            self.deadline = time.monotonic() + self.limits.idle_timeout  # a slow body
         elif not ex.done:  # not sent yet (a request answered already drops its body)
             ex.body.append(chunk(body) if ex.chunked else body)
             ex.buffered += len(body)
@@ -203,6 +202,9 @@ class ClientConnection(Relay, asyncio.Protocol):
             return
         self.parsing = None
         ex.request_done = True
+        if ex is self.active and ex.upstream is not None and not ex.done:
+            # The whole request is with the app: its turn.
+            self.deadline = time.monotonic() + self.limits.first_byte_timeout
         if ex.chunked and not ex.done:
             if ex is self.active and ex.upstream is not None:
                 ex.upstream.write(LAST_CHUNK)
@@ -266,11 +268,13 @@ class ClientConnection(Relay, asyncio.Protocol):
             if ex.upstream is not None:
                 ex.upstream.close()
                 ex.upstream = None
-            self.answer(ex, 504, pages.text_for(504, ex.app), close=True)
-        elif self.parsing is not None or not self.served:
+            # The app is slow to answer, or the client to send its body.
+            status = 504 if ex.request_done else 408
+            self.answer(ex, status, pages.text_for(status, ex.app), close=True)
+        elif self.parsing is not None:
             self.fail(408)  # the head is still on its way
         else:
-            self.close()  # a keep-alive connection nobody uses
+            self.close()  # nothing sent (yet, or since the last answer): close quietly
 
     def close(self) -> None:
         self.flush()

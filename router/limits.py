@@ -12,10 +12,12 @@ class RouterLimits:
     # cut with a 408 while the others are served.
     header_timeout: float = 10.0
     connect_timeout: float = 5.0  # to open a connection to a web instance (then 504)
-    # Seconds from the request to the first byte of the answer (Heroku's 30 s; then 504).
+    # Seconds from the whole request sent to the first byte of the answer (Heroku's 30 s;
+    # then 504).
     first_byte_timeout: float = 30.0
     # Seconds a connection may sit with no bytes either way: a keep-alive client
-    # waiting for its next request, a slow body, a WebSocket, a pooled upstream.
+    # waiting for its next request, a body that stalls (then 408), an answer or a
+    # WebSocket that goes quiet, a pooled upstream connection.
     idle_timeout: float = 60.0
     max_header_kb: int = 32  # the request line and headers together (then 431)
     max_headers: int = 100  # header fields in one request (then 431)

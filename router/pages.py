@@ -18,7 +18,7 @@ def text_for(status: int, app: str) -> str:
     return {
         400: "bad request: the router could not read it as HTTP/1.1",
         404: f"no app named {app} here",
-        408: "request timeout: the request's headers took too long to arrive",
+        408: "request timeout: the request took too long to arrive",
         414: "request line too long",
         431: "request header fields too large (or too many)",
         501: "not supported by the router (Transfer-Encoding other than chunked, or CONNECT)",

@@ -57,7 +57,7 @@ class Exchange:
     def __init__(self) -> None:
         self.headers: Headers = []
         self.body: list[bytes] = []  # what came before an upstream was there to take it
-        self.t0 = self.t_connect = self.t_sent = time.monotonic()
+        self.t0 = self.t_connect = time.monotonic()
 
 
 class Relay:
@@ -105,8 +105,9 @@ class Relay:
     def send(self, ex: Exchange, upstream: UpstreamConnection) -> None:
         """The request's head and what came of its body so far, in one write."""
         ex.upstream = upstream
-        ex.t_connect = ex.t_sent = time.monotonic()
-        self.deadline = ex.t_sent + self.limits.first_byte_timeout
+        ex.t_connect = time.monotonic()
+        wait = self.limits.first_byte_timeout if ex.request_done else self.limits.idle_timeout
+        self.deadline = ex.t_connect + wait
         if ex.upgrade is not None:  # the rest is for the new protocol, if the app agrees:
             upstream.send(self, ex.head, False)  # never HTTP the app could read as a request
             return

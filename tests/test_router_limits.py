@@ -103,7 +103,7 @@ def test_a_slow_header_client_is_cut_while_others_are_served():
             quiet = raw(r.port, b"GET / HTTP/1.1\r\nHost: web.localhost\r\n")  # then nothing
             assert page_of(parse(quiet)) == (
                 408,
-                "request timeout: the request's headers took too long to arrive",
+                "request timeout: the request took too long to arrive",
             )
         finally:
             stop.set()
@@ -172,3 +172,16 @@ def test_a_kept_alive_upstream_the_app_closed_is_retried_on_a_new_one():
         assert get(r.port, "web.localhost")[::2] == (200, b"ok")
         assert len(accepted) == 2
     listener.close()
+
+
+def test_a_silent_connection_is_closed_quietly_and_a_stalled_body_gets_408():
+    limits = RouterLimits(header_timeout=0.5, idle_timeout=0.5, first_byte_timeout=5)
+    with app_server() as (app, seen), router({"web": [Upstream(app)]}, limits=limits) as r:
+        started = time.monotonic()
+        assert raw(r.port, b"") == b""  # never sent a byte: no page, just closed
+        assert time.monotonic() - started < 2.5
+        stalled = b"POST /up HTTP/1.1\r\nHost: web.localhost\r\nContent-Length: 10\r\n\r\nabc"
+        status, text = page_of(parse(raw(r.port, stalled)))
+        assert (status, text) == (408, "request timeout: the request took too long to arrive")
+        lines = r.wait_lines(1)
+        assert "status=408" in lines[0][1]
