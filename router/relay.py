@@ -61,6 +61,9 @@ class Exchange:
 
 
 class Relay:
+    """The answering half; `ClientConnection` gives it these attributes and the
+    three methods below."""
+
     router: Router
     limits: RouterLimits
     transport: asyncio.Transport | None
