@@ -8,7 +8,6 @@ Messages follow one shape: `-----> doing X` on stdout for progress,
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import sys
@@ -88,14 +87,14 @@ def cmd_init(args: argparse.Namespace) -> None:
 
 def cmd_daemon(args: argparse.Namespace) -> None:
     from peoplescloud.daemon import (
-        serve,  # the daemon's imports are heavy; other commands skip them
+        run,  # the daemon's imports are heavy; other commands skip them
     )
 
     s = config.load(Path(args.home) if args.home else None)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=LOG_FORMAT)
     for chatty in ("asyncssh", "httpx", "dulwich"):  # lines per session, kubo call, push
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    asyncio.run(serve(s))
+    run(s)
 
 
 def cmd_doctor(args: argparse.Namespace) -> None:

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from peoplescloud.errors import ConfigError
 from peoplescloud.state import normalize_key
+from router.limits import RouterLimits
 
 APP_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,29}$")
 NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -239,6 +240,39 @@ class SwarmSettings:
         )
 
 
+def _bool(value: Any, what: str) -> bool:
+    """true/false, from TOML or from the environment's text."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"{what} must be true or false, not {value!r}")
+
+
+@dataclass(frozen=True)
+class RouterSettings(RouterLimits):
+    """The HTTP router: its timeouts and header limits (see router/limits.py for
+    what each means), and whether each request gets a line in its app's log."""
+
+    logs: bool = True  # "app[router]: method=GET path=... status=200 ..." in `logs APP`
+
+    def __post_init__(self) -> None:
+        _numbers(
+            self,
+            "router",
+            header_timeout=(float, 0.1),
+            connect_timeout=(float, 0.1),
+            first_byte_timeout=(float, 0.1),
+            idle_timeout=(float, 0.1),
+            max_header_kb=(int, 1),
+            max_headers=(int, 1),
+        )
+        object.__setattr__(self, "logs", _bool(self.logs, "[router] logs"))
+
+
 @dataclass(frozen=True)
 class TlsSettings:
     """HTTPS on the router, with certificates for custom domains from an ACME CA
@@ -288,6 +322,7 @@ class Settings:
     swarm: SwarmSettings = field(default_factory=SwarmSettings)
     quotas: Quotas = field(default_factory=Quotas)
     tls: TlsSettings = field(default_factory=TlsSettings)
+    router: RouterSettings = field(default_factory=RouterSettings)
 
     def __post_init__(self) -> None:
         if not NODE_NAME_RE.fullmatch(self.name):
@@ -384,6 +419,7 @@ _SECTIONS = {
     "swarm": SwarmSettings,
     "quotas": Quotas,
     "tls": TlsSettings,
+    "router": RouterSettings,
 }
 
 

@@ -181,7 +181,7 @@ def test_the_router_routes_custom_domains_and_answers_challenges():
                 async with http.get(well_known + "nope", headers={"Host": "mybot.localhost"}) as r:
                     assert r.status == 404  # never passed on to the app
         finally:
-            await runner.cleanup()
+            await runner.close()
             await up_runner.cleanup()
 
     asyncio.run(scenario())
@@ -237,7 +237,7 @@ def test_the_router_serves_the_same_routing_over_https_picked_by_sni(tmp_path): 
                 async with http.get(url) as r:
                     assert (r.status, await r.text()) == (200, "https")  # the app's, not "proof"
         finally:
-            await runner.cleanup()
+            await runner.close()
             await up.cleanup()
 
     asyncio.run(scenario())

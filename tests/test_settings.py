@@ -108,3 +108,23 @@ def test_a_trailing_newline_is_no_part_of_a_name(tmp_path: Path):
         settings.check_user_name("alice\n")
     with pytest.raises(ConfigError, match="invalid node name"):
         settings.Settings(home=tmp_path, name="n1\n")
+
+
+def test_router_section_from_file_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "config.toml").write_text("[router]\nheader_timeout = 2.5\nlogs = false\n")
+    monkeypatch.setenv("PC_ROUTER_MAX_HEADERS", "50")
+    loaded = settings.load(tmp_path)
+    assert loaded.router.header_timeout == 2.5 and loaded.router.max_headers == 50
+    assert loaded.router.logs is False and loaded.router.idle_timeout == 60
+    monkeypatch.setenv("PC_ROUTER_LOGS", "true")
+    assert settings.load(tmp_path).router.logs is True
+    assert "[router]\nheader_timeout = 10.0" in settings.to_toml(settings.Settings(home=tmp_path))
+    monkeypatch.delenv("PC_ROUTER_LOGS")
+    for bad, message in [
+        ("header_timeout = 0", "at least 0.1"),
+        ('max_header_kb = "big"', "must be a number"),
+        ('logs = "maybe"', "must be true or false"),
+    ]:
+        (tmp_path / "config.toml").write_text(f"[router]\n{bad}\n")
+        with pytest.raises(ConfigError, match=message):
+            settings.load(tmp_path)
