@@ -33,7 +33,7 @@ from peoplescloud.processes import is_web, process_names, ptype_of
 from peoplescloud.resources import instance_size
 from peoplescloud.runtime.base import InstanceKey, InstanceSpec, InstanceStatus, Runtime
 from peoplescloud.settings import Settings
-from peoplescloud.state import App, Snapshot
+from peoplescloud.state import App, Snapshot, kept_images
 
 if TYPE_CHECKING:
     from peoplescloud.cluster import Cluster, Slot
@@ -47,6 +47,7 @@ HEALTHY_AFTER = 60.0  # an instance that ran this long starts its back-off over
 # fetch goes on in the background): a local copy or a quick fetch starts the
 # instance in this pass, a slow one never holds up the others for long.
 FETCH_WAIT = 2.0
+PRUNE_EVERY = 600.0  # seconds between prunes of unused Dockerfile app images
 STOPS_AT_ONCE = 4  # instances stopped in parallel (each may take its grace period)
 
 
@@ -109,6 +110,8 @@ def instance_spec(
         cpus=size.cpus,
         web=is_web(process),
         path=builder.SLUG_PATH,
+        image=release.image,
+        user=release.user,
     )
 
 
@@ -153,6 +156,7 @@ class Reconciler:
         self._fetch_deadline = 0.0  # until when this pass may wait for fetches
         self._stopper = ThreadPoolExecutor(STOPS_AT_ONCE, thread_name_prefix="stop")
         self._stopping: dict[InstanceKey, Future[None]] = {}  # stops under way
+        self._pruned: tuple[set[str], float] = (set(), -PRUNE_EVERY)  # last prune: kept, when
         # Called (from a stopping thread) when a stop is done: the daemon wakes a
         # pass then, which starts what replaces the instance.
         self.on_stopped: Callable[[], None] = lambda: None
@@ -240,9 +244,25 @@ class Reconciler:
                 self._converge(spec, current)
             present = [*leaving, *(s for ss in have.values() for s in ss)]
             self._gc_slugs(want.values(), _slugs_of(snap, present))
+            self._prune_images(snap)
             self._apps = frozenset(snap.apps)
             self._last = {s.key: s for s in self.runtime.status()}
             return began
+
+    def _prune_images(self, snap: Snapshot) -> None:
+        """Let the runtime drop Dockerfile app images no kept release uses (a
+        runtime without images has no `prune_images`): when that set changed, and
+        every PRUNE_EVERY seconds (it leaves images younger than a push may take)."""
+        keep = kept_images(snap)
+        prune = getattr(self.runtime, "prune_images", None)
+        due = time.monotonic() > self._pruned[1] + PRUNE_EVERY
+        if prune is None or (keep == self._pruned[0] and not due):
+            return
+        self._pruned = (keep, time.monotonic())  # a failure waits for the next turn too
+        try:
+            prune(keep)
+        except Exception:  # instances matter more than disk space
+            log.exception("pruning app images")
 
     def restart(self, app: str, ptype: str | None = None) -> None:
         """Stop the app's instances (of one type) and start them afresh: it waits
