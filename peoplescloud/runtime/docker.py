@@ -108,7 +108,7 @@ class DockerRuntime:
                 self._remove(old)  # exited, of this release or an older one
             elif old.labels.get(LABEL_RELEASE) == spec.release:
                 raise RuntimeFailure(f"{spec.key} is already running")
-        env = {**spec.environment(WEB_PORT if spec.web else None), **self._path(spec), **TINI_GROUP}
+        env = {**spec.environment(WEB_PORT if spec.web else None), **_path(spec), **TINI_GROUP}
         sandbox = self._sandbox(spec)
         if self.lease_dir is not None:
             lease.make_lease_dir(self.lease_dir)
@@ -124,7 +124,7 @@ class DockerRuntime:
         try:
             with self._network_lock:  # the network stays once the container is made
                 container = self.client.containers.create(
-                    **self._command(spec, argv),
+                    **_command(spec, argv, self.image),
                     name=self.container_name(spec.key),
                     environment=env,
                     labels=spec.labels(),
@@ -192,11 +192,11 @@ class DockerRuntime:
         try:
             with self._network_lock:
                 container = self.client.containers.create(
-                    **self._command(spec, argv),
+                    **_command(spec, argv, self.image),
                     name=f"pc_{self.node}_{spec.app}_run-{uuid.uuid4().hex[:8]}",
                     environment={
                         **spec.environment(None),
-                        **self._path(spec),
+                        **_path(spec),
                         **({"TERM": terminal.term} if terminal else {}),
                     },
                     labels={**spec.labels(), LABEL_ONEOFF: "1"},
@@ -276,64 +276,28 @@ class DockerRuntime:
                     if e.status_code not in (403, 409):
                         raise
 
-    def _command(self, spec: InstanceSpec, argv: list[str]) -> dict[str, Any]:
-        """The image and command of a container of the app: the stack's, or a
-        Dockerfile app's own image, whose ENTRYPOINT is replaced (else it would
-        be put before the command)."""
-        if spec.image:
-            return {"image": spec.image, "entrypoint": argv}
-        return {"image": self.image, "command": argv}
-
-    @staticmethod
-    def _path(spec: InstanceSpec) -> dict[str, str]:
-        """PATH with the slug's executables first; a Dockerfile app keeps its image's."""
-        return {} if spec.image else {"PATH": search_path("/app", spec.path, SYSTEM_PATH)}
-
     def _sandbox(self, spec: InstanceSpec) -> dict[str, Any]:
-        """What every container of an app gets: the slug (or its own image), limits,
-        no privileges. The stack image runs with the slug at /app, PATH leading
-        to its executables."""
-        if spec.image:
-            return self._image_sandbox(spec)
-        return dict(
-            **self._limits(spec),
+        """What every container of an app gets: the slug, limits, no privileges
+        (a Dockerfile app: its own image instead of the slug, see `images.sandbox`)."""
+        box = dict(
             volumes={str(spec.slug.resolve()): {"bind": "/app", "mode": "ro"}},
             working_dir="/app",
             user=APP_USER,
-            tmpfs={"/tmp": TMPFS},
-        )
-
-    def _image_sandbox(self, spec: InstanceSpec) -> dict[str, Any]:
-        """A Dockerfile app: its image's WORKDIR, ENV and user (never root: see
-        `builder.image.resolve_user`), the same limits and read-only root as a
-        slug app. Each VOLUME the image declares becomes a private tmpfs, as /tmp
-        is, rather than an anonymous volume on the node's disk that outlives the
-        container and that nothing bounds."""
-        config = images.ensure(self.client, self.node, spec).attrs.get("Config") or {}
-        tmpfs = {path: TMPFS for path in (config.get("Volumes") or {})}
-        return dict(
-            **self._limits(spec),
-            volumes={},
-            user=spec.user or APP_USER,
-            tmpfs={**tmpfs, "/tmp": TMPFS},
-        )
-
-    def prune_images(self, keep: set[str]) -> None:
-        """Let go of this node's Dockerfile app images no kept release uses."""
-        images.prune(self.client, self.node, keep)
-
-    @staticmethod
-    def _limits(spec: InstanceSpec) -> dict[str, Any]:
-        return dict(
             init=True,
             mem_limit=f"{spec.memory_mb}m",
             memswap_limit=f"{spec.memory_mb}m",
             nano_cpus=int(spec.cpus * 1e9),
             pids_limit=512,
             read_only=True,
+            tmpfs={"/tmp": TMPFS},
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
         )
+        return images.sandbox(self.client, self.node, spec, box) if spec.image else box
+
+    def prune_images(self, keep: set[str]) -> None:
+        """Let go of this node's Dockerfile app images no kept release uses."""
+        images.prune(self.client, self.node, keep)
 
     def _slot(self, app: str, process: str) -> list[Any]:
         """This node's containers of `process` of `app`, of any release."""
@@ -404,6 +368,20 @@ class DockerRuntime:
                     yield line
         except docker.errors.NotFound:
             return
+
+
+def _command(spec: InstanceSpec, argv: list[str], stack: str) -> dict[str, Any]:
+    """The image and command of a container of the app: the stack's, or a
+    Dockerfile app's own image, whose ENTRYPOINT is replaced (else it would be
+    put before the command)."""
+    if spec.image:
+        return {"image": spec.image, "entrypoint": argv}
+    return {"image": stack, "command": argv}
+
+
+def _path(spec: InstanceSpec) -> dict[str, str]:
+    """PATH with the slug's executables first; a Dockerfile app keeps its image's."""
+    return {} if spec.image else {"PATH": search_path("/app", spec.path, SYSTEM_PATH)}
 
 
 def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:

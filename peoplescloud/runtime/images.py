@@ -43,6 +43,26 @@ def ensure(client: docker.DockerClient, node: str, spec: InstanceSpec) -> Any:
     return image
 
 
+def sandbox(
+    client: docker.DockerClient, node: str, spec: InstanceSpec, box: dict[str, Any]
+) -> dict[str, Any]:
+    """A slug app's container settings `box` made a Dockerfile app's: no slug
+    mount, the image's own WORKDIR and ENV, its user when it is not root (see
+    `builder.image.resolve_user`), the same limits and read-only root. Each
+    VOLUME the image declares becomes a private tmpfs like /tmp, rather than an
+    anonymous volume on the node's disk that nothing bounds and that outlives
+    the container."""
+    config = ensure(client, node, spec).attrs.get("Config") or {}
+    tmpfs = {path: box["tmpfs"]["/tmp"] for path in config.get("Volumes") or {}}
+    box = {k: v for k, v in box.items() if k != "working_dir"}
+    return {
+        **box,
+        "volumes": {},
+        "user": spec.user or box["user"],
+        "tmpfs": {**tmpfs, **box["tmpfs"]},
+    }
+
+
 def prune(client: docker.DockerClient, node: str, keep: set[str]) -> None:
     """Untag this node's app images whose id is not in `keep` (the engine never
     removes one a container uses). An image younger than PRUNE_GRACE is left: its
