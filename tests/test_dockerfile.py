@@ -16,8 +16,10 @@ from builder import BuildError, DockerExecutor, HostExecutor, build
 from builder.build import detect
 from builder.image import resolve_user
 from builder.kinds import dockerfile
+from peoplescloud.errors import RuntimeFailure
 from peoplescloud.reconciler import instance_spec
 from peoplescloud.runtime import images
+from peoplescloud.runtime.base import InstanceSpec
 from peoplescloud.settings import load
 from peoplescloud.state import App, Release, Snapshot, kept_images, snapshot_from_dict
 from tests.conftest import STACK_IMAGE
@@ -239,3 +241,31 @@ def test_prune_untags_only_this_nodes_unkept_old_images(client) -> None:
         for tag in (f"pc-{node}/a:x", f"pc-{other}/a:x"):
             if tag in client.images.get(STACK_IMAGE).tags:
                 client.images.remove(tag)
+
+
+@pytest.mark.docker
+def test_a_node_without_the_image_loads_it_from_the_release_archive(client, tmp_path: Path) -> None:
+    """The swarm's path: the pushing node saved the image into the slug; a sibling
+    whose engine lacks it loads it from there, and tags it as its own."""
+    executor = DockerExecutor(client, STACK_IMAGE, "", network="none")
+    src = tree(tmp_path, {"Dockerfile": FROM + f"LABEL probe={uuid.uuid4().hex}\nCMD sleep 1\n"})
+    slug, node = tmp_path / "slug", f"t{uuid.uuid4().hex[:8]}"
+    built = builder.image.build_app(executor, src, slug, "pc-builder/app", True, print)
+    client.images.remove(built.id, force=True)  # as on a sibling's engine
+    spec = InstanceSpec(
+        app="app",
+        process="web.1",
+        release="v1",
+        command="x",
+        slug=slug,
+        node=node,
+        image=built.id,
+    )
+    try:
+        assert images.ensure(client, node, spec).id == built.id
+        assert f"pc-{node}/app:{built.id[7:19]}" in client.images.get(built.id).tags
+    finally:
+        client.images.remove(built.id, force=True)
+    (slug / builder.image.ARCHIVE).unlink()  # neither here nor in the slug
+    with pytest.raises(RuntimeFailure, match="is not on this node: push again"):
+        images.ensure(client, node, spec)
