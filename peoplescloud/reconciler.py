@@ -47,7 +47,6 @@ HEALTHY_AFTER = 60.0  # an instance that ran this long starts its back-off over
 # fetch goes on in the background): a local copy or a quick fetch starts the
 # instance in this pass, a slow one never holds up the others for long.
 FETCH_WAIT = 2.0
-PRUNE_EVERY = 600.0  # seconds between prunes of unused Dockerfile app images
 STOPS_AT_ONCE = 4  # instances stopped in parallel (each may take its grace period)
 
 
@@ -156,7 +155,6 @@ class Reconciler:
         self._fetch_deadline = 0.0  # until when this pass may wait for fetches
         self._stopper = ThreadPoolExecutor(STOPS_AT_ONCE, thread_name_prefix="stop")
         self._stopping: dict[InstanceKey, Future[None]] = {}  # stops under way
-        self._pruned: tuple[set[str], float] = (set(), -PRUNE_EVERY)  # last prune: kept, when
         # Called (from a stopping thread) when a stop is done: the daemon wakes a
         # pass then, which starts what replaces the instance.
         self.on_stopped: Callable[[], None] = lambda: None
@@ -244,25 +242,11 @@ class Reconciler:
                 self._converge(spec, current)
             present = [*leaving, *(s for ss in have.values() for s in ss)]
             self._gc_slugs(want.values(), _slugs_of(snap, present))
-            self._prune_images(snap)
+            if (app_images := getattr(self.runtime, "app_images", None)) is not None:
+                app_images.prune(kept_images(snap))  # Dockerfile apps' images no release keeps
             self._apps = frozenset(snap.apps)
             self._last = {s.key: s for s in self.runtime.status()}
             return began
-
-    def _prune_images(self, snap: Snapshot) -> None:
-        """Let the runtime drop Dockerfile app images no kept release uses (a
-        runtime without images has no `prune_images`): when that set changed, and
-        every PRUNE_EVERY seconds (it leaves images younger than a push may take)."""
-        keep = kept_images(snap)
-        prune = getattr(self.runtime, "prune_images", None)
-        due = time.monotonic() > self._pruned[1] + PRUNE_EVERY
-        if prune is None or (keep == self._pruned[0] and not due):
-            return
-        self._pruned = (keep, time.monotonic())  # a failure waits for the next turn too
-        try:
-            prune(keep)
-        except Exception:  # instances matter more than disk space
-            log.exception("pruning app images")
 
     def restart(self, app: str, ptype: str | None = None) -> None:
         """Stop the app's instances (of one type) and start them afresh: it waits
@@ -362,8 +346,9 @@ class Reconciler:
         """Whether the slug's working copy is on this node, fetching it when not:
         for what is left of the pass's FETCH_WAIT (or `wait` seconds) here, then
         on in the background while the passes go on. Raises what the fetch
-        failed with (the next call tries again)."""
-        if spec.slug.exists():
+        failed with (the next call tries again). A Dockerfile app whose image
+        the engine has needs no slug (its slug is the image's archive)."""
+        if spec.slug.exists() or self._image_here(spec):
             return True
         cid = spec.slug.name
         fetch = self._fetches.get(cid)
@@ -376,6 +361,10 @@ class Reconciler:
         del self._fetches[cid]
         fetch.result()
         return spec.slug.exists()
+
+    def _image_here(self, spec: InstanceSpec) -> bool:
+        app_images = getattr(self.runtime, "app_images", None)
+        return bool(spec.image and app_images is not None and app_images.has(spec.image))
 
     def close(self) -> None:
         """Drop the fetches not started; one under way ends with the store's timeout.

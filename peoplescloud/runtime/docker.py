@@ -94,6 +94,7 @@ class DockerRuntime:
         self.image = image
         self.lease_dir = lease_dir
         self.network = f"pc_{node}"  # '_' is in no node name: no other node's
+        self.app_images = images.AppImages(client, node)  # Dockerfile apps' (the reconciler's)
         # Held while the network is made and a container put on it, or it is removed.
         self._network_lock = threading.Lock()
 
@@ -294,10 +295,6 @@ class DockerRuntime:
             security_opt=["no-new-privileges"],
         )
         return images.sandbox(self.client, self.node, spec, box) if spec.image else box
-
-    def prune_images(self, keep: set[str]) -> None:
-        """Let go of this node's Dockerfile app images no kept release uses."""
-        images.prune(self.client, self.node, keep)
 
     def _slot(self, app: str, process: str) -> list[Any]:
         """This node's containers of `process` of `app`, of any release."""

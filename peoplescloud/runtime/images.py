@@ -10,6 +10,7 @@ other's images alone, and the engine deletes an image with its last tag.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,39 @@ from peoplescloud.errors import RuntimeFailure
 from peoplescloud.runtime.base import InstanceSpec, image_repo
 
 PRUNE_GRACE = 3600.0  # seconds: an image this young may belong to a push under way
+PRUNE_EVERY = 600.0  # seconds between prunes when the releases did not change
+log = logging.getLogger(__name__)
+
+
+class AppImages:
+    """A node's view of its engine's app images, for the reconciler: whether an
+    instance's image is here already (then its slug, the archive, need not be
+    fetched), and which to prune."""
+
+    def __init__(self, client: docker.DockerClient, node: str) -> None:
+        self.client = client
+        self.node = node
+        self._pruned: tuple[set[str], float] = (set(), -PRUNE_EVERY)  # kept, when
+
+    def has(self, image: str) -> bool:
+        try:
+            self.client.images.get(image)
+        except docker.errors.ImageNotFound:
+            return False
+        return True
+
+    def prune(self, keep: set[str]) -> None:
+        """`prune` when the images to keep changed, and every PRUNE_EVERY seconds
+        (it leaves young images, whose push may be under way): the reconciler
+        calls it every pass."""
+        due = time.monotonic() > self._pruned[1] + PRUNE_EVERY
+        if keep == self._pruned[0] and not due:
+            return
+        self._pruned = (keep, time.monotonic())  # a failure waits for the next turn too
+        try:
+            prune(self.client, self.node, keep)
+        except docker.errors.DockerException:  # instances matter more than disk space
+            log.exception("pruning app images")
 
 
 def ensure(client: docker.DockerClient, node: str, spec: InstanceSpec) -> Any:
