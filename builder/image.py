@@ -14,8 +14,10 @@ every step's container, and a wall-clock timeout that kills the running step.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import re
 import shlex
 import tarfile
 from collections.abc import Iterator
@@ -34,6 +36,7 @@ from builder.executor import INDENT, Deadline, Say
 MARKER = "image.json"  # in the slug: {"image": "<image id>"}
 ARCHIVE = "image.tar"  # in the slug, in a swarm: the image as `docker save` writes it
 _RUNNING = " ---> Running in "  # the classic builder names each step's container so
+_LAYER = re.compile(r" ---> ([0-9a-f]{12})")  # and each step's image so
 
 
 @dataclass(frozen=True)
@@ -73,35 +76,15 @@ def build_image(executor: DockerExecutor, tree: Path, repo: str, say: Say) -> Im
         if steps:
             client.containers.get(steps[-1]).kill()
 
-    image_id = ""
-    with _network(executor) as network, Deadline(executor.timeout, kill_step) as deadline:
-        try:
-            stream = client.api.build(
-                path=str(tree),
-                pull=False,  # FROM an image the node has (or the engine's default pull)
-                rm=True,
-                forcerm=True,
-                decode=True,
-                network_mode=network,
-                container_limits={
-                    "memory": executor.memory_mb << 20,
-                    "memswap": executor.memory_mb << 20,
-                },
-            )
-            for event in stream:
-                if "error" in event:
-                    if deadline.expired:
-                        break
-                    raise BuildError(f"docker build failed: {_one_line(event['error'])}")
-                image_id = event.get("aux", {}).get("ID", image_id)
-                for line in str(event.get("stream", "")).splitlines():
-                    if line.startswith(_RUNNING):
-                        steps.append(line.removeprefix(_RUNNING).strip())
-                    if line.strip():
-                        say(INDENT + line)
-        except docker.errors.APIError as e:
-            raise BuildError(f"docker build failed: {_one_line(str(e.explanation or e))}") from None
+    layers: list[str] = []  # the images of the steps done, the last one last
+    try:
+        with _network(executor) as network, Deadline(executor.timeout, kill_step) as deadline:
+            image_id = _stream(executor, tree, network, deadline, steps, layers, say)
+    except BuildError:
+        _drop_layers(client, layers)
+        raise
     if deadline.expired:
+        _drop_layers(client, layers)
         raise BuildError(f"docker build took longer than {executor.timeout} s and was stopped")
     if not image_id:
         raise BuildError("docker build ended without an image: see the output above")
@@ -115,6 +98,60 @@ def build_image(executor: DockerExecutor, tree: Path, repo: str, say: Say) -> Im
         user=resolve_user(user, *_read_files(client, image_id, user)) if user else "",
         command=shlex.join(argv),
     )
+
+
+def _stream(
+    executor: DockerExecutor,
+    tree: Path,
+    network: str,
+    deadline: Deadline,
+    steps: list[str],
+    layers: list[str],
+    say: Say,
+) -> str:
+    """Run the build, its output to `say`, noting each step's container and
+    image; the image's id ("" when it was stopped)."""
+    image_id = ""
+    try:
+        stream = executor.client.api.build(
+            path=str(tree),
+            pull=False,  # FROM an image the node has (or the engine's default pull)
+            rm=True,
+            forcerm=True,
+            decode=True,
+            network_mode=network,
+            container_limits={
+                "memory": executor.memory_mb << 20,
+                "memswap": executor.memory_mb << 20,
+            },
+        )
+        for event in stream:
+            if "error" in event:
+                if deadline.expired:
+                    return ""
+                raise BuildError(f"docker build failed: {_one_line(event['error'])}")
+            image_id = event.get("aux", {}).get("ID", image_id)
+            for line in str(event.get("stream", "")).splitlines():
+                if line.startswith(_RUNNING):
+                    steps.append(line.removeprefix(_RUNNING).strip())
+                elif layer := _LAYER.fullmatch(line):
+                    layers.append(layer.group(1))
+                if line.strip():
+                    say(INDENT + line)
+    except docker.errors.APIError as e:
+        raise BuildError(f"docker build failed: {_one_line(str(e.explanation or e))}") from None
+    return image_id
+
+
+def _drop_layers(client: docker.DockerClient, layers: list[str]) -> None:
+    """Remove what a failed build left: the image of its last good step, with
+    its untagged parents (the engine keeps any that another image or a tag
+    still uses, and never removes a tagged image that way)."""
+    if not layers:
+        return
+    with contextlib.suppress(docker.errors.APIError):  # in use, shared, or gone
+        if not client.images.get(layers[-1]).tags:
+            client.images.remove(layers[-1])
 
 
 def short_id(image_id: str) -> str:

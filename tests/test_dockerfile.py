@@ -4,6 +4,7 @@ bounds of a Dockerfile build (these with the real engine and the stack image).""
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from pathlib import Path
@@ -165,10 +166,10 @@ def client():
     client.close()
 
 
-def docker_build(client, tmp_path: Path, files: dict[str, str], **limits):
+def docker_build(client, tmp_path: Path, files: dict[str, str], said=None, **limits):
     executor = DockerExecutor(client, STACK_IMAGE, "", network="none", **limits)
     repo = f"pc-t{uuid.uuid4().hex[:8]}/app"
-    said: list[str] = []
+    said = [] if said is None else said
     try:
         result = build(
             tree(tmp_path, files),
@@ -223,6 +224,22 @@ def test_a_build_step_past_the_memory_limit_fails(client, tmp_path: Path) -> Non
     grab = "RUN python3 -c 'x = bytearray(300 << 20); print(len(x))'\n"
     with pytest.raises(BuildError, match="docker build failed: .*non-zero code: 137"):
         docker_build(client, tmp_path, {"Dockerfile": FROM + grab}, memory_mb=64)
+
+
+@pytest.mark.docker
+def test_a_failed_build_leaves_no_layers(client, tmp_path: Path) -> None:
+    files = {"Dockerfile": FROM + f"LABEL probe={uuid.uuid4().hex}\nENV A=1\nRUN exit 3\n"}
+    said: list[str] = []
+    with pytest.raises(BuildError, match="returned a non-zero code: 3"):
+        docker_build(client, tmp_path, files, said)
+    layers = [
+        line.split("---> ")[1] for line in said if re.fullmatch(r"\s*---> [0-9a-f]{12}", line)
+    ]
+    assert len(layers) == 3  # FROM, LABEL, ENV
+    assert client.images.get(layers[0]).tags  # the stack stays
+    for layer in layers[1:]:
+        with pytest.raises(docker.errors.ImageNotFound):
+            client.images.get(layer)
 
 
 @pytest.mark.docker
