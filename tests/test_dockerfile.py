@@ -21,6 +21,7 @@ from peoplescloud.errors import RuntimeFailure
 from peoplescloud.reconciler import instance_spec
 from peoplescloud.runtime import images
 from peoplescloud.runtime.base import InstanceSpec
+from peoplescloud.runtime.process import ProcessRuntime
 from peoplescloud.settings import load
 from peoplescloud.state import App, Release, Snapshot, kept_images, snapshot_from_dict
 from tests.conftest import STACK_IMAGE
@@ -83,6 +84,24 @@ def test_the_process_runtime_refuses_a_dockerfile_app(tmp_path: Path) -> None:
     src = tree(tmp_path, {"Dockerfile": FROM})
     with pytest.raises(BuildError, match="cannot build or run a Dockerfile"):
         build(src, tmp_path / "out", tmp_path / "cache", HostExecutor(), print)
+
+
+def test_the_process_runtime_refuses_to_start_an_image(tmp_path: Path) -> None:
+    """A release built elsewhere (a swarm member with Docker) never runs its
+    command on the host instead of the image."""
+    runtime = ProcessRuntime(tmp_path / "run", "n1")
+    spec = InstanceSpec(
+        app="img",
+        process="web.1",
+        release="v1",
+        command="true",
+        slug=tmp_path,
+        node="n1",
+        image="sha256:" + "ab" * 32,
+    )
+    with pytest.raises(RuntimeFailure, match="built from a Dockerfile: it runs only on Docker"):
+        runtime.start(spec)
+    assert runtime.status() == []
 
 
 # --- the image's user ---------------------------------------------------------
