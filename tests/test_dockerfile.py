@@ -306,3 +306,16 @@ def test_a_node_without_the_image_loads_it_from_the_release_archive(client, tmp_
     (slug / builder.image.ARCHIVE).unlink()  # neither here nor in the slug
     with pytest.raises(RuntimeFailure, match="is not on this node: push again"):
         images.ensure(client, node, spec)
+
+
+@pytest.mark.docker
+def test_prune_leaves_a_young_image_whose_push_may_be_under_way(client, tmp_path: Path) -> None:
+    node = f"t{uuid.uuid4().hex[:8]}"
+    executor = DockerExecutor(client, STACK_IMAGE, "", network="none")
+    src = tree(tmp_path, {"Dockerfile": FROM + f"LABEL probe={uuid.uuid4().hex}\n"})
+    built = builder.image.build_image(executor, src, f"pc-{node}/app", print)
+    try:
+        images.prune(client, node, keep=set())  # built a moment ago, no release yet
+        assert client.images.get(built.id).tags == [f"pc-{node}/app:{built.id[7:19]}"]
+    finally:
+        client.images.remove(built.id, force=True)
