@@ -33,7 +33,7 @@ from peoplescloud.processes import is_web, process_names, ptype_of
 from peoplescloud.resources import instance_size
 from peoplescloud.runtime.base import InstanceKey, InstanceSpec, InstanceStatus, Runtime
 from peoplescloud.settings import Settings
-from peoplescloud.state import App, Snapshot
+from peoplescloud.state import App, Snapshot, kept_images
 
 if TYPE_CHECKING:
     from peoplescloud.cluster import Cluster, Slot
@@ -109,6 +109,8 @@ def instance_spec(
         cpus=size.cpus,
         web=is_web(process),
         path=builder.SLUG_PATH,
+        image=release.image,
+        user=release.user,
     )
 
 
@@ -240,6 +242,8 @@ class Reconciler:
                 self._converge(spec, current)
             present = [*leaving, *(s for ss in have.values() for s in ss)]
             self._gc_slugs(want.values(), _slugs_of(snap, present))
+            if (app_images := getattr(self.runtime, "app_images", None)) is not None:
+                app_images.prune(kept_images(snap))  # Dockerfile apps' images no release keeps
             self._apps = frozenset(snap.apps)
             self._last = {s.key: s for s in self.runtime.status()}
             return began
@@ -342,8 +346,9 @@ class Reconciler:
         """Whether the slug's working copy is on this node, fetching it when not:
         for what is left of the pass's FETCH_WAIT (or `wait` seconds) here, then
         on in the background while the passes go on. Raises what the fetch
-        failed with (the next call tries again)."""
-        if spec.slug.exists():
+        failed with (the next call tries again). A Dockerfile app whose image
+        the engine has needs no slug (its slug is the image's archive)."""
+        if spec.slug.exists() or self._image_here(spec):
             return True
         cid = spec.slug.name
         fetch = self._fetches.get(cid)
@@ -356,6 +361,10 @@ class Reconciler:
         del self._fetches[cid]
         fetch.result()
         return spec.slug.exists()
+
+    def _image_here(self, spec: InstanceSpec) -> bool:
+        app_images = getattr(self.runtime, "app_images", None)
+        return bool(spec.image and app_images is not None and app_images.has(spec.image))
 
     def close(self) -> None:
         """Drop the fetches not started; one under way ends with the store's timeout.

@@ -29,6 +29,10 @@ from typing import Protocol
 
 from peoplescloud.errors import NotFound, PCError
 
+# Releases whose slugs (and Dockerfile images) are kept: older ones are unpinned
+# (and their images pruned); their release rows stay for history.
+KEEP_RELEASES = 10
+
 
 def now() -> str:
     """UTC, RFC 3339, second precision: the one timestamp format of the project."""
@@ -45,8 +49,8 @@ class User:
 @dataclass
 class Release:
     version: int
-    slug: str  # content id in the store
-    kind: str  # python, node, procfile
+    slug: str  # content id in the store (a Dockerfile app's: its image marker or archive)
+    kind: str  # python, node, procfile, dockerfile
     stack: str
     processes: dict[str, str]  # type -> command
     commit: str
@@ -54,6 +58,8 @@ class Release:
     created: str
     description: str
     pushed_to: str = ""  # the node that received the push: it holds the git history
+    image: str = ""  # a Dockerfile app's image id ("sha256:…"): its instances run it
+    user: str = ""  # "uid:gid" an image's instances run as ("": the runtime's own user)
 
     @property
     def name(self) -> str:
@@ -254,6 +260,11 @@ def snapshot_from_dict(data: dict) -> Snapshot:
         challenges=dict(data.get("challenges", {})),
         acme=dict(data.get("acme", {})),
     )
+
+
+def kept_images(snap: Snapshot) -> set[str]:
+    """The image ids of every app's kept releases (Dockerfile apps)."""
+    return {r.image for a in snap.apps.values() for r in a.releases[-KEEP_RELEASES:] if r.image}
 
 
 class StateStore(Protocol):

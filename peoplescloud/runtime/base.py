@@ -60,6 +60,10 @@ class InstanceSpec:
     cpus: float = 0.25
     web: bool = False  # gets $PORT and an address the router can reach
     path: tuple[str, ...] = ()  # the slug's executable dirs, relative to it: first on PATH
+    # A Dockerfile app's image id: it runs instead of the stack, without the slug
+    # mounted (the slug holds the image's archive, for a node that lacks it).
+    image: str = ""
+    user: str = ""  # "uid:gid" for the image ("": the runtime's own unprivileged user)
 
     @property
     def ptype(self) -> str:
@@ -183,6 +187,12 @@ def shell_script(command: str) -> str:
     ):
         return f"exec {command}"
     return f"trap : TERM INT HUP; {command}"
+
+
+def image_repo(node: str, app: str) -> str:
+    """The repository a node tags a Dockerfile app's images with: the node's own,
+    so that nodes sharing one engine each keep (and prune) only theirs."""
+    return f"pc-{node}/{app}"
 
 
 def search_path(slug: Path | str, dirs: tuple[str, ...], system: str) -> str:

@@ -37,7 +37,7 @@ from docker.utils.socket import frames_iter
 
 from builder.docker_executor import BUILD_LABEL
 from peoplescloud.errors import RuntimeFailure
-from peoplescloud.runtime import firewall, lease
+from peoplescloud.runtime import firewall, images, lease
 from peoplescloud.runtime.base import (
     LABEL_APP,
     LABEL_NODE,
@@ -69,6 +69,7 @@ SH_PREFIX = "exec 2>&1; "
 LEASE_MOUNT = "/run/pc"  # the lease directory, inside a container
 # `python3 -c WATCHDOG <lease dir> <process> <command...>`: lease.py, run as a script.
 WATCHDOG = inspect.getsource(lease) + "\nimport sys\nsys.exit(watchdog_main(sys.argv[1:]))\n"
+TMPFS = "rw,nosuid,nodev,size=256m,mode=1777"  # /tmp, and a Dockerfile app's VOLUMEs
 LOG_CONFIG = LogConfig(type=LogConfig.types.JSON, config={"max-size": "10m", "max-file": "3"})
 
 
@@ -93,6 +94,7 @@ class DockerRuntime:
         self.image = image
         self.lease_dir = lease_dir
         self.network = f"pc_{node}"  # '_' is in no node name: no other node's
+        self.app_images = images.AppImages(client, node)  # Dockerfile apps' (the reconciler's)
         # Held while the network is made and a container put on it, or it is removed.
         self._network_lock = threading.Lock()
 
@@ -107,17 +109,14 @@ class DockerRuntime:
                 self._remove(old)  # exited, of this release or an older one
             elif old.labels.get(LABEL_RELEASE) == spec.release:
                 raise RuntimeFailure(f"{spec.key} is already running")
-        env = {
-            **spec.environment(WEB_PORT if spec.web else None),
-            "PATH": search_path("/app", spec.path, SYSTEM_PATH),
-            **TINI_GROUP,
-        }
+        env = {**spec.environment(WEB_PORT if spec.web else None), **_path(spec), **TINI_GROUP}
         sandbox = self._sandbox(spec)
         if self.lease_dir is not None:
             lease.make_lease_dir(self.lease_dir)
             mount = {"bind": LEASE_MOUNT, "mode": "ro"}
             sandbox["volumes"][str(self.lease_dir.resolve())] = mount
         watchdog = ["/usr/bin/python3", "-I", "-c", WATCHDOG, LEASE_MOUNT, spec.process]
+        argv = [*watchdog, "sh", "-c", SH_PREFIX + shell_script(spec.command)]
         # Host port None: the engine picks a free one (docker-py takes it; its stubs
         # know only int ports).
         ports: dict[str, Any] | None = (
@@ -126,8 +125,7 @@ class DockerRuntime:
         try:
             with self._network_lock:  # the network stays once the container is made
                 container = self.client.containers.create(
-                    self.image,
-                    [*watchdog, "sh", "-c", SH_PREFIX + shell_script(spec.command)],
+                    **_command(spec, argv, self.image),
                     name=self.container_name(spec.key),
                     environment=env,
                     labels=spec.labels(),
@@ -195,12 +193,11 @@ class DockerRuntime:
         try:
             with self._network_lock:
                 container = self.client.containers.create(
-                    self.image,
-                    argv,
+                    **_command(spec, argv, self.image),
                     name=f"pc_{self.node}_{spec.app}_run-{uuid.uuid4().hex[:8]}",
                     environment={
                         **spec.environment(None),
-                        "PATH": search_path("/app", spec.path, SYSTEM_PATH),
+                        **_path(spec),
                         **({"TERM": terminal.term} if terminal else {}),
                     },
                     labels={**spec.labels(), LABEL_ONEOFF: "1"},
@@ -281,8 +278,9 @@ class DockerRuntime:
                         raise
 
     def _sandbox(self, spec: InstanceSpec) -> dict[str, Any]:
-        """What every container of an app gets: the slug, limits, no privileges."""
-        return dict(
+        """What every container of an app gets: the slug, limits, no privileges
+        (a Dockerfile app: its own image instead of the slug, see `images.sandbox`)."""
+        box = dict(
             volumes={str(spec.slug.resolve()): {"bind": "/app", "mode": "ro"}},
             working_dir="/app",
             user=APP_USER,
@@ -292,10 +290,11 @@ class DockerRuntime:
             nano_cpus=int(spec.cpus * 1e9),
             pids_limit=512,
             read_only=True,
-            tmpfs={"/tmp": "rw,nosuid,nodev,size=256m,mode=1777"},
+            tmpfs={"/tmp": TMPFS},
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
         )
+        return images.sandbox(self.client, self.node, spec, box) if spec.image else box
 
     def _slot(self, app: str, process: str) -> list[Any]:
         """This node's containers of `process` of `app`, of any release."""
@@ -366,6 +365,20 @@ class DockerRuntime:
                     yield line
         except docker.errors.NotFound:
             return
+
+
+def _command(spec: InstanceSpec, argv: list[str], stack: str) -> dict[str, Any]:
+    """The image and command of a container of the app: the stack's, or a
+    Dockerfile app's own image, whose ENTRYPOINT is replaced (else it would be
+    put before the command)."""
+    if spec.image:
+        return {"image": spec.image, "entrypoint": argv}
+    return {"image": stack, "command": argv}
+
+
+def _path(spec: InstanceSpec) -> dict[str, str]:
+    """PATH with the slug's executables first; a Dockerfile app keeps its image's."""
+    return {} if spec.image else {"PATH": search_path("/app", spec.path, SYSTEM_PATH)}
 
 
 def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:

@@ -88,6 +88,8 @@ class ProcessRuntime:
         return Capabilities(False, SHARED_NETWORK if self.sandbox else self._why)
 
     def start(self, spec: InstanceSpec) -> InstanceStatus:
+        if spec.image:
+            raise RuntimeFailure(f"{spec.app} is built from a Dockerfile: it runs only on Docker")
         files = self._files(spec.key)
         for path in files["dir"].glob(f"{spec.process}@*.json"):  # this slot, any release
             handle = _read_json(path)

@@ -80,6 +80,8 @@ class AppCommands(ServiceBase):
         if a.current:
             r = a.release()
             info.update(kind=r.kind, stack=r.stack, slug=r.slug, commit=r.commit)
+            if r.image:
+                info["image"] = r.image
             info["processes"] = "; ".join(f"{t}: {c}" for t, c in r.processes.items())
             info["scale"] = " ".join(f"{t}={n}" for t, n in sorted(a.scale.items()))
             if "web" in r.processes:
