@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from peoplescloud.errors import RuntimeFailure
 from peoplescloud.runtime import lease, sandbox, shim
 from tests.conftest import wait_for
 
@@ -233,3 +234,21 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return "gone"
+
+
+def test_without_a_compiler_it_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(shim.shutil, "which", lambda _name: None)
+    with pytest.raises(RuntimeFailure, match="no C compiler .*apt-get install -y gcc libc6-dev"):
+        shim.build(tmp_path / "pc-shim")
+
+
+def test_it_is_built_into_the_cache_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("PC_CACHE_DIR", str(tmp_path))
+    shim.binary.cache_clear()
+    try:
+        built = shim.binary()
+        assert built.parent == tmp_path / "bin" and os.access(built, os.X_OK)
+        assert subprocess.run([built, "--", "true"]).returncode == 0
+        assert [p.name for p in built.parent.iterdir()] == [built.name]  # no partial left
+    finally:
+        shim.binary.cache_clear()

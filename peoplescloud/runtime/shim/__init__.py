@@ -49,7 +49,13 @@ def build(path: Path) -> None:
     compiler = next(filter(None, map(shutil.which, COMPILERS)), None)
     if compiler is None:
         raise RuntimeFailure(f"no C compiler to build the instance shim: {INSTALL}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RuntimeFailure(
+            f"cannot keep the instance shim in {path.parent} ({e}): "
+            "set PC_CACHE_DIR to a directory this user may write"
+        ) from None
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     argv = [compiler, "-static", "-Os", "-s", "-o", str(partial), str(SOURCE)]
     try:
