@@ -97,6 +97,7 @@ class ProcessRuntime:
         files["dir"].mkdir(parents=True, exist_ok=True)
         _log_file(files["log"], 0).write_bytes(b"")  # logs() may follow it at once
         port = _free_port() if spec.web else None
+        program = str(shim.binary())  # built on first use: may say what to install
         cwd, limits = spec.slug.resolve(), self._limits(spec)
         argv = ["sh", "-c", shell_script(spec.command)]  # see `shell_script`
         env = self._env(spec, port)
@@ -106,10 +107,12 @@ class ProcessRuntime:
             launch = sandbox.plain(argv, env, limits)
         # What the command gets (the app's environment when not sandboxed, else the
         # setup programs' clean one); the shim itself runs with a clean one.
-        environ = sandbox.data_file(b"".join(f"{k}={v}\0".encode() for k, v in launch.env.items()))
+        environ = sandbox.data_file(
+            b"".join(f"{k}={v}\0".encode("utf-8", "surrogateescape") for k, v in launch.env.items())
+        )
         lease_dir = str(self.lease_dir.resolve()) if self.lease_dir else ""
         command = shim.command(
-            str(shim.binary()),
+            program,
             spec.process,
             lease_dir,
             log=files["log"],
