@@ -32,7 +32,7 @@ PIKU_MB = 8.9  # Piku's overhead per bot on this kind of machine (issue 12)
 DOCKER_EXTRA_MB = 2.0  # what docker may add per bot beyond its containerd-shim
 IDLE = 5  # seconds the bots idle before they are measured
 NAMES = ("containerd-shim", "pc-shim")  # their names carry a suffix
-BEFORE = {"docker": 26.6, "process": 19.6}  # the Python shim and watchdog (issue 12)
+BEFORE = {"docker": 26.6, "process": 19.6}  # the Python shim and watchdog, as issue 12 measured
 
 
 def memory(pid: int) -> tuple[float, float]:
@@ -58,9 +58,13 @@ def comm(pid: int) -> str:
 
 
 def is_bot(pid: int) -> bool:
-    """The bot's own python (what Piku counts as the app, too). By its program's
-    name: the shim's and bubblewrap's command lines hold `python bot.py` too."""
-    return comm(pid).startswith("python")
+    """The bot's own python (what Piku counts as the app, too): `bot.py` is one of
+    its arguments (the shim's and bubblewrap's hold `exec python bot.py` as one)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(arg == b"bot.py" or arg.endswith(b"/bot.py") for arg in argv[1:])
 
 
 def process_instances(node: NodeProc) -> list[list[int]]:
@@ -166,7 +170,7 @@ def main() -> None:
         rows = [(rt, n, m) for rt in runtimes for n, m in run(rt, root, key)]
     print()
     print("| runtime | bots | per bot, RSS (MB) | per bot, PSS (MB) | made of (RSS, MB) "
-          "| goal (RSS) | | before (issue 12) | bot's own python (RSS) |")  # fmt: skip
+          "| goal (RSS) | | before (issue 12's measure) | bot's own python (RSS) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     for rt, n, m in rows:
         parts = ", ".join(
