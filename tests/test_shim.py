@@ -150,6 +150,26 @@ def test_the_environment_comes_from_a_descriptor_to_the_command_alone(program, f
     assert sorted(logged(files)) == ["GREETING=hi there", "PATH=/usr/bin:/bin"]
 
 
+def test_the_descriptors_it_was_given_are_the_commands_alone(program, files):
+    """The sandbox's data files (one holds the config vars) stay open in the app's
+    setup, never for the instance's life in the shim."""
+    with sandbox.data_file(b"SECRET=1\0") as given:
+        target = os.readlink(f"/proc/self/fd/{given.fileno()}")
+        shim_ = subprocess.Popen(
+            [program, "-o", str(files["log"]), "--", "sleep", "3"],
+            pass_fds=[given.fileno()],
+            start_new_session=True,
+        )
+    try:
+        wait_for(lambda: lease.group_members(shim_.pid)[1:], "the command to start", timeout=30)
+        time.sleep(0.2)
+        held = [os.readlink(fd) for fd in Path(f"/proc/{shim_.pid}/fd").iterdir()]
+        assert target not in held
+    finally:
+        os.killpg(shim_.pid, signal.SIGKILL)
+        shim_.wait()
+
+
 def test_init_mode_is_refused_outside_pid_1(program):
     done = subprocess.run([program, "-i", "--", "true"], capture_output=True, text=True)
     assert done.returncode == 2 and "PID 1" in done.stderr

@@ -299,8 +299,13 @@ int main(int argc, char **argv) {
         }
         /* What the command needed (the sandbox's data files, the write end of its
          * output) is its alone: keep only our own descriptors. */
-        for (int fd = 3; fd < 1024; fd++)
-            if (fd != sfd && fd != log_fd && fd != out[0]) close(fd);
+        DIR *fds = opendir("/proc/self/fd");
+        struct dirent *entry;
+        while (fds && (entry = readdir(fds))) {
+            int fd = atoi(entry->d_name);
+            if (fd > 2 && fd != dirfd(fds) && fd != sfd && fd != log_fd && fd != out[0]) close(fd);
+        }
+        if (fds) closedir(fds);
     }
 
     int reading = out[0] >= 0;
