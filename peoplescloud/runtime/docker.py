@@ -5,9 +5,11 @@ unprivileged user with a read-only root, a private /tmp, a memory limit and no
 capabilities. Every container carries the instance's labels, and `status()`
 lists containers by the node label, which is how a restarted daemon re-adopts
 them (and how several nodes share one engine). No restart policy: the daemon
-decides about restarts. Each instance's main process is the lease watchdog
-(`peoplescloud.runtime.lease`), which runs the app's command as its child and ends it
-once the node's lease passes; the lease directory is mounted read-only for it.
+decides about restarts. Each instance's init (PID 1) is `pc-shim`
+(`runtime.shim`, a small static program bind-mounted read-only), which runs
+the app's command as its child, passes `docker stop`'s signal on to every
+process of the container, reaps orphans, and ends the app once the node's lease
+passes (`peoplescloud.runtime.lease`); the lease directory is mounted read-only for it.
 
 The node's containers are on a network of its own (`pc_<node>`, made with its
 first container, removed with its last) where docker forwards nothing between
@@ -20,7 +22,6 @@ whose rules keep the containers away from the node's own ports.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 import threading
 import uuid
@@ -37,7 +38,7 @@ from docker.utils.socket import frames_iter
 
 from builder.docker_executor import BUILD_LABEL
 from peoplescloud.errors import RuntimeFailure
-from peoplescloud.runtime import firewall, images, lease
+from peoplescloud.runtime import firewall, images, lease, shim
 from peoplescloud.runtime.base import (
     LABEL_APP,
     LABEL_NODE,
@@ -58,17 +59,15 @@ from peoplescloud.runtime.base import (
 LABEL_ONEOFF = "peoplescloud.oneoff"  # one-off `run` containers: not instances
 APP_USER = "10001:10001"
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
-# `docker stop` signals docker-init (tini); with this it signals the whole process
-# group, so the app gets SIGTERM even when `sh -c` did not exec it (see
-# `shell_script`: then sh traps the signal and waits for the app instead of dying
-# first, when tini would end the container and SIGKILL the app mid-shutdown).
-# `exec 2>&1`: one stream, so docker stores lines in the order of their
-# timestamps (its stdout and stderr readers race), which timestamp cursors rely on.
-TINI_GROUP = {"TINI_KILL_PROCESS_GROUP": "1"}
+# `docker stop` signals the container's init, pc-shim, which passes it on to
+# every process of the container, so the app gets SIGTERM even when `sh -c` did
+# not exec it (see `shell_script`: then sh traps the signal and waits for the app
+# instead of dying first, when the container would end and SIGKILL the app
+# mid-shutdown). `exec 2>&1`: one stream, so docker stores lines in the order of
+# their timestamps (its stdout and stderr readers race), which timestamp cursors rely on.
 SH_PREFIX = "exec 2>&1; "
 LEASE_MOUNT = "/run/pc"  # the lease directory, inside a container
-# `python3 -c WATCHDOG <lease dir> <process> <command...>`: lease.py, run as a script.
-WATCHDOG = inspect.getsource(lease) + "\nimport sys\nsys.exit(watchdog_main(sys.argv[1:]))\n"
+SHIM_MOUNT = "/run/pc-shim"  # pc-shim, inside a container
 TMPFS = "rw,nosuid,nodev,size=256m,mode=1777"  # /tmp, and a Dockerfile app's VOLUMEs
 LOG_CONFIG = LogConfig(type=LogConfig.types.JSON, config={"max-size": "10m", "max-file": "3"})
 
@@ -109,14 +108,16 @@ class DockerRuntime:
                 self._remove(old)  # exited, of this release or an older one
             elif old.labels.get(LABEL_RELEASE) == spec.release:
                 raise RuntimeFailure(f"{spec.key} is already running")
-        env = {**spec.environment(WEB_PORT if spec.web else None), **_path(spec), **TINI_GROUP}
-        sandbox = self._sandbox(spec)
+        env = {**spec.environment(WEB_PORT if spec.web else None), **_path(spec)}
+        # pc-shim is the init (tini, docker's, is not needed: it does its part).
+        sandbox = {**self._sandbox(spec), "init": False}
+        sandbox["volumes"][str(shim.binary())] = {"bind": SHIM_MOUNT, "mode": "ro"}
         if self.lease_dir is not None:
             lease.make_lease_dir(self.lease_dir)
             mount = {"bind": LEASE_MOUNT, "mode": "ro"}
             sandbox["volumes"][str(self.lease_dir.resolve())] = mount
-        watchdog = ["/usr/bin/python3", "-I", "-c", WATCHDOG, LEASE_MOUNT, spec.process]
-        argv = [*watchdog, "sh", "-c", SH_PREFIX + shell_script(spec.command)]
+        init = shim.command(SHIM_MOUNT, spec.process, LEASE_MOUNT, init=True)
+        argv = [*init, "sh", "-c", SH_PREFIX + shell_script(spec.command)]
         # Host port None: the engine picks a free one (docker-py takes it; its stubs
         # know only int ports).
         ports: dict[str, Any] | None = (
