@@ -32,12 +32,12 @@ def test_a_member_renews_its_lease_and_writes_it_for_the_watchdogs(tmp_path: Pat
     assert not lease.may_run()
     lease.renew()
     entry = state.snap.members["n1"]
-    assert entry.lease_expires == NOW + 4
+    assert entry.lease_expires == NOW + 2  # the default lease
     assert entry.leaving  # kept from the old entry
     assert (entry.raft, entry.ipfs) == ("127.0.0.1:7002", "/ip4/127.0.0.1/tcp/4001/p2p/QmMe")
-    assert read_lease(tmp_path / "run" / "lease") == NOW + 4
+    assert read_lease(tmp_path / "run" / "lease") == NOW + 2
     assert lease.may_run()
-    clock.now += 4
+    clock.now += 2
     assert not lease.may_run()
     assert stopped == []
 
@@ -54,12 +54,21 @@ def test_a_cut_off_member_stops_everything_before_its_lease_ends(tmp_path: Path)
     lease, state, clock, stopped = make(tmp_path, ["n1"])
     lease.renew()
     state.fail = NoQuorum("no quorum")
-    clock.now += 2  # 2 s left: try again next tick
-    lease.renew()
-    assert stopped == [] and lease.may_run()
-    clock.now += 1.5  # less than a second left
+    for _ in range(2):  # renewed every quarter lease: 1.5 s, then 1 s left: try again
+        clock.now += 0.5
+        lease.renew()
+        assert stopped == [] and lease.may_run()
+    clock.now += 0.5  # less than a second left
     lease.renew()
     assert stopped == ["lease not renewed (no quorum)"]
+
+
+def test_a_renewal_waits_no_longer_than_until_the_next_one(tmp_path: Path):
+    """A slow commit must not hold the next try back: the lease is short."""
+    lease, state, _, _ = make(tmp_path, ["n1"])
+    lease.renew()
+    assert lease.settings.swarm.renew_every == 0.5
+    assert state.timeouts == [0.5]
 
 
 def test_a_member_that_never_had_a_lease_stops_nothing(tmp_path: Path):
@@ -74,7 +83,7 @@ def test_stop_everything_stops_what_runs_and_says_why():
     down = InstanceStatus("mybot", "bot.1", "v2", False, exit_code=1)
     runtime, logbus = FakeRuntime([up, down]), FakeLogBus()
     stop_everything(runtime, logbus, "lease not renewed")  # type: ignore[arg-type]
-    assert runtime.stopped == [(InstanceKey("mybot", "web.1", "v2"), 2)]
+    assert runtime.stopped == [(InstanceKey("mybot", "web.1", "v2"), 1)]
     assert logbus.events == [("mybot", "stopping web.1: lease not renewed")]
 
 
