@@ -350,6 +350,11 @@ class Settings:
     def repo_path(self, app: str) -> Path:
         return self.repos_dir / f"{app}.git"
 
+    @property
+    def ready_slugs_dir(self) -> Path:
+        """In a swarm: slugs this node pins, unpacked ahead of a failover to it."""
+        return self.home / "slugs-ready"
+
     def slug_path(self, cid: str) -> Path:
         """The working copy of a slug on this node (the store keeps the original)."""
         return self.slugs_dir / cid

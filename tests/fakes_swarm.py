@@ -137,6 +137,17 @@ class FakeStore:
     def unpin(self, cid: str) -> None:
         self.pins.discard(cid)
 
+    ready: set[str] = set()  # slugs unpacked ahead of need (`prepare`)
+
+    def prepare(self, cid: str) -> None:
+        self.ready = self.ready | {cid}
+
+    def prepared(self) -> set[str]:
+        return set(self.ready)
+
+    def discard(self, cid: str) -> None:
+        self.ready = self.ready - {cid}
+
 
 class FakeKubo:
     multiaddr = "/ip4/127.0.0.1/tcp/4001/p2p/QmMe"
