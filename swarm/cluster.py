@@ -1,7 +1,7 @@
 """The node's cluster when it is a member of a swarm (`peoplescloud.cluster.Cluster`).
 
 State agreed by Raft (swarm/replicated.py), slugs in the swarm's private IPFS
-(swarm/ipfs/), and two loops on their own pace:
+(swarm/ipfs/), and three loops on their own pace:
 
 - the lease (four times a lease, on a thread of its own): renew it
   (swarm/lease.py). Consensus only, and nothing else waits in front of it: a
