@@ -6,9 +6,10 @@ from pathlib import Path
 
 from peoplescloud.runtime.base import InstanceKey, InstanceStatus
 from peoplescloud.runtime.lease import read_lease
+from peoplescloud.settings import SwarmSettings
 from peoplescloud.state import Snapshot
 from swarm.lease import Lease, stop_everything
-from swarm.raft import NoQuorum
+from swarm.raft import NoQuorum, RaftTimings
 from tests.fakes_swarm import NOW, FakeLogBus, FakeRuntime, FakeState, me, member, settings
 
 
@@ -102,3 +103,12 @@ def test_a_cut_off_member_stops_its_instances_at_once_not_one_by_one():
     stop_everything(runtime, FakeLogBus(), "lease not renewed")  # type: ignore[arg-type]
     assert len(runtime.stopped) == 4
     assert time.monotonic() - started < 2.5
+
+
+def test_a_leader_election_fits_in_a_lease():
+    """The leader dies just after a member renewed: the others elect a new one
+    within `election_max`, and the member's next try after that still comes
+    before it stops everything (when less than a try's wait is left)."""
+    timings, swarm = RaftTimings(), SwarmSettings()
+    last_try_before_stopping = swarm.lease_seconds - swarm.renew_every
+    assert timings.election_max + swarm.renew_every <= last_try_before_stopping
