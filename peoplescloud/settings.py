@@ -230,7 +230,10 @@ CLOCK_SLACK = 0.5  # seconds the members' clocks may disagree, and a stop may la
 class SwarmSettings:
     """How the swarm decides: leases, failover, replication."""
 
-    lease_seconds: float = 2.0  # a node runs instances only while its lease holds
+    # A node runs instances only while its lease holds. Shorter fails over sooner;
+    # 2 s was seen to lapse on a loaded 2-core machine when a frozen member came
+    # back and forced an election (pysyncobj has no pre-vote).
+    lease_seconds: float = 3.0
     # Failover waits the lease's end plus this: a cut-off node stops its instances
     # before its lease ends, a frozen one's watchdog within WATCHDOG_SECONDS after,
     # and CLOCK_SLACK covers clocks. The lease is renewed four times per lease.

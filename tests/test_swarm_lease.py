@@ -33,12 +33,12 @@ def test_a_member_renews_its_lease_and_writes_it_for_the_watchdogs(tmp_path: Pat
     assert not lease.may_run()
     lease.renew()
     entry = state.snap.members["n1"]
-    assert entry.lease_expires == NOW + 2  # the default lease
+    assert entry.lease_expires == NOW + 3  # the default lease
     assert entry.leaving  # kept from the old entry
     assert (entry.raft, entry.ipfs) == ("127.0.0.1:7002", "/ip4/127.0.0.1/tcp/4001/p2p/QmMe")
-    assert read_lease(tmp_path / "run" / "lease") == NOW + 2
+    assert read_lease(tmp_path / "run" / "lease") == NOW + 3
     assert lease.may_run()
-    clock.now += 2
+    clock.now += 3
     assert not lease.may_run()
     assert stopped == []
 
@@ -55,11 +55,11 @@ def test_a_cut_off_member_stops_everything_before_its_lease_ends(tmp_path: Path)
     lease, state, clock, stopped = make(tmp_path, ["n1"])
     lease.renew()
     state.fail = NoQuorum("no quorum")
-    for _ in range(2):  # renewed every quarter lease: 1.5 s, then 1 s left: try again
-        clock.now += 0.5
+    for _ in range(2):  # renewed every quarter lease: 2.25 s, then 1.5 s left: try again
+        clock.now += 0.75
         lease.renew()
         assert stopped == [] and lease.may_run()
-    clock.now += 0.5  # less than a second left
+    clock.now += 0.75  # less than a second left
     lease.renew()
     assert stopped == ["lease not renewed (no quorum)"]
 
@@ -68,8 +68,8 @@ def test_a_renewal_waits_no_longer_than_until_the_next_one(tmp_path: Path):
     """A slow commit must not hold the next try back: the lease is short."""
     lease, state, _, _ = make(tmp_path, ["n1"])
     lease.renew()
-    assert lease.settings.swarm.renew_every == 0.5
-    assert state.timeouts == [0.5]
+    assert lease.settings.swarm.renew_every == 0.75
+    assert state.timeouts == [0.75]
 
 
 def test_a_member_that_never_had_a_lease_stops_nothing(tmp_path: Path):
