@@ -16,9 +16,7 @@ import shutil
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO
-
-from docker import DockerClient
+from typing import IO, TYPE_CHECKING
 
 import builder
 from gitserver.server import start_server
@@ -36,12 +34,16 @@ from peoplescloud.processes import is_web
 from peoplescloud.reconciler import Reconciler
 from peoplescloud.runtime import firewall, sandbox
 from peoplescloud.runtime.base import LABEL_NODE, Runtime
-from peoplescloud.runtime.docker import LABEL_ONEOFF, DockerRuntime
 from peoplescloud.runtime.select import open_runtime
 from peoplescloud.service import Node
 from peoplescloud.settings import Settings
 from peoplescloud.store import LocalStore
 from router.proxy import Upstream, start_router
+
+if TYPE_CHECKING:  # docker-py is imported only where the docker runtime runs
+    from docker import DockerClient
+
+    from peoplescloud.runtime.docker import DockerRuntime
 
 log = logging.getLogger("pc")
 
@@ -67,12 +69,12 @@ def lock_home(settings: Settings) -> IO[str]:
 def make_executor(settings: Settings, runtime: Runtime) -> builder.Executor:
     """Builds run where the app will: in the stack image for docker (on the node's
     isolated network, as its apps), on the host otherwise (in the sandbox)."""
-    if isinstance(runtime, DockerRuntime):
+    if (docker := as_docker(runtime)) is not None:
         return builder.DockerExecutor(
-            runtime.client,
+            docker.client,
             settings.build.stack_image,
             settings.build.ca_bundle,
-            network=runtime.holding_network,
+            network=docker.holding_network,
             timeout=settings.build.timeout,
             memory_mb=settings.build.memory_mb,
             pids=settings.build.pids,
@@ -127,10 +129,22 @@ def sweep_unused_slugs(cluster: Cluster) -> None:
         store.unpin(cid)
 
 
+def as_docker(runtime: Runtime) -> DockerRuntime | None:
+    """The runtime as the docker runtime, or None: asked by name, so a node on the
+    process runtime never imports docker-py."""
+    if runtime.name != "docker":
+        return None
+    from peoplescloud.runtime.docker import DockerRuntime
+
+    return runtime if isinstance(runtime, DockerRuntime) else None
+
+
 def sweep_containers(client: DockerClient, node: str) -> None:
     """Build and one-off `run` containers a killed daemon of this node left
     behind: nobody reads their output any more (as a one-off dyno ends with
     its session on Heroku)."""
+    from peoplescloud.runtime.docker import LABEL_ONEOFF
+
     for kind in ("peoplescloud.build=1", f"{LABEL_ONEOFF}=1"):
         labels = [kind, f"{LABEL_NODE}={node}"]
         for container in client.containers.list(all=True, filters={"label": labels}):
@@ -163,9 +177,9 @@ def build_node(settings: Settings) -> Parts:
         log.info("runtime: %s, store: %s", runtime.name, cluster.store.name)
         if not runtime.capabilities.isolates_tenants:
             log.warning("%s", runtime.capabilities.owner_only())
-        if isinstance(runtime, DockerRuntime):
-            sweep_containers(runtime.client, settings.name)
-            runtime.sweep_network()
+        if (docker := as_docker(runtime)) is not None:
+            sweep_containers(docker.client, settings.name)
+            docker.sweep_network()
         logbus = LogBus(settings.logs_dir, runtime)
         reconciler = Reconciler(settings, cluster, runtime, logbus)
         deployer = Deployer(settings, cluster, reconciler, logbus, make_executor(settings, runtime))
@@ -297,7 +311,7 @@ async def start_node(
     started.push_async_callback(router.close)
     if settings.dashboard_port:
         await start_dashboard(settings, parts, started)
-    if isinstance(parts.node.runtime, DockerRuntime):  # its containers reach only the router
+    if as_docker(parts.node.runtime) is not None:  # its containers reach only the router
         router_port = router.addresses[0][1]  # the one bound, when router_port is 0
         if why := await asyncio.to_thread(firewall.protect, settings.name, router_port):
             log.warning("containers can reach this node's SSH, peer and Raft ports: %s", why)

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from peoplescloud.errors import ConfigError
+from peoplescloud.runtime import lease as lease_watchdog
 from peoplescloud.state import normalize_key
 from router.limits import RouterLimits
 
@@ -219,15 +220,25 @@ class IpfsSettings:
             object.__setattr__(self, attr, _port(getattr(self, attr), f"[ipfs] {attr}"))
 
 
+# How long the watchdog next to an instance may take to end it once its node's
+# lease has passed (a look at the lease file, then SIGTERM to SIGKILL): a frozen
+# daemon's instances are surely gone this long after its lease.
+WATCHDOG_SECONDS = lease_watchdog.CHECK_EVERY + lease_watchdog.GRACE
+CLOCK_SLACK = 0.5  # seconds the members' clocks may disagree, and a stop may lag
+
+
 @dataclass(frozen=True)
 class SwarmSettings:
     """How the swarm decides: leases, failover, replication."""
 
-    lease_seconds: float = 4.0  # a node runs instances only while its lease holds
-    # Failover waits the lease plus this (10 s in all): a cut-off node stops its
-    # instances before its lease ends, a frozen one's watchdog within 4 s after
-    # (a check a second, then 3 s from SIGTERM to SIGKILL), plus slack for clocks.
-    margin_seconds: float = 6.0
+    # A node runs instances only while its lease holds. Shorter fails over sooner;
+    # 2 s was seen to lapse on a loaded 2-core machine when a frozen member came
+    # back and forced an election (pysyncobj has no pre-vote).
+    lease_seconds: float = 3.0
+    # Failover waits the lease's end plus this: a cut-off node stops its instances
+    # before its lease ends, a frozen one's watchdog within WATCHDOG_SECONDS after,
+    # and CLOCK_SLACK covers clocks. The lease is renewed four times per lease.
+    margin_seconds: float = WATCHDOG_SECONDS + CLOCK_SLACK
     replication: int = 3  # nodes that pin each slug (fewer when the swarm is smaller)
 
     def __post_init__(self) -> None:
@@ -235,9 +246,14 @@ class SwarmSettings:
             self,
             "swarm",
             lease_seconds=(float, 1.0),
-            margin_seconds=(float, 5.0),  # must outlast the watchdog's 4 s
+            margin_seconds=(float, WATCHDOG_SECONDS),  # must outlast the watchdog
             replication=(int, 1),
         )
+
+    @property
+    def renew_every(self) -> float:
+        """Seconds between renewals: a few tries before the lease runs out."""
+        return self.lease_seconds / 4
 
 
 def _bool(value: Any, what: str) -> bool:
@@ -405,6 +421,11 @@ class Settings:
     # Per-app paths.
     def repo_path(self, app: str) -> Path:
         return self.repos_dir / f"{app}.git"
+
+    @property
+    def ready_slugs_dir(self) -> Path:
+        """In a swarm: slugs this node pins, unpacked ahead of a failover to it."""
+        return self.home / "slugs-ready"
 
     def slug_path(self, cid: str) -> Path:
         """The working copy of a slug on this node (the store keeps the original)."""

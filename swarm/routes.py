@@ -123,6 +123,7 @@ def peer_app(
             "leave": membership.leave_route,
             "step_down": membership.step_down_route,
             "remove": membership.remove_route,
+            "expel": membership.expel_route,
             "user_add": node.user_add,
             "user_remove": node.user_remove,
             "users": node.users,
