@@ -138,7 +138,8 @@ class FrontProcess:
         )
         deadline = time.monotonic() + START_WAIT
         while time.monotonic() < deadline and self.proc.returncode is None:
-            if await asyncio.to_thread(_listens, self.front.listen, self.front.port):
+            listens = await asyncio.to_thread(_listens, self.front.listen, self.front.port)
+            if listens and (self.front.work / "nginx.pid").exists():  # a next daemon's to find
                 return
             await asyncio.sleep(0.05)
         where = self.front.work / "error.log"

@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -22,10 +23,11 @@ from typing import Any
 import pytest
 
 from bench.harness import free_port
-from peoplescloud.front_process import FrontProcess, Routes, find_nginx, log_line
+from peoplescloud.front_process import FrontProcess, Routes, _alive, find_nginx, log_line
 from router.front import Front, config
 from router.limits import RouterLimits
 from router.proxy import Upstream
+from tests.conftest import wait_for
 from tests.routerkit import RouterThread, app_server, get, ws_echo_server, ws_frame, ws_read
 
 NGINX = find_nginx()
@@ -284,3 +286,23 @@ def test_a_config_nginx_rejects_is_not_loaded_and_a_dead_nginx_is_restarted(tmp_
             time.sleep(0.2)
         else:
             pytest.fail("nginx was not started again")
+
+
+@needs_nginx
+@pytest.mark.e2e
+def test_the_daemon_runs_nginx_and_replaces_the_one_a_killed_daemon_left(node_factory):
+    node = node_factory("process")
+    first = wait_for(node.front_pids, what="the nginx front", timeout=30)
+    assert get(node.router_port, "nosuch.localhost")[0] == 404  # the Python router, behind
+    assert node.proc is not None
+    os.kill(node.proc.pid, signal.SIGKILL)  # the daemon only: its nginx lives on
+    node.proc.wait()
+    node.proc = None
+    assert node.front_pids() == first
+    node.start()
+    second = wait_for(lambda: node.front_pids() != first and node.front_pids(), what="nginx")
+    assert second[0] != first[0]
+    assert not _alive(first[0])
+    assert get(node.router_port, "nosuch.localhost")[0] == 404
+    node.stop()
+    assert node.front_pids() == [] and not _alive(second[0])
