@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from bench.harness import free_port
+from peoplescloud import front_process
 from peoplescloud.front_process import FrontProcess, Routes, _alive, find_nginx, log_line
 from router.front import Front, config
 from router.limits import RouterLimits
@@ -308,3 +309,14 @@ def test_the_daemon_runs_nginx_and_replaces_the_one_a_killed_daemon_left(node_fa
     assert get(node.router_port, "nosuch.localhost")[0] == 404
     node.stop()
     assert node.front_pids() == [] and not _alive(second[0])
+
+
+def test_the_data_path_is_chosen_by_the_setting(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(front_process, "find_nginx", lambda: "/usr/sbin/nginx")
+    assert front_process.choose("auto", 8080) == "/usr/sbin/nginx"
+    assert front_process.choose("none", 8080) is None
+    assert front_process.choose("auto", 0) is None  # nginx needs its port named
+    monkeypatch.setattr(front_process, "find_nginx", lambda: None)
+    assert front_process.choose("auto", 8080) is None
+    with pytest.raises(RuntimeError, match="apt install nginx"):
+        front_process.choose("nginx", 8080)
