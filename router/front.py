@@ -36,6 +36,7 @@ LOG_FORMAT = (
     'method=$request_method path="$pc_path" host=$http_host request_id=$pc_request_id '
     'fwd="$remote_addr" status=$status bytes=$body_bytes_sent'
 )
+KEEPALIVE = "    keepalive 64;\n    keepalive_requests 10000;\n"  # idle connections kept per worker
 _NAME = re.compile(r"[a-z0-9.-]{1,253}")  # a host name nginx may take as a map key
 
 
@@ -70,7 +71,7 @@ def config(front: Front, routes: Mapping[str, tuple[list[str], list[str]]]) -> s
         servers = "".join(f"    server {a} max_fails=0;\n" for a in sorted(addresses))
         # Instances gone since the last reload: the Python router answers (503, or a sibling).
         servers += f"    server unix:{front.router} backup;\n"
-        upstreams.append(f"upstream pc_app_{i} {{\n{servers}    keepalive 64;\n}}\n")
+        upstreams.append(f"upstream pc_app_{i} {{\n{servers}{KEEPALIVE}}}\n")
         for host in sorted({h.lower() for h in app_hosts}):
             if _NAME.fullmatch(host):
                 hosts.append(f"    {host} pc_app_{i};\n")
@@ -102,6 +103,7 @@ http {{
   client_header_timeout {_ms(limits.header_timeout)};
   client_body_timeout {_ms(limits.idle_timeout)};
   keepalive_timeout {_ms(limits.idle_timeout)};
+  keepalive_requests 10000;  # nginx's 1000 makes busy clients reconnect often
   send_timeout {_ms(limits.idle_timeout)};
   large_client_header_buffers 4 {header_kb}k;
   client_max_body_size 0;
@@ -116,8 +118,7 @@ http {{
 
 upstream {ROUTER} {{
     server unix:{front.router};
-    keepalive 64;
-}}
+{KEEPALIVE}}}
 {"".join(upstreams)}
   map $host $pc_fast {{
     default {ROUTER};
