@@ -169,13 +169,24 @@ class NodeProc:
             return []
         return [pid] if alive else []
 
+    def front_pids(self) -> list[int]:
+        """The node's nginx front: its master, then its workers."""
+        try:
+            pid = int((self.home / "run" / "front" / "nginx.pid").read_text().strip())
+            alive = b"nginx" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            workers = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except (OSError, ValueError):
+            return []
+        return [pid, *map(int, workers)] if alive else []
+
     def kill(self) -> None:
-        """The machine dies: its daemon, its kubo, its dashboard and its containers, at once."""
+        """The machine dies: its daemon, its kubo, its dashboard, its nginx front and its
+        containers, at once."""
         import docker
 
         for pid in [self.proc.pid] if self.proc else []:
             os.kill(pid, signal.SIGKILL)
-        for pid in [*self.kubo_pids(), *self.dashboard_pids()]:
+        for pid in [*self.kubo_pids(), *self.dashboard_pids(), *self.front_pids()]:
             os.kill(pid, signal.SIGKILL)
         if self.proc:
             self.proc.wait()
@@ -189,7 +200,7 @@ class NodeProc:
     def signal_all(self, sig: int) -> None:
         """SIGSTOP / SIGCONT the daemon and its kubo (a frozen machine)."""
         assert self.proc is not None
-        for pid in [self.proc.pid, *self.kubo_pids()]:
+        for pid in [self.proc.pid, *self.kubo_pids(), *self.front_pids()]:
             os.kill(pid, sig)
 
 

@@ -274,6 +274,9 @@ class RouterSettings(RouterLimits):
     what each means), and whether each request gets a line in its app's log."""
 
     logs: bool = True  # "app[router]: method=GET path=... status=200 ..." in `logs APP`
+    # What serves the router port: "nginx" (in front of this router, which then
+    # listens on loopback), "none" (this router alone), "auto" (nginx if installed).
+    front: str = "auto"
 
     def __post_init__(self) -> None:
         _numbers(
@@ -287,6 +290,9 @@ class RouterSettings(RouterLimits):
             max_headers=(int, 1),
         )
         object.__setattr__(self, "logs", _bool(self.logs, "[router] logs"))
+        if self.front not in ("auto", "nginx", "none"):
+            choices = '"auto", "nginx" or "none"'
+            raise ConfigError(f"[router] front must be {choices}, not {self.front!r}")
 
 
 @dataclass(frozen=True)
