@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from peoplescloud import settings
+from peoplescloud import names, settings
 from peoplescloud.errors import ConfigError
 
 
@@ -30,13 +30,13 @@ def test_bad_values_are_refused_when_set(tmp_path: Path):
 
 @pytest.mark.parametrize("name", ["mybot", "a1", "my-bot-2", "x" * 30])
 def test_good_app_names(name: str):
-    assert settings.check_app_name(name) == name
+    assert names.check_app_name(name) == name
 
 
 @pytest.mark.parametrize("name", ["", "a", "1bot", "My", "my_bot", "x" * 31, "../etc", "a.b"])
 def test_bad_app_names(name: str):
     with pytest.raises(ConfigError, match="invalid app name"):
-        settings.check_app_name(name)
+        names.check_app_name(name)
 
 
 def test_numbers_from_the_environment_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -64,7 +64,7 @@ def test_an_instance_cpu_share_is_a_positive_fraction(
 @pytest.mark.parametrize("name", ["Ann", "1ann", "a b", "x" * 33, ""])
 def test_bad_user_names(name: str):
     with pytest.raises(ConfigError, match="invalid user name"):
-        settings.check_user_name(name)
+        names.check_user_name(name)
 
 
 def test_ipfs_api_names_a_kubo_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -103,9 +103,9 @@ def test_bad_ipfs_api_urls_are_refused(url: str, reason: str):
 def test_a_trailing_newline_is_no_part_of_a_name(tmp_path: Path):
     """`$` matches before a final "\\n": the whole name must match."""
     with pytest.raises(ConfigError, match="invalid app name"):
-        settings.check_app_name("mybot\n")
+        names.check_app_name("mybot\n")
     with pytest.raises(ConfigError, match="invalid user name"):
-        settings.check_user_name("alice\n")
+        names.check_user_name("alice\n")
     with pytest.raises(ConfigError, match="invalid node name"):
         settings.Settings(home=tmp_path, name="n1\n")
 

@@ -8,9 +8,9 @@ import socket
 from gitserver.service import AppRow
 from peoplescloud.domains import drop_app
 from peoplescloud.errors import PCError
+from peoplescloud.names import check_app_name
 from peoplescloud.processes import process_names
 from peoplescloud.service.base import ServiceBase
-from peoplescloud.settings import check_app_name
 from peoplescloud.state import App, now
 
 WILDCARDS = ("0.0.0.0", "::", "")  # `listen` values that name no one address
