@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from peoplescloud import leftovers
 from router.front import TAG, Front, config
 
 log = logging.getLogger("pc.front")
@@ -224,27 +225,4 @@ def _listens(host: str, port: int) -> bool:
 def stop_leftover(pidfile: Path, conf: Path) -> None:
     """The nginx a killed daemon left (it holds the port): stopped, if its pid
     file names an nginx master started with this config."""
-    try:
-        pid = int(pidfile.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return
-    if b"nginx" not in cmdline or str(conf).encode() not in cmdline:
-        return
-    log.info("stopping the nginx front a previous daemon left running (pid %d)", pid)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + STOP_WAIT
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.05)
-        if not _alive(pid):
-            return
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
+    leftovers.stop_leftover(pidfile, (b"nginx", str(conf).encode()), "nginx front", STOP_WAIT)

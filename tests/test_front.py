@@ -24,7 +24,8 @@ import pytest
 
 from bench.harness import free_port
 from peoplescloud import front_process
-from peoplescloud.front_process import FrontProcess, Routes, _alive, find_nginx, log_line
+from peoplescloud.front_process import FrontProcess, Routes, find_nginx, log_line
+from peoplescloud.leftovers import alive
 from router.front import Front, config
 from router.limits import RouterLimits
 from router.proxy import Upstream
@@ -307,10 +308,10 @@ def test_the_daemon_runs_nginx_and_replaces_the_one_a_killed_daemon_left(node_fa
     node.start()
     second = wait_for(lambda: node.front_pids() != first and node.front_pids(), what="nginx")
     assert second[0] != first[0]
-    assert not _alive(first[0])
+    assert not alive(first[0])
     assert get(node.router_port, "nosuch.localhost")[0] == 404
     node.stop()
-    assert node.front_pids() == [] and not _alive(second[0])
+    assert node.front_pids() == [] and not alive(second[0])
 
 
 def test_the_data_path_is_chosen_by_the_setting(monkeypatch: pytest.MonkeyPatch):
