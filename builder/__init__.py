@@ -6,6 +6,7 @@ in `builder.kinds` with `detect`, `build`, `default_processes`; the order they
 are tried in is `builder.kinds.ORDER`.
 """
 
+from builder.appjson import AppJson, HealthCheck, read_app_json
 from builder.build import SLUG_PATH, BuildResult, build
 from builder.cache import app_cache
 from builder.checkout import checkout
@@ -15,6 +16,8 @@ from builder.executor import Executor
 from builder.host_executor import HostExecutor
 
 __all__ = [
+    "AppJson",
+    "HealthCheck",
     "BuildError",
     "BuildResult",
     "DockerExecutor",
@@ -24,4 +27,5 @@ __all__ = [
     "app_cache",
     "build",
     "checkout",
+    "read_app_json",
 ]

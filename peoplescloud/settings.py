@@ -240,6 +240,28 @@ class SwarmSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """Zero-downtime deploys of web processes: how a new instance is checked
+    before it takes requests (app.json `healthchecks` override these per app),
+    and how long a replaced one keeps finishing the requests it has."""
+
+    drain_seconds: float = 10.0  # a replaced instance gets no new requests, then is stopped
+    check_attempts: int = 20  # tries of a health check before the release fails
+    check_timeout: float = 5.0  # seconds one try may take
+    check_wait: float = 0.5  # seconds between tries
+
+    def __post_init__(self) -> None:
+        _numbers(
+            self,
+            "web",
+            drain_seconds=(float, 0.0),
+            check_attempts=(int, 1),
+            check_timeout=(float, 0.1),
+            check_wait=(float, 0.0),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     name: str = "node1"
     home: Path = field(default_factory=default_home)
@@ -259,6 +281,7 @@ class Settings:
     ipfs: IpfsSettings = field(default_factory=IpfsSettings)
     swarm: SwarmSettings = field(default_factory=SwarmSettings)
     quotas: Quotas = field(default_factory=Quotas)
+    web: WebSettings = field(default_factory=WebSettings)
 
     def __post_init__(self) -> None:
         if not NODE_NAME_RE.fullmatch(self.name):
@@ -349,6 +372,7 @@ _SECTIONS = {
     "ipfs": IpfsSettings,
     "swarm": SwarmSettings,
     "quotas": Quotas,
+    "web": WebSettings,
 }
 
 

@@ -1,0 +1,173 @@
+"""The reconciler's web side: which instances take requests, their health
+checks, and rolling restarts (one instance at a time).
+
+A mixin of `Reconciler`, kept in its own file so that each stays short; it
+uses the reconciler's lock, its last view of the runtime and its `_stop`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from typing import TYPE_CHECKING
+
+from builder.appjson import HealthCheck
+from peoplescloud.errors import NotFound
+from peoplescloud.health import Check, budget, resolve
+from peoplescloud.processes import is_web, ptype_of
+from peoplescloud.rollout import WebHealth
+from peoplescloud.runtime.base import InstanceKey, InstanceSpec, InstanceStatus, Runtime
+from peoplescloud.settings import Settings
+from peoplescloud.state import Snapshot, StateStore
+
+if TYPE_CHECKING:
+    from peoplescloud.logbus import LogBus
+
+
+class WebInstances:
+    """What `Reconciler` has that this part uses."""
+
+    settings: Settings
+    state: StateStore
+    runtime: Runtime
+    logbus: LogBus
+    web: WebHealth
+    _lock: threading.Lock
+    _last: dict[InstanceKey, InstanceStatus]
+    _stopping: dict[InstanceKey, Future[None]]
+    _snap: Snapshot
+
+    def reconcile(self, wait: bool = True) -> dict[InstanceKey, InstanceStatus]:
+        raise NotImplementedError
+
+    def _stop(self, status: InstanceStatus, why: str, event: str = "") -> Future[None]:
+        raise NotImplementedError
+
+    def _slug_ready(self, spec: InstanceSpec) -> bool:
+        raise NotImplementedError
+
+    def _hidden(self, key: InstanceKey, status: InstanceStatus) -> bool:
+        return is_web(key.process) and status.running and not self.web.serving(key)
+
+    def serving(self, app: str) -> list[InstanceStatus]:
+        """The app's web instances on this node that may take requests now."""
+        return [
+            s
+            for k, s in self._last.items()
+            if k.app == app
+            and is_web(k.process)
+            and s.running
+            and s.address
+            and self.web.serving(k)
+            and k not in self._stopping
+        ]
+
+    def health_failure(self, key: InstanceKey) -> str:
+        """Why this node's instance `key` failed its health check ("" if it did not)."""
+        return self.web.failure(key)
+
+    def checks_of(self, app: str, release: str) -> list[Check]:
+        """The health checks a web instance of the app's `release` must pass."""
+        return self._checks(self.state.read(), app, release)
+
+    def _checks(self, snap: Snapshot, app: str, release: str) -> list[Check]:
+        declared: list[HealthCheck] = []
+        a = snap.apps.get(app)
+        version = release[1:]
+        if a is not None and version.isascii() and version.isdigit():
+            with contextlib.suppress(NotFound):
+                declared = [HealthCheck(**c) for c in a.release(int(version)).web_checks]
+        return resolve(declared, self.settings.web)
+
+    def restart(self, app: str, ptype: str | None = None) -> None:
+        """Stop the app's instances (of one type) and start them afresh: it waits
+        for these stops, never for another app's. Running web instances go one at
+        a time, each once the one before serves again (`_roll`)."""
+        with self._lock:
+            mine = [
+                s
+                for s in self.runtime.status()
+                if s.app == app
+                and (ptype is None or ptype_of(s.process) == ptype)
+                and s.key not in self._stopping
+                and not self.web.draining(s.key)
+            ]
+            web = sorted((s for s in mine if is_web(s.process) and s.running), key=_by_number)
+            began = [
+                self._stop(s, "restart", event=f"restarting {s.process}")
+                for s in mine
+                if s not in web
+            ]
+        wait_futures(began)
+        self.reconcile()
+        for status in web:
+            self._roll(status)
+
+    def _roll(self, status: InstanceStatus) -> None:
+        """Restart one web instance: out of the router's list at once, stopped once
+        it drained (at once if no other instance serves the app: nothing would take
+        its requests), started again, and waited for until it serves (or fails)."""
+        key = status.key
+        with self._lock:
+            others = [s for s in self.serving(key.app) if s.key != key]
+            self.web.drain(key, math.inf)  # the passes leave it to us meanwhile
+        if others:
+            time.sleep(self.settings.web.drain_seconds)
+        with self._lock:
+            self.web.undrain(key)
+            stop = self._stop(status, "restart", event=f"restarting {status.process}")
+        wait_futures([stop])
+        deadline = time.monotonic() + budget(self.checks_of(key.app, key.release)) + 5
+        while time.monotonic() < deadline:
+            self.reconcile()
+            if self.web.serving(key) or self.web.failure(key) or key not in self._last:
+                return  # serves again, or failed (the passes retry it), or not wanted
+            time.sleep(0.1)
+
+    def _watch_health(self, status: InstanceStatus) -> None:
+        """Check a running web instance that was not checked (under the lock)."""
+        if not (status.running and is_web(status.process)):
+            return
+        key = status.key
+        checks = self._checks(self._snap, key.app, key.release)
+        host = f"{key.app}.{self.settings.domain}"
+        self.web.watch(status, checks, host, lambda: self._alive(key))
+
+    def _alive(self, key: InstanceKey) -> bool:
+        """Whether the instance still runs, as far as the last pass saw (one just
+        started is not seen yet)."""
+        seen = self._last.get(key)
+        return seen is None or seen.running
+
+    def _keep_until_replaced(self, spec: InstanceSpec, old: InstanceStatus) -> bool:
+        """An instance of an older release runs on until its replacement may take
+        over: a web one until the new instance passed its health check, any other
+        until the new release's slug is here (then it is stopped, and the new one
+        started)."""
+        if spec.web:
+            return old.running and not self.web.healthy(spec.key)
+        return old.running and not self._slug_ready(spec)
+
+    def _retire(self, old: InstanceStatus, new: InstanceSpec) -> list[Future[None]]:
+        """Stop an instance that its new release's replaces (under the lock): a web
+        one that serves drains first, out of the router's list at once."""
+        drain = self.settings.web.drain_seconds
+        if old.running and self.web.serving(old.key) and drain > 0:
+            self.web.drain(old.key, drain)
+            self.logbus.event(
+                old.app,
+                f"draining {old.process} ({old.release}): replaced by {new.release}, "
+                f"stopped in {drain:g}s",
+            )
+            return []
+        return [self._stop(old, f"replaced by {new.release}")]
+
+
+def _by_number(status: InstanceStatus) -> int:
+    """web.2 after web.1 (and web.10 after web.9)."""
+    number = status.process.rpartition(".")[2]
+    return int(number) if number.isdigit() else 0
