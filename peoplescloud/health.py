@@ -96,7 +96,7 @@ def _run(
             return f"{check.describe()}: the process exited"
         last = _try(address, host, check)
         if not last:
-            return "" if alive() else f"{check.describe()}: the process exited"
+            return ""
     tries = f"{check.attempts} attempt{'s' if check.attempts != 1 else ''}"
     return f"{check.describe()} failed {tries}: {last}"
 
