@@ -24,12 +24,12 @@ MAX_BYTES = 256 * 1024  # an app.json is a few lines; a huge one is a mistake
 @dataclass(frozen=True)
 class HealthCheck:
     """One startup check of a new web instance, before it takes requests. Without
-    `path` it checks that the port accepts connections ("listening"); with it,
-    that GET `path` answers 2xx (with `content` in the body, when given). None:
-    the node's [web] default for that value."""
+    `path` it checks that the port answers (as Dokku's "listening" check); with
+    it, that GET `path` answers 2xx (with `content` in the body, when given).
+    None: the node's [web] default for that value."""
 
     name: str = ""
-    path: str = ""  # "/health": an HTTP check; "": the port must accept connections
+    path: str = ""  # "/health": an HTTP check; "": the port must answer
     content: str = ""  # text the answer's body must contain
     attempts: int | None = None  # tries before the check fails
     timeout: float | None = None  # seconds one try may take
@@ -83,7 +83,7 @@ def _check(item: Any, where: str) -> HealthCheck | None:
     if "command" in item:
         raise BuildError(
             f"{FILE}: {where} is a command check, which this node does not run; "
-            'use "path" (an HTTP check), or no path (the port must accept connections)'
+            'use "path" (an HTTP check), or no path (the port must answer)'
         )
     path = _get(item, "path", str, where, "")
     if path and not path.startswith("/"):

@@ -3,9 +3,11 @@
 The reconciler runs these checks on each web instance it starts (a push, a
 rollback, a config change, a restart, a failover) and routes requests to it
 only once they pass. Without app.json `healthchecks` the check is that the
-instance's port accepts a connection and keeps it open; with them, each
-startup check in turn (`GET path`, a 2xx answer holding `content`). Every try
-also asks whether the process still runs: one that exited fails at once.
+instance's port answers (any answer to a `HEAD /`: a bare connect is not
+enough, Docker's port proxy accepts for a container that does not listen and
+holds the connection while it tries to reach it); with them, each startup
+check in turn (`GET path`, a 2xx answer holding `content`). Every try first
+asks whether the process still runs: one that exited fails at once.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,9 +22,6 @@ from builder.appjson import HealthCheck
 from peoplescloud.settings import WebSettings
 
 BODY_LIMIT = 64 * 1024  # bytes of an answer searched for `content`
-# A connection to a port that nobody listens on behind Docker's port proxy is
-# accepted, then closed at once: one still open after this long has a listener.
-SETTLE_CONNECT = 0.25
 
 
 @dataclass(frozen=True)
@@ -31,7 +29,7 @@ class Check:
     """A check with every value decided (app.json's, else the node's [web] defaults)."""
 
     name: str
-    path: str  # "" -> the port must accept connections
+    path: str  # "" -> the port must answer (any answer)
     content: str
     attempts: int
     timeout: float
@@ -39,13 +37,13 @@ class Check:
     initial_delay: float
 
     def describe(self) -> str:
-        what = f"GET {self.path}" if self.path else "port check"
+        what = f"GET {self.path}" if self.path else "the port answers"
         return f'health check "{self.name}" ({what})' if self.name else f"health check ({what})"
 
 
 def resolve(checks: Sequence[HealthCheck], web: WebSettings) -> list[Check]:
     """The checks to run: app.json's with the node's defaults filled in, or the
-    default one (the port accepts connections) when the app declares none."""
+    default one (the port answers) when the app declares none."""
     return [
         Check(
             name=c.name,
@@ -62,7 +60,7 @@ def resolve(checks: Sequence[HealthCheck], web: WebSettings) -> list[Check]:
 
 def budget(checks: Sequence[Check]) -> float:
     """The longest the checks can take, in seconds."""
-    return sum(c.initial_delay + c.attempts * (c.timeout + c.wait + SETTLE_CONNECT) for c in checks)
+    return sum(c.initial_delay + c.attempts * (c.timeout + c.wait) for c in checks)
 
 
 def run_checks(
@@ -105,7 +103,7 @@ def _try(address: str, host: str, check: Check) -> str:
     """One try: "" if it passed, else what went wrong."""
     name, _, port = address.rpartition(":")
     if not check.path:
-        return _accepts(name, int(port), check.timeout)
+        return _answers(name, int(port), check.timeout)
     conn = http.client.HTTPConnection(name, int(port), timeout=check.timeout)
     try:
         conn.request("GET", check.path, headers={"Host": host, "User-Agent": "pc-healthcheck"})
@@ -124,15 +122,13 @@ def _try(address: str, host: str, check: Check) -> str:
     return ""
 
 
-def _accepts(name: str, port: int, timeout: float) -> str:
+def _answers(name: str, port: int, timeout: float) -> str:
+    """Whether anything answers a HEAD request (its first byte, whatever it says)."""
     try:
         with socket.create_connection((name, port), timeout=timeout) as conn:
-            conn.settimeout(SETTLE_CONNECT)
-            try:
-                if conn.recv(1) == b"":
-                    return "the connection was closed at once (does it listen on $PORT?)"
-            except TimeoutError:
-                pass  # open and quiet: someone listens
+            conn.sendall(b"HEAD / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            if conn.recv(1) == b"":
+                return "the connection was closed without an answer (does it listen on $PORT?)"
     except OSError as e:
         return _reason(e)
     return ""
@@ -141,16 +137,8 @@ def _accepts(name: str, port: int, timeout: float) -> str:
 def _reason(error: Exception) -> str:
     if isinstance(error, ConnectionRefusedError):
         return "connection refused (does it listen on $PORT?)"
+    if isinstance(error, ConnectionResetError):  # Docker's port proxy, for a closed port
+        return "the connection was reset (does it listen on $PORT?)"
     if isinstance(error, TimeoutError):
         return "no answer in time"
     return str(error) or type(error).__name__
-
-
-def wait_until(done: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
-    """Poll `done` until it is true or `timeout` seconds passed; whether it was."""
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True

@@ -38,7 +38,7 @@ from peoplescloud.health import run_checks
 from peoplescloud.processes import is_web, process_names, ptype_of
 from peoplescloud.resources import instance_size
 from peoplescloud.rolling import WebInstances
-from peoplescloud.rollout import CheckFn, WebHealth
+from peoplescloud.rollout import CheckFn
 from peoplescloud.runtime.base import InstanceKey, InstanceSpec, InstanceStatus, Runtime
 from peoplescloud.settings import Settings
 from peoplescloud.state import App, Snapshot
@@ -169,9 +169,7 @@ class Reconciler(WebInstances):
         # Called (from a stopping thread) when a stop or a health check is done: the
         # daemon wakes a pass then, which starts what replaces the instance.
         self.on_stopped: Callable[[], None] = lambda: None
-        self.web = WebHealth(check)
-        self.web.on_done = lambda: self.on_stopped()
-        self._snap = Snapshot()  # the state the pass under way read
+        self._init_web(check)
 
     def apps(self) -> frozenset[str]:
         """The apps that existed at the last pass (cheap: no state read)."""
@@ -185,7 +183,7 @@ class Reconciler(WebInstances):
 
     def everywhere(self) -> dict[InstanceKey, InstanceStatus]:
         """Instances on this node (last pass) and, in a swarm, on its siblings."""
-        return {**self.cluster.instances_elsewhere(), **self._last}
+        return {**self.cluster.instances_elsewhere(), **self.instances()}
 
     def start_failure(self, app: str, process: str) -> str:
         """Why the last try to start an instance failed ("" if it did not): here,
@@ -277,6 +275,7 @@ class Reconciler(WebInstances):
             self._apps = frozenset(snap.apps)
             self._last = {s.key: s for s in self.runtime.status()}
             self.web.keep_only(self._last)
+            self._publish()
             return began
 
     def _unhealthy(self, status: InstanceStatus, why: str) -> None:

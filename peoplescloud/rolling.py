@@ -11,15 +11,16 @@ import contextlib
 import math
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from typing import TYPE_CHECKING
 
 from builder.appjson import HealthCheck
-from peoplescloud.errors import NotFound
+from peoplescloud.errors import NotFound, PCError
 from peoplescloud.health import Check, budget, resolve
 from peoplescloud.processes import is_web, ptype_of
-from peoplescloud.rollout import WebHealth
+from peoplescloud.rollout import CheckFn, WebHealth
 from peoplescloud.runtime.base import InstanceKey, InstanceSpec, InstanceStatus, Runtime
 from peoplescloud.settings import Settings
 from peoplescloud.state import Snapshot, StateStore
@@ -40,6 +41,16 @@ class WebInstances:
     _last: dict[InstanceKey, InstanceStatus]
     _stopping: dict[InstanceKey, Future[None]]
     _snap: Snapshot
+    _routes: dict[str, list[InstanceStatus]]  # app -> its instances that take requests
+    _routed: frozenset[InstanceKey]  # the same, as a set
+    on_stopped: Callable[[], None]
+
+    def _init_web(self, check: CheckFn) -> None:
+        self.web = WebHealth(check)
+        self.web.on_done = lambda: self.on_stopped()  # a pass routes to it, or stops it
+        self._snap = Snapshot()  # the state the pass under way read
+        self._routes = {}
+        self._routed = frozenset()
 
     def reconcile(self, wait: bool = True) -> dict[InstanceKey, InstanceStatus]:
         raise NotImplementedError
@@ -51,20 +62,24 @@ class WebInstances:
         raise NotImplementedError
 
     def _hidden(self, key: InstanceKey, status: InstanceStatus) -> bool:
-        return is_web(key.process) and status.running and not self.web.serving(key)
+        return is_web(key.process) and status.running and key not in self._routed
 
     def serving(self, app: str) -> list[InstanceStatus]:
-        """The app's web instances on this node that may take requests now."""
-        return [
-            s
-            for k, s in self._last.items()
-            if k.app == app
-            and is_web(k.process)
-            and s.running
-            and s.address
-            and self.web.serving(k)
-            and k not in self._stopping
-        ]
+        """The app's web instances on this node that may take requests now (as
+        published: see `_publish`)."""
+        return self._routes.get(app, [])
+
+    def _publish(self) -> None:
+        """Make the router's lists match the instances' health (under the lock).
+        One switch for all: a pass that lets a new instance in and drains the one
+        it replaces changes both at once, so no request goes to the old one after
+        one went to the new, and the list is never empty between the two."""
+        routes: dict[str, list[InstanceStatus]] = {}
+        for k, s in self._last.items():
+            if s.running and s.address and self.web.serving(k) and k not in self._stopping:
+                routes.setdefault(k.app, []).append(s)  # (only web instances are checked)
+        self._routed = frozenset(s.key for ss in routes.values() for s in ss)
+        self._routes = routes
 
     def health_failure(self, key: InstanceKey) -> str:
         """Why this node's instance `key` failed its health check ("" if it did not)."""
@@ -105,28 +120,40 @@ class WebInstances:
         wait_futures(began)
         self.reconcile()
         for status in web:
-            self._roll(status)
+            if why := self._roll(status):
+                rest = ", ".join(s.process for s in web[web.index(status) + 1 :])
+                raise PCError(
+                    f"{status.process} failed its health check after its restart: {why}"
+                    + (f"; {rest} not restarted" if rest else "")
+                    + f"; see `logs {app}`"
+                )
 
-    def _roll(self, status: InstanceStatus) -> None:
+    def _roll(self, status: InstanceStatus) -> str:
         """Restart one web instance: out of the router's list at once, stopped once
         it drained (at once if no other instance serves the app: nothing would take
-        its requests), started again, and waited for until it serves (or fails)."""
+        its requests), started again, and waited for until it serves. Why it does
+        not serve again ("" if it does, or is no longer wanted)."""
         key = status.key
         with self._lock:
             others = [s for s in self.serving(key.app) if s.key != key]
             self.web.drain(key, math.inf)  # the passes leave it to us meanwhile
+            self._publish()
         if others:
             time.sleep(self.settings.web.drain_seconds)
         with self._lock:
             self.web.undrain(key)
             stop = self._stop(status, "restart", event=f"restarting {status.process}")
+            self._publish()
         wait_futures([stop])
         deadline = time.monotonic() + budget(self.checks_of(key.app, key.release)) + 5
         while time.monotonic() < deadline:
             self.reconcile()
-            if self.web.serving(key) or self.web.failure(key) or key not in self._last:
-                return  # serves again, or failed (the passes retry it), or not wanted
+            if self.web.serving(key) or key not in self._last:
+                return ""  # serves again, or is not wanted any more
+            if why := self.web.failure(key):
+                return why  # (the passes start it again after a back-off)
             time.sleep(0.1)
+        return "it did not pass its health check in time"
 
     def _watch_health(self, status: InstanceStatus) -> None:
         """Check a running web instance that was not checked (under the lock)."""
@@ -135,13 +162,16 @@ class WebInstances:
         key = status.key
         checks = self._checks(self._snap, key.app, key.release)
         host = f"{key.app}.{self.settings.domain}"
-        self.web.watch(status, checks, host, lambda: self._alive(key))
+        self.web.watch(status, checks, host, lambda: self._alive(status))
 
-    def _alive(self, key: InstanceKey) -> bool:
-        """Whether the instance still runs, as far as the last pass saw (one just
-        started is not seen yet)."""
-        seen = self._last.get(key)
-        return seen is None or seen.running
+    def _alive(self, status: InstanceStatus) -> bool:
+        """Whether the instance still runs, as far as the last pass saw: one just
+        started is not seen yet (the last pass may have seen the copy it replaced,
+        of the same key, exiting)."""
+        seen = self._last.get(status.key)
+        if seen is None or (seen.detail, seen.started_at) != (status.detail, status.started_at):
+            return True
+        return seen.running
 
     def _keep_until_replaced(self, spec: InstanceSpec, old: InstanceStatus) -> bool:
         """An instance of an older release runs on until its replacement may take

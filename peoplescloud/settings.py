@@ -247,7 +247,7 @@ class WebSettings:
 
     drain_seconds: float = 10.0  # a replaced instance gets no new requests, then is stopped
     check_attempts: int = 20  # tries of a health check before the release fails
-    check_timeout: float = 5.0  # seconds one try may take
+    check_timeout: float = 3.0  # seconds one try may take
     check_wait: float = 0.5  # seconds between tries
 
     def __post_init__(self) -> None:

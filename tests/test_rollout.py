@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from peoplescloud.deploy import Deployer
+from peoplescloud.deploy import SETTLE, Deployer
 from peoplescloud.errors import PCError
 from peoplescloud.reconciler import Reconciler
 from peoplescloud.runtime.base import InstanceKey
@@ -146,13 +146,13 @@ def test_a_deploy_becomes_current_once_healthy(world: World):
     seen: list[int | None] = []
 
     def answer_later() -> None:  # while the deploy waits, the release is not current
-        time.sleep(0.3)
+        time.sleep(SETTLE + 0.5)  # running long enough, but not healthy yet
         seen.append(w.state.read().apps["site"].current)
         w.checks.answer("v2")
 
     threading.Thread(target=answer_later).start()
     assert w.deployer.activate("site", 2, lambda line: None) == "v2"
-    assert seen == [1]
+    assert seen == [1]  # it waited for the check
     a = w.state.read().apps["site"]
     assert (a.current, a.deploying) == (2, None)
     assert w.serving() == [web("v2")]
@@ -187,3 +187,18 @@ def test_a_restart_rolls_web_instances_one_at_a_time(tmp_path: Path):
     assert w.serving_at_stop[web("v1", 2)] == [web("v1", 1)]  # the restarted one, checked
     assert w.serving() == [web("v1", 1), web("v1", 2)]
     assert len(w.checks.asked) == 4  # each start was checked again
+
+
+def test_a_restart_stops_rolling_at_an_instance_that_fails(tmp_path: Path):
+    w = World(tmp_path, {"web": 2})
+    w.checks.answer("v1")
+    w.until(lambda: w.serving() == [web("v1", 1), web("v1", 2)], "both serving")
+    w.checks.answer("v1", "GET / answered 500, not 2xx")  # from now on
+    with pytest.raises(PCError) as failed:
+        w.r.restart("site")
+    assert str(failed.value) == (
+        "web.1 failed its health check after its restart: GET / answered 500, not 2xx; "
+        "web.2 not restarted; see `logs site`"
+    )
+    assert w.serving() == [web("v1", 2)]  # the one left serves on
+    w.r.close()
