@@ -30,6 +30,12 @@ class ProcessCommands(ServiceBase):
                 state, why = "stopped", "ps:start starts it"
             elif s is None:  # e.g. its slug cannot be fetched yet: it retries
                 state, why = "starting", self.reconciler.start_failure(app, process)
+            elif (
+                s.running
+                and s.release != release.name
+                and (failed := self.reconciler.start_failure(app, process))
+            ):  # a web instance of the current release failed its health check
+                state, why = "up", f"{release.name} does not take over: {failed}"
             elif s.running:  # a crash loop shows here, between its restarts
                 state, why = "up", f"restarted after {crash.count} crash(es)" if crash else ""
             else:
