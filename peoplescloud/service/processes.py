@@ -124,7 +124,10 @@ class ProcessCommands(ServiceBase):
 def _wanted(snap: Snapshot) -> int:
     """Instances the state asks for, all apps together."""
     return sum(
-        n for a in snap.apps.values() if a.current and not a.stopped for n in a.scale.values()
+        n
+        for a in snap.apps.values()
+        if a.target is not None and not a.stopped
+        for n in a.scale.values()
     )
 
 
