@@ -6,14 +6,29 @@ in `builder.kinds` with `detect`, `build`, `default_processes`; the order they
 are tried in is `builder.kinds.ORDER`.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from builder.appjson import AppJson, HealthCheck, read_app_json
 from builder.build import SLUG_PATH, BuildResult, build
 from builder.cache import app_cache
 from builder.checkout import checkout
-from builder.docker_executor import DockerExecutor
 from builder.errors import BuildError
 from builder.executor import Executor
 from builder.host_executor import HostExecutor
+
+if TYPE_CHECKING:
+    from builder.docker_executor import DockerExecutor
+
+
+def __getattr__(name: str) -> Any:
+    """`DockerExecutor` is imported when first asked for: docker-py is loaded only
+    where builds run in Docker."""
+    if name == "DockerExecutor":
+        from builder.docker_executor import DockerExecutor
+
+        return DockerExecutor
+    raise AttributeError(f"module 'builder' has no attribute {name!r}")
+
 
 __all__ = [
     "AppJson",

@@ -9,8 +9,9 @@ from types import ModuleType
 
 from builder.cache import size_of
 from builder.errors import BuildError
-from builder.executor import Executor, Say
-from builder.kinds import ORDER
+from builder.executor import DOWNLOAD_CACHES, Config, Executor, Say
+from builder.image import build_app
+from builder.kinds import ORDER, dockerfile
 from builder.procfile import read_procfile
 from builder.tree import check_tree
 
@@ -28,9 +29,11 @@ MB = 1024 * 1024
 
 @dataclass(frozen=True)
 class BuildResult:
-    kind: str  # "python" | "node" | "procfile"
+    kind: str  # "python" | "node" | "procfile" | "dockerfile"
     stack: str  # image name used, or "host"
     processes: dict[str, str]  # type -> command line (a Procfile replaces the defaults)
+    image: str = ""  # a Dockerfile app's image id (its slug is only a marker)
+    user: str = ""  # "uid:gid" its instances run as ("": the runtime's own user)
 
 
 def build(
@@ -40,22 +43,31 @@ def build(
     executor: Executor,
     say: Say,
     max_slug_mb: int = DEFAULT_MAX_SLUG_MB,
+    config: Config | None = None,
+    image_repo: str = "pc-app",
+    archive_image: bool = False,
 ) -> BuildResult:
     """Build the checked-out tree `src` into the slug directory `out` (missing or
     empty): the source plus installed dependencies. `cache` is kept between builds
     of the same app, and of that app only (see `builder.cache.app_cache`). The
     slug is checked once built: no symlink out of it, at most `max_slug_mb`.
+    `config` (the app's config vars) reaches the steps that run the app's own
+    code, as on Heroku (Django's collectstatic reads its settings).
+    A Dockerfile app is built into an image tagged `image_repo` instead, its
+    slug a marker (and with `archive_image`, the saved image: see builder.image).
     Raises BuildError, with a reason the pusher can act on."""
-    kind = detect(src)
+    kind = dockerfile if dockerfile.wanted(src) else detect(src)
     found = [name for name in (*kind.MARKERS, "Procfile") if (src / name).is_file()]
     say(f"-----> {kind.NAME} app detected ({', '.join(dict.fromkeys(found))})")
+    if kind is dockerfile:
+        return _build_image(src, out, executor, say, image_repo, archive_image)
     processes = processes_for(kind, src)
     if out.exists() and any(out.iterdir()):
         raise BuildError(f"slug directory {out} is not empty")
     shutil.copytree(src, out, symlinks=True, dirs_exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
     try:
-        kind.build(src, out, cache, executor, say)
+        kind.build(src, out, cache, executor, say, config or {})
     finally:
         _trim_downloads(cache, max_slug_mb * MB)
     size = check_tree(out, system_links=SYSTEM_LINKS)
@@ -68,10 +80,26 @@ def build(
     return BuildResult(kind=kind.KIND, stack=executor.stack, processes=processes)
 
 
+def _build_image(
+    src: Path, out: Path, executor: Executor, say: Say, repo: str, archive: bool
+) -> BuildResult:
+    """A Dockerfile app: its Procfile's types run in the image, else the image's
+    own command is the web process."""
+    procfile = read_procfile(src)
+    image = build_app(executor, src, out, repo, archive, say)
+    processes = procfile or ({"web": image.command} if image.command else {})
+    if not processes:
+        raise BuildError(f"nothing to run: {dockerfile.NOTHING_TO_RUN}")
+    say(f"-----> Process types: {', '.join(processes)}")
+    # `stack` stays the node's stack name (the runtime does not use it for an image
+    # app): whatever starts a release's stack still finds a real one.
+    return BuildResult(dockerfile.KIND, executor.stack, processes, image.id, image.user)
+
+
 def _trim_downloads(cache: Path, limit: int) -> None:
     """Empty the app's pip and npm download caches once they hold more than
     `limit` bytes: they only save downloads, and must not grow without bound."""
-    for name in ("pip", "npm"):
+    for name in DOWNLOAD_CACHES:
         path = cache / name
         if path.is_dir() and not path.is_symlink() and size_of(path) > limit:
             shutil.rmtree(path, ignore_errors=True)

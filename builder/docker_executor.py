@@ -14,7 +14,17 @@ import docker
 import docker.errors
 
 from builder.errors import BuildError
-from builder.executor import INDENT, Deadline, Say, check_step
+from builder.executor import (
+    DOWNLOAD_CACHES,
+    INDENT,
+    UV_DIR_IN_CONTAINER,
+    Config,
+    Deadline,
+    Say,
+    check_step,
+    uv_binary,
+    uv_environment,
+)
 
 BUILD_LABEL = "peoplescloud.build"
 # The unprivileged uid:gid build steps run as, the runtime's own (its APP_USER),
@@ -23,6 +33,7 @@ BUILD_UID = 10001
 CA_IN_CONTAINER = "/etc/ssl/certs/pc-ca.crt"
 # Run each step through sh only to set the umask: the argv follows as "$@",
 # never as shell text. 022 keeps everything readable by the runtime's user.
+IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # Docker's default
 _UMASK_WRAPPER = ["sh", "-c", 'umask 022 && exec "$@"', "sh"]
 
 
@@ -85,12 +96,22 @@ class DockerExecutor:
             self._python = lines[-1].strip() if lines else ""
         return self._python
 
-    def run(self, argv: Sequence[str], app: Path, cache: Path, say: Say) -> None:
+    def run(
+        self,
+        argv: Sequence[str],
+        app: Path,
+        cache: Path,
+        say: Say,
+        shown: str = "",
+        config: Config | None = None,
+    ) -> None:
         # Only this app's download caches: the built dependencies in cache/deps are
         # hard-linked into its slugs, so no install script may write there.
         self._give(app, whole=True)
         volumes = {str(app.resolve()): {"bind": "/app", "mode": "rw"}}
-        for name in ("pip", "npm"):
+        if uv := uv_binary():  # the node's own uv, read-only
+            volumes[str(uv)] = {"bind": f"{UV_DIR_IN_CONTAINER}/uv", "mode": "ro"}
+        for name in DOWNLOAD_CACHES:
             (cache / name).mkdir(parents=True, exist_ok=True)
             self._give(cache / name, whole=False)
             volumes[str((cache / name).resolve())] = {"bind": f"/cache/{name}", "mode": "rw"}
@@ -99,22 +120,32 @@ class DockerExecutor:
             if line.strip():
                 say(INDENT + line)
 
-        self._run(argv, volumes, show)
+        self._run(argv, volumes, show, shown, config or {})
 
     def _give(self, path: Path, whole: bool) -> None:
         """Make `path` the build user's, so a step can write there."""
         if (self.uid, self.gid) != _own_ids():
             _give_tree(path, self.uid, self.gid, whole)
 
-    def _run(self, argv: Sequence[str], volumes: dict, on_line: Say) -> None:
+    def _run(
+        self,
+        argv: Sequence[str],
+        volumes: dict,
+        on_line: Say,
+        shown: str = "",
+        config: Config | None = None,
+    ) -> None:
         """One container: start it, stream its output, wait, remove it."""
         environment = {
+            **(config or {}),
+            "PATH": f"{IMAGE_PATH}:{UV_DIR_IN_CONTAINER}",
             "HOME": "/tmp",
             "PIP_CACHE_DIR": "/cache/pip",
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
             "PIP_NO_INPUT": "1",
             "npm_config_cache": "/cache/npm",
             "npm_config_update_notifier": "false",
+            **uv_environment("/cache/uv"),
         }
         if self.ca_bundle and os.path.isfile(self.ca_bundle):
             volumes = {**volumes, self.ca_bundle: {"bind": CA_IN_CONTAINER, "mode": "ro"}}
@@ -149,7 +180,7 @@ class DockerExecutor:
         if code == 137 and not deadline.expired:
             step = " ".join(argv)
             raise BuildError(f"'{step}' was killed: did it need more than {self.memory_mb} MB?")
-        check_step(argv, code, tail, deadline)
+        check_step(argv, code, tail, deadline, shown)
 
     def _create(
         self, argv: Sequence[str], volumes: dict, environment: dict[str, str], network: str

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from builder.errors import BuildError
 
 Say = Callable[[str], None]
+Config = Mapping[str, str]  # the app's config vars, for the steps that read them
+
+# Where a build step finds uv (installed with the node as a Python package, a
+# static-enough binary in its wheel): the Docker executor mounts it here, the
+# host executor puts its directory last on PATH. Either way the kinds call "uv".
+UV_DIR_IN_CONTAINER = "/opt/pc/bin"
 
 INDENT = " " * 7  # build output under a "-----> " line, Heroku style
 
@@ -37,10 +43,45 @@ class Executor(Protocol):
         """The stack's Python, e.g. "3.11.2"."""
         ...
 
-    def run(self, argv: Sequence[str], app: Path, cache: Path, say: Say) -> None:
+    def run(
+        self,
+        argv: Sequence[str],
+        app: Path,
+        cache: Path,
+        say: Say,
+        shown: str = "",
+        config: Config | None = None,
+    ) -> None:
         """Run one step in `app`, sending each output line to `say` as it comes.
-        Raises BuildError on a non-zero exit or a timeout."""
+        Raises BuildError on a non-zero exit or a timeout, naming the step as
+        `shown` (default: its argv). `config`: the app's config vars, in the
+        step's environment under the executor's own (PATH, HOME, caches)."""
         ...
+
+
+def uv_binary() -> Path | None:
+    """The uv binary installed beside the node, which Python builds use."""
+    try:
+        from uv import find_uv_bin  # a tiny module: only its path is needed
+
+        return Path(find_uv_bin())
+    except (ImportError, FileNotFoundError):
+        return None
+
+
+def uv_environment(cache: str) -> dict[str, str]:
+    """How uv runs in a build step: its cache in the app's own, files copied out
+    of it (the slug is on another mount), only the stack's Python, plain output."""
+    return {
+        "UV_CACHE_DIR": cache,
+        "UV_LINK_MODE": "copy",
+        "UV_PYTHON_DOWNLOADS": "never",
+        "UV_PYTHON_PREFERENCE": "only-system",
+        "NO_COLOR": "1",
+    }
+
+
+DOWNLOAD_CACHES = ("pip", "npm", "uv")  # per app, mounted into every build step
 
 
 class Confined(Protocol):
@@ -74,7 +115,7 @@ def last_meaningful(lines: Iterable[str]) -> str:
     boring = ("[notice]", "npm ERR! A complete log", "npm error A complete log")
     best = ""
     for line in lines:
-        text = line.strip()
+        text = line.strip().removeprefix("cause: ")  # uv: "error: …" then "cause: why"
         if text and not text.startswith(boring) and text not in ("npm ERR!", "npm error"):
             best = text
     return best
@@ -103,9 +144,11 @@ class Deadline:
         self._timer.cancel()
 
 
-def check_step(argv: Sequence[str], code: int, tail: Iterable[str], deadline: Deadline) -> None:
+def check_step(
+    argv: Sequence[str], code: int, tail: Iterable[str], deadline: Deadline, shown: str = ""
+) -> None:
     """Raise the BuildError a finished step deserves, if any."""
-    step = " ".join(argv)
+    step = shown or " ".join(argv)
     if deadline.expired:
         raise BuildError(f"'{step}' took longer than {deadline.seconds:g} s and was stopped")
     if code != 0:

@@ -11,7 +11,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from builder.errors import BuildError
-from builder.executor import INDENT, Deadline, Jail, Say, check_step
+from builder.executor import (
+    DOWNLOAD_CACHES,
+    INDENT,
+    Config,
+    Deadline,
+    Jail,
+    Say,
+    check_step,
+    uv_binary,
+    uv_environment,
+)
 
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"  # the process runtime's too
 
@@ -57,17 +67,30 @@ class HostExecutor:
             self._python = found.stdout.strip()
         return self._python
 
-    def run(self, argv: Sequence[str], app: Path, cache: Path, say: Say) -> None:
-        downloads = [cache / "pip", cache / "npm"]
-        env = _system_env(
+    def run(
+        self,
+        argv: Sequence[str],
+        app: Path,
+        cache: Path,
+        say: Say,
+        shown: str = "",
+        config: Config | None = None,
+    ) -> None:
+        downloads = [cache / name for name in DOWNLOAD_CACHES]
+        env = {**(config or {})} | _system_env(
             HOME="/tmp",
-            PIP_CACHE_DIR=str(downloads[0]),
+            PIP_CACHE_DIR=str(cache / "pip"),
             PIP_DISABLE_PIP_VERSION_CHECK="1",
             PIP_NO_INPUT="1",
-            npm_config_cache=str(downloads[1]),
+            npm_config_cache=str(cache / "npm"),
             npm_config_update_notifier="false",
+            **uv_environment(str(cache / "uv")),
         )
         readonly = []
+        if uv := uv_binary():
+            # Last on PATH: the step's python3 stays the system's, not the node's venv.
+            env["PATH"] = f"{SYSTEM_PATH}:{uv.parent}"
+            readonly.append(uv)
         if self.ca_bundle and os.path.isfile(self.ca_bundle):
             readonly.append(Path(self.ca_bundle))
             for name in ("PIP_CERT", "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
@@ -103,7 +126,7 @@ class HostExecutor:
                 if line.strip():
                     say(INDENT + line)
             code = proc.wait()
-        check_step(argv, code, tail, deadline)
+        check_step(argv, code, tail, deadline, shown)
 
 
 def _system_env(**more: str) -> dict[str, str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from peoplescloud.bridge import LoopBridge
+from peoplescloud.runtime.base import Terminal
 
 WRITE_TIMEOUT = 60.0  # seconds a client may take nothing of what is sent
 
@@ -14,6 +15,10 @@ WRITE_TIMEOUT = 60.0  # seconds a client may take nothing of what is sent
 class Channel(Protocol):
     """The client's end of one session, used on the event loop (an SSH channel;
     a fake in tests)."""
+
+    # The pty the client asked for (`ssh -t`), else None; `run` gives it to the command.
+    terminal: Terminal | None
+    cooked: bool  # "\n" goes out as "\r\n" (under a pty, until a command takes it over)
 
     async def read(self, n: int) -> bytes: ...  # stdin, b"" at EOF
     def write(self, data: bytes) -> None: ...  # stdout

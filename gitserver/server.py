@@ -21,6 +21,7 @@ from gitserver import commands, git
 from gitserver.channel import WRITE_TIMEOUT, write_from_thread
 from gitserver.service import NodeService
 from peoplescloud.bridge import LoopBridge, in_thread
+from peoplescloud.runtime.base import Terminal
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +39,32 @@ class ChannelIO:
     def __init__(self, process: asyncssh.SSHServerProcess, loop: asyncio.AbstractEventLoop):
         self._process = process
         self._bridge = LoopBridge(loop)
+        self.terminal: Terminal | None = None
+        if term := process.get_terminal_type():  # `ssh -t`: the client asked for a pty
+            cols, rows, *_ = process.get_terminal_size()
+            self.terminal = Terminal(term, cols, rows)
+        # The client's terminal is raw under `ssh -t`: our own lines need "\r\n". A
+        # command given the pty (`run`) sets this False: its pty translates.
+        self.cooked = self.terminal is not None
 
     # --- on the event loop ------------------------------------------------------
     async def read(self, n: int) -> bytes:
-        """Up to `n` bytes of stdin; b"" at EOF or when the client is gone."""
-        try:
-            return await self._process.stdin.read(n)
-        except (asyncssh.Error, OSError):
-            return b""
+        """Up to `n` bytes of stdin; b"" at EOF or when the client is gone. A window
+        change of the client's pty is passed on to the command's."""
+        while True:
+            try:
+                return await self._process.stdin.read(n)
+            except asyncssh.TerminalSizeChanged as change:
+                if self.terminal is not None:  # (a docker API call) before more input
+                    await asyncio.to_thread(self.terminal.resize, change.width, change.height)
+            except (asyncssh.Error, OSError):
+                return b""
 
     def write(self, data: bytes) -> None:
-        self._process.stdout.write(data)
+        self._process.stdout.write(data.replace(b"\n", b"\r\n") if self.cooked else data)
 
     def write_stderr(self, data: bytes) -> None:
-        self._process.stderr.write(data)
+        self._process.stderr.write(data.replace(b"\n", b"\r\n") if self.cooked else data)
 
     async def drain(self) -> None:
         await self._process.stdout.drain()
@@ -173,7 +186,7 @@ async def start_server(
         server_host_keys=[host_key],
         process_factory=handle,
         encoding=None,
-        allow_pty=False,
+        allow_pty=True,  # for `ssh -t … run APP bash`; no command gets a shell of ours
         agent_forwarding=False,
         x11_forwarding=False,
         line_editor=False,

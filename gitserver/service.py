@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from peoplescloud.runtime.base import Terminal
+
 
 @dataclass(frozen=True)
 class AppRow:
@@ -98,6 +100,16 @@ class ResourceRow:
     source: str  # "node default", "set for the app", "set for bot"
 
 
+@dataclass(frozen=True)
+class CertRow:
+    """One custom domain's certificate, as `certs` shows it."""
+
+    host: str
+    issuer: str  # the CA's name for itself, or "-" before the first certificate
+    not_after: str  # RFC 3339, or "-"
+    status: str  # "valid", "ordering on node2", "failed: <reason> (retry at ...)"
+
+
 class NodeService(Protocol):
     node_name: str
 
@@ -179,6 +191,13 @@ class NodeService(Protocol):
     ) -> str | None:
         """The new release (None before the first push)."""
 
+    def domains(self, user: str, app: str) -> list[str]: ...
+    def domains_add(self, user: str, app: str, host: str) -> None:
+        """PCError when the host is no valid name, or another app has it."""
+
+    def domains_remove(self, user: str, app: str, host: str) -> None: ...
+    def certs(self, user: str, app: str) -> list[CertRow]: ...
+
     def dashboard_login(self, user: str) -> str:
         """A one-time link that logs `user` in to the dashboard; its token is its
         last part (after `token=`)."""
@@ -194,9 +213,10 @@ class NodeService(Protocol):
         output: Callable[[bytes], None],
         stdin: Callable[[], bytes] | None,
         cancel: threading.Event | None = None,
+        terminal: Terminal | None = None,
     ) -> int:
         """One-off process of the current release; returns its exit code. Setting
-        `cancel` (the client left) kills it."""
+        `cancel` (the client left) kills it; `terminal`: the client's pty, if any."""
 
     def logs(
         self, user: str, app: str, lines: int, ptype: str | None, follow: bool

@@ -8,7 +8,6 @@ Messages follow one shape: `-----> doing X` on stdout for progress,
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import sys
@@ -16,6 +15,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from gitserver.server import load_or_create_host_key
+from peoplescloud import names
 from peoplescloud import settings as config
 from peoplescloud.cluster import in_swarm, swarm_entry
 from peoplescloud.errors import ConfigError, PCError
@@ -35,7 +35,7 @@ def read_public_key(path: Path) -> str:
         text = path.expanduser().read_text()
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
-    return config.check_public_key(text, str(path))
+    return names.check_public_key(text, str(path))
 
 
 def cmd_init(args: argparse.Namespace) -> None:
@@ -54,7 +54,7 @@ def cmd_init(args: argparse.Namespace) -> None:
             "no admin key: pass --admin-key FILE, or create one with `ssh-keygen -t ed25519`"
         )
     admin_key = read_public_key(key_file)
-    config.check_user_name(args.admin_name)
+    names.check_user_name(args.admin_name)
     # The same precedence as every other command: defaults <- PC_* env <- flags.
     s = config.load(
         home,
@@ -88,14 +88,14 @@ def cmd_init(args: argparse.Namespace) -> None:
 
 def cmd_daemon(args: argparse.Namespace) -> None:
     from peoplescloud.daemon import (
-        serve,  # the daemon's imports are heavy; other commands skip them
+        run,  # the daemon's imports are heavy; other commands skip them
     )
 
     s = config.load(Path(args.home) if args.home else None)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=LOG_FORMAT)
     for chatty in ("asyncssh", "httpx", "dulwich"):  # lines per session, kubo call, push
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    asyncio.run(serve(s))
+    run(s)
 
 
 def cmd_doctor(args: argparse.Namespace) -> None:
@@ -130,7 +130,7 @@ def cmd_stack_build(args: argparse.Namespace) -> None:
 
 def cmd_user_add(args: argparse.Namespace) -> None:
     s = _settings(args)
-    config.check_user_name(args.name)
+    names.check_user_name(args.name)
     key = read_public_key(Path(args.key))
     if in_swarm(s):  # the users live in the swarm's state, which the daemon holds
         body = {"name": args.name, "key": key, "admin": args.admin}
@@ -145,7 +145,7 @@ def cmd_user_remove(args: argparse.Namespace) -> None:
     from peoplescloud.service.users import remove_user
 
     s = _settings(args)
-    config.check_user_name(args.name)
+    names.check_user_name(args.name)
     if in_swarm(s):
         swarm_entry().ask_daemon(s, "user_remove", {"name": args.name})
     else:

@@ -16,29 +16,33 @@ import shutil
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO
-
-from docker import DockerClient
+from typing import IO, TYPE_CHECKING
 
 import builder
 from gitserver.server import start_server
 from peoplescloud.bridge import every
+from peoplescloud.certs import start_tls
 from peoplescloud.cluster import Cluster, LocalParts, open_cluster
 from peoplescloud.dashboard_api import start_api
 from peoplescloud.dashboard_process import supervise
 from peoplescloud.deploy import Deployer
+from peoplescloud.domains import HostTable
 from peoplescloud.errors import PCError
 from peoplescloud.logbus import LogBus
 from peoplescloud.private import make_private
 from peoplescloud.reconciler import Reconciler
 from peoplescloud.runtime import firewall, sandbox
 from peoplescloud.runtime.base import LABEL_NODE, Runtime
-from peoplescloud.runtime.docker import LABEL_ONEOFF, DockerRuntime
 from peoplescloud.runtime.select import open_runtime
 from peoplescloud.service import Node
 from peoplescloud.settings import Settings
 from peoplescloud.store import LocalStore
 from router.proxy import Upstream, start_router
+
+if TYPE_CHECKING:  # docker-py is imported only where the docker runtime runs
+    from docker import DockerClient
+
+    from peoplescloud.runtime.docker import DockerRuntime
 
 log = logging.getLogger("pc")
 
@@ -64,12 +68,12 @@ def lock_home(settings: Settings) -> IO[str]:
 def make_executor(settings: Settings, runtime: Runtime) -> builder.Executor:
     """Builds run where the app will: in the stack image for docker (on the node's
     isolated network, as its apps), on the host otherwise (in the sandbox)."""
-    if isinstance(runtime, DockerRuntime):
+    if (docker := as_docker(runtime)) is not None:
         return builder.DockerExecutor(
-            runtime.client,
+            docker.client,
             settings.build.stack_image,
             settings.build.ca_bundle,
-            network=runtime.holding_network,
+            network=docker.holding_network,
             timeout=settings.build.timeout,
             memory_mb=settings.build.memory_mb,
             pids=settings.build.pids,
@@ -95,6 +99,7 @@ def sweep_leftovers(settings: Settings) -> None:
     is written under a temporary name before an atomic rename."""
     leftovers = [
         settings.tmp_dir,  # build work dirs, repo copies
+        settings.tls_dir,  # a certificate's key being loaded
         settings.store_dir / "tmp",  # slugs being added to the store
         *settings.slugs_dir.glob("*.partial"),  # slugs being fetched from the store
         *settings.cache_dir.glob("*/deps/.tmp-*"),  # dependency cache entries
@@ -123,10 +128,22 @@ def sweep_unused_slugs(cluster: Cluster) -> None:
         store.unpin(cid)
 
 
+def as_docker(runtime: Runtime) -> DockerRuntime | None:
+    """The runtime as the docker runtime, or None: asked by name, so a node on the
+    process runtime never imports docker-py."""
+    if runtime.name != "docker":
+        return None
+    from peoplescloud.runtime.docker import DockerRuntime
+
+    return runtime if isinstance(runtime, DockerRuntime) else None
+
+
 def sweep_containers(client: DockerClient, node: str) -> None:
     """Build and one-off `run` containers a killed daemon of this node left
     behind: nobody reads their output any more (as a one-off dyno ends with
     its session on Heroku)."""
+    from peoplescloud.runtime.docker import LABEL_ONEOFF
+
     for kind in ("peoplescloud.build=1", f"{LABEL_ONEOFF}=1"):
         labels = [kind, f"{LABEL_NODE}={node}"]
         for container in client.containers.list(all=True, filters={"label": labels}):
@@ -159,9 +176,9 @@ def build_node(settings: Settings) -> Parts:
         log.info("runtime: %s, store: %s", runtime.name, cluster.store.name)
         if not runtime.capabilities.isolates_tenants:
             log.warning("%s", runtime.capabilities.owner_only())
-        if isinstance(runtime, DockerRuntime):
-            sweep_containers(runtime.client, settings.name)
-            runtime.sweep_network()
+        if (docker := as_docker(runtime)) is not None:
+            sweep_containers(docker.client, settings.name)
+            docker.sweep_network()
         logbus = LogBus(settings.logs_dir, runtime)
         reconciler = Reconciler(settings, cluster, runtime, logbus)
         deployer = Deployer(settings, cluster, reconciler, logbus, make_executor(settings, runtime))
@@ -184,6 +201,17 @@ def web_upstreams(parts: Parts, app: str, local_only: bool) -> list[Upstream] | 
         routers = parts.cluster.sibling_routers(app)
         upstreams += [Upstream(address, router=True) for address in routers]
     return upstreams
+
+
+def run(settings: Settings) -> None:
+    """Serve until SIGINT/SIGTERM, on uvloop when it is installed: the router's
+    data path spends about half its time in the event loop and its socket calls."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))
 
 
 async def serve(settings: Settings) -> None:
@@ -258,6 +286,9 @@ async def start_node(
         max_unpacked_bytes=settings.build.max_tree_mb * 1024 * 1024,
     )
     started.callback(ssh.close)
+    hosts = HostTable(cluster.state)  # custom domains and ACME answers, for the router
+    tls, tls_loops = start_tls(settings, cluster.state, stop)
+    logbus = parts.logbus
     router = await start_router(
         lambda app, local_only: web_upstreams(parts, app, local_only),
         settings.domain,
@@ -265,11 +296,18 @@ async def start_node(
         settings.listen,
         settings.router_port,
         hop_key=cluster.hop_key,
+        resolve_host=hosts.app_for,
+        challenge=hosts.challenge,
+        tls=tls,
+        limits=settings.router,
+        on_request=(lambda app, line: logbus.event(app, line, "router"))
+        if settings.router.logs
+        else None,
     )
-    started.push_async_callback(router.cleanup)
+    started.push_async_callback(router.close)
     if settings.dashboard_port:
         await start_dashboard(settings, parts, started)
-    if isinstance(parts.node.runtime, DockerRuntime):  # its containers reach only the router
+    if as_docker(parts.node.runtime) is not None:  # its containers reach only the router
         router_port = router.addresses[0][1]  # the one bound, when router_port is 0
         if why := await asyncio.to_thread(firewall.protect, settings.name, router_port):
             log.warning("containers can reach this node's SSH, peer and Raft ports: %s", why)
@@ -284,8 +322,11 @@ async def start_node(
         settings.router_port,
         cluster.describe(),
     )
+    if tls:
+        log.info("router serves HTTPS on %s:%d", settings.listen, tls[1])
     loops: list[asyncio.Future[None]] = [
-        asyncio.ensure_future(every(RECONCILE_EVERY, reconciler.tick, stop, wake))
+        asyncio.ensure_future(every(RECONCILE_EVERY, reconciler.tick, stop, wake)),
+        *(asyncio.ensure_future(c) for c in tls_loops),
     ]
     return loops + cluster_loops
 

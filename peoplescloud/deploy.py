@@ -24,11 +24,10 @@ from peoplescloud.logbus import LogBus
 from peoplescloud.processes import is_web, process_names
 from peoplescloud.quotas import UserSlots, limit_of
 from peoplescloud.reconciler import Reconciler
-from peoplescloud.runtime.base import InstanceKey
+from peoplescloud.runtime.base import InstanceKey, image_repo
 from peoplescloud.settings import Settings
-from peoplescloud.state import Release, now
+from peoplescloud.state import KEEP_RELEASES, Release, now
 
-KEEP_RELEASES = 10  # older slugs are unpinned; their release rows stay for history
 SETTLE = 1.0  # seconds a new instance must keep running for its push to succeed
 BUILD_WAIT = 10.0  # seconds a push waits for one of the node's build slots
 
@@ -93,7 +92,21 @@ class Deployer:
                     manifest = builder.read_app_json(src)  # a bad one fails before the build
                     cache = self._cache(app, user)
                     limit = self.settings.build.max_slug_mb
-                    result = builder.build(src, out, cache, self.executor, say, max_slug_mb=limit)
+                    known = self.state.read().apps.get(app)  # none before a first push
+                    config = known.config if known else {}  # collectstatic reads it
+                    result = builder.build(
+                        src,
+                        out,
+                        cache,
+                        self.executor,
+                        say,
+                        max_slug_mb=limit,
+                        config=config,
+                        image_repo=image_repo(self.settings.name, app),
+                        # a Dockerfile app's image goes into the store only where
+                        # siblings may run it (a lone node keeps it in its engine)
+                        archive_image=self.store.name != "local",
+                    )
                 except builder.BuildError as e:
                     raise PCError(f"build failed: {e}") from None
                 self._check_process_types(result.processes)
@@ -164,6 +177,8 @@ class Deployer:
                 description=f"Deploy {commit[:7]}",
                 pushed_to=self.settings.name,
                 web_checks=[asdict(c) for c in manifest.web_checks],
+                image=result.image,
+                user=result.user,
             )
             a.releases.append(release)
             dropped = {r.slug for r in a.releases[:-KEEP_RELEASES]}

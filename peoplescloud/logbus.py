@@ -165,14 +165,15 @@ class LogBus:
     def _followers(self) -> dict[str, list[_Follower]]:
         return {app: applog.followers for app, applog in list(self._logs.items())}
 
-    def event(self, app: str, text: str) -> None:
-        """Record something the node did to `app` ("starting web.1 (v3)")."""
+    def event(self, app: str, text: str, source: str = EVENT_SOURCE) -> None:
+        """Record something the node did to `app` ("starting web.1 (v3)"), or
+        what its router did for a request (`source` "router")."""
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         while True:
             applog = self._log(app)
             with applog.lock:
                 if not applog.gone:
-                    self._append(app, applog, f"{stamp} app[{EVENT_SOURCE}]: {text}")
+                    self._append(app, applog, f"{stamp} app[{source}]: {text}")
                     return
 
     def watch(self, key: InstanceKey) -> None:

@@ -32,16 +32,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import builder
+from peoplescloud.desired import desired_instances, slugs_of, within_limit
 from peoplescloud.errors import NotFound
 from peoplescloud.health import run_checks
-from peoplescloud.processes import is_web, process_names, ptype_of
-from peoplescloud.resources import instance_size
+from peoplescloud.processes import is_web
 from peoplescloud.rolling import WebInstances
 from peoplescloud.rollout import CheckFn
 from peoplescloud.runtime.base import InstanceKey, InstanceSpec, InstanceStatus, Runtime
 from peoplescloud.settings import Settings
-from peoplescloud.state import App, Snapshot
+from peoplescloud.state import kept_images
 
 if TYPE_CHECKING:
     from peoplescloud.cluster import Cluster, Slot
@@ -63,76 +62,6 @@ class Crash:
     count: int = 0
     retry_at: float | None = None  # set while a restart waits out its back-off
     restarted_at: float = 0.0
-
-
-def desired_instances(snap: Snapshot, node: str, settings: Settings) -> dict[Slot, InstanceSpec]:
-    """Every instance this node should run, keyed by its slot (app, process). In a
-    swarm (the state has members) that is what placement put on this node."""
-    out: dict[Slot, InstanceSpec] = {}
-    swarm = bool(snap.members)
-    for app in snap.apps.values():
-        if app.stopped or app.target is None:
-            continue
-        release = app.release(app.target)
-        scale = {t: n for t, n in app.scale.items() if t in release.processes}
-        for process in process_names(scale):
-            if swarm and app.placement.get(process) != node:
-                continue
-            out[(app.name, process)] = instance_spec(
-                app, release.version, process, release.processes[ptype_of(process)], node, settings
-            )
-    return out
-
-
-def within_limit(
-    want: dict[Slot, InstanceSpec], running: Iterable[Slot], limit: int
-) -> tuple[dict[Slot, InstanceSpec], dict[Slot, str]]:
-    """At most `limit` of the wanted instances, those that run already first (a
-    full node starts nothing new, and stops nothing that runs); and why each of
-    the others is not started."""
-    if len(want) <= limit:
-        return want, {}
-    runs = set(running)
-    order = sorted(want, key=lambda slot: slot not in runs)  # stable: the state's order
-    kept = {slot: want[slot] for slot in order[:limit]}
-    why = f"not started: this node runs {limit} instances, its limit ([shares] max_instances)"
-    return kept, {slot: why for slot in order[limit:]}
-
-
-def instance_spec(
-    app: App, version: int, process: str, command: str, node: str, settings: Settings
-) -> InstanceSpec:
-    release = app.release(version)
-    shares = settings.shares
-    size = instance_size(app, ptype_of(process), shares.instance_memory_mb, shares.instance_cpus)
-    return InstanceSpec(
-        app=app.name,
-        process=process,
-        release=release.name,
-        command=command,
-        slug=settings.slug_path(release.slug),
-        node=node,
-        env=dict(app.config),
-        memory_mb=size.memory_mb,
-        cpus=size.cpus,
-        web=is_web(process),
-        path=builder.SLUG_PATH,
-    )
-
-
-def _slugs_of(snap: Snapshot, instances: Iterable[InstanceStatus]) -> set[str]:
-    """The slugs (content ids) of these instances' releases, as far as the state knows them."""
-    out = set()
-    for s in instances:
-        app = snap.apps.get(s.app)
-        version = s.release[1:]
-        if app is None or not (version.isascii() and version.isdigit()):
-            continue
-        try:
-            out.add(app.release(int(version)).slug)
-        except NotFound:
-            continue
-    return out
 
 
 class Reconciler(WebInstances):
@@ -271,24 +200,22 @@ class Reconciler(WebInstances):
                     continue  # still running on its previous node: start it once that stops
                 self._converge(spec, current)
             present = [*leaving, *(s for ss in have.values() for s in ss)]
-            self._gc_slugs(want.values(), _slugs_of(snap, present))
+            self._gc_slugs(want.values(), slugs_of(snap, present))
+            if (app_images := getattr(self.runtime, "app_images", None)) is not None:
+                app_images.prune(kept_images(snap))  # Dockerfile apps' images no release keeps
             self._apps = frozenset(snap.apps)
             self._last = {s.key: s for s in self.runtime.status()}
             self.web.keep_only(self._last)
             self._publish()
             return began
 
-    def _unhealthy(self, status: InstanceStatus, why: str) -> None:
-        """A web instance failed its health check: it is stopped, and started again
-        after a back-off, as a crash is (a deploy waiting for it fails at once)."""
-        self.logbus.event(status.app, f"{status.process} ({status.release}): {why}")
-        if status.key not in self._stopping:
-            self._stop(status, "it failed its health check")
-        crash = self._crashes.setdefault(status.key.slot, Crash())
+    def _back_off(self, slot: Slot) -> float:
+        """One more failure of the slot's instance: seconds until it starts again."""
+        crash = self._crashes.setdefault(slot, Crash())
         crash.count += 1
         delay = min(BACKOFF_MAX, 2.0 ** (crash.count - 1))
         crash.retry_at = time.monotonic() + delay
-        self._failed[status.key.slot] = f"{why}; trying again in {delay:.0f}s"
+        return delay
 
     def _stop(self, status: InstanceStatus, why: str, event: str = "") -> Future[None]:
         """Begin stopping an instance (in a stopping thread); under the lock."""
@@ -326,16 +253,14 @@ class Reconciler(WebInstances):
             self.web.lost(spec.key)
             crash = self._crashes.setdefault(key, Crash())
             if crash.retry_at is None:
-                crash.count += 1
-                delay = min(BACKOFF_MAX, 2.0 ** (crash.count - 1))
-                crash.retry_at = time.monotonic() + delay
+                delay = self._back_off(key)
                 if status.oom_killed:
                     why = f"exceeded its memory limit ({spec.memory_mb} MB)"
                 else:
                     why = f"exited with code {status.exit_code}"
                 self.logbus.event(spec.app, f"{spec.process} {why}; restarting in {delay:.0f}s")
-            if time.monotonic() < crash.retry_at:
-                return
+            if crash.retry_at is not None and time.monotonic() < crash.retry_at:
+                return  # (set above, if not before)
             crash.retry_at = None
             crash.restarted_at = time.monotonic()
         self._start(spec)
@@ -378,8 +303,9 @@ class Reconciler(WebInstances):
         """Whether the slug's working copy is on this node, fetching it when not:
         for what is left of the pass's FETCH_WAIT (or `wait` seconds) here, then
         on in the background while the passes go on. Raises what the fetch
-        failed with (the next call tries again)."""
-        if spec.slug.exists():
+        failed with (the next call tries again). A Dockerfile app whose image
+        the engine has needs no slug (its slug is the image's archive)."""
+        if spec.slug.exists() or self._image_here(spec):
             return True
         cid = spec.slug.name
         fetch = self._fetches.get(cid)
@@ -392,6 +318,10 @@ class Reconciler(WebInstances):
         del self._fetches[cid]
         fetch.result()
         return spec.slug.exists()
+
+    def _image_here(self, spec: InstanceSpec) -> bool:
+        app_images = getattr(self.runtime, "app_images", None)
+        return bool(spec.image and app_images is not None and app_images.has(spec.image))
 
     def close(self) -> None:
         """Drop the fetches not started; one under way ends with the store's timeout.

@@ -44,6 +44,7 @@ class WebInstances:
     _routes: dict[str, list[InstanceStatus]]  # app -> its instances that take requests
     _routed: frozenset[InstanceKey]  # the same, as a set
     on_stopped: Callable[[], None]
+    _failed: dict[tuple[str, str], str]  # (app, process) -> why it does not run
 
     def _init_web(self, check: CheckFn) -> None:
         self.web = WebHealth(check)
@@ -59,6 +60,9 @@ class WebInstances:
         raise NotImplementedError
 
     def _slug_ready(self, spec: InstanceSpec) -> bool:
+        raise NotImplementedError
+
+    def _back_off(self, slot: tuple[str, str]) -> float:
         raise NotImplementedError
 
     def _hidden(self, key: InstanceKey, status: InstanceStatus) -> bool:
@@ -172,6 +176,15 @@ class WebInstances:
         if seen is None or (seen.detail, seen.started_at) != (status.detail, status.started_at):
             return True
         return seen.running
+
+    def _unhealthy(self, status: InstanceStatus, why: str) -> None:
+        """A web instance failed its health check: it is stopped, and started again
+        after a back-off, as a crash is (a deploy waiting for it fails at once)."""
+        self.logbus.event(status.app, f"{status.process} ({status.release}): {why}")
+        if status.key not in self._stopping:
+            self._stop(status, "it failed its health check")
+        delay = self._back_off(status.key.slot)
+        self._failed[status.key.slot] = f"{why}; trying again in {delay:.0f}s"
 
     def _keep_until_replaced(self, spec: InstanceSpec, old: InstanceStatus) -> bool:
         """An instance of an older release runs on until its replacement may take

@@ -14,11 +14,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from peoplescloud.errors import ConfigError
-from peoplescloud.state import normalize_key
+from peoplescloud.runtime import lease as lease_watchdog
+from router.limits import RouterLimits
 
-APP_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,29}$")
 NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-USER_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 RUNTIMES = ("auto", "docker", "process")
 STORES = ("local", "ipfs")
 
@@ -29,37 +28,6 @@ def default_home() -> Path:
         return Path(os.environ["PC_HOME"]).expanduser().resolve()
     data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return (Path(data) / "peoplescloud").resolve()
-
-
-def check_app_name(name: str) -> str:
-    if not APP_NAME_RE.fullmatch(name):
-        raise ConfigError(
-            f"invalid app name {name!r}: use 2-30 characters, a lowercase letter first, "
-            "then lowercase letters, digits or '-'"
-        )
-    return name
-
-
-def check_user_name(name: str) -> str:
-    if not USER_NAME_RE.fullmatch(name):
-        raise ConfigError(
-            f"invalid user name {name!r}: up to 32 lowercase letters, digits, '-' or '_', "
-            "a letter first"
-        )
-    return name
-
-
-def check_public_key(text: str, origin: str) -> str:
-    """An OpenSSH public key line as "type base64" (no comment), or ConfigError."""
-    import asyncssh  # only the commands that take keys need it
-
-    try:
-        key = asyncssh.import_public_key(text.strip())
-    except (asyncssh.KeyImportError, ValueError):
-        raise ConfigError(
-            f"{origin} is not an OpenSSH public key (e.g. ~/.ssh/id_ed25519.pub)"
-        ) from None
-    return normalize_key(key.export_public_key().decode())
 
 
 def _numbers(obj: Any, section: str, **specs: tuple[type, float]) -> None:
@@ -218,15 +186,25 @@ class IpfsSettings:
             object.__setattr__(self, attr, _port(getattr(self, attr), f"[ipfs] {attr}"))
 
 
+# How long the watchdog next to an instance may take to end it once its node's
+# lease has passed (a look at the lease file, then SIGTERM to SIGKILL): a frozen
+# daemon's instances are surely gone this long after its lease.
+WATCHDOG_SECONDS = lease_watchdog.CHECK_EVERY + lease_watchdog.GRACE
+CLOCK_SLACK = 0.5  # seconds the members' clocks may disagree, and a stop may lag
+
+
 @dataclass(frozen=True)
 class SwarmSettings:
     """How the swarm decides: leases, failover, replication."""
 
-    lease_seconds: float = 4.0  # a node runs instances only while its lease holds
-    # Failover waits the lease plus this (10 s in all): a cut-off node stops its
-    # instances before its lease ends, a frozen one's watchdog within 4 s after
-    # (a check a second, then 3 s from SIGTERM to SIGKILL), plus slack for clocks.
-    margin_seconds: float = 6.0
+    # A node runs instances only while its lease holds. Shorter fails over sooner;
+    # 2 s was seen to lapse on a loaded 2-core machine when a frozen member came
+    # back and forced an election (pysyncobj has no pre-vote).
+    lease_seconds: float = 3.0
+    # Failover waits the lease's end plus this: a cut-off node stops its instances
+    # before its lease ends, a frozen one's watchdog within WATCHDOG_SECONDS after,
+    # and CLOCK_SLACK covers clocks. The lease is renewed four times per lease.
+    margin_seconds: float = WATCHDOG_SECONDS + CLOCK_SLACK
     replication: int = 3  # nodes that pin each slug (fewer when the swarm is smaller)
 
     def __post_init__(self) -> None:
@@ -234,9 +212,75 @@ class SwarmSettings:
             self,
             "swarm",
             lease_seconds=(float, 1.0),
-            margin_seconds=(float, 5.0),  # must outlast the watchdog's 4 s
+            margin_seconds=(float, WATCHDOG_SECONDS),  # must outlast the watchdog
             replication=(int, 1),
         )
+
+    @property
+    def renew_every(self) -> float:
+        """Seconds between renewals: a few tries before the lease runs out."""
+        return self.lease_seconds / 4
+
+
+def _bool(value: Any, what: str) -> bool:
+    """true/false, from TOML or from the environment's text."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"{what} must be true or false, not {value!r}")
+
+
+@dataclass(frozen=True)
+class RouterSettings(RouterLimits):
+    """The HTTP router: its timeouts and header limits (see router/limits.py for
+    what each means), and whether each request gets a line in its app's log."""
+
+    logs: bool = True  # "app[router]: method=GET path=... status=200 ..." in `logs APP`
+
+    def __post_init__(self) -> None:
+        _numbers(
+            self,
+            "router",
+            header_timeout=(float, 0.1),
+            connect_timeout=(float, 0.1),
+            first_byte_timeout=(float, 0.1),
+            idle_timeout=(float, 0.1),
+            max_header_kb=(int, 1),
+            max_headers=(int, 1),
+        )
+        object.__setattr__(self, "logs", _bool(self.logs, "[router] logs"))
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """HTTPS on the router, with certificates for custom domains from an ACME CA
+    (HTTP-01: the CA must reach the router's HTTP port as port 80 of each domain)."""
+
+    port: int = 0  # the router's HTTPS port; 0: no TLS, and no certificate is ordered here
+    acme_directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    contact: str = ""  # an email address the CA may write to about the certificates
+    renew_days: int = 30  # renew a certificate that many days before it expires
+    ca_bundle: str = ""  # PEM file to trust the ACME server with; "": the system's
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "port", _port(self.port, "[tls] port"))
+        _numbers(self, "tls", renew_days=(int, 1))
+        url = urlsplit(str(self.acme_directory))
+        if url.scheme not in ("https", "http") or not url.hostname:
+            raise ConfigError(
+                f"[tls] acme_directory {self.acme_directory!r} must be a URL like "
+                "https://acme-v02.api.letsencrypt.org/directory"
+            )
+        if self.contact and not re.fullmatch(r"[^@\s:]+@[^@\s:]+\.[^@\s:]+", self.contact):
+            raise ConfigError(f"[tls] contact {self.contact!r} must be an email address, or empty")
+        if self.ca_bundle and not Path(self.ca_bundle).is_file():
+            raise ConfigError(
+                f'[tls] ca_bundle {self.ca_bundle} is no file: give a PEM file, or ""'
+            )
 
 
 @dataclass(frozen=True)
@@ -281,6 +325,8 @@ class Settings:
     ipfs: IpfsSettings = field(default_factory=IpfsSettings)
     swarm: SwarmSettings = field(default_factory=SwarmSettings)
     quotas: Quotas = field(default_factory=Quotas)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    router: RouterSettings = field(default_factory=RouterSettings)
     web: WebSettings = field(default_factory=WebSettings)
 
     def __post_init__(self) -> None:
@@ -352,6 +398,11 @@ class Settings:
         return self.home / "run"
 
     @property
+    def tls_dir(self) -> Path:
+        """Where a certificate's key is written for the instant `ssl` loads it."""
+        return self.run_dir / "tls"
+
+    @property
     def lease_dir(self) -> Path:
         """Where the node's lease is written, and its runtimes' watchdogs read it."""
         return self.run_dir / "lease"
@@ -359,6 +410,11 @@ class Settings:
     # Per-app paths.
     def repo_path(self, app: str) -> Path:
         return self.repos_dir / f"{app}.git"
+
+    @property
+    def ready_slugs_dir(self) -> Path:
+        """In a swarm: slugs this node pins, unpacked ahead of a failover to it."""
+        return self.home / "slugs-ready"
 
     def slug_path(self, cid: str) -> Path:
         """The working copy of a slug on this node (the store keeps the original)."""
@@ -372,6 +428,8 @@ _SECTIONS = {
     "ipfs": IpfsSettings,
     "swarm": SwarmSettings,
     "quotas": Quotas,
+    "tls": TlsSettings,
+    "router": RouterSettings,
     "web": WebSettings,
 }
 

@@ -29,6 +29,10 @@ from typing import Protocol
 
 from peoplescloud.errors import NotFound, PCError
 
+# Releases whose slugs (and Dockerfile images) are kept: older ones are unpinned
+# (and their images pruned); their release rows stay for history.
+KEEP_RELEASES = 10
+
 
 def now() -> str:
     """UTC, RFC 3339, second precision: the one timestamp format of the project."""
@@ -45,8 +49,8 @@ class User:
 @dataclass
 class Release:
     version: int
-    slug: str  # content id in the store
-    kind: str  # python, node, procfile
+    slug: str  # content id in the store (a Dockerfile app's: its image marker or archive)
+    kind: str  # python, node, procfile, dockerfile
     stack: str
     processes: dict[str, str]  # type -> command
     commit: str
@@ -54,8 +58,10 @@ class Release:
     created: str
     description: str
     pushed_to: str = ""  # the node that received the push: it holds the git history
+    image: str = ""  # a Dockerfile app's image id ("sha256:…"): its instances run it
+    user: str = ""  # "uid:gid" an image's instances run as ("": the runtime's own user)
     # app.json's startup health checks of `web` (builder.appjson.HealthCheck fields);
-    # empty: the port must accept connections.
+    # empty: the port must answer.
     web_checks: list[dict] = field(default_factory=list)
 
     @property
@@ -160,6 +166,17 @@ class Snapshot:
     events: dict[str, dict] = field(default_factory=dict)
     # user -> quota name -> limit, set by an admin (`quota:set`); [quotas] otherwise.
     quotas: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Custom domains (`domains:add`): host -> app. Keyed by host, so two members
+    # adding the same name at once touch one entry: the second gets Conflict.
+    domains: dict[str, str] = field(default_factory=dict)
+    # TLS certificates from the ACME CA, host -> peoplescloud.certs.CertRecord as a
+    # dict (with its private key: this is why the state file is 0600).
+    certs: dict[str, dict] = field(default_factory=dict)
+    # ACME HTTP-01 answers while an order runs: token -> {"answer", "host", "expires"};
+    # every node's router serves them, whichever node the CA reaches.
+    challenges: dict[str, dict] = field(default_factory=dict)
+    # The swarm's ACME account key per CA directory URL: {"key": PEM}.
+    acme: dict[str, dict] = field(default_factory=dict)
 
     def app(self, name: str) -> App:
         try:
@@ -249,7 +266,16 @@ def snapshot_from_dict(data: dict) -> Snapshot:
         destroyed=dict(data.get("destroyed", {})),
         events=dict(data.get("events", {})),
         quotas={u: dict(q) for u, q in data.get("quotas", {}).items()},
+        domains=dict(data.get("domains", {})),
+        certs=dict(data.get("certs", {})),
+        challenges=dict(data.get("challenges", {})),
+        acme=dict(data.get("acme", {})),
     )
+
+
+def kept_images(snap: Snapshot) -> set[str]:
+    """The image ids of every app's kept releases (Dockerfile apps)."""
+    return {r.image for a in snap.apps.values() for r in a.releases[-KEEP_RELEASES:] if r.image}
 
 
 class StateStore(Protocol):

@@ -1,4 +1,4 @@
-"""A small streaming reverse proxy.
+"""The router: `Host: APP.DOMAIN` (or a custom domain) -> a web instance of the app.
 
 The router knows nothing of apps or runtimes: it asks `lookup(app, local_only)`
 for the upstreams of an app and spreads requests over them. An upstream is a
@@ -9,42 +9,40 @@ machine's router, since instances publish their ports on loopback only.
 A request passed on to a sibling's router names the app in `X-PC-App` and
 proves where it comes from in `X-PC-Hop` (an HMAC with the swarm's secret).
 That router serves it from its own instances only, so requests never go round
-in circles, and keeps the `X-Forwarded-*` headers the first router set. From
-anyone else those two headers are ignored and the request is routed by its
-Host. Every response says in `Via` which routers it passed.
+in circles, and keeps the `X-Forwarded-*` headers and `X-Request-Id` the first
+router set. From anyone else those two headers are ignored and the request is
+routed by its Host. Every response says in `Via` which routers it passed.
+
+The HTTP work is in `clients.py` (the client's side), `upstreams.py` (the
+app's side, pooled) and `http.py` (which headers pass); this file decides
+where a request goes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import hashlib
 import hmac
-import itertools
-import logging
 import re
+import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, web
-
-log = logging.getLogger(__name__)
-
-# Hop-by-hop headers (RFC 9110 7.6.1) are for one connection, never forwarded.
-HOP_HEADERS = {
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-}
+from router import pages
+from router.clients import ClientConnection
+from router.http import REQUEST_ID, new_request_id, request_head
+from router.limits import RouterLimits
+from router.relay import Exchange, Relay
+from router.upstreams import Pool
 
 H_APP = "X-PC-App"  # on a request one router passes to another: the app it is for
 H_HOP = "X-PC-Hop"  # "timestamp:hmac": a sibling's router sent it
 HOP_SKEW = 30  # seconds a hop's timestamp may be off
+CHALLENGE = b"/.well-known/acme-challenge/"
+FORWARDED = b"X-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\nX-Forwarded-Port: %d\r\n"
 
 
 @dataclass(frozen=True)
@@ -55,12 +53,11 @@ class Upstream:
 
 Lookup = Callable[[str, bool], list[Upstream] | None]  # (app, local_only) -> upstreams
 # (None: no such app)
-SESSION = web.AppKey("session", ClientSession)
 
 
 def app_for_host(host: str, domain: str) -> str | None:
     """ "mybot.example.org:8080" with domain "example.org" -> "mybot"."""
-    name = host.split(":", 1)[0].lower().rstrip(".")
+    name = host_name(host)
     if not name.isascii():  # no app's name; may even hold undecodable bytes (surrogates)
         return None
     suffix = "." + domain.lower()
@@ -68,6 +65,11 @@ def app_for_host(host: str, domain: str) -> str | None:
         return None
     app = name[: -len(suffix)]
     return app if app and "." not in app else None
+
+
+def host_name(host: str) -> str:
+    """ "Shop.Example.org.:8080" -> "shop.example.org"."""
+    return host.split(":", 1)[0].lower().rstrip(".")
 
 
 def hop_token(key: bytes, app: str, now: float) -> str:
@@ -86,78 +88,155 @@ def passed_on(headers: Mapping[str, str], key: bytes, now: float) -> str | None:
     return app if hmac.compare_digest(hop, hop_token(key, app, int(ts))) else None
 
 
-def make_app(
-    lookup: Lookup, domain: str, name: str, hop_key: Callable[[], bytes] = bytes
-) -> web.Application:
+def _text(value: bytes) -> str:
+    """A header value for a log line: printable ASCII, no quotes, bounded."""
+    text = value[:200].decode("ascii", "replace")
+    return "".join(c if " " < c < "\x7f" and c != '"' else "?" for c in text)
+
+
+class Router:
     """The router of node `name` for apps at APP.`domain`; `hop_key()` is the
     swarm's secret (empty on a lone node: nothing is passed on)."""
-    counter = itertools.count()
-    via = f"1.1 {name}"
 
-    def answer(status: int, text: str) -> web.Response:
-        return web.Response(status=status, text=text, headers={"Via": via})
+    def __init__(
+        self,
+        lookup: Lookup,
+        domain: str,
+        name: str,
+        hop_key: Callable[[], bytes],
+        resolve_host: Callable[[str], str | None],
+        challenge: Callable[[str], str | None],
+        limits: RouterLimits,
+        on_request: Callable[[str, str], None] | None,
+    ) -> None:
+        self.lookup = lookup
+        self.domain = domain
+        self.via = f"1.1 {name}".encode()
+        self.hop_key = hop_key
+        self.resolve_host = resolve_host
+        self.challenge = challenge
+        self.limits = limits
+        self.on_request = on_request
+        self.pool = Pool(limits)
+        self.clients: set[ClientConnection] = set()
+        self.servers: list[asyncio.Server] = []
+        self.addresses: list[tuple[str, int]] = []
+        self.turn = 0  # round robin over an app's upstreams
+        self.hosts: dict[bytes, str | None] = {}  # Host -> APP.domain's app (a cache)
+        self.sweeper: asyncio.Task[None] | None = None
 
-    async def proxy(request: web.Request) -> web.StreamResponse:
-        key = hop_key()
-        sibling_app = passed_on(request.headers, key, time.time())
-        app = sibling_app or app_for_host(request.host, domain)
+    def route(self, ex: Exchange, conn: ClientConnection) -> None:
+        """Answer `ex` here, or send it on (`conn.forward`)."""
+        index = ex.index
+        sibling_app = None
+        if b"x-pc-hop" in index:
+            headers = {H_APP: index.get(b"x-pc-app", b""), H_HOP: index[b"x-pc-hop"]}
+            text = {k: v.decode("latin-1") for k, v in headers.items()}
+            sibling_app = passed_on(text, self.hop_key(), time.time())
+        given = index.get(b"x-request-id")
+        sane = given is not None and REQUEST_ID.fullmatch(given) is not None
+        ex.request_id = given.decode() if given and sane else new_request_id()
+        host = index.get(b"host", b"")
+        if conn.scheme == b"http" and ex.url.startswith(CHALLENGE) and ex.method == b"GET":
+            answer = self.challenge(ex.url[len(CHALLENGE) :].decode("latin-1"))
+            if answer is None:
+                conn.answer(ex, 404, "no such ACME challenge here")
+            else:
+                conn.write_answer(ex, plain(answer, ex, self.via))
+            return
+        app = sibling_app or self.app_of(host)
         if app is None:
-            port = request.host.rpartition(":")[2] if ":" in request.host else ""
-            where = f"APP.{domain}:{port}" if re.fullmatch(r"[0-9]+", port) else f"APP.{domain}"
-            return answer(404, f"no app here: use http://{where}/\n")
-        upstreams = lookup(app, sibling_app is not None)
-        if upstreams is None:
-            return answer(404, f"no app named {app} here\n")
+            hint = pages.no_app_here(self.domain, host.decode("latin-1"))
+            conn.answer(ex, 404, hint)
+            return
+        ex.relayed = sibling_app is not None
+        upstreams = self.lookup(app, ex.relayed)
+        if upstreams is None:  # no such app: nor a log to write to
+            conn.answer(ex, 404, pages.text_for(404, app))
+            return
+        ex.app = app
         if not upstreams:
-            return answer(503, f"{app} has no running web process\n")
-        target = upstreams[next(counter) % len(upstreams)]
-        # Host goes through as the client sent it, as apps expect (Heroku does too).
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
-        headers.pop(H_APP, None)
-        headers.pop(H_HOP, None)
+            conn.answer(ex, 503, pages.text_for(503, app))
+            return
+        self.turn += 1
+        target = upstreams[self.turn % len(upstreams)]
+        ex.address, ex.router_hop = target.address, target.router
+        added = b"Transfer-Encoding: chunked\r\n" if ex.chunked else b""
         if sibling_app is None:  # from a client: say who asked (a sibling's router did)
-            client = request.remote or ""
-            earlier = headers.get("X-Forwarded-For")  # proxies in front of this one
-            headers["X-Forwarded-For"] = f"{earlier}, {client}" if earlier else client
-            headers["X-Forwarded-Host"] = request.host
-            headers["X-Forwarded-Proto"] = request.scheme
+            if conn.forwarded[0] != host:  # once per connection, mostly
+                conn.forwarded = host, FORWARDED % (conn.scheme, host, conn.port)
+            added += conn.forwarded[1]
+        if sibling_app is None or given != ex.request_id.encode():
+            added += b"X-Request-Id: " + ex.request_id.encode() + b"\r\n"
         if target.router:
-            headers[H_APP] = app
-            headers[H_HOP] = hop_token(key, app, time.time())
-        session = request.app[SESSION]
+            hop = hop_token(self.hop_key(), app, time.time())
+            added += f"{H_APP}: {app}\r\n{H_HOP}: {hop}\r\n".encode()
+        relayed = sibling_app is not None
+        ex.head = request_head(
+            ex.method, ex.url, ex.headers, added, ex.upgrade, relayed, conn.client_ip
+        )
+        conn.forward(ex)
+
+    def app_of(self, host: bytes) -> str | None:
+        """The app a Host names: APP.domain, else a custom domain."""
         try:
-            async with session.request(
-                request.method,
-                f"http://{target.address}{request.rel_url}",
-                headers=headers,
-                data=request.content if request.body_exists else None,
-                allow_redirects=False,
-            ) as upstream:
-                response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-                for k, v in upstream.headers.items():
-                    if k.lower() not in HOP_HEADERS and k.lower() != "via":
-                        response.headers.add(k, v)
-                inner = upstream.headers.get("Via") if target.router else None
-                response.headers["Via"] = f"{via}, {inner}" if inner else via
-                await response.prepare(request)
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
-                await response.write_eof()
-                return response
-        except ClientError as e:
-            log.warning("router: %s -> %s failed: %s", app, target.address, e)
-            return answer(502, f"{app} did not answer\n")
+            app = self.hosts[host]
+        except KeyError:
+            if len(self.hosts) > 1000:
+                self.hosts.clear()
+            app = self.hosts[host] = app_for_host(host.decode("latin-1"), self.domain)
+        if app is None:
+            name = host_name(host.decode("latin-1"))
+            if name and name.isascii():
+                return self.resolve_host(name)
+        return app
 
-    async def session_ctx(application: web.Application) -> AsyncIterator[None]:
-        timeout = ClientTimeout(total=None, sock_connect=5)
-        async with ClientSession(timeout=timeout, auto_decompress=False) as session:
-            application[SESSION] = session
-            yield
+    def log(self, ex: Exchange, conn: Relay) -> None:
+        """One Heroku-style line per request, for the app's log (the entry router's only)."""
+        if self.on_request is None or not ex.app or ex.relayed:
+            return
+        now = time.monotonic()
+        connect = round((ex.t_connect - ex.t0) * 1000)
+        service = round((now - ex.t_connect) * 1000) if ex.address else 0
+        path = ex.url.split(b"?", 1)[0]
+        line = (
+            f'method={ex.method.decode()} path="{_text(path)}" '
+            f"host={_text(ex.index.get(b'host', b''))} request_id={ex.request_id} "
+            f'fwd="{conn.client_ip.decode()}" connect={connect}ms service={service}ms '
+            f"status={ex.status} bytes={ex.bytes} protocol={conn.scheme.decode()}"
+        )
+        self.on_request(ex.app, line)
 
-    application = web.Application()
-    application.cleanup_ctx.append(session_ctx)
-    application.router.add_route("*", "/{tail:.*}", proxy)
-    return application
+    async def sweep(self) -> None:
+        """Now and then: act on passed deadlines, close pooled connections idle too long."""
+        while True:
+            await asyncio.sleep(self.limits.tick())
+            now = time.monotonic()
+            for conn in [c for c in self.clients if c.deadline < now]:
+                conn.expired(now)
+            self.pool.sweep(now)
+
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.sweeper
+        for conn in list(self.clients):
+            conn.close()
+        self.pool.close()
+        for server in self.servers:
+            await server.wait_closed()
+
+
+def plain(text: str, ex: Exchange, via: bytes) -> bytes:
+    """A 200 text/plain answer (an ACME challenge's key authorization)."""
+    body = text.encode()
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nVia: %b\r\n%b\r\n%b"
+        % (len(body), via, b"" if ex.keep_alive else b"Connection: close\r\n", body)
+    )
 
 
 async def start_router(
@@ -167,9 +246,37 @@ async def start_router(
     host: str,
     port: int,
     hop_key: Callable[[], bytes] = bytes,
-) -> web.AppRunner:
-    """Serve until `runner.cleanup()`."""
-    runner = web.AppRunner(make_app(lookup, domain, name, hop_key), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
+    *,
+    resolve_host: Callable[[str], str | None] = lambda host: None,
+    challenge: Callable[[str], str | None] = lambda token: None,
+    tls: tuple[ssl.SSLContext, int] | None = None,
+    limits: RouterLimits = RouterLimits(),  # noqa: B008 - frozen, never changed
+    on_request: Callable[[str, str], None] | None = None,
+) -> Router:
+    """Serve HTTP on `host`:`port` (and HTTPS on `tls`'s port, its context choosing
+    certificates by SNI) until `Router.close()`. `resolve_host` maps a custom
+    domain (lowercased, no port) to its app; `challenge` answers ACME HTTP-01
+    tokens on the plain port, for any Host; `on_request(app, line)` gets a log
+    line per request."""
+    router = Router(lookup, domain, name, hop_key, resolve_host, challenge, limits, on_request)
+    loop = asyncio.get_running_loop()
+    listeners: list[tuple[int, ssl.SSLContext | None, bytes]] = [(port, None, b"http")]
+    if tls is not None:
+        listeners.append((tls[1], tls[0], b"https"))
+    try:
+        for listen_port, context, scheme in listeners:
+            server = await loop.create_server(
+                functools.partial(ClientConnection, router, scheme),
+                host,
+                listen_port,
+                ssl=context,
+                reuse_address=True,
+                backlog=1024,
+            )
+            router.servers.append(server)
+            router.addresses.append(server.sockets[0].getsockname()[:2])
+    except BaseException:
+        await router.close()
+        raise
+    router.sweeper = asyncio.ensure_future(router.sweep())
+    return router

@@ -1,4 +1,4 @@
-"""`pc swarm create|invite|join|leave|status`: a host pools its node with others.
+"""`pc swarm create|invite|join|leave|remove|status`: a host pools its node with others.
 
 Messages follow the CLI's shape: `-----> doing X` on stdout, failures raised as
 PCError (the CLI prints ` !     reason` and exits non-zero). Commands that need
@@ -39,6 +39,11 @@ def add_commands(subparsers: Any) -> None:
     leave = swarm_sub.add_parser("leave", help="move this node's apps elsewhere, then leave")
     leave.add_argument("--timeout", type=int, default=120, help="seconds to wait for the move")
     leave.set_defaults(func=cmd_leave)
+    remove = swarm_sub.add_parser(
+        "remove", help="take a member that died for good out of the swarm (needs a majority)"
+    )
+    remove.add_argument("node", help="the dead member's name (`pc swarm status` lists them)")
+    remove.set_defaults(func=cmd_remove)
     status = swarm_sub.add_parser("status", help="the members, their state and load")
     status.set_defaults(func=cmd_status)
 
@@ -164,6 +169,14 @@ def cmd_leave(args: argparse.Namespace) -> None:
         snap.apps.clear()
     say(f"-----> {s.name} left swarm {identity.name}; its daemon stops by itself")
     say("       start `pc daemon` again to run alone")
+
+
+def cmd_remove(args: argparse.Namespace) -> None:
+    """A member died for good: out of Raft, its pins and its instances elsewhere."""
+    s = _settings(args)
+    ask_daemon(s, "expel", {"node": args.node})
+    say(f"-----> {args.node} removed from the swarm: its instances are placed on the others")
+    say("       (to bring that machine back, `pc swarm join` it again with a new invite)")
 
 
 def cmd_status(args: argparse.Namespace) -> None:

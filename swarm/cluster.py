@@ -1,12 +1,15 @@
 """The node's cluster when it is a member of a swarm (`peoplescloud.cluster.Cluster`).
 
 State agreed by Raft (swarm/replicated.py), slugs in the swarm's private IPFS
-(swarm/ipfs/), and two loops on their own pace:
+(swarm/ipfs/), and three loops on their own pace:
 
-- the tick (every second): renew the lease (swarm/lease.py); on the leader,
-  decide placement and pins (swarm/planner.py); publish what this node's
-  instances do, so any node can answer `ps` or wait for a release that runs on
-  a sibling. Consensus only: a lease is never lost to slow I/O.
+- the lease (four times a lease, on a thread of its own): renew it
+  (swarm/lease.py). Consensus only, and nothing else waits in front of it: a
+  lease is never lost to slow I/O or to a slow placement commit.
+- the plan (every second, at once when the apps change, and right when a
+  member's lease has surely passed): on the leader, decide placement and pins
+  (swarm/planner.py); publish what this node's instances do, so any node can
+  answer `ps` or wait for a release that runs on a sibling.
 - the upkeep (every 3 s): kubo running and connected, pins held, destroyed apps
   forgotten (swarm/upkeep.py).
 
@@ -44,7 +47,7 @@ from swarm.observed import failure_elsewhere, instances_elsewhere, report, runni
 from swarm.peer_client import PeerClient
 from swarm.peer_server import start_peer_server
 from swarm.pins import wait_replicated
-from swarm.planner import Planner
+from swarm.planner import Planner, plan
 from swarm.raft import Conflict, NoQuorum
 from swarm.replicated import ReplicatedState
 from swarm.routes import NodeRoutes, peer_app
@@ -54,7 +57,7 @@ from swarm.upkeep import Upkeep
 
 log = logging.getLogger(__name__)
 
-TICK_EVERY = 1.0  # seconds: lease renewal, placement, observation
+PLAN_EVERY = 1.0  # seconds: placement and observation, at the latest
 MAINTAIN_EVERY = 3.0  # seconds: kubo connections and pins
 
 
@@ -87,8 +90,11 @@ class SwarmCluster:
         self._runner: web.AppRunner | None = None  # the peer API's server
         self._admission: asyncio.Future[SwarmIdentity] | None = None
         self._left: Callable[[], None] = lambda: None  # stops the daemon
-        # The tick's own thread: the lease never waits behind commands in the shared pool.
-        self._ticker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarm-tick")
+        # The lease's own thread: it never waits behind commands in the shared pool,
+        # nor behind the plan's commits (which have their own).
+        self._ticker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarm-lease")
+        self._planner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarm-plan")
+        self._replan = asyncio.Event()  # the apps changed, or a member just turned down
 
     def _parts(self) -> _Started:
         if self._started is None:
@@ -107,7 +113,13 @@ class SwarmCluster:
         return running_elsewhere(snap, self.me.name, time.time() - margin)
 
     def failed_elsewhere(self, app: str, process: str) -> str:
-        return failure_elsewhere(self.state.read(), self.me.name, app, process, time.time())
+        snap = self.state.read()
+        if app in snap.apps and process not in snap.apps[app].placement:
+            # No member could take it (placement says why): the plan, as the leader makes it.
+            why = plan(snap, self.settings, time.time()).unplaced.get((app, process))
+            if why:
+                return f"not placed: {why}"
+        return failure_elsewhere(snap, self.me.name, app, process, time.time())
 
     # --- pushes and git --------------------------------------------------------------
     def wait_replicated(self, cid: str, say: Callable[[str], None]) -> None:
@@ -139,17 +151,23 @@ class SwarmCluster:
 
     # --- the loops -------------------------------------------------------------------
     def tick(self) -> None:
-        """Lease, placement and observation (a worker thread, every second)."""
+        """Renew the lease (a worker thread, every `renew_every` seconds)."""
         parts = self._parts()
         if not self.settings.swarm_file.exists():  # `pc swarm leave` finished
             log.warning("this node left the swarm: stopping (start `pc daemon` to run alone)")
             self._left()
             return
         parts.lease.renew()
+
+    def plan(self) -> float:
+        """Placement on the leader, and what runs here for the others (a worker
+        thread). Returns the seconds until a member's lease has surely passed:
+        the plan runs again then, so failover waits on nothing more."""
         snap = self.state.read()
         if self.state.leader() == self.me.raft:
             self.planner.decide(snap)
-        self._publish(snap, parts.local)
+        self._publish(snap, self._parts().local)
+        return self.planner.next_change(snap)
 
     def _publish(self, snap: Snapshot, local: LocalParts) -> None:
         """What this node's instances do, for the others (only when it changed)."""
@@ -183,8 +201,13 @@ class SwarmCluster:
             Siblings(self.settings, self.state, self.client, bridge),
             local,
         )
-        # What to run changed: reconcile now, not at the next pass.
-        self.state.on_change(lambda _version: bridge.soon(wake), only={"apps"})
+
+        # What to run changed: place and reconcile now, not at the next pass.
+        def changed(_version: int) -> None:
+            bridge.soon(wake)
+            bridge.soon(self._replan.set)
+
+        self.state.on_change(changed, only={"apps"})
         routes = NodeRoutes(self.identity, self.state, local)
         app = peer_app(self.identity, self.state, self.membership, routes)
         # Where siblings dial it, nothing more: with `listen` 0.0.0.0 and no `advertise`,
@@ -202,11 +225,30 @@ class SwarmCluster:
             )
             self._admission.add_done_callback(self._admitted)
         # A lease first, or the reconciler's first pass would stop everything.
-        await asyncio.get_running_loop().run_in_executor(self._ticker, self.tick)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._ticker, self.tick)
+        await loop.run_in_executor(self._planner, self.plan)  # and a first placement
         return [
-            every(TICK_EVERY, self.tick, stop, executor=self._ticker),
+            every(self.settings.swarm.renew_every, self.tick, stop, executor=self._ticker),
+            self._plan_loop(stop),
             every(MAINTAIN_EVERY, self.maintain, stop),
         ]
+
+    async def _plan_loop(self, stop: asyncio.Event) -> None:
+        """`plan()` every PLAN_EVERY at the latest, sooner when it asks or the apps change."""
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            try:
+                wait = await loop.run_in_executor(self._planner, self.plan)
+            except Exception:  # one bad round must not end the daemon
+                log.exception("placement round failed")
+                wait = PLAN_EVERY
+            waiters = [asyncio.ensure_future(e.wait()) for e in (stop, self._replan)]
+            timeout = min(max(wait, 0.05), PLAN_EVERY)
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+            self._replan.clear()
 
     def _admitted(self, done: asyncio.Future[SwarmIdentity]) -> None:
         if not done.cancelled() and done.exception() is None:
@@ -220,6 +262,7 @@ class SwarmCluster:
             self._admission.cancel()
         await self.client.close()
         self._ticker.shutdown(wait=False)
+        self._planner.shutdown(wait=False)
         self.state.close()
         await asyncio.to_thread(self.kubo.stop)  # the apps have their slugs already
 

@@ -59,7 +59,7 @@ def open_cluster(settings: Settings) -> SwarmCluster:
             kubo.init()
         kubo.start()
         opened.callback(kubo.stop)
-        store = IpfsStore(kubo.api_url, fetch_timeout=PIN_TIMEOUT)
+        store = IpfsStore(kubo.api_url, PIN_TIMEOUT, ready_dir=settings.ready_slugs_dir)
         state = ReplicatedState(
             f"{settings.advertised}:{settings.raft_port}",
             identity.partners,

@@ -22,7 +22,7 @@ from swarm.me import Me
 from swarm.raft import Conflict, NoQuorum
 from swarm.replicated import ReplicatedState
 
-STOP_GRACE = 2.0  # seconds each instance gets to stop when the lease is about to go
+STOP_GRACE = 1.0  # seconds each instance gets to stop when the lease is about to go
 
 
 class Lease:
@@ -49,12 +49,13 @@ class Lease:
 
     def renew(self) -> None:
         """Extend the lease by `lease_seconds`, or stop everything when it cannot be
-        renewed and ends within a second."""
-        seconds = self.settings.swarm.lease_seconds
-        until = self.clock() + seconds
+        renewed and ends within a second. Called every `renew_every` (a quarter
+        of the lease), and waits no longer than that for the swarm to agree."""
+        swarm = self.settings.swarm
+        until = self.clock() + swarm.lease_seconds
         try:
             # Its own entry only: never queued behind this node's other changes.
-            with self.state.change(seconds / 2, queue=False) as s:
+            with self.state.change(swarm.renew_every, queue=False) as s:
                 if self.me.name not in s.members:
                     return  # not (yet, or no longer) a member: no lease
                 member = self.me.entry(s.members[self.me.name])

@@ -1,6 +1,7 @@
 """Who is a member: the first member seeds the swarm, a member invites, a new
-node joins with the invite and is admitted once its daemon runs, and a member
-leaves (marked leaving, emptied, then removed by another member).
+node joins with the invite and is admitted once its daemon runs, a member
+leaves (marked leaving, emptied, then removed by another member), and a member
+that died for good is removed by the host of a live one (`pc swarm remove`).
 
 The `*_route` methods answer the peer API (swarm/routes.py serves them);
 `seed_when_elected` and `seek_admission` run on this node when its daemon starts.
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from peoplescloud.errors import Forbidden, UsageError
 from peoplescloud.settings import Settings
 from peoplescloud.state import Member, Snapshot, State
 from swarm.identity import SwarmIdentity
@@ -22,6 +24,7 @@ from swarm.invite import InviteError, InviteRecord, make_invite, redeem, usable
 from swarm.me import Me
 from swarm.peer import PeerError
 from swarm.peer_client import PeerClient
+from swarm.placement import DOWN, member_state
 from swarm.raft import Conflict, NoQuorum
 from swarm.replicated import ReplicatedState
 
@@ -112,6 +115,15 @@ class Membership:
         await asyncio.to_thread(_retry_conflicts, self.state, mark)
         return {"ok": True}
 
+    async def expel_route(self, sender: str, body: Any) -> Any:
+        """`pc swarm remove NODE` on this node (its host, through its own daemon)."""
+        if sender != self.me.name:
+            raise Forbidden("a dead member is removed by a host with `pc swarm remove` on its node")
+        node, margin = str(body.get("node", "")), self.me.settings.swarm.margin_seconds
+        await asyncio.to_thread(expel, self.state, node, self.me.name, margin, time.time())
+        log.info("%s removed from the swarm (dead for good)", node)
+        return {"ok": True}
+
     async def step_down_route(self, sender: str, body: Any) -> Any:
         await asyncio.to_thread(self.state.step_down)
         return {"leader": self.state.leader()}
@@ -142,6 +154,46 @@ class Membership:
         await asyncio.to_thread(remove)
         log.info("%s left the swarm", sender)
         return {"ok": True}
+
+
+NO_MAJORITY_HELP = (
+    "a dead member is removed only while a majority of the members answer, so remove "
+    "dead members one at a time, while most are alive; if most are gone already, start "
+    "one of them again (its home, on a machine that has its advertise address) and "
+    "remove the others once it answers"
+)
+
+
+def expel(state: ReplicatedState, node: str, me: str, margin: float, now: float) -> None:
+    """Take a member that died for good out of the swarm: out of Raft (the
+    majority is then counted without it), then out of the state (its pins, what
+    it reported); its instances are placed elsewhere, its router is no longer
+    asked. Refused for a member whose lease may still hold."""
+    snap = state.read()
+    member = snap.members.get(node)
+    if member is None:
+        raise UsageError(f"the swarm has no member named {node!r}: `pc swarm status` lists them")
+    if node == me:
+        raise UsageError("a node does not remove itself: `pc swarm leave` moves its apps first")
+    if (what := member_state(member, now, margin)) != DOWN:
+        raise UsageError(
+            f"{node} is {what}: only a member whose lease has surely ended is removed "
+            f"(a live one leaves with `pc swarm leave` on it)"
+        )
+    try:
+        if member.raft in state.members():
+            state.remove_member(member.raft, RAFT_CHANGE_TIMEOUT)
+
+        def forget(s: Snapshot) -> None:
+            s.members.pop(node, None)
+            s.observed.pop(node, None)
+            s.held.pop(node, None)
+            s.pins = {c: [n for n in ns if n != node] for c, ns in s.pins.items()}
+            s.add_event("", "", f"swarm:remove {node} (pc swarm remove on {me})")
+
+        _retry_conflicts(state, forget)
+    except NoQuorum as e:
+        raise NoQuorum(f"{e}. {NO_MAJORITY_HELP}") from None
 
 
 def _retry_conflicts(

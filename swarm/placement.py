@@ -105,6 +105,7 @@ class _Load:
 
     member: Member
     state: str
+    holds: frozenset[str] = frozenset()  # the slugs it pins: an instance of them starts at once
     memory_mb: int = 0
     cpus: float = 0.0
     instances: int = 0
@@ -147,13 +148,20 @@ class _Load:
             return f"{name} runs {len(self.apps)} apps (its max)"
         return None
 
-    def rank(self, app: str) -> tuple[int, int, float, str]:
-        """Sort key of a candidate, best first: spread the app's instances, then
-        the most free memory, then the fewest instances per shared CPU, then the
-        name (determinism)."""
+    def rank(self, app: str, slug: str) -> tuple[int, bool, int, float, str]:
+        """Sort key of a candidate, best first: spread the app's instances, then a
+        member that holds the slug already (it starts without a fetch: failover in
+        seconds), then the most free memory, then the fewest instances per shared
+        CPU, then the name (determinism)."""
         cpus = self.member.cpus
         per_cpu = self.instances / cpus if cpus > 0 else float("inf")
-        return (self.apps.get(app, 0), -self.free_mb, per_cpu, self.member.name)
+        return (
+            self.apps.get(app, 0),
+            slug not in self.holds,
+            -self.free_mb,
+            per_cpu,
+            self.member.name,
+        )
 
 
 def place(
@@ -164,6 +172,7 @@ def place(
     instance_memory_mb: int,
     margin: float = MARGIN_SECONDS,
     instance_cpus: float = 0.0,
+    held: Mapping[str, Collection[str]] | None = None,
 ) -> Placement:
     """Place every wanted instance of `apps` on `members`, starting from `current`.
 
@@ -174,9 +183,15 @@ def place(
     app's `resources:set` figures, else `instance_memory_mb` and
     `instance_cpus`), spread over nodes. Instances are placed in the order bot.1 of
     every app, then bot.2 of every app, ...: with scarce room, one app scaled
-    high cannot starve the others of their first instance.
+    high cannot starve the others of their first instance. `held` (node -> the
+    slugs it pins) makes a holder of an app's current slug the better of two
+    otherwise equal candidates.
     """
-    loads = {m.name: _Load(m, member_state(m, now, margin)) for m in sorted(members, key=_by_name)}
+    held = held or {}
+    loads = {
+        m.name: _Load(m, member_state(m, now, margin), frozenset(held.get(m.name, ())))
+        for m in sorted(members, key=_by_name)
+    }
     wanted = _wanted(apps, instance_memory_mb, instance_cpus)
     nodes: dict[Key, str] = {}
     decisions: list[str] = []
@@ -207,7 +222,7 @@ def place(
 
     unplaced: dict[Key, str] = {}
     for key, why in homeless:
-        target, reason = _choose(loads, key[0], *wanted[key])
+        target, reason = _choose(loads, key[0], _slug(apps, key), *wanted[key])
         if target is None:
             unplaced[key] = reason
             decisions.append(f"{_label(key)}: {why + '; ' if why else ''}not placed: {reason}")
@@ -220,7 +235,7 @@ def place(
     handoffs: dict[Key, str] = {}
     for key in leaving:
         old = nodes[key]
-        target, reason = _choose(loads, key[0], *wanted[key])
+        target, reason = _choose(loads, key[0], _slug(apps, key), *wanted[key])
         if target is None:
             decisions.append(f"{_label(key)}: {old} is leaving; stays there: {reason}")
             continue
@@ -294,17 +309,23 @@ def slugs_in_use(
 
 
 def _choose(
-    loads: Mapping[str, _Load], app: str, memory_mb: int, cpus: float
+    loads: Mapping[str, _Load], app: str, slug: str, memory_mb: int, cpus: float
 ) -> tuple[str | None, str]:
-    """The best member for one more instance of `app`, or None and why not."""
+    """The best member for one more instance of `app` (running `slug`), or None
+    and why not."""
     fits = [load for load in loads.values() if load.refusal(app, memory_mb, cpus) is None]
     if fits:
-        return min(fits, key=lambda load: load.rank(app)).member.name, ""
+        return min(fits, key=lambda load: load.rank(app, slug)).member.name, ""
     if not loads:
         return None, "the swarm has no members"
     refusals = ", ".join(str(load.refusal(app, memory_mb, cpus)) for load in loads.values())
     need = f"{memory_mb} MB" + (f" and {cpus:g} CPU" if cpus else "")
     return None, f"no member has room for {need}: {refusals}"
+
+
+def _slug(apps: Mapping[str, App], key: Key) -> str:
+    """The slug an instance runs: its app's current release's."""
+    return apps[key[0]].release().slug
 
 
 def _order(key: Key) -> tuple[int, str, str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from peoplescloud.deploy import KEEP_RELEASES
 from peoplescloud.settings import Settings
 from peoplescloud.state import Snapshot
-from swarm.placement import holders, place, slugs_in_use
+from swarm.placement import DOWN, holders, member_state, place, slugs_in_use
 from swarm.raft import Conflict, NoQuorum
 from swarm.replicated import ReplicatedState
 
@@ -24,11 +24,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Plan:
-    """app -> (process -> member), cid -> members that pin it, and why."""
+    """app -> (process -> member), cid -> members that pin it, and why; and why
+    each instance that has no member could not get one."""
 
     placement: dict[str, dict[str, str]]
     pins: dict[str, list[str]]
     decisions: list[str] = field(default_factory=list)
+    unplaced: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def differs(self, snap: Snapshot) -> bool:
         """Whether writing this plan would change the state."""
@@ -44,7 +46,14 @@ def plan(snap: Snapshot, settings: Settings, now: float) -> Plan:
     current = {(a.name, p): n for a in snap.apps.values() for p, n in a.placement.items()}
     size = settings.shares
     placed = place(
-        members, snap.apps, current, now, size.instance_memory_mb, margin, size.instance_cpus
+        members,
+        snap.apps,
+        current,
+        now,
+        size.instance_memory_mb,
+        margin,
+        size.instance_cpus,
+        held=snap.held,
     )
     slugs = slugs_in_use(snap.apps, placed.nodes, KEEP_RELEASES)
     pins = holders(
@@ -59,7 +68,7 @@ def plan(snap: Snapshot, settings: Settings, now: float) -> Plan:
     placement = {
         name: {p: n for (a, p), n in placed.nodes.items() if a == name} for name in snap.apps
     }
-    return Plan(placement, pins, placed.decisions)
+    return Plan(placement, pins, placed.decisions, placed.unplaced)
 
 
 class Planner:
@@ -71,6 +80,17 @@ class Planner:
         self.settings = settings
         self.state = state
         self.clock = clock
+
+    def next_change(self, snap: Snapshot) -> float:
+        """Seconds until the next member that is up or suspect turns down (its
+        instances are then placed elsewhere); inf when none will."""
+        now, margin = self.clock(), self.settings.swarm.margin_seconds
+        ends = [
+            m.lease_expires + margin
+            for m in snap.members.values()
+            if member_state(m, now, margin) != DOWN
+        ]
+        return min(ends, default=now + float("inf")) - now
 
     def decide(self, snap: Snapshot) -> None:
         decided = plan(snap, self.settings, self.clock())

@@ -124,11 +124,16 @@ class Conflict(PCError):
 @dataclass(frozen=True)
 class RaftTimings:
     """How fast the group notices things, in seconds. The defaults suit machines on
-    a LAN or the internet; tests on loopback use much shorter ones."""
+    a LAN or a good internet link (round trips well under 100 ms); tests on
+    loopback use much shorter ones. A new leader is elected within about
+    `election_max` of the last one's death: within a lease (3 s, renewed every
+    0.75 s), so a leader that dies takes no other member's instances down. Not
+    shorter: a member starved of CPU for longer than `election_min` stands
+    for election and stalls every commit meanwhile."""
 
-    heartbeat: float = 0.2  # leader -> followers
-    election_min: float = 1.0  # a follower without heartbeats waits this ...
-    election_max: float = 2.0  # ... to this before it stands for election
+    heartbeat: float = 0.15  # leader -> followers
+    election_min: float = 0.75  # a follower without heartbeats waits this ...
+    election_max: float = 1.5  # ... to this before it stands for election
     connection_timeout: float = 3.0  # a silent connection is dead after this
     reconnect: float = 1.0  # retry period for a lost partner
     leader_fallback: float = 5.0  # a leader without a majority steps down after this

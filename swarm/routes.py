@@ -17,7 +17,7 @@ from aiohttp import web
 
 from peoplescloud.cluster import LocalParts
 from peoplescloud.errors import Forbidden, NotFound
-from peoplescloud.settings import check_app_name, check_public_key, check_user_name
+from peoplescloud.names import check_app_name, check_public_key, check_user_name
 from swarm.identity import SwarmIdentity
 from swarm.membership import Membership
 from swarm.peer_server import make_peer_app
@@ -123,6 +123,7 @@ def peer_app(
             "leave": membership.leave_route,
             "step_down": membership.step_down_route,
             "remove": membership.remove_route,
+            "expel": membership.expel_route,
             "user_add": node.user_add,
             "user_remove": node.user_remove,
             "users": node.users,

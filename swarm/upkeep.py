@@ -42,7 +42,24 @@ class Upkeep:
         snap = self.state.read()
         self.connect_peers(snap)
         hold_pins(self.state, self.store, self.me, snap)
+        self.prepare_slugs(self.state.read())
         self.forget_destroyed(snap)
+
+    def prepare_slugs(self, snap: Snapshot) -> None:
+        """Keep unpacked the current slugs this member holds and does not run:
+        should their instances fail over here, they start without unpacking
+        (seconds for a slug with a virtualenv). One copy each, no more: a slug
+        that runs here has its working copy already, and others are dropped."""
+        held = set(snap.held.get(self.me, []))
+        current = {a.release().slug for a in snap.apps.values() if a.current is not None}
+        wanted = {c for c in held & current if not self.settings.slug_path(c).exists()}
+        for cid in self.store.prepared() - wanted:
+            self.store.discard(cid)
+        for cid in sorted(wanted):
+            try:
+                self.store.prepare(cid)
+            except Exception as e:  # kubo busy or the slug unreadable: next round
+                log.info("cannot unpack %s ahead of need yet: %s", cid, e)
 
     def connect_peers(self, snap: Snapshot) -> None:
         """Dial the kubo of every other member this one is not connected to."""

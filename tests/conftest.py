@@ -3,7 +3,9 @@ system `git` and `ssh` clients, exactly as a user would (bench/harness.py).
 
 Tests marked `docker` need an engine and the stack image. On a laptop they skip
 when none answers; with PC_REQUIRE_DOCKER=1 (set by scripts/test in CI) they
-fail instead, so CI can never pass by skipping them.
+fail instead, so CI can never pass by skipping them. Tests marked `pebble` need
+the ACME test server (PC_PEBBLE_BIN, from scripts/install-pebble), the same way
+(PC_REQUIRE_PEBBLE=1).
 """
 
 from __future__ import annotations
@@ -45,7 +47,18 @@ def _docker_problem() -> str | None:
     return None
 
 
+def pebble_bin() -> str | None:
+    """The ACME test server scripts/install-pebble built (PC_PEBBLE_BIN), if any."""
+    path = os.environ.get("PC_PEBBLE_BIN", "")
+    return path if path and os.access(path, os.X_OK) else None
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("pebble") is not None and pebble_bin() is None:
+        problem = "no pebble: PC_PEBBLE_BIN=$(scripts/install-pebble) builds one"
+        if os.environ.get("PC_REQUIRE_PEBBLE") == "1":
+            pytest.fail(f"PC_REQUIRE_PEBBLE=1 but {problem}", pytrace=False)
+        pytest.skip(problem)
     if item.get_closest_marker("docker") is None:
         return
     problem = _docker_problem()

@@ -30,12 +30,14 @@ class FakeState:
         self.listeners: list[tuple[object, set[str] | None]] = []
         self.stepped_down = False
         self.closed = False
+        self.timeouts: list[float | None] = []  # each change's commit timeout
 
     def read(self) -> Snapshot:
         return copy.deepcopy(self.snap)
 
     @contextmanager
     def change(self, timeout: float | None = None, queue: bool = True) -> Iterator[Snapshot]:
+        self.timeouts.append(timeout)
         if self.fail is not None:
             raise self.fail
         draft = copy.deepcopy(self.snap)
@@ -134,6 +136,17 @@ class FakeStore:
 
     def unpin(self, cid: str) -> None:
         self.pins.discard(cid)
+
+    ready: set[str] = set()  # slugs unpacked ahead of need (`prepare`)
+
+    def prepare(self, cid: str) -> None:
+        self.ready = self.ready | {cid}
+
+    def prepared(self) -> set[str]:
+        return set(self.ready)
+
+    def discard(self, cid: str) -> None:
+        self.ready = self.ready - {cid}
 
 
 class FakeKubo:

@@ -22,8 +22,9 @@ import peoplescloud.deploy
 from builder import BuildError, HostExecutor, checkout
 from gitserver.commands import dispatch
 from peoplescloud.deploy import Deployer
+from peoplescloud.desired import within_limit
 from peoplescloud.errors import PCError, UsageError
-from peoplescloud.reconciler import Reconciler, within_limit
+from peoplescloud.reconciler import Reconciler
 from peoplescloud.runtime.base import InstanceSpec
 from peoplescloud.service import Node
 from peoplescloud.settings import BuildSettings, Settings, Shares
@@ -45,7 +46,9 @@ class BlockingRuntime(FakeRuntime):
         self.running = threading.Semaphore(0)
         self.release = threading.Event()
 
-    def run(self, spec: InstanceSpec, argv: list[str], output: Callable, stdin, cancel) -> int:
+    def run(
+        self, spec: InstanceSpec, argv: list[str], output: Callable, stdin, cancel, terminal=None
+    ) -> int:
         self.running.release()
         self.release.wait(30)
         return 0

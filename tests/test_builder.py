@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from builder import BuildError, HostExecutor, build, checkout
 from builder.build import detect, processes_for
 from builder.cache import cache_key, install_cached
 from builder.docker_executor import _lines
-from builder.executor import last_meaningful
+from builder.executor import Say, last_meaningful
 from builder.kinds import node, procfile, python
 from builder.kinds.python import check_python_version, make_relocatable
 from builder.procfile import parse_procfile, read_procfile
@@ -135,6 +135,8 @@ class FakeExecutor:
     def __init__(self, python: str = "3.11.2") -> None:
         self.python = python
         self.steps: list[list[str]] = []
+        self.configs: list[dict[str, str]] = []
+        self.fail_collectstatic = False
 
     def identity(self) -> str:
         return "fake-stack-1"
@@ -142,15 +144,30 @@ class FakeExecutor:
     def python_version(self) -> str:
         return self.python
 
-    def run(self, argv: Sequence[str], app: Path, cache: Path, say: builder.executor.Say) -> None:
+    def run(
+        self,
+        argv: Sequence[str],
+        app: Path,
+        cache: Path,
+        say: Say,
+        shown: str = "",
+        config: Mapping[str, str] | None = None,
+    ) -> None:
         self.steps.append(list(argv))
-        if argv[:3] == ["python3", "-m", "venv"]:
-            (app / argv[3] / "bin").mkdir(parents=True)
+        self.configs.append(dict(config or {}))
+        if argv[:2] == ["sh", "-c"] and "uv venv" in argv[2]:  # venv and install, one step
+            (app / ".venv" / "bin").mkdir(parents=True)
+            (app / ".venv" / "lib.txt").write_text("six\n")
+            reqs = app / "requirements.txt"
+            if reqs.is_file() and "Django" in reqs.read_text():
+                django = app / ".venv" / "lib" / "python3.11" / "site-packages" / "django"
+                django.mkdir(parents=True)
+                (django / "__init__.py").write_text("")
+        elif "collectstatic" in argv and self.fail_collectstatic:
+            raise BuildError(f"'{' '.join(argv)}' failed: ImproperlyConfigured: no STATIC_ROOT")
         elif argv[0] == "npm":
             (app / "node_modules" / "is-number").mkdir(parents=True)
             (app / "node_modules" / "is-number" / "index.js").write_text("module.exports = 1\n")
-        elif "pip" in argv[0]:
-            (app / ".venv" / "lib.txt").write_text("six\n")
         say("       step output")
 
 
@@ -368,24 +385,15 @@ def test_python_build_installs_once_then_uses_the_cache(tmp_path: Path) -> None:
         APPS / "python-bot", tmp_path / "out1", tmp_path / "cache", executor, said.append
     )
     assert result == builder.BuildResult("python", "fake", {"bot": "python bot.py"})
-    assert executor.steps == [
-        ["python3", "-m", "venv", ".venv"],
-        [
-            ".venv/bin/pip",
-            "install",
-            "--no-input",
-            "--disable-pip-version-check",
-            "-r",
-            "requirements.txt",
-        ],
-    ]
+    [step] = executor.steps  # one step: a venv by uv, then the requirements into it
+    assert step[:2] == ["sh", "-c"] and step[3:] == ["sh", "-r", "requirements.txt"]
     assert said[0] == "-----> Python app detected (bot.py, requirements.txt)"
     assert said[-1] == "-----> Process types: bot"
     assert (tmp_path / "out1" / "bot.py").is_file()
 
     said.clear()
     build(APPS / "python-bot", tmp_path / "out2", tmp_path / "cache", executor, said.append)
-    assert len(executor.steps) == 2  # nothing ran again
+    assert len(executor.steps) == 1  # nothing ran again
     assert "-----> Installing requirements ... done (cached)" in said
     assert (tmp_path / "out2" / ".venv" / "lib.txt").read_text() == "six\n"
 
@@ -399,7 +407,7 @@ def test_pyproject_app_is_installed_every_time(tmp_path: Path) -> None:
     executor = FakeExecutor()
     for out in ("a", "b"):
         build(src, tmp_path / out, tmp_path / "cache", executor, print)
-    assert [step[-1] for step in executor.steps] == [".venv", ".", ".venv", "."]
+    assert [step[-1] for step in executor.steps] == [".", "."]
 
 
 def test_node_build_uses_npm_ci_with_a_lock_and_npm_install_without(tmp_path: Path) -> None:
@@ -490,3 +498,52 @@ def test_make_relocatable_rewrites_only_venv_shebangs(tmp_path: Path) -> None:
     assert (venv / "bin" / "long").read_text() == "#!/usr/bin/env python3\nimport long\n"
     assert (venv / "bin" / "other").read_text() == "#!/bin/sh\necho other\n"
     assert os.readlink(venv / "bin" / "python3") == "/usr/bin/python3"
+
+
+# --- Django: collectstatic during the build, as Heroku does -------------------
+
+COLLECTSTATIC = [".venv/bin/python", "manage.py", "collectstatic", "--noinput"]
+
+
+def django_tree(root: Path, requirements: str = "Django>=5.2,<6\n") -> Path:
+    root.mkdir()
+    (root / "requirements.txt").write_text(requirements)
+    (root / "manage.py").write_text("# django-admin startproject wrote this\n")
+    (root / "Procfile").write_text("web: gunicorn mysite.wsgi\n")
+    return root
+
+
+def test_a_django_app_gets_collectstatic_with_its_config(tmp_path: Path) -> None:
+    executor, said = FakeExecutor(), []
+    src = django_tree(tmp_path / "src")
+    build(src, tmp_path / "out", tmp_path / "cache", executor, said.append, config={"K": "v"})
+    assert executor.steps[-1] == COLLECTSTATIC
+    assert executor.configs[-1] == {"K": "v"}  # settings may read config vars
+    assert "-----> $ python manage.py collectstatic --noinput" in said
+
+
+@pytest.mark.parametrize("value", ["1", "true", "yes"])
+def test_disable_collectstatic_skips_it(tmp_path: Path, value: str) -> None:
+    executor, said = FakeExecutor(), []
+    src = django_tree(tmp_path / "src")
+    config = {"DISABLE_COLLECTSTATIC": value}
+    build(src, tmp_path / "out", tmp_path / "cache", executor, said.append, config=config)
+    assert COLLECTSTATIC not in executor.steps
+    assert "-----> Skipping collectstatic (DISABLE_COLLECTSTATIC is set)" in said
+
+
+def test_no_collectstatic_without_django_or_manage_py(tmp_path: Path) -> None:
+    executor = FakeExecutor()
+    build(django_tree(tmp_path / "a", "six\n"), tmp_path / "out-a", tmp_path / "c", executor, print)
+    src = django_tree(tmp_path / "b")
+    (src / "manage.py").unlink()
+    build(src, tmp_path / "out-b", tmp_path / "c", executor, print)
+    assert COLLECTSTATIC not in executor.steps
+
+
+def test_a_failing_collectstatic_fails_the_build_and_says_how_to_skip_it(tmp_path: Path) -> None:
+    executor = FakeExecutor()
+    executor.fail_collectstatic = True
+    src = django_tree(tmp_path / "src")
+    with pytest.raises(BuildError, match=r"no STATIC_ROOT \(set DISABLE_COLLECTSTATIC=1 to build"):
+        build(src, tmp_path / "out", tmp_path / "cache", executor, print)

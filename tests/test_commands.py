@@ -25,6 +25,8 @@ class FakeChannel:
         self.stderr = b""
         self._stdin = stdin
         self._closed = asyncio.Event()
+        self.terminal = None  # no pty asked for
+        self.cooked = False
 
     async def read(self, n: int) -> bytes:
         data, self._stdin = self._stdin[:n], self._stdin[n:]
@@ -120,6 +122,7 @@ class FakeNode:
         output: Callable[[bytes], None],
         stdin: Callable[[], bytes] | None,
         cancel: threading.Event | None = None,
+        terminal: object = None,
     ) -> int:
         assert stdin is not None
         received = b""
@@ -364,6 +367,7 @@ def test_run_ends_when_the_client_takes_nothing(monkeypatch: pytest.MonkeyPatch)
             output: Callable[[bytes], None],
             stdin: Callable[[], bytes] | None,
             cancel: threading.Event | None = None,
+            terminal: object = None,
         ) -> int:
             output(b"first\n")  # never taken
             output(b"second\n")  # dropped at once

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -43,12 +44,27 @@ def test_node_bot_and_procfile_app_with_router(node_factory, tmp_path: Path):
             return ""
 
     assert get() == "hello from web.1\n"  # at once: the push waited until it answered
+    # The router writes a line per request into the app's log.
+    wait_for(
+        lambda: (
+            'app[router]: method=GET path="/" host=twoproc.localhost'
+            in node.ssh("logs", "twoproc").stdout
+        ),
+        what="the router's line in the app's log",
+    )
 
     # ps:scale adds a second web instance; the router uses both.
     assert node.ssh("ps:scale", "twoproc", "web=2").returncode == 0
     wait_for(lambda: {get() for _ in range(4)} >= {"hello from web.1\n", "hello from web.2\n"})
     assert node.ssh("ps:stop", "twoproc").returncode == 0
     assert "stopped" in node.ssh("apps").stdout
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{node.router_port}/", headers={"Host": "twoproc.localhost"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as stopped:
+        urllib.request.urlopen(req, timeout=5)
+    assert stopped.value.code == 503
+    assert stopped.value.read().startswith(b"twoproc has no running web process\nrequest id: ")
 
     assert node.ssh("apps:destroy", "twoproc").returncode != 0  # needs --confirm
     assert node.ssh("apps:destroy", "twoproc", "--confirm", "twoproc").returncode == 0

@@ -4,8 +4,11 @@ run its types and commands. End to end with the system git and ssh on docker."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from tests.conftest import make_repo, wait_for
@@ -50,3 +53,37 @@ def test_create_configure_scale_push_then_run(node_factory, tmp_path: Path):
     logs = lambda: node.ssh("logs", app).stdout  # noqa: E731
     wait_for(lambda: logs().count("app[bot.1]: bot up") >= 2, what="the restarted bot")
     assert "Terminated" not in logs()
+
+    # `ssh -t … run APP bash`: an interactive shell on a pty (-tt: the test has no terminal).
+    shell = [*node.ssh_command.split(), "-tt", "pc@127.0.0.1", "run", app, "bash"]
+    typed = b"tty; echo $((6*7)); exit 3\n"
+    r = subprocess.run(shell, input=typed, capture_output=True, timeout=120)  # bytes: "\r\n"
+    assert r.returncode == 3, (r.stdout, r.stderr)
+    assert b"/dev/pts/" in r.stdout and b"42\r\n" in r.stdout, r.stdout
+    assert asyncio.run(window_sizes(node, app)) == ["40 100", "50 120"]
+    # Other commands under `ssh -t` end their lines for a raw terminal: "\r\n".
+    apps = [*node.ssh_command.split(), "-tt", "pc@127.0.0.1", "apps"]
+    out = subprocess.run(apps, capture_output=True, timeout=60, stdin=subprocess.DEVNULL).stdout
+    assert app.encode() in out and out.count(b"\n") == out.count(b"\r\n"), out
+
+
+async def window_sizes(node, app: str) -> list[str]:
+    """The pty's size as the command sees it, before and after the client's window changes."""
+    async with asyncssh.connect(
+        "127.0.0.1",
+        node.ssh_port,
+        username="pc",
+        client_keys=[str(node.key)],
+        known_hosts=None,
+    ) as conn:
+        # Docker sizes a pty just after the start: wait for it, then report it twice.
+        line = 'until [ "$(stty size)" != "0 0" ]; do sleep 0.1; done; stty size; read x; stty size'
+        proc = await conn.create_process(
+            f"run {app} '{line}'", term_type="xterm", term_size=(100, 40), encoding=None
+        )
+        first = await asyncio.wait_for(proc.stdout.readline(), 60)
+        proc.change_terminal_size(120, 50)
+        proc.stdin.write(b"\n")
+        rest = await asyncio.wait_for(proc.stdout.read(), 60)
+        lines = (first + rest).decode().split("\r\n")
+        return [x for x in lines if x.strip() and x[0].isdigit()]

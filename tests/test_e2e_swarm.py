@@ -23,12 +23,13 @@ from pathlib import Path
 import docker
 import pytest
 
+from peoplescloud.settings import SwarmSettings
 from swarm.ipfs.kubo import Kubo
 from tests.conftest import NodeProc, commit_all, free_port, keygen, make_repo, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.ipfs, pytest.mark.e2e]
 
-FAILOVER = 10  # seconds: the default lease (4 s) plus margin (6 s)
+FAILOVER = SwarmSettings.lease_seconds + SwarmSettings.margin_seconds  # the defaults
 
 
 NODES: set[str] = set()  # this test's node names: the engine may be shared
@@ -225,3 +226,73 @@ def test_three_nodes_place_replicate_and_fail_over(
     commit_all(work, "v2")
     r = alive.git(work, "push", alive.remote("mybot"), "main")
     assert r.returncode != 0 and "no quorum" in r.stderr, r.stderr
+
+
+def state_of(node: NodeProc, member: str) -> str | None:
+    """The state `pc swarm status` on `node` gives `member` (None: not listed)."""
+    for line in node.pc("swarm", "status").stdout.splitlines():
+        if line.split()[:1] == [member]:
+            return line.split()[1]
+    return None
+
+
+def test_a_member_dead_for_good_is_removed_and_the_others_run_its_apps(
+    node_factory, tmp_path: Path
+):
+    """Three nodes; the one that runs the bot dies for good; its host's neighbour
+    removes it (`pc swarm remove`): two members left, a majority of two, the bot
+    runs there and a new release goes through; the dead one is listed nowhere."""
+    n1, n2, n3 = (node_factory("docker", start=False) for _ in range(3))
+    by_name = {n.name: n for n in (n1, n2, n3)}
+    NODES.update(by_name)
+    assert n1.pc("swarm", "create", "--name", "friends").returncode == 0
+    n1.start()
+    for joiner in (n2, n3):
+        token = n1.pc("swarm", "invite").stdout.strip().splitlines()[-1]
+        assert joiner.pc("swarm", "join", token).returncode == 0
+        joiner.start()
+    wait_for(lambda: n1.pc("swarm", "status").stdout.count(" up ") == 3, what="three up")
+    work = make_repo(tmp_path, "python-bot")
+    assert n1.git(work, "push", n1.remote("mybot"), "main").returncode == 0
+    home = wait_for(lambda: where(n1, "mybot"), what="bot.1 up")
+    dead = by_name[home]
+    survivor = next(n for n in (n1, n2, n3) if n is not dead)
+
+    # A member that is up is not removed: it leaves by itself.
+    r = survivor.pc("swarm", "remove", dead.name, check=False)
+    assert r.returncode != 0 and f"{dead.name} is up" in r.stderr, r.stderr
+
+    dead.kill()  # for good: its home is never started again
+    wait_for(
+        lambda: state_of(survivor, dead.name) == "down",
+        timeout=FAILOVER + 30,
+        what="the dead member down",
+    )
+    r = survivor.pc("swarm", "remove", dead.name, check=False)
+    assert r.returncode == 0, r.stderr
+    assert f"{dead.name} removed from the swarm" in r.stdout
+    status = survivor.pc("swarm", "status").stdout
+    assert dead.name not in status and status.count(" up ") == 2
+    assert dead.name not in survivor.ssh("swarm:nodes").stdout
+    moved = wait_for(lambda: (w := where(survivor, "mybot")) not in (None, home) and w)
+    assert copies("mybot") == [moved]
+
+    # Two members, both needed for a majority: a new release still goes through.
+    (work / "bot.py").write_text((work / "bot.py").read_text() + "# v2\n")
+    commit_all(work, "v2")
+    r = survivor.git(work, "push", survivor.remote("mybot"), "main")
+    assert r.returncode == 0, r.stderr
+    assert "Release v2 running" in r.stderr
+    releases = survivor.ssh("releases", "mybot").stdout
+    assert dead.name not in releases.splitlines()[0]  # not among the slug's holders
+
+    # Of the two left, one dies as well: no majority, and the host is told what to do.
+    other = next(n for n in (n1, n2, n3) if n not in (dead, survivor))
+    other.kill()
+    wait_for(
+        lambda: state_of(survivor, other.name) == "down",
+        timeout=FAILOVER + 30,
+        what="the second member down",
+    )
+    r = survivor.pc("swarm", "remove", other.name, check=False)
+    assert r.returncode != 0 and "one at a time, while most are alive" in r.stderr, r.stderr

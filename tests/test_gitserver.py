@@ -442,6 +442,9 @@ def test_a_git_client_that_takes_nothing_is_treated_as_gone(monkeypatch: pytest.
     class Process:
         stdout = Stuck()
 
+        def get_terminal_type(self) -> None:
+            return None  # no pty asked for
+
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
     try:

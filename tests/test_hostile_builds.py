@@ -48,7 +48,9 @@ class ProcfileExecutor:
     def python_version(self) -> str:
         return "3.11.2"
 
-    def run(self, argv: Sequence[str], app: Path, cache: Path, say: Say) -> None:
+    def run(
+        self, argv: Sequence[str], app: Path, cache: Path, say: Say, *_: object, **__: object
+    ) -> None:
         raise AssertionError(f"no step expected, got {argv}")
 
 
@@ -271,11 +273,11 @@ class BinSwappingHostExecutor(ProcfileExecutor):
     def __init__(self, host_dir: Path) -> None:
         self.host_dir = host_dir
 
-    def run(self, argv: Sequence[str], app: Path, cache: Path, say: Say) -> None:
-        if "pip" in argv[0]:
-            (app / ".venv" / "bin").symlink_to(self.host_dir)
-        else:
-            (app / ".venv").mkdir()
+    def run(
+        self, argv: Sequence[str], app: Path, cache: Path, say: Say, *_: object, **__: object
+    ) -> None:
+        (app / ".venv").mkdir()
+        (app / ".venv" / "bin").symlink_to(self.host_dir)
 
 
 def test_the_host_rewrites_nothing_through_a_planted_venv_bin(tmp_path: Path) -> None:

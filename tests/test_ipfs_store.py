@@ -121,6 +121,26 @@ def test_get_never_leaves_a_half_written_slug(pair: tuple[IpfsStore, IpfsStore],
     assert [p.name for p in taken.iterdir()] == ["other"]
 
 
+def test_a_slug_unpacked_ahead_is_taken_whole_by_a_rename(
+    pair: tuple[IpfsStore, IpfsStore], tmp_path: Path
+):
+    a, _ = pair
+    cid = a.add(make_slug(tmp_path / "slug"))
+    store = IpfsStore(a.api.url, ready_dir=tmp_path / "ready")
+    store.prepare(cid)
+    assert store.prepared() == {cid}
+    inode = (tmp_path / "ready" / cid / "bot.py").stat().st_ino
+    store.get(cid, tmp_path / "here")
+    assert (tmp_path / "here" / "bot.py").stat().st_ino == inode  # moved, not unpacked again
+    assert tree_digest(tmp_path / "here") == tree_digest(tmp_path / "slug")
+    assert store.prepared() == set()
+    store.get(cid, tmp_path / "again")  # nothing ready: unpacked from kubo
+    assert tree_digest(tmp_path / "again") == tree_digest(tmp_path / "slug")
+    store.prepare(cid)
+    store.discard(cid)
+    assert store.prepared() == set() and not list((tmp_path / "ready").iterdir())
+
+
 def test_unpin(pair: tuple[IpfsStore, IpfsStore], tmp_path: Path):
     a, b = pair
     slug = tmp_path / "slug"

@@ -40,7 +40,9 @@ class CrashingRuntime(FakeRuntime):
             self.crash(spec.app, spec.process, 1)
         return status
 
-    def run(self, spec: InstanceSpec, argv: list[str], output, stdin=None, cancel=None) -> int:  # type: ignore[no-untyped-def]
+    def run(
+        self, spec: InstanceSpec, argv: list[str], output, stdin=None, cancel=None, terminal=None
+    ) -> int:  # type: ignore[no-untyped-def]
         self.ran.append((spec.command, argv))
         return 0
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from peoplescloud import settings
+from peoplescloud import names, settings
 from peoplescloud.errors import ConfigError
 
 
@@ -30,13 +30,13 @@ def test_bad_values_are_refused_when_set(tmp_path: Path):
 
 @pytest.mark.parametrize("name", ["mybot", "a1", "my-bot-2", "x" * 30])
 def test_good_app_names(name: str):
-    assert settings.check_app_name(name) == name
+    assert names.check_app_name(name) == name
 
 
 @pytest.mark.parametrize("name", ["", "a", "1bot", "My", "my_bot", "x" * 31, "../etc", "a.b"])
 def test_bad_app_names(name: str):
     with pytest.raises(ConfigError, match="invalid app name"):
-        settings.check_app_name(name)
+        names.check_app_name(name)
 
 
 def test_numbers_from_the_environment_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -64,7 +64,7 @@ def test_an_instance_cpu_share_is_a_positive_fraction(
 @pytest.mark.parametrize("name", ["Ann", "1ann", "a b", "x" * 33, ""])
 def test_bad_user_names(name: str):
     with pytest.raises(ConfigError, match="invalid user name"):
-        settings.check_user_name(name)
+        names.check_user_name(name)
 
 
 def test_ipfs_api_names_a_kubo_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -103,8 +103,28 @@ def test_bad_ipfs_api_urls_are_refused(url: str, reason: str):
 def test_a_trailing_newline_is_no_part_of_a_name(tmp_path: Path):
     """`$` matches before a final "\\n": the whole name must match."""
     with pytest.raises(ConfigError, match="invalid app name"):
-        settings.check_app_name("mybot\n")
+        names.check_app_name("mybot\n")
     with pytest.raises(ConfigError, match="invalid user name"):
-        settings.check_user_name("alice\n")
+        names.check_user_name("alice\n")
     with pytest.raises(ConfigError, match="invalid node name"):
         settings.Settings(home=tmp_path, name="n1\n")
+
+
+def test_router_section_from_file_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "config.toml").write_text("[router]\nheader_timeout = 2.5\nlogs = false\n")
+    monkeypatch.setenv("PC_ROUTER_MAX_HEADERS", "50")
+    loaded = settings.load(tmp_path)
+    assert loaded.router.header_timeout == 2.5 and loaded.router.max_headers == 50
+    assert loaded.router.logs is False and loaded.router.idle_timeout == 60
+    monkeypatch.setenv("PC_ROUTER_LOGS", "true")
+    assert settings.load(tmp_path).router.logs is True
+    assert "[router]\nheader_timeout = 10.0" in settings.to_toml(settings.Settings(home=tmp_path))
+    monkeypatch.delenv("PC_ROUTER_LOGS")
+    for bad, message in [
+        ("header_timeout = 0", "at least 0.1"),
+        ('max_header_kb = "big"', "must be a number"),
+        ('logs = "maybe"', "must be true or false"),
+    ]:
+        (tmp_path / "config.toml").write_text(f"[router]\n{bad}\n")
+        with pytest.raises(ConfigError, match=message):
+            settings.load(tmp_path)

@@ -104,3 +104,13 @@ def test_the_entry_points_the_core_loads(tmp_path: Path):
         entry.ask_daemon(settings(tmp_path), "users", {})
     with pytest.raises(PCError, match="is gone"):
         entry.open_cluster(settings(tmp_path))
+
+
+def test_an_instance_no_member_can_take_says_so_in_ps(tmp_path: Path):
+    snap = Snapshot(members={"n1": member("n1", lease=1e12)})
+    snap.apps["mybot"] = app(scale={"bot": 5})
+    snap.apps["mybot"].placement = {f"bot.{n}": "n1" for n in range(1, 5)}
+    cluster, _, _ = make(tmp_path, snap)
+    assert cluster.failed_elsewhere("mybot", "bot.5") == (
+        "not placed: no member has room for 512 MB and 0.25 CPU: n1 has 0 MB free"
+    )

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from peoplescloud.runtime.base import InstanceKey, InstanceStatus
 from peoplescloud.runtime.lease import read_lease
+from peoplescloud.settings import SwarmSettings
 from peoplescloud.state import Snapshot
 from swarm.lease import Lease, stop_everything
-from swarm.raft import NoQuorum
+from swarm.raft import NoQuorum, RaftTimings
 from tests.fakes_swarm import NOW, FakeLogBus, FakeRuntime, FakeState, me, member, settings
 
 
@@ -32,12 +33,12 @@ def test_a_member_renews_its_lease_and_writes_it_for_the_watchdogs(tmp_path: Pat
     assert not lease.may_run()
     lease.renew()
     entry = state.snap.members["n1"]
-    assert entry.lease_expires == NOW + 4
+    assert entry.lease_expires == NOW + 3  # the default lease
     assert entry.leaving  # kept from the old entry
     assert (entry.raft, entry.ipfs) == ("127.0.0.1:7002", "/ip4/127.0.0.1/tcp/4001/p2p/QmMe")
-    assert read_lease(tmp_path / "run" / "lease") == NOW + 4
+    assert read_lease(tmp_path / "run" / "lease") == NOW + 3
     assert lease.may_run()
-    clock.now += 4
+    clock.now += 3
     assert not lease.may_run()
     assert stopped == []
 
@@ -54,12 +55,21 @@ def test_a_cut_off_member_stops_everything_before_its_lease_ends(tmp_path: Path)
     lease, state, clock, stopped = make(tmp_path, ["n1"])
     lease.renew()
     state.fail = NoQuorum("no quorum")
-    clock.now += 2  # 2 s left: try again next tick
-    lease.renew()
-    assert stopped == [] and lease.may_run()
-    clock.now += 1.5  # less than a second left
+    for _ in range(2):  # renewed every quarter lease: 2.25 s, then 1.5 s left: try again
+        clock.now += 0.75
+        lease.renew()
+        assert stopped == [] and lease.may_run()
+    clock.now += 0.75  # less than a second left
     lease.renew()
     assert stopped == ["lease not renewed (no quorum)"]
+
+
+def test_a_renewal_waits_no_longer_than_until_the_next_one(tmp_path: Path):
+    """A slow commit must not hold the next try back: the lease is short."""
+    lease, state, _, _ = make(tmp_path, ["n1"])
+    lease.renew()
+    assert lease.settings.swarm.renew_every == 0.75
+    assert state.timeouts == [0.75]
 
 
 def test_a_member_that_never_had_a_lease_stops_nothing(tmp_path: Path):
@@ -74,7 +84,7 @@ def test_stop_everything_stops_what_runs_and_says_why():
     down = InstanceStatus("mybot", "bot.1", "v2", False, exit_code=1)
     runtime, logbus = FakeRuntime([up, down]), FakeLogBus()
     stop_everything(runtime, logbus, "lease not renewed")  # type: ignore[arg-type]
-    assert runtime.stopped == [(InstanceKey("mybot", "web.1", "v2"), 2)]
+    assert runtime.stopped == [(InstanceKey("mybot", "web.1", "v2"), 1)]
     assert logbus.events == [("mybot", "stopping web.1: lease not renewed")]
 
 
@@ -93,3 +103,12 @@ def test_a_cut_off_member_stops_its_instances_at_once_not_one_by_one():
     stop_everything(runtime, FakeLogBus(), "lease not renewed")  # type: ignore[arg-type]
     assert len(runtime.stopped) == 4
     assert time.monotonic() - started < 2.5
+
+
+def test_a_leader_election_fits_in_a_lease():
+    """The leader dies just after a member renewed: the others elect a new one
+    within `election_max`, and the member's next try after that still comes
+    before it stops everything (when less than a try's wait is left)."""
+    timings, swarm = RaftTimings(), SwarmSettings()
+    last_try_before_stopping = swarm.lease_seconds - swarm.renew_every
+    assert timings.election_max + swarm.renew_every <= last_try_before_stopping

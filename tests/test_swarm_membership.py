@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
-from peoplescloud.errors import Forbidden, NotFound
+from peoplescloud.errors import Forbidden, NotFound, UsageError
 from peoplescloud.state import Snapshot, State, User
 from swarm.identity import SwarmIdentity
 from swarm.invite import InviteError, parse_invite
-from swarm.membership import Membership, seed, seed_when_elected
+from swarm.membership import Membership, expel, seed, seed_when_elected
 from swarm.raft import NoQuorum
 from swarm.routes import NodeRoutes
-from tests.fakes_swarm import FakeState, app, local, me, member, settings
+from tests.fakes_swarm import NOW, FakeState, app, local, me, member, settings
 
 IDENTITY = SwarmIdentity.create("friends")
 JOINER = {"memory_mb": 1024, "cpus": 0.5, "max_apps": 5, "address": "h:1", "raft": "h:2"}
@@ -70,6 +71,64 @@ def test_a_member_leaves_once_it_runs_nothing(tmp_path: Path):
     assert state.snap.pins == {"bafyslug": ["n1"]} and state.snap.held == {}
     assert state.raft_members == ["127.0.0.1:7002"]
     assert asyncio.run(membership.step_down_route("n1", {})) == {"leader": None}
+
+
+def dead_swarm() -> Snapshot:
+    """n1 (this node) up, n2 dead for a minute, n3 up; n2 ran the bot and held its slug."""
+    snap = Snapshot(
+        members={
+            "n1": member("n1", raft="127.0.0.1:7002"),
+            "n2": member("n2", lease=NOW - 60, raft="h2:2"),
+            "n3": member("n3", raft="h3:2"),
+        }
+    )
+    snap.apps["mybot"] = app(scale={"bot": 1})
+    snap.apps["mybot"].placement = {"bot.1": "n2"}
+    snap.pins = {"bafyslug": ["n1", "n2", "n3"]}
+    snap.held = {"n1": ["bafyslug"], "n2": ["bafyslug"], "n3": ["bafyslug"]}
+    snap.observed = {"n2": {"mybot/bot.1": {"running": True}}}
+    return snap
+
+
+def test_a_dead_member_is_removed_from_raft_and_the_state(tmp_path: Path):
+    membership, state = make(tmp_path, dead_swarm())
+    state.raft_members = ["127.0.0.1:7002", "h2:2", "h3:2"]
+    membership.me = me(settings(tmp_path, name="n1"))
+    with pytest.raises(Forbidden):  # another member cannot ask it
+        asyncio.run(membership.expel_route("n3", {"node": "n2"}))
+    with mock.patch("swarm.membership.time.time", return_value=NOW):
+        asyncio.run(membership.expel_route("n1", {"node": "n2"}))
+    assert state.raft_members == ["127.0.0.1:7002", "h3:2"]
+    snap = state.snap
+    assert sorted(snap.members) == ["n1", "n3"]
+    assert snap.pins == {"bafyslug": ["n1", "n3"]} and "n2" not in snap.held
+    assert "n2" not in snap.observed
+    assert [e["what"] for e in snap.events.values()] == ["swarm:remove n2 (pc swarm remove on n1)"]
+
+
+@pytest.mark.parametrize(
+    ("node", "lease", "error"),
+    [
+        ("n9", NOW - 60, "no member named 'n9'"),
+        ("n1", NOW - 60, "does not remove itself"),
+        ("n2", NOW + 1, "n2 is up: only a member whose lease has surely ended"),
+        ("n2", NOW - 1, "n2 is suspect"),  # within the margin: it may still run
+    ],
+)
+def test_only_a_dead_member_is_removed(tmp_path: Path, node: str, lease: float, error: str):
+    snap = dead_swarm()
+    snap.members["n2"].lease_expires = lease
+    membership, state = make(tmp_path, snap)
+    with pytest.raises(UsageError, match=error):
+        expel(state, node, "n1", 4.5, NOW)  # type: ignore[arg-type]
+    assert sorted(state.snap.members) == ["n1", "n2", "n3"]
+
+
+def test_without_a_majority_the_host_is_told_what_to_do(tmp_path: Path):
+    membership, state = make(tmp_path, dead_swarm())
+    state.fail = NoQuorum("the swarm has no quorum (1 of 3 members answer): nothing was changed")
+    with pytest.raises(NoQuorum, match="remove dead members one at a time, while most are alive"):
+        expel(state, "n2", "n1", 4.5, NOW)  # type: ignore[arg-type]
 
 
 def test_the_first_member_brings_the_lone_nodes_users_and_apps(tmp_path: Path):

@@ -44,3 +44,33 @@ def test_a_decision_without_quorum_waits_for_the_next_round(
     Planner(settings(tmp_path), state, clock=lambda: NOW).decide(state.read())  # type: ignore[arg-type]
     assert state.version == 0
     assert "placement not written this round: no quorum" in caplog.text
+
+
+def test_the_next_plan_is_due_when_a_members_lease_has_surely_passed(tmp_path: Path):
+    """Failover waits on nothing more than the lease and the margin: the plan runs
+    again right when the first member that is up or suspect turns down."""
+    s = settings(tmp_path)
+    margin = s.swarm.margin_seconds
+    snap = Snapshot(
+        members={
+            "n1": member("n1", lease=NOW + 2),
+            "n2": member("n2", lease=NOW - 1),  # suspect
+            "n3": member("n3", lease=NOW - 100),  # down already: nothing more to wait for
+        }
+    )
+    planner = Planner(s, FakeState(snap), clock=lambda: NOW)  # type: ignore[arg-type]
+    assert planner.next_change(snap) == pytest.approx(margin - 1)
+    del snap.members["n2"]
+    assert planner.next_change(snap) == pytest.approx(2 + margin)
+    del snap.members["n1"]
+    assert planner.next_change(snap) == float("inf")
+
+
+def test_an_instance_no_member_can_take_says_why(tmp_path: Path):
+    snap = Snapshot(members={"n1": member("n1")})
+    snap.apps["mybot"] = app(scale={"bot": 5})  # 5 x 512 MB on a 2048 MB member
+    decided = plan(snap, settings(tmp_path), NOW)
+    assert sorted(decided.placement["mybot"]) == ["bot.1", "bot.2", "bot.3", "bot.4"]
+    assert decided.unplaced == {
+        ("mybot", "bot.5"): "no member has room for 512 MB and 0.25 CPU: n1 has 0 MB free"
+    }

@@ -80,3 +80,21 @@ def test_an_app_destroyed_elsewhere_is_forgotten_here_unless_made_again(tmp_path
     assert not s.repo_path("gone").exists()
     assert s.repo_path("back").exists()
     assert logbus.forgotten == ["gone"]
+
+
+def test_current_slugs_held_here_are_unpacked_ahead_of_a_failover(tmp_path: Path):
+    """Held and current, not running here: unpacked, so a failover starts at once.
+    Running here (a working copy exists), old, or held elsewhere: not kept."""
+    s = settings(tmp_path)
+    snap = Snapshot(apps={"mybot": app(), "other": app("other"), "site": app("site")})
+    snap.apps["mybot"].releases = [release(1, "old"), release(2, "cur")]
+    snap.apps["mybot"].current = 2
+    snap.apps["other"].releases = [release(1, "runs")]
+    snap.apps["site"].releases = [release(1, "elsewhere")]
+    snap.held = {"n1": ["old", "cur", "runs"], "n2": ["elsewhere"]}
+    s.slug_path("runs").mkdir(parents=True)
+    store = FakeStore()
+    store.ready = {"old", "stale"}
+    upkeep = Upkeep(s, FakeState(snap), FakeKubo(), store, FakeLogBus())  # type: ignore[arg-type]
+    upkeep.prepare_slugs(snap)
+    assert store.ready == {"cur"}

@@ -9,10 +9,14 @@ Every kind module has:
 - `build(tree, out, cache, executor, say)`: install dependencies into the slug `out`.
 
 They are tried in the order of `ORDER`; the first that says "mine" builds the app.
+`dockerfile` comes after the language kinds: a Python or Node app that ships a
+Dockerfile keeps its slug build (unless app.json asks for the Dockerfile), but
+a Dockerfile beside a bare Procfile is built, the Procfile's types run in its
+image. It builds an image rather than a slug (see builder.image).
 """
 
-from builder.kinds import node, procfile, python
+from builder.kinds import dockerfile, node, procfile, python
 
-ORDER = [python, node, procfile]
+ORDER = [python, node, dockerfile, procfile]
 
 __all__ = ["ORDER"]

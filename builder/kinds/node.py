@@ -7,7 +7,7 @@ from pathlib import Path
 
 from builder.cache import cache_key, install_cached
 from builder.errors import BuildError
-from builder.executor import Executor, Say
+from builder.executor import Config, Executor, Say
 
 BIN_DIRS = ("node_modules/.bin",)  # put on PATH when the slug runs
 NAME = "Node"
@@ -42,7 +42,7 @@ def default_processes(tree: Path) -> dict[str, str]:
     return {"bot": "npm start"} if has_start else {}
 
 
-def build(tree: Path, out: Path, cache: Path, executor: Executor, say: Say) -> None:
+def build(tree: Path, out: Path, cache: Path, executor: Executor, say: Say, config: Config) -> None:
     """Install the dependencies into `out/node_modules`: `npm ci` when there is a
     lock file (exactly what it says), else `npm install`."""
     command = "ci" if (tree / "package-lock.json").is_file() else "install"

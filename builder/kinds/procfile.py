@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from builder.executor import Executor, Say
+from builder.executor import Config, Executor, Say
 
 NAME = "Procfile"
 KIND = "procfile"
@@ -21,5 +21,5 @@ def default_processes(tree: Path) -> dict[str, str]:
     return {}  # the Procfile is the whole list
 
 
-def build(tree: Path, out: Path, cache: Path, executor: Executor, say: Say) -> None:
+def build(tree: Path, out: Path, cache: Path, executor: Executor, say: Say, config: Config) -> None:
     """Nothing to do: the slug is the source tree."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from builder.cache import cache_key, install_cached
 from builder.errors import BuildError
-from builder.executor import Executor, Say
+from builder.executor import Config, Executor, Say, uv_binary
 from builder.tree import check_tree
 
 NAME = "Python"
@@ -31,6 +31,18 @@ _INDEX_REQUIREMENT = re.compile(
 )
 _HARMLESS_OPTIONS = re.compile(r"(-i|--index-url|--extra-index-url|--trusted-host)(\s|=)\S+")
 
+# One step, so one container: a venv made by uv (a second, where `python3 -m venv`
+# spends seconds installing pip), the stack's own pip put in from Debian's local
+# wheel when there is one (so `run APP pip freeze` works as with a plain venv),
+# then the app's dependencies ("$@") with uv. A fixed script: the app's input
+# only ever arrives as arguments.
+_INSTALL = (
+    "uv venv --quiet --python python3 .venv"
+    " && { [ ! -d /usr/share/python-wheels ] || uv pip install --quiet --python .venv/bin/python"
+    " --no-index --find-links /usr/share/python-wheels pip; }"
+    ' && exec uv pip install --python .venv/bin/python "$@"'
+)
+
 
 def detect(tree: Path) -> bool:
     return (tree / "requirements.txt").is_file() or (tree / "pyproject.toml").is_file()
@@ -40,7 +52,7 @@ def default_processes(tree: Path) -> dict[str, str]:
     return {"bot": "python bot.py"} if (tree / "bot.py").is_file() else {}
 
 
-def build(tree: Path, out: Path, cache: Path, executor: Executor, say: Say) -> None:
+def build(tree: Path, out: Path, cache: Path, executor: Executor, say: Say, config: Config) -> None:
     """Check the requested Python against the stack's, then install the
     dependencies into `out/.venv` (from the cache when they did not change)."""
     check_python_version(tree, executor)
@@ -54,16 +66,38 @@ def build(tree: Path, out: Path, cache: Path, executor: Executor, say: Say) -> N
         install = ["."]
         key = None
 
+    if uv_binary() is None:
+        raise BuildError("this node has no uv: reinstall it (pip install -e .)")
+
     def run_install() -> None:
-        executor.run(["python3", "-m", "venv", ".venv"], out, cache, say)
-        pip = [".venv/bin/pip", "install", "--no-input", "--disable-pip-version-check"]
-        executor.run([*pip, *install], out, cache, say)
+        shown = " ".join(["uv pip install", *install])
+        executor.run(["sh", "-c", _INSTALL, "sh", *install], out, cache, say, shown)
         if executor.slug_moves:
             check_tree(out, ".venv", SYSTEM_LINKS)  # before the host rewrites files in it
             make_relocatable(out / ".venv")
 
     label = "Installing requirements"
     install_cached(cache, key, out / ".venv", label, run_install, say, SYSTEM_LINKS)
+    collectstatic(out, cache, executor, say, config)
+
+
+def collectstatic(out: Path, cache: Path, executor: Executor, say: Say, config: Config) -> None:
+    """Gather a Django app's static files into the slug, as Heroku's Python
+    buildpack does, so that whitenoise serves them from the first push. Runs the
+    app's own settings, with its config vars; DISABLE_COLLECTSTATIC=1 skips it."""
+    if not (out / "manage.py").is_file():
+        return
+    if not any((out / ".venv").glob("lib/python*/site-packages/django/__init__.py")):
+        return
+    if config.get("DISABLE_COLLECTSTATIC", "").lower() not in ("", "0", "false"):
+        say("-----> Skipping collectstatic (DISABLE_COLLECTSTATIC is set)")
+        return
+    say("-----> $ python manage.py collectstatic --noinput")
+    argv = [".venv/bin/python", "manage.py", "collectstatic", "--noinput"]
+    try:
+        executor.run(argv, out, cache, say, config=config)
+    except BuildError as e:
+        raise BuildError(f"{e} (set DISABLE_COLLECTSTATIC=1 to build without it)") from None
 
 
 def names_local_paths(tree: Path, requirements: Path) -> bool:

@@ -17,6 +17,7 @@ from gitserver.commands import (
     apps,
     config,
     dashboard,
+    domains,
     events,
     logs,
     ps,
@@ -80,6 +81,10 @@ COMMANDS: tuple[Command, ...] = (
     Command("sharing", "APP", "list who shares an app with its owner", sharing.sharing),
     Command("sharing:add", "APP USER", "let a user push, configure and run an app", sharing.add),
     Command("sharing:remove", "APP USER", "stop sharing an app with a user", sharing.remove),
+    Command("domains", "APP", "list an app's custom domains", domains.domains),
+    Command("domains:add", "APP HOST", "route a domain of yours to an app", domains.add),
+    Command("domains:remove", "APP HOST", "stop routing a domain to an app", domains.remove),
+    Command("certs", "APP", "show the TLS certificates of an app's domains", domains.certs),
     Command("keys", "", "list your SSH keys' fingerprints", users.keys),
     Command("keys:add", "< KEY.pub", "add an SSH key of yours, read from stdin", users.keys_add),
     Command(

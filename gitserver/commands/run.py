@@ -38,10 +38,14 @@ async def run(ctx: Context, args: Args) -> int:
         except RuntimeError:  # the loop is gone
             return b""
 
+    terminal = ctx.channel.terminal
+    if terminal is not None:  # the command's pty makes the output, "\r\n" and all
+        ctx.channel.cooked = False
     gone = asyncio.ensure_future(ctx.channel.wait_closed())
     gone.add_done_callback(lambda _f: cancel.set())
     try:
-        return await in_thread(ctx.service.run, ctx.user, app, argv, output, stdin, cancel)
+        service = ctx.service
+        return await in_thread(service.run, ctx.user, app, argv, output, stdin, cancel, terminal)
     finally:
         gone.cancel()
         cancel.set()

@@ -60,6 +60,10 @@ class InstanceSpec:
     cpus: float = 0.25
     web: bool = False  # gets $PORT and an address the router can reach
     path: tuple[str, ...] = ()  # the slug's executable dirs, relative to it: first on PATH
+    # A Dockerfile app's image id: it runs instead of the stack, without the slug
+    # mounted (the slug holds the image's archive, for a node that lacks it).
+    image: str = ""
+    user: str = ""  # "uid:gid" for the image ("": the runtime's own unprivileged user)
 
     @property
     def ptype(self) -> str:
@@ -119,6 +123,18 @@ class LogLine:
     text: str  # without the trailing newline
 
 
+@dataclass
+class Terminal:
+    """The pty a client asked for (`ssh -t … run APP bash`): its type and size. A
+    runtime that gives the command a pty sets `resize`, which the SSH server calls
+    when the client's window changes."""
+
+    term: str
+    cols: int
+    rows: int
+    resize: Callable[[int, int], None] = lambda cols, rows: None
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a runtime can promise, declared rather than probed (like Nomad's
@@ -173,6 +189,12 @@ def shell_script(command: str) -> str:
     return f"trap : TERM INT HUP; {command}"
 
 
+def image_repo(node: str, app: str) -> str:
+    """The repository a node tags a Dockerfile app's images with: the node's own,
+    so that nodes sharing one engine each keep (and prune) only theirs."""
+    return f"pc-{node}/{app}"
+
+
 def search_path(slug: Path | str, dirs: tuple[str, ...], system: str) -> str:
     """$PATH for an instance: the slug's executable dirs first, then the system's."""
     return ":".join([*(f"{slug}/{d}" for d in dirs), system])
@@ -219,6 +241,8 @@ class Runtime(Protocol):
         output: Callable[[bytes], None],
         stdin: Callable[[], bytes] | None = None,
         cancel: threading.Event | None = None,
+        terminal: Terminal | None = None,
     ) -> int:
         """Run a one-off command in the app's environment; stream output; return its exit
-        code. Setting `cancel` (the client left) kills it."""
+        code. Setting `cancel` (the client left) kills it. With a `terminal` (the
+        client asked for a pty) the command gets one, where the runtime can."""

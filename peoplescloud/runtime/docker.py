@@ -5,9 +5,11 @@ unprivileged user with a read-only root, a private /tmp, a memory limit and no
 capabilities. Every container carries the instance's labels, and `status()`
 lists containers by the node label, which is how a restarted daemon re-adopts
 them (and how several nodes share one engine). No restart policy: the daemon
-decides about restarts. Each instance's main process is the lease watchdog
-(`peoplescloud.runtime.lease`), which runs the app's command as its child and ends it
-once the node's lease passes; the lease directory is mounted read-only for it.
+decides about restarts. Each instance's init (PID 1) is `pc-shim`
+(`runtime.shim`, a small static program bind-mounted read-only), which runs
+the app's command as its child, passes `docker stop`'s signal on to every
+process of the container, reaps orphans, and ends the app once the node's lease
+passes (`peoplescloud.runtime.lease`); the lease directory is mounted read-only for it.
 
 The node's containers are on a network of its own (`pc_<node>`, made with its
 first container, removed with its last) where docker forwards nothing between
@@ -20,7 +22,6 @@ whose rules keep the containers away from the node's own ports.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 import threading
 import uuid
@@ -37,7 +38,7 @@ from docker.utils.socket import frames_iter
 
 from builder.docker_executor import BUILD_LABEL
 from peoplescloud.errors import RuntimeFailure
-from peoplescloud.runtime import firewall, lease
+from peoplescloud.runtime import firewall, images, lease, shim
 from peoplescloud.runtime.base import (
     LABEL_APP,
     LABEL_NODE,
@@ -49,6 +50,7 @@ from peoplescloud.runtime.base import (
     InstanceSpec,
     InstanceStatus,
     LogLine,
+    Terminal,
     on_set,
     search_path,
     shell_script,
@@ -57,17 +59,16 @@ from peoplescloud.runtime.base import (
 LABEL_ONEOFF = "peoplescloud.oneoff"  # one-off `run` containers: not instances
 APP_USER = "10001:10001"
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
-# `docker stop` signals docker-init (tini); with this it signals the whole process
-# group, so the app gets SIGTERM even when `sh -c` did not exec it (see
-# `shell_script`: then sh traps the signal and waits for the app instead of dying
-# first, when tini would end the container and SIGKILL the app mid-shutdown).
-# `exec 2>&1`: one stream, so docker stores lines in the order of their
-# timestamps (its stdout and stderr readers race), which timestamp cursors rely on.
-TINI_GROUP = {"TINI_KILL_PROCESS_GROUP": "1"}
+# `docker stop` signals the container's init, pc-shim, which passes it on to
+# every process of the container, so the app gets SIGTERM even when `sh -c` did
+# not exec it (see `shell_script`: then sh traps the signal and waits for the app
+# instead of dying first, when the container would end and SIGKILL the app
+# mid-shutdown). `exec 2>&1`: one stream, so docker stores lines in the order of
+# their timestamps (its stdout and stderr readers race), which timestamp cursors rely on.
 SH_PREFIX = "exec 2>&1; "
 LEASE_MOUNT = "/run/pc"  # the lease directory, inside a container
-# `python3 -c WATCHDOG <lease dir> <process> <command...>`: lease.py, run as a script.
-WATCHDOG = inspect.getsource(lease) + "\nimport sys\nsys.exit(watchdog_main(sys.argv[1:]))\n"
+SHIM_MOUNT = "/run/pc-shim"  # pc-shim, inside a container
+TMPFS = "rw,nosuid,nodev,size=256m,mode=1777"  # /tmp, and a Dockerfile app's VOLUMEs
 LOG_CONFIG = LogConfig(type=LogConfig.types.JSON, config={"max-size": "10m", "max-file": "3"})
 
 
@@ -92,6 +93,7 @@ class DockerRuntime:
         self.image = image
         self.lease_dir = lease_dir
         self.network = f"pc_{node}"  # '_' is in no node name: no other node's
+        self.app_images = images.AppImages(client, node)  # Dockerfile apps' (the reconciler's)
         # Held while the network is made and a container put on it, or it is removed.
         self._network_lock = threading.Lock()
 
@@ -106,17 +108,16 @@ class DockerRuntime:
                 self._remove(old)  # exited, of this release or an older one
             elif old.labels.get(LABEL_RELEASE) == spec.release:
                 raise RuntimeFailure(f"{spec.key} is already running")
-        env = {
-            **spec.environment(WEB_PORT if spec.web else None),
-            "PATH": search_path("/app", spec.path, SYSTEM_PATH),
-            **TINI_GROUP,
-        }
-        sandbox = self._sandbox(spec)
+        env = {**spec.environment(WEB_PORT if spec.web else None), **_path(spec)}
+        # pc-shim is the init (tini, docker's, is not needed: it does its part).
+        sandbox = {**self._sandbox(spec), "init": False}
+        sandbox["volumes"][str(shim.binary())] = {"bind": SHIM_MOUNT, "mode": "ro"}
         if self.lease_dir is not None:
             lease.make_lease_dir(self.lease_dir)
             mount = {"bind": LEASE_MOUNT, "mode": "ro"}
             sandbox["volumes"][str(self.lease_dir.resolve())] = mount
-        watchdog = ["/usr/bin/python3", "-I", "-c", WATCHDOG, LEASE_MOUNT, spec.process]
+        init = shim.command(SHIM_MOUNT, spec.process, LEASE_MOUNT, init=True)
+        argv = [*init, "sh", "-c", SH_PREFIX + shell_script(spec.command)]
         # Host port None: the engine picks a free one (docker-py takes it; its stubs
         # know only int ports).
         ports: dict[str, Any] | None = (
@@ -125,8 +126,7 @@ class DockerRuntime:
         try:
             with self._network_lock:  # the network stays once the container is made
                 container = self.client.containers.create(
-                    self.image,
-                    [*watchdog, "sh", "-c", SH_PREFIX + shell_script(spec.command)],
+                    **_command(spec, argv, self.image),
                     name=self.container_name(spec.key),
                     environment=env,
                     labels=spec.labels(),
@@ -186,20 +186,24 @@ class DockerRuntime:
         output: Callable[[bytes], None],
         stdin: Callable[[], bytes] | None = None,
         cancel: threading.Event | None = None,
+        terminal: Terminal | None = None,
     ) -> int:
-        """A one-off container like `docker run --rm -i`, attached before it starts."""
+        """A one-off container like `docker run --rm -i` (`-it` with a terminal),
+        attached before it starts."""
+        tty = terminal is not None
         try:
             with self._network_lock:
                 container = self.client.containers.create(
-                    self.image,
-                    argv,
+                    **_command(spec, argv, self.image),
                     name=f"pc_{self.node}_{spec.app}_run-{uuid.uuid4().hex[:8]}",
                     environment={
                         **spec.environment(None),
-                        "PATH": search_path("/app", spec.path, SYSTEM_PATH),
+                        **_path(spec),
+                        **({"TERM": terminal.term} if terminal else {}),
                     },
                     labels={**spec.labels(), LABEL_ONEOFF: "1"},
                     stdin_open=stdin is not None,
+                    tty=tty,
                     network=self._network(),
                     **self._sandbox(spec),
                 )
@@ -210,11 +214,14 @@ class DockerRuntime:
             params = {"stdout": 1, "stderr": 1, "stream": 1, "stdin": int(stdin is not None)}
             sock = container.attach_socket(params=params)
             container.start()
+            if terminal is not None:
+                terminal.resize = lambda cols, rows: _resize(container, cols, rows)
+                terminal.resize(terminal.cols, terminal.rows)
             if cancel is not None:  # removing the container ends the stream below
                 on_set(cancel, lambda: self._remove(container))
             if stdin is not None:
-                threading.Thread(target=_feed, args=(sock, stdin), daemon=True).start()
-            for _stream, data in frames_iter(sock, tty=False):
+                threading.Thread(target=_feed, args=(sock, stdin, tty), daemon=True).start()
+            for _stream, data in frames_iter(sock, tty=tty):
                 output(data)
             sock.close()
             return int(container.wait()["StatusCode"])
@@ -272,8 +279,9 @@ class DockerRuntime:
                         raise
 
     def _sandbox(self, spec: InstanceSpec) -> dict[str, Any]:
-        """What every container of an app gets: the slug, limits, no privileges."""
-        return dict(
+        """What every container of an app gets: the slug, limits, no privileges
+        (a Dockerfile app: its own image instead of the slug, see `images.sandbox`)."""
+        box = dict(
             volumes={str(spec.slug.resolve()): {"bind": "/app", "mode": "ro"}},
             working_dir="/app",
             user=APP_USER,
@@ -283,10 +291,11 @@ class DockerRuntime:
             nano_cpus=int(spec.cpus * 1e9),
             pids_limit=512,
             read_only=True,
-            tmpfs={"/tmp": "rw,nosuid,nodev,size=256m,mode=1777"},
+            tmpfs={"/tmp": TMPFS},
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
         )
+        return images.sandbox(self.client, self.node, spec, box) if spec.image else box
 
     def _slot(self, app: str, process: str) -> list[Any]:
         """This node's containers of `process` of `app`, of any release."""
@@ -359,6 +368,20 @@ class DockerRuntime:
             return
 
 
+def _command(spec: InstanceSpec, argv: list[str], stack: str) -> dict[str, Any]:
+    """The image and command of a container of the app: the stack's, or a
+    Dockerfile app's own image, whose ENTRYPOINT is replaced (else it would be
+    put before the command)."""
+    if spec.image:
+        return {"image": spec.image, "entrypoint": argv}
+    return {"image": stack, "command": argv}
+
+
+def _path(spec: InstanceSpec) -> dict[str, str]:
+    """PATH with the slug's executables first; a Dockerfile app keeps its image's."""
+    return {} if spec.image else {"PATH": search_path("/app", spec.path, SYSTEM_PATH)}
+
+
 def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
     """Whole lines from a stream of chunks (the last one even without its newline)."""
     buffer = b""
@@ -385,12 +408,22 @@ def _ts_key(stamp: str) -> tuple[int, int]:
     return int(seconds), int((frac + "000000000")[:9])
 
 
-def _feed(sock: Any, stdin: Callable[[], bytes]) -> None:
-    """Copy stdin into the attached socket, then half-close it: the app sees EOF."""
+def _feed(sock: Any, stdin: Callable[[], bytes], tty: bool) -> None:
+    """Copy stdin into the attached socket, then half-close it: the app sees EOF.
+    Not on a pty: there Docker ends the whole attachment, output and all (a user
+    ends a shell with exit or Ctrl-D, which are bytes like any other)."""
     raw = getattr(sock, "_sock", sock)
     try:
         while data := stdin():
             raw.sendall(data)
-        raw.shutdown(SHUT_WR)
+        if not tty:
+            raw.shutdown(SHUT_WR)
     except OSError:
         pass  # the container ended first
+
+
+def _resize(container: Any, cols: int, rows: int) -> None:
+    """Give a one-off's pty the client's window size (0 x 0: the client did not say)."""
+    if cols > 0 and rows > 0:
+        with contextlib.suppress(docker.errors.DockerException):  # it may have ended
+            container.resize(height=rows, width=cols)

@@ -1,7 +1,8 @@
 """The process runtime: instances as plain child processes, for nodes without Docker.
 
-Each instance runs in its own session (so it outlives the daemon) under a small
-python shim, itself the session leader, that:
+Each instance runs in its own session (so it outlives the daemon) under
+`pc-shim` (`runtime.shim`: a small static program, not a Python interpreter),
+itself the session leader, that:
   - timestamps every line of the app's stdout+stderr into `<process>.<n>.log`, so
     logs carry the time they were written, like docker's; at `log_mb` it goes on
     in `<n+1>` and removes `<n-1>`: one old file is kept;
@@ -12,8 +13,8 @@ python shim, itself the session leader, that:
 A handle file `<process>.json` (pid and kernel start time of the shim, to tell
 a reused pid apart, release, port, ...) is what `status()` re-adopts. The shim
 starts with a clean environment: the app's (config vars included) reaches it
-in a file (`<process>.launch`, read and removed at once) and goes to the app
-alone. Where bubblewrap works, the app runs in its sandbox (`runtime.sandbox`):
+through an unnamed file it reads by descriptor, and goes to the app alone.
+Where bubblewrap works, the app runs in its sandbox (`runtime.sandbox`):
 only the system and its slug, read-only, a private /tmp, a user namespace, not
 root on the host, with limits. The network is the host's: see `capabilities`.
 """
@@ -27,7 +28,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -37,13 +37,14 @@ from pathlib import Path
 from typing import Any, cast
 
 from peoplescloud.errors import RuntimeFailure
-from peoplescloud.runtime import lease, sandbox
+from peoplescloud.runtime import lease, sandbox, shim
 from peoplescloud.runtime.base import (
     Capabilities,
     InstanceKey,
     InstanceSpec,
     InstanceStatus,
     LogLine,
+    Terminal,
     on_set,
     search_path,
     shell_script,
@@ -51,7 +52,6 @@ from peoplescloud.runtime.base import (
 
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 POLL = 0.2  # seconds between looks at a growing log or a dying process group
-_ROOT = str(Path(__file__).resolve().parents[2])  # makes `swarm` importable for the shim
 SHARED_NETWORK = "apps share the host's network and reach its local services"
 
 
@@ -87,6 +87,8 @@ class ProcessRuntime:
         return Capabilities(False, SHARED_NETWORK if self.sandbox else self._why)
 
     def start(self, spec: InstanceSpec) -> InstanceStatus:
+        if spec.image:
+            raise RuntimeFailure(f"{spec.app} is built from a Dockerfile: it runs only on Docker")
         files = self._files(spec.key)
         for path in files["dir"].glob(f"{spec.process}@*.json"):  # this slot, any release
             handle = _read_json(path)
@@ -98,22 +100,36 @@ class ProcessRuntime:
         files["dir"].mkdir(parents=True, exist_ok=True)
         _log_file(files["log"], 0).write_bytes(b"")  # logs() may follow it at once
         port = _free_port() if spec.web else None
+        program = str(shim.binary())  # built on first use: may say what to install
+        cwd, limits = spec.slug.resolve(), self._limits(spec)
+        argv = ["sh", "-c", shell_script(spec.command)]  # see `shell_script`
+        env = self._env(spec, port)
+        if self.sandbox:
+            launch = self.sandbox.launch(argv, env, cwd, limits, [cwd])
+        else:
+            launch = sandbox.plain(argv, env, limits)
+        # What the command gets (the app's environment when not sandboxed, else the
+        # setup programs' clean one); the shim itself runs with a clean one.
+        environ = sandbox.data_file(
+            b"".join(f"{k}={v}\0".encode("utf-8", "surrogateescape") for k, v in launch.env.items())
+        )
         lease_dir = str(self.lease_dir.resolve()) if self.lease_dir else ""
-        what = {
-            "sandbox": [self.sandbox.bwrap, self.sandbox.uid] if self.sandbox else None,
-            "argv": ["sh", "-c", shell_script(spec.command)],  # see `shell_script`
-            "env": self._env(spec, port),
-            "cwd": str(spec.slug.resolve()),
-            "limits": self._limits(spec).__dict__,
-        }
-        _write_private(files["launch"], json.dumps(what))
-        argv = [sys.executable, "-I", "-c", SHIM, _ROOT, str(files["log"]), str(files["exit"])]
-        argv += [lease_dir, spec.process, str(files["launch"]), str(self.log_bytes)]
+        command = shim.command(
+            program,
+            spec.process,
+            lease_dir,
+            log=files["log"],
+            first_log=max(_log_numbers(files["log"]), default=0),
+            log_bytes=self.log_bytes,
+            exit_file=files["exit"],
+            env_fd=environ.fileno(),
+        )
         try:
             child = subprocess.Popen(
-                argv,
-                cwd="/",
+                [*command, *launch.argv],
+                cwd=cwd,
                 env=dict(sandbox.CLEAN_ENV),  # the app's own reaches the app alone
+                pass_fds=(*launch.fds, environ.fileno()),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -121,6 +137,9 @@ class ProcessRuntime:
             )
         except OSError as e:
             raise RuntimeFailure(f"could not start {spec.key}: {e}") from None
+        finally:
+            launch.close()
+            environ.close()
         self._children[child.pid] = child
         handle = {
             "id": uuid.uuid4().hex,
@@ -211,6 +230,7 @@ class ProcessRuntime:
         output: Callable[[bytes], None],
         stdin: Callable[[], bytes] | None = None,
         cancel: threading.Event | None = None,
+        terminal: Terminal | None = None,  # not given here: its one-offs have pipes, no pty
     ) -> int:
         env, limits = self._env(spec, None), self._limits(spec)
         if self.sandbox:  # a one-off ends with the daemon that reads it
@@ -257,7 +277,6 @@ class ProcessRuntime:
             "handle": d / f"{name}.json",
             "log": d / name,  # the files are `<name>.<n>.log` (see `_log_file`)
             "exit": d / f"{name}.exit",
-            "launch": d / f"{name}.launch",
         }
 
     def _handle(self, key: InstanceKey) -> dict[str, Any] | None:
@@ -315,92 +334,6 @@ class ProcessRuntime:
         return bool(lease.group_members(pgid))
 
 
-# The shim (see the module docstring). argv: root log exit_file lease_dir process
-# launch_file log_bytes. It survives the SIGTERM sent to the group, which reaches
-# the app itself: the shim must outlive the app to record its exit code.
-SHIM = """
-import sys
-sys.path.insert(0, sys.argv[1])
-from peoplescloud.runtime.process import shim_main
-shim_main(*sys.argv[2:7], int(sys.argv[7]))
-"""
-
-
-def shim_main(
-    log_base: str, exit_path: str, lease_dir: str, process: str, launch_file: str, log_bytes: int
-) -> None:
-    """Run what `launch_file` says while the lease in `lease_dir` ("": none) holds,
-    timestamp its output into the log files of `log_base` (rotated at `log_bytes`),
-    write its exit code (LEASE_EXIT if the lease ended it) to `exit_path`."""
-    lease.ignore_stop_signals()
-    what = json.loads(Path(launch_file).read_text())
-    os.unlink(launch_file)  # it holds the app's config vars
-    limits = sandbox.Limits(**what["limits"])
-    cwd = what["cwd"]
-    if what["sandbox"]:
-        box = sandbox.Sandbox(*what["sandbox"])
-        launch = box.launch(what["argv"], what["env"], Path(cwd), limits, [Path(cwd)])
-    else:
-        launch = sandbox.plain(what["argv"], what["env"], limits)
-    log = RotatingLog(Path(log_base), log_bytes)
-    try:
-        until = lease.passed(lease_dir)
-        if until is None:
-            child = subprocess.Popen(
-                launch.argv,
-                cwd=cwd,
-                env=launch.env,
-                pass_fds=launch.fds,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
-            launch.close()
-            pump = threading.Thread(target=_pump, args=(child.stdout, log))
-            pump.start()
-            until = lease.guard(lease_dir, child)
-            pump.join()
-            code = lease.exit_status(child.returncode)
-        if until is not None:
-            log.write(lease.expiry_message(until, process).encode())
-            code = lease.LEASE_EXIT
-    finally:
-        log.close()
-    tmp = exit_path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(str(code))
-    os.replace(tmp, exit_path)
-
-
-class RotatingLog:
-    """`<base>.<n>.log`, a timestamp before each line. Past `limit` bytes it goes on in
-    `<n+1>` and removes `<n-1>`: one old file is kept, so the log stays under about
-    twice the limit. It opens the next file only after its last write to this one,
-    which is what lets a reader finish a file once it sees the next."""
-
-    def __init__(self, base: Path, limit: int) -> None:
-        self.base, self.limit = base, limit
-        self.number = max(_log_numbers(base), default=0)
-        self._file = open(_log_file(base, self.number), "ab", buffering=0)  # noqa: SIM115
-
-    def write(self, line: bytes) -> None:
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
-        self._file.write(stamp + b" " + line + b"\n")
-        if self._file.tell() >= self.limit:
-            self._file.close()
-            self.number += 1
-            self._file = open(_log_file(self.base, self.number), "ab", buffering=0)  # noqa: SIM115
-            _log_file(self.base, self.number - 2).unlink(missing_ok=True)
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def _pump(out: Any, log: RotatingLog) -> None:
-    """Copy the app's output into the log, line by line."""
-    for line in iter(lambda: out.readline(65536), b""):
-        log.write(line.rstrip(b"\n"))
-
-
 def _log_file(base: Path, number: int) -> Path:
     return base.with_name(f"{base.name}.{number}.log")
 
@@ -426,13 +359,6 @@ def _parse_cursor(cursor: str | None, instance: str) -> tuple[int, int]:
     if len(parts) == 3:
         return int(parts[1]), int(parts[2])
     return -1, 0
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write `text` to a file only its owner can read."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
 
 
 def _log_line(raw: bytes, cursor: str) -> LogLine:

@@ -126,7 +126,7 @@ class Sandbox:
         """Run `argv` in `cwd` with exactly `env`, seeing the system, `readonly`
         (read-only) and `writable`, each at its host path."""
         root = os.geteuid() == 0
-        files = [_data(PASSWD), _data(GROUP), _data(_nul_args(env))]
+        files = [data_file(PASSWD), data_file(GROUP), data_file(_nul_args(env))]
         passwd, group, values = (str(f.fileno()) for f in files)
         outer = [*limits.prlimit(), self.bwrap, "--unshare-pid", "--unshare-ipc"]
         outer += ["--die-with-parent"] if die_with_parent else []
@@ -243,7 +243,7 @@ def _nul_args(env: dict[str, str]) -> bytes:
     return out
 
 
-def _data(content: bytes) -> IO[bytes]:
+def data_file(content: bytes) -> IO[bytes]:
     """An unnamed file holding `content`, at its start (bwrap reads it by descriptor)."""
     f = tempfile.TemporaryFile()  # noqa: SIM115 (Launch.close closes it)
     f.write(content)

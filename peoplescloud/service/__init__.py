@@ -9,6 +9,7 @@ noun, composed here.
 from peoplescloud.service.apps import AppCommands
 from peoplescloud.service.config import ConfigCommands
 from peoplescloud.service.dashboard import DashboardCommands
+from peoplescloud.service.domains import DomainCommands
 from peoplescloud.service.events import EventCommands
 from peoplescloud.service.processes import ProcessCommands
 from peoplescloud.service.quotas import QuotaCommands
@@ -29,6 +30,7 @@ class Node(
     EventCommands,
     QuotaCommands,
     DashboardCommands,
+    DomainCommands,
 ):
     """The app service of one node (alone or in a swarm: see `peoplescloud.cluster`)."""
 

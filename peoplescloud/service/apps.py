@@ -6,10 +6,11 @@ import shutil
 import socket
 
 from gitserver.service import AppRow
+from peoplescloud.domains import drop_app
 from peoplescloud.errors import PCError
+from peoplescloud.names import check_app_name
 from peoplescloud.processes import process_names
 from peoplescloud.service.base import ServiceBase
-from peoplescloud.settings import check_app_name
 from peoplescloud.state import App, now
 
 WILDCARDS = ("0.0.0.0", "::", "")  # `listen` values that name no one address
@@ -79,10 +80,14 @@ class AppCommands(ServiceBase):
         if a.current:
             r = a.release()
             info.update(kind=r.kind, stack=r.stack, slug=r.slug, commit=r.commit)
+            if r.image:
+                info["image"] = r.image
             info["processes"] = "; ".join(f"{t}: {c}" for t, c in r.processes.items())
             info["scale"] = " ".join(f"{t}={n}" for t, n in sorted(a.scale.items()))
             if "web" in r.processes:
                 info["url"] = f"http://{a.name}.{self.settings.domain}:{self.settings.router_port}/"
+        domains = sorted(h for h, owner in self.state.read().domains.items() if owner == a.name)
+        info["domains"] = " ".join(domains) or "-"
         return info
 
     def _git_host(self) -> str:
@@ -99,6 +104,7 @@ class AppCommands(ServiceBase):
         a = self._app(user, app, need="own")
         with self.state.change() as s:
             del s.apps[app]
+            drop_app(s, app)  # its custom domains become free
             s.destroyed[app] = now()
         self.reconciler.reconcile()
         self.deployer.unpin_unused({r.slug for r in a.releases})

@@ -16,10 +16,11 @@ from peoplescloud.cluster import Cluster
 from peoplescloud.deploy import Deployer
 from peoplescloud.errors import Forbidden, NotFound, PCError
 from peoplescloud.logbus import LogBus
+from peoplescloud.names import check_app_name
 from peoplescloud.quotas import UserSlots, apps_of, limit_of, refusal
 from peoplescloud.reconciler import Reconciler
 from peoplescloud.runtime.base import Runtime
-from peoplescloud.settings import Settings, check_app_name
+from peoplescloud.settings import Settings
 from peoplescloud.state import App, Snapshot, fingerprint, normalize_key, now
 
 log = logging.getLogger(__name__)

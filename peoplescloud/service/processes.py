@@ -15,13 +15,12 @@ from peoplescloud.state import Snapshot
 class ProcessCommands(ServiceBase):
     def ps(self, user: str, app: str) -> list[PsRow]:
         a = self._app(user, app)
-        if a.current is None:
-            return []
         release = a.release()
         running: dict[str, InstanceStatus] = {}  # process -> its instance, the newest release
         for key, status in sorted(self.reconciler.everywhere().items(), key=_by_version):
             if key.app == app:
                 running[key.process] = status
+        swarm = bool(self.state.read().members)  # an instance no member can take has no node
         rows = []
         for process in process_names(dict(sorted(a.scale.items()))):
             s = running.get(process)
@@ -45,7 +44,7 @@ class ProcessCommands(ServiceBase):
                 PsRow(
                     process=process,
                     release=s.release if s else release.name,
-                    node=a.placement.get(process, self.settings.name),
+                    node=a.placement.get(process, "-" if swarm else self.settings.name),
                     state=state,
                     since=s.started_at if s else "",
                     command=release.processes.get(ptype_of(process), ""),

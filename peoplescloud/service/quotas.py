@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from gitserver.service import QuotaRow, ResourceRow
 from peoplescloud.errors import Forbidden, NotFound, UsageError
+from peoplescloud.names import check_user_name
 from peoplescloud.quotas import UNITS, apps_of, instances_of, limit_of
 from peoplescloud.resources import ALL_TYPES, instance_size
 from peoplescloud.service.base import ServiceBase
-from peoplescloud.settings import QUOTA_NAMES, check_user_name
+from peoplescloud.settings import QUOTA_NAMES
 from peoplescloud.state import Snapshot
 
 MOST_QUOTA = 10_000  # a limit above any node's: "as many as the node allows"

@@ -8,9 +8,10 @@ import threading
 from collections.abc import AsyncIterator, Callable
 
 from peoplescloud.bridge import in_pool
+from peoplescloud.desired import instance_spec
 from peoplescloud.errors import PCError, UsageError
 from peoplescloud.quotas import limit_of
-from peoplescloud.reconciler import instance_spec
+from peoplescloud.runtime.base import Terminal
 from peoplescloud.service.base import ServiceBase
 
 
@@ -23,6 +24,7 @@ class RunCommands(ServiceBase):
         output: Callable[[bytes], None],
         stdin: Callable[[], bytes] | None,
         cancel: threading.Event | None = None,
+        terminal: Terminal | None = None,
     ) -> int:
         a = self._app(user, app)
         self._runs_here(user)
@@ -45,7 +47,8 @@ class RunCommands(ServiceBase):
                 self.logbus.event(app, f"{user} runs {spec.process}: {command}")
                 self._record(user, app, f"run {spec.process}")  # the command may hold a secret
                 with self.reconciler.holding(spec):
-                    return self.runtime.run(spec, ["sh", "-c", command], output, stdin, cancel)
+                    argv = ["sh", "-c", command]
+                    return self.runtime.run(spec, argv, output, stdin, cancel, terminal)
         finally:
             self._oneoffs.release()
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from gitserver.service import KeyRow, UserRow
 from peoplescloud.errors import NotFound, PCError
+from peoplescloud.names import check_public_key, check_user_name
 from peoplescloud.service.base import ServiceBase
 from peoplescloud.service.dashboard import DashboardCommands
-from peoplescloud.settings import check_public_key, check_user_name
 from peoplescloud.state import Snapshot, fingerprint
 
 MAX_KEYS = 20  # a user's keys, at most: each is asked about at every login

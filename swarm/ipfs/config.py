@@ -46,7 +46,25 @@ QUIET_CONFIG: dict[str, Any] = {
     "Addresses.Gateway": [],
     "Addresses.Announce": [],
     "Addresses.AppendAnnounce": [],
+    # Small: a node's kubo serves a private network of a few members, on a host
+    # that may be a Raspberry Pi. Kubo's `lowpower` profile's connection limits
+    # (members are Peering peers, never trimmed), and fewer of its workers and
+    # buffers; GOMEMLIMIT (LOW_MEMORY_ENV) makes its Go runtime collect sooner.
+    "Swarm.ConnMgr.Type": "basic",
+    "Swarm.ConnMgr.LowWater": 20,
+    "Swarm.ConnMgr.HighWater": 40,
+    "Swarm.ConnMgr.GracePeriod": "1m0s",
+    "Swarm.ResourceMgr.MaxMemory": "64MB",
+    "Swarm.DisableBandwidthMetrics": True,
+    "Datastore.BlockKeyCacheSize": 4096,
+    "Internal.Bitswap.EngineBlockstoreWorkerCount": 16,
+    "Internal.Bitswap.EngineTaskWorkerCount": 4,
+    "Internal.Bitswap.TaskWorkerCount": 4,
 }
+
+# The environment a node's own kubo runs with: a soft memory limit for Go's
+# collector (it collects harder near it; it never refuses memory).
+LOW_MEMORY_ENV = {"GOMEMLIMIT": "48MiB"}
 
 # What an operator's kubo must have off, as QUIET_CONFIG has it: each of these
 # reaches the public network whatever swarm.key says (bootstrap peers, routing,

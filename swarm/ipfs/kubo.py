@@ -27,7 +27,13 @@ from typing import Any
 
 from peoplescloud.errors import ConfigError, RuntimeFailure
 from swarm.ipfs.api import KuboAPI, KuboError
-from swarm.ipfs.config import QUIET_CONFIG, set_dotted, split_multiaddr, swarm_key_file
+from swarm.ipfs.config import (
+    LOW_MEMORY_ENV,
+    QUIET_CONFIG,
+    set_dotted,
+    split_multiaddr,
+    swarm_key_file,
+)
 
 CACHED_BIN = Path.home() / ".cache" / "peoplescloud" / "bin" / "ipfs"
 START_TIMEOUT = 60.0  # seconds kubo may take until its API answers
@@ -239,7 +245,7 @@ class Kubo(KuboNode):
         with open(self.log_file, "ab") as log:
             self._proc = subprocess.Popen(
                 [str(self.binary), "daemon", "--enable-gc", "--migrate=false"],
-                env=self._env(),
+                env={**LOW_MEMORY_ENV, **self._env()},  # the host's own GOMEMLIMIT wins
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

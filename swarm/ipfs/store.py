@@ -17,6 +17,7 @@ do not count.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -106,14 +107,19 @@ class IpfsStore:
     """Slugs in kubo, through its RPC API at `api_url` (e.g. http://127.0.0.1:5001).
 
     `fetch_timeout` bounds how long pin() and get() look for blocks on peers.
+    `ready_dir` holds slugs unpacked ahead of need (`prepare`): get() of one of
+    them is a rename, so an instance that fails over here starts at once.
     Calls block: run them off the event loop.
     """
 
     name = "ipfs"
 
-    def __init__(self, api_url: str, fetch_timeout: float = 120.0) -> None:
+    def __init__(
+        self, api_url: str, fetch_timeout: float = 120.0, ready_dir: Path | None = None
+    ) -> None:
         self.api = KuboAPI(api_url)
         self.fetch_timeout = fetch_timeout
+        self.ready_dir = ready_dir
 
     def close(self) -> None:
         self.api.close()
@@ -167,6 +173,38 @@ class IpfsStore:
     def get(self, cid: str, dest: Path) -> None:
         """Write the slug to `dest` (which must not exist yet): whole or not at all."""
         dest = Path(dest)
+        if self.ready_dir is not None:
+            with contextlib.suppress(FileNotFoundError):  # not prepared (or taken meanwhile)
+                os.rename(self.ready_dir / cid, dest)  # the same file system: the node's home
+                return
+        self._unpack(cid, dest)
+
+    def prepare(self, cid: str) -> None:
+        """Unpack a slug this node pins into `ready_dir`, for a get() that cannot wait."""
+        if self.ready_dir is None or (self.ready_dir / cid).exists():
+            return
+        self.ready_dir.mkdir(parents=True, exist_ok=True)
+        self._unpack(cid, self.ready_dir / cid)
+
+    def prepared(self) -> set[str]:
+        """The slugs unpacked in `ready_dir`."""
+        if self.ready_dir is None or not self.ready_dir.is_dir():
+            return set()
+        return {d.name for d in self.ready_dir.iterdir() if not d.name.endswith(".partial")}
+
+    def discard(self, cid: str) -> None:
+        """Drop a slug's unpacked copy from `ready_dir`. Renamed first: a get() that
+        takes it at the same moment gets all of it or none of it."""
+        if self.ready_dir is None:
+            return
+        gone = self.ready_dir / f"{cid}.gone.partial"
+        try:
+            os.rename(self.ready_dir / cid, gone)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(gone, ignore_errors=True)
+
+    def _unpack(self, cid: str, dest: Path) -> None:
         self.fetch(cid)
         staging = dest.with_name(dest.name + ".partial")  # the slug GC leaves these alone
         shutil.rmtree(staging, ignore_errors=True)
