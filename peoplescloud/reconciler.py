@@ -164,7 +164,7 @@ class Reconciler(WebInstances):
                 spec = want.get(status.key.slot)
                 if status.key in self._stopping:
                     leaving.append(status)
-                elif self.web.draining(status.key):
+                elif self.web.draining(status.key) and spec is not None:  # (else: at once)
                     if self.web.drained(status.key):
                         began.append(self._stop(status, "drained"))
                     leaving.append(status)

@@ -202,3 +202,18 @@ def test_a_restart_stops_rolling_at_an_instance_that_fails(tmp_path: Path):
     )
     assert w.serving() == [web("v1", 2)]  # the one left serves on
     w.r.close()
+
+
+def test_a_draining_instance_of_an_app_stopped_meanwhile_stops_at_once(world: World):
+    w = world
+    w.settings = w.r.settings = Settings(
+        home=w.settings.home, name="n1", web=WebSettings(drain_seconds=60)
+    )
+    w.new_release(2)
+    w.checks.answer("v2")
+    w.until(lambda: w.serving() == [web("v2")], "v2 serving")
+    assert web("v1") in w.runtime.instances  # draining, for a minute
+    with w.state.change() as s:
+        s.apps["site"].stopped = True  # ps:stop (or apps:destroy): nothing waits a drain
+    w.r.reconcile()
+    assert w.runtime.instances == {}
