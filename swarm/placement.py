@@ -324,8 +324,9 @@ def _choose(
 
 
 def _slug(apps: Mapping[str, App], key: Key) -> str:
-    """The slug an instance runs: its app's current release's."""
-    return apps[key[0]].release().slug
+    """The slug an instance runs: its app's current release's (or the one being deployed)."""
+    app = apps[key[0]]
+    return app.release(app.target).slug
 
 
 def _order(key: Key) -> tuple[int, str, str]:

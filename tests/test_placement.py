@@ -696,6 +696,7 @@ def test_a_release_being_deployed_is_placed_and_pinned_with_the_current_one() ->
     first = app("fresh", web=1)
     first.current, first.deploying = None, 1
     assert wanted_instances(apps(first), 300) == {("fresh", "web.1"): 300}
+    assert run([member("n1")], apps(first)).nodes == {("fresh", "web.1"): "n1"}
     a = app("a", web=1)
     a.releases = [
         Release(v, f"a-v{v}", "procfile", "img", {"web": "x"}, "c", "ann", "t", "")
