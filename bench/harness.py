@@ -24,7 +24,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -169,13 +170,24 @@ class NodeProc:
             return []
         return [pid] if alive else []
 
+    def front_pids(self) -> list[int]:
+        """The node's nginx front: its master, then its workers."""
+        try:
+            pid = int((self.home / "run" / "front" / "nginx.pid").read_text().strip())
+            alive = b"nginx" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            workers = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except (OSError, ValueError):
+            return []
+        return [pid, *map(int, workers)] if alive else []
+
     def kill(self) -> None:
-        """The machine dies: its daemon, its kubo, its dashboard and its containers, at once."""
+        """The machine dies: its daemon, its kubo, its dashboard, its nginx front and its
+        containers, at once."""
         import docker
 
         for pid in [self.proc.pid] if self.proc else []:
             os.kill(pid, signal.SIGKILL)
-        for pid in [*self.kubo_pids(), *self.dashboard_pids()]:
+        for pid in [*self.kubo_pids(), *self.dashboard_pids(), *self.front_pids()]:
             os.kill(pid, signal.SIGKILL)
         if self.proc:
             self.proc.wait()
@@ -189,7 +201,7 @@ class NodeProc:
     def signal_all(self, sig: int) -> None:
         """SIGSTOP / SIGCONT the daemon and its kubo (a frozen machine)."""
         assert self.proc is not None
-        for pid in [self.proc.pid, *self.kubo_pids()]:
+        for pid in [self.proc.pid, *self.kubo_pids(), *self.front_pids()]:
             os.kill(pid, sig)
 
 
@@ -275,3 +287,40 @@ def new_kubo(
     kubo.init()
     kubo.start()
     return kubo
+
+
+@contextmanager
+def bot_swarm(root: Path, key: Path, swarm: str, app: str) -> Iterator[list[NodeProc]]:
+    """Three docker nodes in a swarm named `swarm`, the sample python bot pushed
+    to the first as `app`; afterwards every node, kubo and container is gone."""
+    nodes = [init_node(root, key, "docker") for _ in range(3)]
+    try:
+        first = nodes[0]
+        first.pc("swarm", "create", "--name", swarm)
+        first.start()
+        for node in nodes[1:]:
+            token = first.pc("swarm", "invite").stdout.strip().splitlines()[-1]
+            node.pc("swarm", "join", token)
+            node.start()
+        up = lambda: first.pc("swarm", "status").stdout.count(" up ") == 3  # noqa: E731
+        wait_for(up, "three members up", timeout=120, interval=0.2)
+        work = make_repo(root, "python-bot")
+        r = first.git(work, "push", first.remote(app), "main")
+        if r.returncode != 0:
+            raise SystemExit(r.stderr)
+        yield nodes
+    finally:
+        for n in nodes:
+            n.stop()
+            for pid in n.kubo_pids():
+                os.kill(pid, signal.SIGKILL)
+            cleanup_instances(n.home, n.runtime)
+
+
+def runs_on(node: NodeProc, app: str) -> str | None:
+    """The node `app`'s bot.1 is up on, as `ps` on `node` says."""
+    for line in node.ssh("ps", app).stdout.splitlines():
+        fields = line.split()
+        if fields[:2] == ["bot.1", "up"]:
+            return fields[3]
+    return None

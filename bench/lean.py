@@ -32,7 +32,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.harness import NodeProc, cleanup_instances, commit_all, init_node, keygen, make_repo
+from bench.harness import (
+    NodeProc,
+    bot_swarm,
+    cleanup_instances,
+    commit_all,
+    init_node,
+    keygen,
+    make_repo,
+    runs_on,
+)
 
 APPS, PER_APP = 10, 5  # fifty idle bots
 KILLS = 5
@@ -193,31 +202,11 @@ def log_size(node: NodeProc, app: str) -> int:
         return 0
 
 
-def runs_on(node: NodeProc, app: str) -> str | None:
-    for line in node.ssh("ps", app).stdout.splitlines():
-        fields = line.split()
-        if fields[:2] == ["bot.1", "up"]:
-            return fields[3]
-    return None
-
-
 def failover(root: Path, key: Path) -> list[tuple[str, str]]:
-    nodes = [init_node(root, key, "docker") for _ in range(3)]
-    by_name = {n.name: n for n in nodes}
     times, most = [], []
-    try:
+    with bot_swarm(root, key, "lean", "leanbot") as nodes:
+        by_name = {n.name: n for n in nodes}
         first = nodes[0]
-        first.pc("swarm", "create", "--name", "lean")
-        first.start()
-        for node in nodes[1:]:
-            token = first.pc("swarm", "invite").stdout.strip().splitlines()[-1]
-            node.pc("swarm", "join", token)
-            node.start()
-        wait(lambda: first.pc("swarm", "status").stdout.count(" up ") == 3, "three members up")
-        work = make_repo(root, "python-bot")
-        r = first.git(work, "push", first.remote("leanbot"), "main")
-        if r.returncode != 0:
-            raise SystemExit(r.stderr)
         for _ in range(KILLS):
             home = wait(lambda a=first: runs_on(a, "leanbot"), "the bot up")
             time.sleep(SETTLE)  # the others hold its slug, unpacked ahead
@@ -246,12 +235,6 @@ def failover(root: Path, key: Path) -> list[tuple[str, str]]:
             victim.start()
             first = others[0]
             wait(lambda a=first: a.pc("swarm", "status").stdout.count(" up ") == 3, "all up again")
-    finally:
-        for n in nodes:
-            n.stop()
-            for pid in n.kubo_pids():
-                os.kill(pid, 9)
-            cleanup_instances(n.home, n.runtime)
     return [
         (
             f"failover, kill to first line elsewhere ({KILLS} kills: median, min, max)",

@@ -1,11 +1,14 @@
 """The router against nginx, side by side with wrk. Prints a table.
 
-    python -m bench.router [--pairs 5] [--seconds 5] [--connections 50]
+    python -m bench.router [--pairs 5] [--seconds 5] [--connections 50] [--buffering]
 
-One upstream for both: nginx (one worker) answering "ok" on loopback. In front
+One upstream for all: nginx (one worker) answering "ok" on loopback. In front
 of it, in turn: the People's Cloud router (its own process, as the daemon runs
-it: uvloop when importable, no router log) and nginx configured as a plain
-keep-alive reverse proxy (one worker, upstream keepalive). wrk (2 threads,
+it: uvloop when importable, no router log), nginx configured as a plain
+keep-alive reverse proxy (one worker, upstream keepalive), and the node's
+nginx front: the config the daemon writes (router/front.py; one worker, no
+router log), its app's host mapped to the upstream. With --buffering, also
+that config with proxy_buffering and proxy_request_buffering on. wrk (2 threads,
 keep-alive) runs against each, interleaved in pairs; the table shows each
 run's requests/s, p50 and p99, the medians, and the ratios against the goals
 (router >= 0.8x nginx's requests/s, <= 1.5x its p99).
@@ -88,6 +91,21 @@ def nginx(conf: str, work: Path, name: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["nginx", "-c", str(path), "-p", str(work)], stderr=subprocess.DEVNULL)
 
 
+def front_conf(work: Path, port: int, upstream: int, buffering: bool) -> str:
+    """The config the daemon writes for one app on this node (no router log)."""
+    from router.front import Front, config
+    from router.limits import RouterLimits
+
+    here = work / ("front-buffering" if buffering else "front")
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (here / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+    front = Front("127.0.0.1", port, here / "router.sock", here, "1.1 bench", RouterLimits(), False)
+    text = config(front, {"bench": ([HOST], [f"127.0.0.1:{upstream}"])})
+    if buffering:
+        text = text.replace("buffering off;", "buffering on;")
+    return text
+
+
 def serve_router(port: int, upstream: int) -> None:
     """The router alone, as `pc daemon` runs it (`--serve`)."""
     from router.proxy import Upstream, start_router
@@ -141,6 +159,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--buffering", action="store_true", help="also the front, buffering")
     parser.add_argument("--serve", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -149,7 +168,7 @@ def main() -> None:
     missing = [tool for tool in ("wrk", "nginx") if not shutil.which(tool)]
     if missing:
         sys.exit(f"{' and '.join(missing)} missing: apt-get install wrk nginx")
-    up, ng, pc = free_port(), free_port(), free_port()
+    up, ng, pc, fr, fb = free_port(), free_port(), free_port(), free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="pc-bench-router-") as tmp:
         work = Path(tmp)
@@ -158,9 +177,20 @@ def main() -> None:
             procs.append(nginx(PROXY_CONF.format(dir=work, port=ng, upstream=up), work, "proxy"))
             router = [sys.executable, "-m", "bench.router", "--serve", str(pc), str(up)]
             procs.append(subprocess.Popen(router, cwd=Path(__file__).resolve().parents[1]))
-            for port, proc in zip((up, ng, pc), procs, strict=True):
+            procs.append(nginx(front_conf(work, fr, up, False), work, "front"))
+            ports = [up, ng, pc, fr]
+            if args.buffering:
+                procs.append(nginx(front_conf(work, fb, up, True), work, "front-buffering"))
+                ports.append(fb)
+            for port, proc in zip(ports, procs, strict=True):
                 wait_port(port, proc)
-            targets = {"nginx": (ng, procs[1].pid), "router": (pc, procs[2].pid)}
+            targets = {
+                "nginx": (ng, procs[1].pid),
+                "router": (pc, procs[2].pid),
+                "front": (fr, procs[3].pid),
+            }
+            if args.buffering:
+                targets["front, buffering"] = (fb, procs[4].pid)
             runs = run_pairs(targets, args.pairs, args.seconds, args.connections)
         finally:
             for proc in procs:
@@ -205,15 +235,19 @@ def report(runs: dict[str, list[Run]], args: argparse.Namespace) -> None:
         medians[name] = [statistics.median(r[k] for r in results) for k in range(4)]
         rps, p50, p99, cpu = medians[name]
         print(f"| {name} | **median** | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {cpu:.0f} |")
-    rps_ratio = medians["router"][0] / medians["nginx"][0]
-    p99_ratio = medians["router"][2] / medians["nginx"][2]
-    cpu_ratio = medians["router"][3] / medians["nginx"][3]
-    print(
-        f"\nrouter / nginx: requests/s {rps_ratio:.2f}x (goal >= 0.8x: "
-        f"{'met' if rps_ratio >= 0.8 else 'MISSED'}), p99 {p99_ratio:.2f}x "
-        f"(goal <= 1.5x: {'met' if p99_ratio <= 1.5 else 'MISSED'}), "
-        f"CPU per request {cpu_ratio:.1f}x"
-    )
+    print()
+    for name in medians:
+        if name == "nginx":
+            continue
+        rps_ratio = medians[name][0] / medians["nginx"][0]
+        p99_ratio = medians[name][2] / medians["nginx"][2]
+        cpu_ratio = medians[name][3] / medians["nginx"][3]
+        print(
+            f"{name} / nginx: requests/s {rps_ratio:.2f}x (goal >= 0.8x: "
+            f"{'met' if rps_ratio >= 0.8 else 'MISSED'}), p99 {p99_ratio:.2f}x "
+            f"(goal <= 1.5x: {'met' if p99_ratio <= 1.5 else 'MISSED'}), "
+            f"CPU per request {cpu_ratio:.1f}x"
+        )
 
 
 if __name__ == "__main__":

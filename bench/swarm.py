@@ -23,11 +23,10 @@ from pathlib import Path
 
 from bench.harness import (
     NodeProc,
-    cleanup_instances,
-    init_node,
+    bot_swarm,
     keygen,
-    make_repo,
     new_kubo,
+    runs_on,
 )
 from bench.push_to_running import rss_mb
 from swarm.ipfs.kubo import Kubo, find_binary
@@ -86,22 +85,10 @@ def replication(root: Path) -> tuple[float, float]:
 
 
 def failover(root: Path, key: Path) -> tuple[float, float]:
-    nodes = [init_node(root, key, "docker") for _ in range(3)]
-    by_name = {n.name: n for n in nodes}
-    try:
+    with bot_swarm(root, key, "bench", "benchbot") as nodes:
+        by_name = {n.name: n for n in nodes}
         first = nodes[0]
-        first.pc("swarm", "create", "--name", "bench")
-        first.start()
-        for node in nodes[1:]:
-            token = first.pc("swarm", "invite").stdout.strip().splitlines()[-1]
-            node.pc("swarm", "join", token)
-            node.start()
-        wait(lambda: first.pc("swarm", "status").stdout.count(" up ") == 3, "members up")
-        work = make_repo(root, "python-bot")
-        r = first.git(work, "push", first.remote("benchbot"), "main")
-        if r.returncode != 0:
-            raise SystemExit(r.stderr)
-        home = wait(lambda: runs_on(first), "bot up")
+        home = wait(lambda: runs_on(first, "benchbot"), "bot up")
         time.sleep(5)  # idle
         idle = max(node_rss(n) for n in nodes)
         victim = by_name[home]
@@ -110,7 +97,7 @@ def failover(root: Path, key: Path) -> tuple[float, float]:
         killed = time.monotonic()
         wait(
             lambda: (
-                (w := runs_on(other)) not in (None, home)
+                (w := runs_on(other, "benchbot")) not in (None, home)
                 and "app[bot.1]: logged in" in other.ssh("logs", "benchbot", "-n", "5").stdout
                 and w
             ),
@@ -118,20 +105,6 @@ def failover(root: Path, key: Path) -> tuple[float, float]:
             timeout=120,
         )
         return time.monotonic() - killed, idle
-    finally:
-        for n in nodes:
-            n.stop()
-            for pid in n.kubo_pids():
-                os.kill(pid, 9)
-            cleanup_instances(n.home, n.runtime)
-
-
-def runs_on(node: NodeProc) -> str | None:
-    for line in node.ssh("ps", "benchbot").stdout.splitlines():
-        fields = line.split()
-        if fields[:2] == ["bot.1", "up"]:
-            return fields[3]
-    return None
 
 
 def node_rss(node: NodeProc) -> float:

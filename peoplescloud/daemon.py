@@ -16,6 +16,7 @@ import shutil
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 import builder
@@ -28,6 +29,7 @@ from peoplescloud.dashboard_process import supervise
 from peoplescloud.deploy import Deployer
 from peoplescloud.domains import HostTable
 from peoplescloud.errors import PCError
+from peoplescloud.front_process import FrontProcess, Routes, choose
 from peoplescloud.logbus import LogBus
 from peoplescloud.private import make_private
 from peoplescloud.reconciler import Reconciler
@@ -37,6 +39,7 @@ from peoplescloud.runtime.select import open_runtime
 from peoplescloud.service import Node
 from peoplescloud.settings import Settings
 from peoplescloud.store import LocalStore
+from router.front import Front
 from router.proxy import Upstream, start_router
 
 if TYPE_CHECKING:  # docker-py is imported only where the docker runtime runs
@@ -203,6 +206,58 @@ def web_upstreams(parts: Parts, app: str, local_only: bool) -> list[Upstream] | 
     return upstreams
 
 
+def front_routes(parts: Parts, hosts: HostTable, domain: str) -> Routes:
+    """For the nginx front: each app's host names and its ready local web instances."""
+    names: dict[str, list[str]] = {}
+    for host, app in hosts.domains().items():
+        names.setdefault(app, []).append(host)
+    routes: Routes = {}
+    for app in parts.reconciler.apps():
+        local = web_upstreams(parts, app, local_only=True) or []
+        hostnames = [f"{app}.{domain}".lower(), *names.get(app, [])]
+        routes[app] = (hostnames, [u.address for u in local if not u.router])
+    return routes
+
+
+async def start_front(
+    settings: Settings,
+    parts: Parts,
+    hosts: HostTable,
+    router: Path,
+    binary: str,
+    started: contextlib.AsyncExitStack,
+) -> asyncio.Future[None]:
+    """nginx on the router port, in front of `router` (see front_process.py)."""
+    logbus = parts.logbus
+    front = Front(
+        listen=settings.listen,
+        port=settings.router_port,
+        router=router,
+        work=settings.run_dir / "front",
+        via=f"1.1 {settings.name}",
+        limits=settings.router,
+        logs=settings.router.logs,
+        user="root" if os.geteuid() == 0 else "",
+    )
+    process = FrontProcess(
+        binary,
+        front,
+        lambda: front_routes(parts, hosts, settings.domain),
+        lambda app, line: logbus.event(app, line, "router"),
+    )
+    await asyncio.to_thread(process.prepare)
+    await process.start()
+    done = asyncio.Event()
+    task = asyncio.ensure_future(process.run(done))
+
+    async def stop_front() -> None:
+        done.set()
+        await task
+
+    started.push_async_callback(stop_front)
+    return task
+
+
 def run(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM, on uvloop when it is installed: the router's
     data path spends about half its time in the event loop and its socket calls."""
@@ -289,6 +344,13 @@ async def start_node(
     hosts = HostTable(cluster.state)  # custom domains and ACME answers, for the router
     tls, tls_loops = start_tls(settings, cluster.state, stop)
     logbus = parts.logbus
+    try:
+        nginx = choose(settings.router.front, settings.router_port)
+    except RuntimeError as e:
+        raise PCError(str(e)) from None
+    front_socket = settings.run_dir / "front.sock"  # the Python router's, behind nginx
+    settings.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    front_socket.unlink(missing_ok=True)
     router = await start_router(
         lambda app, local_only: web_upstreams(parts, app, local_only),
         settings.domain,
@@ -303,12 +365,26 @@ async def start_node(
         on_request=(lambda app, line: logbus.event(app, line, "router"))
         if settings.router.logs
         else None,
+        unix=str(front_socket) if nginx else None,
     )
     started.push_async_callback(router.close)
+    if nginx:
+        try:
+            await start_front(settings, parts, hosts, front_socket, nginx, started)
+        except RuntimeError as e:
+            raise PCError(str(e)) from None
+        log.info(
+            "data path: nginx (%s) on port %d, in front of the Python router (%s)",
+            nginx,
+            settings.router_port,
+            front_socket,
+        )
+    else:
+        log.info("data path: the Python router on port %d (no nginx front)", settings.router_port)
     if settings.dashboard_port:
         await start_dashboard(settings, parts, started)
     if as_docker(parts.node.runtime) is not None:  # its containers reach only the router
-        router_port = router.addresses[0][1]  # the one bound, when router_port is 0
+        router_port = settings.router_port or router.addresses[0][1]  # 0: the one bound
         if why := await asyncio.to_thread(firewall.protect, settings.name, router_port):
             log.warning("containers can reach this node's SSH, peer and Raft ports: %s", why)
     log.info(

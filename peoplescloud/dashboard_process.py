@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import dashboard
+from peoplescloud import leftovers
 from peoplescloud.settings import Settings
 
 log = logging.getLogger("pc.dashboard")
@@ -62,31 +63,8 @@ def pidfile(settings: Settings) -> Path:
 def stop_leftover(path: Path) -> None:
     """A gunicorn a killed daemon left running (it holds the port): stopped, if the
     pid in its pid file is still a dashboard's gunicorn."""
-    try:
-        pid = int(path.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return
-    if b"gunicorn" not in cmdline or b"dashboard.app:create_app()" not in cmdline:
-        return
-    log.info("stopping the dashboard a previous daemon left running (pid %d)", pid)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + STOP_WAIT / 2
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.05)
-        if not _alive(pid):
-            return
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie waiting for its parent to reap it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
+    markers = (b"gunicorn", b"dashboard.app:create_app()")
+    leftovers.stop_leftover(path, markers, "dashboard", STOP_WAIT / 2)
 
 
 def environment(settings: Settings, api_socket: Path) -> dict[str, str]:

@@ -74,6 +74,11 @@ class HostTable:
         self._fresh()
         return self._domains.get(host)
 
+    def domains(self) -> dict[str, str]:
+        """Every custom domain -> its app."""
+        self._fresh()
+        return dict(self._domains)
+
     def challenge(self, token: str) -> str | None:
         """The key authorization an order of this swarm published for `token`."""
         self._fresh()

@@ -1,5 +1,5 @@
-"""The names people choose: apps and users, and their SSH keys. Checked where
-they come in; a bad one gets a one-line reason that says what would do."""
+"""The names and keys people give: apps, users, OpenSSH public keys. Each check
+returns the value or raises ConfigError with what a valid one looks like."""
 
 from __future__ import annotations
 

@@ -240,6 +240,9 @@ class RouterSettings(RouterLimits):
     what each means), and whether each request gets a line in its app's log."""
 
     logs: bool = True  # "app[router]: method=GET path=... status=200 ..." in `logs APP`
+    # What serves the router port: "nginx" (in front of this router, which then
+    # listens on loopback), "none" (this router alone), "auto" (nginx if installed).
+    front: str = "auto"
 
     def __post_init__(self) -> None:
         _numbers(
@@ -253,6 +256,9 @@ class RouterSettings(RouterLimits):
             max_headers=(int, 1),
         )
         object.__setattr__(self, "logs", _bool(self.logs, "[router] logs"))
+        if self.front not in ("auto", "nginx", "none"):
+            choices = '"auto", "nginx" or "none"'
+            raise ConfigError(f"[router] front must be {choices}, not {self.front!r}")
 
 
 @dataclass(frozen=True)
@@ -285,9 +291,8 @@ class TlsSettings:
 
 @dataclass(frozen=True)
 class WebSettings:
-    """Zero-downtime deploys of web processes: how a new instance is checked
-    before it takes requests (app.json `healthchecks` override these per app),
-    and how long a replaced one keeps finishing the requests it has."""
+    """Zero-downtime deploys: how a new web instance is checked before it takes
+    requests (app.json `healthchecks` override it), how long a replaced one drains."""
 
     drain_seconds: float = 10.0  # a replaced instance gets no new requests, then is stopped
     check_attempts: int = 20  # tries of a health check before the release fails

@@ -62,7 +62,7 @@ class ClientConnection(Relay, asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
         self.client_ip = str(peer[0]).encode() if peer else b""
-        self.port = sock[1] if sock else 0
+        self.port = sock[1] if isinstance(sock, tuple) else 0  # a Unix socket's is a path
         self.router.clients.add(self)
 
     def data_received(self, data: bytes) -> None:

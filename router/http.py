@@ -34,7 +34,8 @@ HOP = frozenset(
 FORWARDED = frozenset(
     {b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-port", b"x-request-id"}
 )
-SWARM = frozenset({b"x-pc-app", b"x-pc-hop"})  # what one router tells another
+# What one router tells another, and what nginx in front tells the router.
+SWARM = frozenset({b"x-pc-app", b"x-pc-hop", b"x-pc-front"})
 XFF = b"x-forwarded-for"
 RESPONSE_SPECIAL = HOP | {b"content-length", b"via"}
 SWARM_HOP = HOP | SWARM  # dropped from a sibling router's request
@@ -118,7 +119,7 @@ def request_head(
     added: bytes,
     upgrade: bytes | None,
     from_router: bool,
-    client_ip: bytes,
+    client_ip: bytes | None,
 ) -> bytes:
     """The head sent upstream: the client's headers minus hop-by-hop ones and
     those the router sets (from a client), then `added` (X-Forwarded-*, id, hop)."""
@@ -138,8 +139,9 @@ def request_head(
     if named:  # rare: the client named more headers as hop-by-hop
         kept = [(n, v) for n, v in headers if n.lower() not in named | {b"connection"}]
         return request_head(method, url, kept, added, upgrade, from_router, client_ip)
-    if not from_router:
-        earlier.append(client_ip)
+    if not from_router:  # None: nginx in front has already appended the client
+        if client_ip is not None:
+            earlier.append(client_ip)
         out.extend((b"X-Forwarded-For: ", b", ".join(earlier), b"\r\n"))
     if upgrade is not None:
         out.extend((b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n"))

@@ -108,8 +108,10 @@ class Router:
         challenge: Callable[[str], str | None],
         limits: RouterLimits,
         on_request: Callable[[str, str], None] | None,
+        front: int | None = None,
     ) -> None:
         self.lookup = lookup
+        self.front = front  # the port nginx serves in front of this router (router/front.py)
         self.domain = domain
         self.via = f"1.1 {name}".encode()
         self.hop_key = hop_key
@@ -133,6 +135,9 @@ class Router:
             headers = {H_APP: index.get(b"x-pc-app", b""), H_HOP: index[b"x-pc-hop"]}
             text = {k: v.decode("latin-1") for k, v in headers.items()}
             sibling_app = passed_on(text, self.hop_key(), time.time())
+        client_ip: bytes | None = conn.client_ip
+        if self.front is not None and conn.scheme == b"http":  # nginx's Unix socket
+            client_ip = self.from_front(index, conn)
         given = index.get(b"x-request-id")
         sane = given is not None and REQUEST_ID.fullmatch(given) is not None
         ex.request_id = given.decode() if given and sane else new_request_id()
@@ -172,10 +177,22 @@ class Router:
             hop = hop_token(self.hop_key(), app, time.time())
             added += f"{H_APP}: {app}\r\n{H_HOP}: {hop}\r\n".encode()
         relayed = sibling_app is not None
-        ex.head = request_head(
-            ex.method, ex.url, ex.headers, added, ex.upgrade, relayed, conn.client_ip
-        )
+        ex.head = request_head(ex.method, ex.url, ex.headers, added, ex.upgrade, relayed, client_ip)
         conn.forward(ex)
+
+    def from_front(self, index: Mapping[bytes, bytes], conn: ClientConnection) -> bytes | None:
+        """nginx passed this request on: who the client is (per request: nginx
+        sends different clients' requests on one connection). It appended the
+        client to X-Forwarded-For (then None: that header is complete), or, on
+        what a sibling's router sent, named the sender in X-PC-Front."""
+        assert self.front is not None
+        conn.port = self.front
+        sender = index.get(b"x-pc-front")
+        if sender is not None:
+            conn.client_ip = sender
+            return sender
+        conn.client_ip = index.get(b"x-forwarded-for", b"").rpartition(b",")[2].strip()
+        return None
 
     def app_of(self, host: bytes) -> str | None:
         """The app a Host names: APP.domain, else a custom domain."""
@@ -252,18 +269,31 @@ async def start_router(
     tls: tuple[ssl.SSLContext, int] | None = None,
     limits: RouterLimits = RouterLimits(),  # noqa: B008 - frozen, never changed
     on_request: Callable[[str, str], None] | None = None,
+    unix: str | None = None,
 ) -> Router:
     """Serve HTTP on `host`:`port` (and HTTPS on `tls`'s port, its context choosing
     certificates by SNI) until `Router.close()`. `resolve_host` maps a custom
     domain (lowercased, no port) to its app; `challenge` answers ACME HTTP-01
     tokens on the plain port, for any Host; `on_request(app, line)` gets a log
-    line per request."""
-    router = Router(lookup, domain, name, hop_key, resolve_host, challenge, limits, on_request)
+    line per request. With `unix`, plain HTTP is served on that Unix socket
+    instead, for nginx in front on `port` (router/front.py), which says who each
+    client is."""
+    front = port if unix else None
+    router = Router(
+        lookup, domain, name, hop_key, resolve_host, challenge, limits, on_request, front
+    )
     loop = asyncio.get_running_loop()
     listeners: list[tuple[int, ssl.SSLContext | None, bytes]] = [(port, None, b"http")]
     if tls is not None:
         listeners.append((tls[1], tls[0], b"https"))
     try:
+        if unix is not None:
+            listeners.pop(0)
+            server = await loop.create_unix_server(
+                functools.partial(ClientConnection, router, b"http"), unix, backlog=1024
+            )
+            router.servers.append(server)
+            router.addresses.append((unix, 0))
         for listen_port, context, scheme in listeners:
             server = await loop.create_server(
                 functools.partial(ClientConnection, router, scheme),

@@ -92,6 +92,6 @@ def node_factory(tmp_path: Path, user_key: Path) -> Iterator:
         if node.proc is not None:
             node.signal_all(signal.SIGCONT)  # a test may have left it frozen
         node.stop()
-        for pid in node.kubo_pids():
+        for pid in [*node.kubo_pids(), *node.front_pids()]:
             os.kill(pid, signal.SIGKILL)
         cleanup_instances(node.home, node.runtime)

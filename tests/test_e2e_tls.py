@@ -241,7 +241,8 @@ def _scenario(node, tmp_path: Path, ca_pem: Path, manage_port: int, tls_port: in
 
     # Removed: no longer routed, and its certificate no longer served.
     assert node.ssh("domains:remove", "tlsapp", HOST).returncode == 0
-    assert http_get(node.router_port, HOST)[0] == 404
+    # The HTTP port's nginx front learns it at its next reload (within a second).
+    wait_for(lambda: http_get(node.router_port, HOST)[0] == 404, what="404", timeout=5)
     wait_for(lambda: _try_https(tls_port, HOST, root) is None, what="the certificate gone")
     whats = node.ssh("events", "tlsapp").stdout
     assert f"domains:add {HOST}" in whats and f"domains:remove {HOST}" in whats

@@ -116,6 +116,10 @@ def test_router_section_from_file_and_environment(tmp_path: Path, monkeypatch: p
     loaded = settings.load(tmp_path)
     assert loaded.router.header_timeout == 2.5 and loaded.router.max_headers == 50
     assert loaded.router.logs is False and loaded.router.idle_timeout == 60
+    assert loaded.router.front == "auto"
+    monkeypatch.setenv("PC_ROUTER_FRONT", "none")
+    assert settings.load(tmp_path).router.front == "none"
+    monkeypatch.delenv("PC_ROUTER_FRONT")
     monkeypatch.setenv("PC_ROUTER_LOGS", "true")
     assert settings.load(tmp_path).router.logs is True
     assert "[router]\nheader_timeout = 10.0" in settings.to_toml(settings.Settings(home=tmp_path))
@@ -124,6 +128,7 @@ def test_router_section_from_file_and_environment(tmp_path: Path, monkeypatch: p
         ("header_timeout = 0", "at least 0.1"),
         ('max_header_kb = "big"', "must be a number"),
         ('logs = "maybe"', "must be true or false"),
+        ('front = "haproxy"', 'front must be "auto", "nginx" or "none"'),
     ]:
         (tmp_path / "config.toml").write_text(f"[router]\n{bad}\n")
         with pytest.raises(ConfigError, match=message):

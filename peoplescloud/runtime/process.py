@@ -52,6 +52,9 @@ from peoplescloud.runtime.base import (
 
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 POLL = 0.2  # seconds between looks at a growing log or a dying process group
+# A quiet log is looked at less and less often, up to this: fifty idle bots'
+# followers would otherwise keep the daemon busy at rest (issue 12's density).
+POLL_IDLE = 2.0
 SHARED_NETWORK = "apps share the host's network and reach its local services"
 
 
@@ -205,6 +208,7 @@ class ProcessRuntime:
             with log:
                 log.seek(start)
                 pending = b""
+                wait = POLL
                 while True:
                     # Whatever the shim wrote here came before it opened the next file
                     # or before the instance ended: look first, then read once more.
@@ -219,8 +223,11 @@ class ProcessRuntime:
                         break
                     if gone:
                         return
-                    if not lines:
-                        time.sleep(POLL)
+                    if lines:
+                        wait = POLL
+                    else:
+                        time.sleep(wait)
+                        wait = min(wait * 2, POLL_IDLE)
             number, start = number + 1, 0
 
     def run(
