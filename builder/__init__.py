@@ -8,6 +8,7 @@ are tried in is `builder.kinds.ORDER`.
 
 from typing import TYPE_CHECKING, Any
 
+from builder.appjson import AppJson, HealthCheck, read_app_json
 from builder.build import SLUG_PATH, BuildResult, build
 from builder.cache import app_cache
 from builder.checkout import checkout
@@ -30,6 +31,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AppJson",
+    "HealthCheck",
     "BuildError",
     "BuildResult",
     "DockerExecutor",
@@ -39,4 +42,5 @@ __all__ = [
     "app_cache",
     "build",
     "checkout",
+    "read_app_json",
 ]

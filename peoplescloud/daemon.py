@@ -32,7 +32,6 @@ from peoplescloud.errors import PCError
 from peoplescloud.front_process import FrontProcess, Routes, choose
 from peoplescloud.logbus import LogBus
 from peoplescloud.private import make_private
-from peoplescloud.processes import is_web
 from peoplescloud.reconciler import Reconciler
 from peoplescloud.runtime import firewall, sandbox
 from peoplescloud.runtime.base import LABEL_NODE, Runtime
@@ -194,16 +193,13 @@ def build_node(settings: Settings) -> Parts:
 
 
 def web_upstreams(parts: Parts, app: str, local_only: bool) -> list[Upstream] | None:
-    """Where the router sends a request for `app`: this node's web instances,
-    and (unless a sibling's router passed the request on) the routers of the
-    siblings that run one. None: there is no such app."""
+    """Where the router sends a request for `app`: this node's web instances that
+    passed their health check and are not draining, and (unless a sibling's
+    router passed the request on) the routers of the siblings that run one.
+    None: there is no such app."""
     if app not in parts.reconciler.apps():
         return None
-    upstreams = [
-        Upstream(s.address)
-        for key, s in parts.reconciler.instances().items()
-        if key.app == app and s.running and s.address and is_web(key.process)
-    ]
+    upstreams = [Upstream(s.address) for s in parts.reconciler.serving(app) if s.address]
     if not local_only:
         routers = parts.cluster.sibling_routers(app)
         upstreams += [Upstream(address, router=True) for address in routers]

@@ -1,28 +1,30 @@
 """One push, from a commit to a running release: checkout -> build -> store ->
 release -> reconcile -> check that it runs. A failure at any step before the
-release is recorded leaves the running release untouched."""
+release is recorded leaves the running release untouched; a release whose
+instances do not start (or whose web instances fail their health check) never
+becomes current, and the one before it serves on (see `peoplescloud.rollout`)."""
 
 from __future__ import annotations
 
 import shutil
-import socket
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import builder
 from peoplescloud.cluster import Cluster
 from peoplescloud.errors import PCError
+from peoplescloud.health import budget
 from peoplescloud.locks import KeyedLocks
 from peoplescloud.logbus import LogBus
 from peoplescloud.processes import is_web, process_names
 from peoplescloud.quotas import UserSlots, limit_of
 from peoplescloud.reconciler import Reconciler
-from peoplescloud.runtime.base import InstanceKey, InstanceStatus, image_repo
+from peoplescloud.runtime.base import InstanceKey, image_repo
 from peoplescloud.settings import Settings
 from peoplescloud.state import KEEP_RELEASES, Release, now
 
@@ -87,6 +89,7 @@ class Deployer:
                 src, out = work / "src", work / "slug"
                 try:  # the checkout refuses with a BuildError too (a symlink out of the tree)
                     builder.checkout(repo, commit, src, self.settings.build.max_tree_mb << 20)
+                    manifest = builder.read_app_json(src)  # a bad one fails before the build
                     cache = self._cache(app, user)
                     limit = self.settings.build.max_slug_mb
                     known = self.state.read().apps.get(app)  # none before a first push
@@ -112,7 +115,9 @@ class Deployer:
                 say(f"-----> Slug {cid[:19]} stored")
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-        release = self._record(app, user, commit, cid, result)
+        if manifest.web_checks:
+            say(f"-----> app.json: {len(manifest.web_checks)} health check(s) for web")
+        release = self._record(app, user, commit, cid, result, manifest)
         self.logbus.event(app, f"release {release.name} by {user}: {release.description}")
         self.cluster.wait_replicated(cid, say)
         return self.activate(app, release.version, say)
@@ -150,7 +155,13 @@ class Deployer:
             )
 
     def _record(
-        self, app: str, user: str, commit: str, cid: str, result: builder.BuildResult
+        self,
+        app: str,
+        user: str,
+        commit: str,
+        cid: str,
+        result: builder.BuildResult,
+        manifest: builder.AppJson,
     ) -> Release:
         with self.state.change() as snap:
             a = snap.app(app)
@@ -165,6 +176,7 @@ class Deployer:
                 created=now(),
                 description=f"Deploy {commit[:7]}",
                 pushed_to=self.settings.name,
+                web_checks=[asdict(c) for c in manifest.web_checks],
                 image=result.image,
                 user=result.user,
             )
@@ -182,28 +194,44 @@ class Deployer:
             self.store.unpin(cid)
 
     def activate(self, app: str, version: int, say: Callable[[str], None]) -> str:
-        """Make `version` the running release and wait until it runs. If it does not
-        start, the release that ran before runs again: a bad push changes nothing.
-        Call it holding `exclusive(app)`."""
+        """Bring `version` up and wait until it runs; only then is it the current
+        release. Until then the current one serves on (its web instances are
+        replaced once the new ones are healthy); if it does not start, nothing
+        of it is left running. Call it holding `exclusive(app)`."""
         with self.state.change() as snap:
             a = snap.app(app)
             previous, previous_scale = a.current, dict(a.scale)
             release = a.release(version)
-            a.current = version
+            a.deploying = version
             # New process types start with one instance, unless scaled before (to 0, say,
             # by `ps:scale` before the first push); types gone from the Procfile go.
             a.scale = {t: a.scale.get(t, 1) for t in release.processes}
             ours = dict(a.scale)
         try:
-            return self.wait_running(app, release.name, say)
+            running = self.wait_running(app, release.name, say)
         except PCError as e:
-            if previous is None or not self._give_back(
-                app, version, previous, previous_scale, ours
-            ):
+            if previous is None:  # a first release: nothing to keep; it goes on trying
+                self._settle(app, version, current=True)
+                raise
+            if not self._give_back(app, version, previous, previous_scale, ours):
                 raise
             self.reconciler.reconcile()
             self.logbus.event(app, f"{release.name} did not start; v{previous} runs again")
             raise PCError(f"{e}; v{previous} runs again") from None
+        self._settle(app, version, current=True)
+        return running
+
+    def _settle(self, app: str, version: int, current: bool) -> bool:
+        """End the deploy of `version` (if another has not taken over): it becomes
+        the current release, or is dropped. Whether it was still the one deployed."""
+        with self.state.change() as snap:
+            a = snap.apps.get(app)
+            if a is None or a.deploying != version:
+                return False  # destroyed, or another release took over meanwhile
+            a.deploying = None
+            if current:
+                a.current = version
+        return True
 
     def _give_back(
         self,
@@ -213,15 +241,17 @@ class Deployer:
         previous_scale: dict[str, int],
         ours: dict[str, int],
     ) -> bool:
-        """Undo what a failed activation set, and only that: the release that ran
-        before comes back if `version` is still current, and a type's scale goes
-        back only where it still has the value the activation gave it (a `ps:scale`
-        made during the wait stays). Whether the previous release runs again."""
+        """Undo what a failed activation set, and only that: `version` is no longer
+        deployed, and a type's scale goes back only where it still has the value
+        the activation gave it (a `ps:scale` made during the wait stays). Whether
+        the release that ran before runs on."""
         with self.state.change() as snap:
             a = snap.apps.get(app)
-            if a is None or a.current != version:
-                return False  # destroyed, or another release took over meanwhile
-            a.current = previous
+            if a is None or a.deploying not in (version, None):
+                return False  # destroyed, or another deploy took over meanwhile
+            a.deploying = None
+            if a.current != previous:
+                return False  # another release was made current meanwhile (config:set)
             for t in ours.keys() | previous_scale.keys():
                 if a.scale.get(t) != ours.get(t):
                     continue  # changed since: not ours to undo
@@ -237,15 +267,16 @@ class Deployer:
         """Reconcile, then wait until every wanted instance of `release` runs and has
         kept running for SETTLE seconds: a process that dies at once (a typo in
         the Procfile, an exception at import) fails the push instead of passing
-        it. A local web instance is also given until `timeout` to accept
-        connections on its port, so the first request after a push finds it. A
-        stopped app has nothing to wait for: its release is recorded, that is all."""
-        deadline = time.monotonic() + timeout
+        it. A web instance counts only once it passed its health check (it is
+        not listed before), and one that fails it fails the push at once. The
+        wait lasts `timeout`, or as long as the checks may take. A stopped app
+        has nothing to wait for: its release is recorded, that is all."""
+        checks = budget(self.reconciler.checks_of(app, release))
+        deadline = time.monotonic() + max(timeout, checks + SETTLE + 5)
         seen: dict[str, tuple[str, float]] = {}  # process -> (its start, first seen running)
         while True:
             self.reconciler.reconcile()
             running = self.reconciler.everywhere()
-            local = self.reconciler.instances()
             a = self.state.read().app(app)
             if a.stopped:  # (ps:stop, before or during the wait) nothing is wanted to run
                 say(f"-----> Release {release} recorded; {app} is stopped (ps:start starts it)")
@@ -254,6 +285,11 @@ class Deployer:
             mine = {k.process: s for k, s in running.items() if k == (app, k.process, release)}
             now = time.monotonic()
             for p in wanted:
+                if why := self.reconciler.health_failure(InstanceKey(app, p, release)):
+                    raise PCError(
+                        f"{p} of {release} failed its health check: {why}; see `logs {app}`, "
+                        "fix the app (or app.json healthchecks) and push again"
+                    )
                 s = mine.get(p)
                 if s is None:
                     continue
@@ -266,40 +302,17 @@ class Deployer:
                     )
                 seen.setdefault(p, (s.started_at, now))
             settled = [p for p in wanted if p in seen and now - seen[p][1] >= SETTLE]
-            listening = all(
-                _answers(address)
-                for p in settled
-                if is_web(p) and (address := _address(local.get(InstanceKey(app, p, release))))
-            )
-            if len(settled) == len(wanted) and (listening or now > deadline):
+            if len(settled) == len(wanted):
                 where = (
                     ", ".join(f"{p} on {a.placement.get(p, self.settings.name)}" for p in wanted)
                     or "no processes scaled up"
                 )
                 say(f"-----> Release {release} running: {where}")
-                if not listening:
-                    say(f"       (its web process does not answer on its port yet: `logs {app}`)")
                 return release
             if now > deadline:
                 late = next(p for p in wanted if p not in settled)
                 raise PCError(
-                    f"release {release} is deployed but {late} is not running: see `logs {app}`"
+                    f"release {release} is deployed but {late} is not running"
+                    f"{' (or not healthy)' if is_web(late) else ''}: see `logs {app}`"
                 )
             time.sleep(0.2)
-
-
-def _address(status: InstanceStatus | None) -> str | None:
-    return status.address if status is not None else None
-
-
-def _answers(address: str) -> bool:
-    """Whether an HTTP server answers at "host:port" (any status will do). A bare
-    connect is not enough: Docker's port proxy accepts for a container that does
-    not listen yet."""
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=1) as conn:
-            conn.sendall(b"HEAD / HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            return bool(conn.recv(1))
-    except OSError:
-        return False

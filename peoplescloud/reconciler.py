@@ -10,6 +10,11 @@ instances outside it, several at once: a stop may take an instance's whole
 grace period, and `restart`, `ps`, the lease and the next pass must not wait
 for it. An instance that is stopping is left alone by the passes, and its
 slot is started again only once it is gone.
+
+Web instances are replaced without a gap (see `peoplescloud.rollout`): the new
+release's instance starts beside the old one, which keeps taking requests
+until the new one passes its health check, then drains and stops. Other
+processes are stopped before their replacement starts: a bot never runs twice.
 """
 
 from __future__ import annotations
@@ -27,13 +32,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import builder
+from peoplescloud.desired import desired_instances, slugs_of, within_limit
 from peoplescloud.errors import NotFound
-from peoplescloud.processes import is_web, process_names, ptype_of
-from peoplescloud.resources import instance_size
+from peoplescloud.health import run_checks
+from peoplescloud.processes import is_web
+from peoplescloud.rolling import WebInstances
+from peoplescloud.rollout import CheckFn
 from peoplescloud.runtime.base import InstanceKey, InstanceSpec, InstanceStatus, Runtime
 from peoplescloud.settings import Settings
-from peoplescloud.state import App, Snapshot, kept_images
+from peoplescloud.state import kept_images
 
 if TYPE_CHECKING:
     from peoplescloud.cluster import Cluster, Slot
@@ -57,85 +64,18 @@ class Crash:
     restarted_at: float = 0.0
 
 
-def desired_instances(snap: Snapshot, node: str, settings: Settings) -> dict[Slot, InstanceSpec]:
-    """Every instance this node should run, keyed by its slot (app, process). In a
-    swarm (the state has members) that is what placement put on this node."""
-    out: dict[Slot, InstanceSpec] = {}
-    swarm = bool(snap.members)
-    for app in snap.apps.values():
-        if app.stopped or app.current is None:
-            continue
-        release = app.release()
-        scale = {t: n for t, n in app.scale.items() if t in release.processes}
-        for process in process_names(scale):
-            if swarm and app.placement.get(process) != node:
-                continue
-            out[(app.name, process)] = instance_spec(
-                app, release.version, process, release.processes[ptype_of(process)], node, settings
-            )
-    return out
-
-
-def within_limit(
-    want: dict[Slot, InstanceSpec], running: Iterable[Slot], limit: int
-) -> tuple[dict[Slot, InstanceSpec], dict[Slot, str]]:
-    """At most `limit` of the wanted instances, those that run already first (a
-    full node starts nothing new, and stops nothing that runs); and why each of
-    the others is not started."""
-    if len(want) <= limit:
-        return want, {}
-    runs = set(running)
-    order = sorted(want, key=lambda slot: slot not in runs)  # stable: the state's order
-    kept = {slot: want[slot] for slot in order[:limit]}
-    why = f"not started: this node runs {limit} instances, its limit ([shares] max_instances)"
-    return kept, {slot: why for slot in order[limit:]}
-
-
-def instance_spec(
-    app: App, version: int, process: str, command: str, node: str, settings: Settings
-) -> InstanceSpec:
-    release = app.release(version)
-    shares = settings.shares
-    size = instance_size(app, ptype_of(process), shares.instance_memory_mb, shares.instance_cpus)
-    return InstanceSpec(
-        app=app.name,
-        process=process,
-        release=release.name,
-        command=command,
-        slug=settings.slug_path(release.slug),
-        node=node,
-        env=dict(app.config),
-        memory_mb=size.memory_mb,
-        cpus=size.cpus,
-        web=is_web(process),
-        path=builder.SLUG_PATH,
-        image=release.image,
-        user=release.user,
-    )
-
-
-def _slugs_of(snap: Snapshot, instances: Iterable[InstanceStatus]) -> set[str]:
-    """The slugs (content ids) of these instances' releases, as far as the state knows them."""
-    out = set()
-    for s in instances:
-        app = snap.apps.get(s.app)
-        version = s.release[1:]
-        if app is None or not (version.isascii() and version.isdigit()):
-            continue
-        try:
-            out.add(app.release(int(version)).slug)
-        except NotFound:
-            continue
-    return out
-
-
-class Reconciler:
+class Reconciler(WebInstances):
     def __init__(
-        self, settings: Settings, cluster: Cluster, runtime: Runtime, logbus: LogBus
+        self,
+        settings: Settings,
+        cluster: Cluster,
+        runtime: Runtime,
+        logbus: LogBus,
+        check: CheckFn = run_checks,
     ) -> None:
         """`cluster` holds the state and the store, and says whether this node may
         run instances now (in a swarm: while its lease holds) and what its
-        siblings run."""
+        siblings run. `check` runs a web instance's health checks."""
         self.settings = settings
         self.cluster = cluster
         self.state = cluster.state
@@ -155,21 +95,24 @@ class Reconciler:
         self._fetch_deadline = 0.0  # until when this pass may wait for fetches
         self._stopper = ThreadPoolExecutor(STOPS_AT_ONCE, thread_name_prefix="stop")
         self._stopping: dict[InstanceKey, Future[None]] = {}  # stops under way
-        # Called (from a stopping thread) when a stop is done: the daemon wakes a
-        # pass then, which starts what replaces the instance.
+        # Called (from a stopping thread) when a stop or a health check is done: the
+        # daemon wakes a pass then, which starts what replaces the instance.
         self.on_stopped: Callable[[], None] = lambda: None
+        self._init_web(check)
 
     def apps(self) -> frozenset[str]:
         """The apps that existed at the last pass (cheap: no state read)."""
         return self._apps
 
     def instances(self) -> dict[InstanceKey, InstanceStatus]:
-        """What ran at the end of the last pass (cheap: no runtime call)."""
-        return dict(self._last)
+        """What ran at the end of the last pass (cheap: no runtime call), without
+        the web instances that take no requests (not healthy yet, or draining):
+        for `ps`, for a deploy waiting for its release, for the siblings' routers."""
+        return {k: s for k, s in self._last.items() if not self._hidden(k, s)}
 
     def everywhere(self) -> dict[InstanceKey, InstanceStatus]:
         """Instances on this node (last pass) and, in a swarm, on its siblings."""
-        return {**self.cluster.instances_elsewhere(), **self._last}
+        return {**self.cluster.instances_elsewhere(), **self.instances()}
 
     def start_failure(self, app: str, process: str) -> str:
         """Why the last try to start an instance failed ("" if it did not): here,
@@ -206,7 +149,7 @@ class Reconciler:
             # The lease first: a renewal returns only once this node applied it, so
             # a state read after a good lease is at least as new as that renewal.
             may_run = self.cluster.may_run()
-            snap = self.state.read()
+            snap = self._snap = self.state.read()
             want = desired_instances(snap, self.settings.name, self.settings) if may_run else {}
             up = [k.slot for k, s in self._last.items() if s.running]
             want, over = within_limit(want, up, self.settings.shares.max_instances)
@@ -215,63 +158,71 @@ class Reconciler:
             leaving: list[InstanceStatus] = []  # stopping: its slot starts once it is gone
             began: list[Future[None]] = []
             self._stopping = {k: f for k, f in self._stopping.items() if not f.done()}
+            for status, why in self.web.collect():
+                self._unhealthy(status, why)
             for status in self.runtime.status():
                 spec = want.get(status.key.slot)
                 if status.key in self._stopping:
+                    leaving.append(status)
+                elif self.web.draining(status.key) and spec is not None:  # (else: at once)
+                    if self.web.drained(status.key):
+                        began.append(self._stop(status, "drained"))
                     leaving.append(status)
                 elif spec is None:
                     began.append(self._stop(status, "no longer wanted"))
                     leaving.append(status)
                 elif status.release != spec.release and not self._keep_until_replaced(spec, status):
-                    began.append(self._stop(status, f"replaced by {spec.release}"))
+                    began += self._retire(status, spec)
                     leaving.append(status)
                 else:
                     have.setdefault(status.key.slot, []).append(status)
             for slot in set(self._failed) - set(want):
                 del self._failed[slot]  # no longer this node's to start
             self._failed.update(over)  # past the node's instance limit: `ps` says why
-            gone_soon = {s.key.slot for s in leaving}
+            for status in (s for ss in have.values() for s in ss):
+                self._watch_health(status)
+            gone_soon = set()  # started by the pass after its old instance stopped
+            for s in leaving:  # (not for a web one of another release: it starts beside)
+                new = want.get(s.key.slot)
+                if not is_web(s.process) or (new is not None and new.key == s.key):
+                    gone_soon.add(s.key.slot)
             for slot, spec in want.items():
                 if slot in gone_soon:
-                    continue  # started by the pass after its old instance stopped
-                if any(s.key != spec.key for s in have.get(slot, [])):
+                    continue
+                mine = have.get(slot, [])
+                if spec.web:  # the old release's instance serves beside it until it is healthy
+                    current = next((s for s in mine if s.key == spec.key), None)
+                elif any(s.key != spec.key for s in mine):
                     continue  # the old release's instance runs on until the new slug is here
-                current = next(iter(have.get(slot, [])), None)
+                else:
+                    current = next(iter(mine), None)
                 if slot in busy and not (current and current.running):
                     continue  # still running on its previous node: start it once that stops
                 self._converge(spec, current)
             present = [*leaving, *(s for ss in have.values() for s in ss)]
-            self._gc_slugs(want.values(), _slugs_of(snap, present))
+            self._gc_slugs(want.values(), slugs_of(snap, present))
             if (app_images := getattr(self.runtime, "app_images", None)) is not None:
                 app_images.prune(kept_images(snap))  # Dockerfile apps' images no release keeps
             self._apps = frozenset(snap.apps)
             self._last = {s.key: s for s in self.runtime.status()}
+            self.web.keep_only(self._last)
+            self._publish()
             return began
 
-    def restart(self, app: str, ptype: str | None = None) -> None:
-        """Stop the app's instances (of one type) and start them afresh: it waits
-        for these stops, never for another app's."""
-        with self._lock:
-            began = [
-                self._stop(s, "restart", event=f"restarting {s.process}")
-                for s in self.runtime.status()
-                if s.app == app
-                and (ptype is None or ptype_of(s.process) == ptype)
-                and s.key not in self._stopping
-            ]
-        wait_futures(began)
-        self.reconcile()
-
-    def _keep_until_replaced(self, spec: InstanceSpec, old: InstanceStatus) -> bool:
-        """An instance of an older release runs on until the new release's slug is
-        here (then it is stopped, and the new one started)."""
-        return old.running and not self._slug_ready(spec)
+    def _back_off(self, slot: Slot) -> float:
+        """One more failure of the slot's instance: seconds until it starts again."""
+        crash = self._crashes.setdefault(slot, Crash())
+        crash.count += 1
+        delay = min(BACKOFF_MAX, 2.0 ** (crash.count - 1))
+        crash.retry_at = time.monotonic() + delay
+        return delay
 
     def _stop(self, status: InstanceStatus, why: str, event: str = "") -> Future[None]:
         """Begin stopping an instance (in a stopping thread); under the lock."""
         event = event or f"stopping {status.process} ({status.release}): {why}"
         self.logbus.event(status.app, event)
         self._crashes.pop(status.key.slot, None)
+        self.web.lost(status.key)  # no request goes to it from now on
         stop = self._stopper.submit(self._stop_now, status.key)
         self._stopping[status.key] = stop
         return stop
@@ -288,24 +239,28 @@ class Reconciler:
     def _converge(self, spec: InstanceSpec, status: InstanceStatus | None) -> None:
         key = spec.key.slot
         crash = self._crashes.get(key)
+        if status is None and crash is not None and crash.retry_at is not None:
+            if time.monotonic() < crash.retry_at:
+                return  # failed its health check: started again after its back-off
+            crash.retry_at = None
+            crash.restarted_at = time.monotonic()
         if status is not None and status.running:
             if crash and time.monotonic() - crash.restarted_at > HEALTHY_AFTER:
                 del self._crashes[key]
             self.logbus.watch(spec.key)
             return
         if status is not None:  # it exited by itself: restart with back-off
+            self.web.lost(spec.key)
             crash = self._crashes.setdefault(key, Crash())
             if crash.retry_at is None:
-                crash.count += 1
-                delay = min(BACKOFF_MAX, 2.0 ** (crash.count - 1))
-                crash.retry_at = time.monotonic() + delay
+                delay = self._back_off(key)
                 if status.oom_killed:
                     why = f"exceeded its memory limit ({spec.memory_mb} MB)"
                 else:
                     why = f"exited with code {status.exit_code}"
                 self.logbus.event(spec.app, f"{spec.process} {why}; restarting in {delay:.0f}s")
-            if time.monotonic() < crash.retry_at:
-                return
+            if crash.retry_at is not None and time.monotonic() < crash.retry_at:
+                return  # (set above, if not before)
             crash.retry_at = None
             crash.restarted_at = time.monotonic()
         self._start(spec)
@@ -315,12 +270,14 @@ class Reconciler:
             return
         try:
             self.logbus.event(spec.app, f"starting {spec.process} ({spec.release})")
-            self.runtime.start(spec)
+            self.web.retry(spec.key)
+            started = self.runtime.start(spec)
         except Exception as e:  # one failure must not stop the other apps' pass
             self._cannot_start(spec, e)
             return
         self._failed.pop(spec.key.slot, None)
         self.logbus.watch(spec.key)
+        self._watch_health(started)  # at once: the deploy waiting for it wants it soon
 
     def _cannot_start(self, spec: InstanceSpec, error: Exception) -> None:
         log.warning("cannot start %s %s: %s", spec.app, spec.process, error)
@@ -371,6 +328,7 @@ class Reconciler:
         Stops under way finish (the instances are going)."""
         self._fetcher.shutdown(wait=False, cancel_futures=True)
         self._stopper.shutdown(wait=False)
+        self.web.close()
 
     @contextmanager
     def holding(self, spec: InstanceSpec) -> Iterator[None]:

@@ -290,6 +290,27 @@ class TlsSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """Zero-downtime deploys: how a new web instance is checked before it takes
+    requests (app.json `healthchecks` override it), how long a replaced one drains."""
+
+    drain_seconds: float = 10.0  # a replaced instance gets no new requests, then is stopped
+    check_attempts: int = 20  # tries of a health check before the release fails
+    check_timeout: float = 3.0  # seconds one try may take
+    check_wait: float = 0.5  # seconds between tries
+
+    def __post_init__(self) -> None:
+        _numbers(
+            self,
+            "web",
+            drain_seconds=(float, 0.0),
+            check_attempts=(int, 1),
+            check_timeout=(float, 0.1),
+            check_wait=(float, 0.0),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     name: str = "node1"
     home: Path = field(default_factory=default_home)
@@ -311,6 +332,7 @@ class Settings:
     quotas: Quotas = field(default_factory=Quotas)
     tls: TlsSettings = field(default_factory=TlsSettings)
     router: RouterSettings = field(default_factory=RouterSettings)
+    web: WebSettings = field(default_factory=WebSettings)
 
     def __post_init__(self) -> None:
         if not NODE_NAME_RE.fullmatch(self.name):
@@ -413,6 +435,7 @@ _SECTIONS = {
     "quotas": Quotas,
     "tls": TlsSettings,
     "router": RouterSettings,
+    "web": WebSettings,
 }
 
 

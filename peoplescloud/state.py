@@ -60,6 +60,9 @@ class Release:
     pushed_to: str = ""  # the node that received the push: it holds the git history
     image: str = ""  # a Dockerfile app's image id ("sha256:…"): its instances run it
     user: str = ""  # "uid:gid" an image's instances run as ("": the runtime's own user)
+    # app.json's startup health checks of `web` (builder.appjson.HealthCheck fields);
+    # empty: the port must answer.
+    web_checks: list[dict] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -74,7 +77,10 @@ class App:
     config: dict[str, str] = field(default_factory=dict)
     scale: dict[str, int] = field(default_factory=dict)  # process type -> instances
     releases: list[Release] = field(default_factory=list)
-    current: int | None = None  # version that should run
+    current: int | None = None  # the release that runs: the last one that started well
+    # A release being brought up (a push or rollback): it runs beside `current`'s
+    # web instances until healthy, and becomes current only then.
+    deploying: int | None = None
     stopped: bool = False  # ps:stop
     placement: dict[str, str] = field(default_factory=dict)  # process -> node (in a swarm)
     created_empty: bool = False  # by `apps:create`: a failed first push leaves it
@@ -92,6 +98,11 @@ class App:
         raise NotFound(
             f"{self.name} has no release v{want}" if want else f"{self.name} has no release yet"
         )
+
+    @property
+    def target(self) -> int | None:
+        """The release the node should run: the one being deployed, else the current one."""
+        return self.deploying if self.deploying is not None else self.current
 
     def next_version(self) -> int:
         return max((r.version for r in self.releases), default=0) + 1

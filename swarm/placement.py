@@ -88,9 +88,10 @@ def _wanted(
     out: dict[Key, Size] = {}
     for name in sorted(apps):
         app = apps[name]
-        if app.stopped or app.current is None:
+        if app.stopped or app.target is None:  # (a release being deployed runs too)
             continue
-        scale = {ptype: app.scale.get(ptype, 0) for ptype in sorted(app.release().processes)}
+        processes = app.release(app.target).processes
+        scale = {ptype: app.scale.get(ptype, 0) for ptype in sorted(processes)}
         for process in process_names(scale):
             out[(name, process)] = instance_size(
                 app, ptype_of(process), instance_memory_mb, instance_cpus
@@ -298,12 +299,12 @@ def slugs_in_use(
         kept = app.releases[-keep:] if keep > 0 else []
         for release in kept:
             out.setdefault(release.slug, set())
-        if app.current is not None:
-            out.setdefault(app.release().slug, set())
+        for version in {app.current, app.target} - {None}:  # a deploy runs both
+            out.setdefault(app.release(version).slug, set())
     for (name, _), node in nodes.items():
         runs = apps.get(name)
-        if runs is not None and runs.current is not None:
-            out[runs.release().slug].add(node)
+        if runs is not None and runs.target is not None:
+            out[runs.release(runs.target).slug].add(node)
     return out
 
 
@@ -323,8 +324,9 @@ def _choose(
 
 
 def _slug(apps: Mapping[str, App], key: Key) -> str:
-    """The slug an instance runs: its app's current release's."""
-    return apps[key[0]].release().slug
+    """The slug an instance runs: its app's current release's (or the one being deployed)."""
+    app = apps[key[0]]
+    return app.release(app.target).slug
 
 
 def _order(key: Key) -> tuple[int, str, str]:

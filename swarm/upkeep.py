@@ -51,7 +51,7 @@ class Upkeep:
         (seconds for a slug with a virtualenv). One copy each, no more: a slug
         that runs here has its working copy already, and others are dropped."""
         held = set(snap.held.get(self.me, []))
-        current = {a.release().slug for a in snap.apps.values() if a.current is not None}
+        current = {a.release(a.target).slug for a in snap.apps.values() if a.target is not None}
         wanted = {c for c in held & current if not self.settings.slug_path(c).exists()}
         for cid in self.store.prepared() - wanted:
             self.store.discard(cid)

@@ -3,12 +3,14 @@ remembers events, and a cluster whose answers a test sets."""
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from gitserver.service import NodeRow
 from peoplescloud.cluster import LocalParts, Loop, Slot
+from peoplescloud.health import Check
 from peoplescloud.runtime.base import Capabilities, InstanceKey, InstanceSpec, InstanceStatus
 from peoplescloud.state import Release, Snapshot, StateStore
 from peoplescloud.store import Store
@@ -120,3 +122,72 @@ class FakeCluster:
 
 def release(version: int, cid: str) -> Release:
     return Release(version, cid, "python", "img", {"bot": "python bot.py"}, "c", "ann", "t", "")
+
+
+class FakeWebRuntime:
+    """Instances keyed by InstanceKey, so a new release's web instance can run
+    beside the old one's; web instances get an address naming them. `on_stop`
+    is called before an instance goes (a test looks at the world then); `log`
+    records each start and stop in order."""
+
+    name = "fake-web"
+    capabilities = Capabilities(True, "a fake")
+
+    def __init__(self) -> None:
+        self.instances: dict[InstanceKey, InstanceStatus] = {}
+        self.log: list[str] = []
+        self.on_stop: Callable[[InstanceKey], None] = lambda key: None
+        self.most_at_once: dict[tuple[str, str], int] = {}  # slot -> most running at once
+        self.stop_takes = 0.0  # seconds a stop takes (an app finishing its work)
+
+    def start(self, spec: InstanceSpec) -> InstanceStatus:
+        address = f"{spec.app}-{spec.process}-{spec.release}:80" if spec.web else None
+        status = InstanceStatus(spec.app, spec.process, spec.release, True, address=address)
+        self.instances[spec.key] = status
+        self.log.append(f"start {spec.process} {spec.release}")
+        running = sum(1 for k, s in self.instances.items() if k.slot == spec.key.slot and s.running)
+        self.most_at_once[spec.key.slot] = max(self.most_at_once.get(spec.key.slot, 0), running)
+        return status
+
+    def stop(self, key: InstanceKey, timeout: float = 10) -> None:
+        if key in self.instances:
+            self.on_stop(key)
+            time.sleep(self.stop_takes)
+            del self.instances[key]
+            self.log.append(f"stop {key.process} {key.release}")
+
+    def status(self) -> list[InstanceStatus]:
+        return list(self.instances.values())
+
+
+class FakeChecks:
+    """A health check whose outcome the test gives per release ("" passes): a
+    check waits (bounded) until its release has one."""
+
+    def __init__(self, **outcomes: str) -> None:
+        self.outcomes = dict(outcomes)
+        self.asked: list[str] = []  # addresses checked, in order
+        self._changed = threading.Condition()
+
+    def answer(self, release: str, why: str = "") -> None:
+        with self._changed:
+            self.outcomes[release] = why
+            self._changed.notify_all()
+
+    def __call__(
+        self,
+        address: str,
+        host: str,
+        checks: Sequence[Check],
+        alive: Callable[[], bool],
+        cancel: threading.Event | None = None,
+    ) -> str:
+        self.asked.append(address)
+        release = address.rpartition(":")[0].rpartition("-")[2]
+        deadline = time.monotonic() + 10
+        with self._changed:
+            while release not in self.outcomes and time.monotonic() < deadline:
+                if cancel is not None and cancel.is_set():
+                    return "cancelled"
+                self._changed.wait(0.05)
+            return self.outcomes.get(release, "no outcome given")

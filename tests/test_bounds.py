@@ -22,8 +22,9 @@ import peoplescloud.deploy
 from builder import BuildError, HostExecutor, checkout
 from gitserver.commands import dispatch
 from peoplescloud.deploy import Deployer
+from peoplescloud.desired import within_limit
 from peoplescloud.errors import PCError, UsageError
-from peoplescloud.reconciler import Reconciler, within_limit
+from peoplescloud.reconciler import Reconciler
 from peoplescloud.runtime.base import InstanceSpec
 from peoplescloud.service import Node
 from peoplescloud.settings import BuildSettings, Settings, Shares

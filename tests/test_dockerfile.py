@@ -17,8 +17,8 @@ from builder import BuildError, DockerExecutor, HostExecutor, build
 from builder.build import detect
 from builder.image import resolve_user
 from builder.kinds import dockerfile
+from peoplescloud.desired import instance_spec
 from peoplescloud.errors import RuntimeFailure
-from peoplescloud.reconciler import instance_spec
 from peoplescloud.runtime import images
 from peoplescloud.runtime.base import InstanceSpec
 from peoplescloud.runtime.process import ProcessRuntime

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from peoplescloud.reconciler import desired_instances
+from peoplescloud.desired import desired_instances
 from peoplescloud.settings import CLOCK_SLACK, WATCHDOG_SECONDS, Settings
 from peoplescloud.state import App, Release, Snapshot
 from swarm.placement import (
@@ -688,3 +688,22 @@ def test_holder_invariants_for_random_swarms(seed: int) -> None:
         if len(keepable) <= r:
             assert keepable <= set(nodes)
     assert holders(rng.sample(members, len(members)), slugs, held, NOW, r, p.free_mb) == out
+
+
+def test_a_release_being_deployed_is_placed_and_pinned_with_the_current_one() -> None:
+    """A first push's release is not current until it runs: it is placed all the
+    same; a later one's slug is pinned beside the current one's (both run)."""
+    first = app("fresh", web=1)
+    first.current, first.deploying = None, 1
+    assert wanted_instances(apps(first), 300) == {("fresh", "web.1"): 300}
+    assert run([member("n1")], apps(first)).nodes == {("fresh", "web.1"): "n1"}
+    a = app("a", web=1)
+    a.releases = [
+        Release(v, f"a-v{v}", "procfile", "img", {"web": "x"}, "c", "ann", "t", "")
+        for v in (1, 2, 3)
+    ]
+    a.current, a.deploying = 1, 3
+    assert slugs_in_use(apps(a), {("a", "web.1"): "n1"}, keep=0) == {
+        "a-v1": set(),
+        "a-v3": {"n1"},
+    }

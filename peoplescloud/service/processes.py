@@ -29,6 +29,12 @@ class ProcessCommands(ServiceBase):
                 state, why = "stopped", "ps:start starts it"
             elif s is None:  # e.g. its slug cannot be fetched yet: it retries
                 state, why = "starting", self.reconciler.start_failure(app, process)
+            elif (
+                s.running
+                and s.release != release.name
+                and (failed := self.reconciler.start_failure(app, process))
+            ):  # a web instance of the current release failed its health check
+                state, why = "up", f"{release.name} does not take over: {failed}"
             elif s.running:  # a crash loop shows here, between its restarts
                 state, why = "up", f"restarted after {crash.count} crash(es)" if crash else ""
             else:
@@ -117,7 +123,10 @@ class ProcessCommands(ServiceBase):
 def _wanted(snap: Snapshot) -> int:
     """Instances the state asks for, all apps together."""
     return sum(
-        n for a in snap.apps.values() if a.current and not a.stopped for n in a.scale.values()
+        n
+        for a in snap.apps.values()
+        if a.target is not None and not a.stopped
+        for n in a.scale.values()
     )
 
 

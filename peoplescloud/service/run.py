@@ -8,9 +8,9 @@ import threading
 from collections.abc import AsyncIterator, Callable
 
 from peoplescloud.bridge import in_pool
+from peoplescloud.desired import instance_spec
 from peoplescloud.errors import PCError, UsageError
 from peoplescloud.quotas import limit_of
-from peoplescloud.reconciler import instance_spec
 from peoplescloud.runtime.base import Terminal
 from peoplescloud.service.base import ServiceBase
 

@@ -1,0 +1,118 @@
+"""The app.json at the top of a pushed tree: what a deploy reads from it.
+
+Only what People's Cloud acts on is kept, as typed data: for now the
+`healthchecks` of the web process, in the convention Dokku reads
+(`{"healthchecks": {"web": [{"type": "startup", "path": "/health", ...}]}}`).
+Every other key (Heroku's `env`, `addons`, ...) is ignored, so one app.json
+serves several platforms. A file that is not valid JSON, or a check with a
+value of the wrong type, fails the push with a reason that says where.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from builder.errors import BuildError
+
+FILE = "app.json"
+MAX_BYTES = 256 * 1024  # an app.json is a few lines; a huge one is a mistake
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """One startup check of a new web instance, before it takes requests. Without
+    `path` it checks that the port answers (as Dokku's "listening" check); with
+    it, that GET `path` answers 2xx (with `content` in the body, when given).
+    None: the node's [web] default for that value."""
+
+    name: str = ""
+    path: str = ""  # "/health": an HTTP check; "": the port must answer
+    content: str = ""  # text the answer's body must contain
+    attempts: int | None = None  # tries before the check fails
+    timeout: float | None = None  # seconds one try may take
+    wait: float | None = None  # seconds between tries
+    initial_delay: float = 0.0  # seconds before the first try (Dokku's `initialDelay`)
+
+
+@dataclass(frozen=True)
+class AppJson:
+    web_checks: tuple[HealthCheck, ...] = ()  # healthchecks.web of type "startup"
+
+
+def read_app_json(tree: Path) -> AppJson:
+    """The tree's app.json (an empty one when there is none). Raises BuildError."""
+    path = tree / FILE
+    if path.is_symlink() or not path.exists():
+        return AppJson()
+    if not path.is_file() or path.stat().st_size > MAX_BYTES:
+        raise BuildError(f"{FILE} must be a JSON file of at most {MAX_BYTES // 1024} KB")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise BuildError(f"{FILE} is not UTF-8 text: save it as UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise BuildError(
+            f"{FILE} line {e.lineno} column {e.colno}: {e.msg}; fix the JSON and push again"
+        ) from None
+    return parse(data)
+
+
+def parse(data: Any) -> AppJson:
+    if not isinstance(data, dict):
+        raise BuildError(f"{FILE} must hold a JSON object ({{...}})")
+    checks = data.get("healthchecks", {})
+    if not isinstance(checks, dict):
+        raise BuildError(f'{FILE}: "healthchecks" must be an object of process type -> checks')
+    web = checks.get("web", [])
+    if not isinstance(web, list):
+        raise BuildError(f'{FILE}: "healthchecks.web" must be a list of checks')
+    parsed = [_check(c, f"healthchecks.web[{i}]") for i, c in enumerate(web)]
+    return AppJson(web_checks=tuple(c for c in parsed if c is not None))
+
+
+def _check(item: Any, where: str) -> HealthCheck | None:
+    """One check, or None for a type the deploy does not run (liveness, readiness)."""
+    if not isinstance(item, dict):
+        raise BuildError(f"{FILE}: {where} must be an object")
+    kind = _get(item, "type", str, where, "startup")
+    if kind != "startup":
+        return None
+    if "command" in item:
+        raise BuildError(
+            f"{FILE}: {where} is a command check, which this node does not run; "
+            'use "path" (an HTTP check), or no path (the port must answer)'
+        )
+    path = _get(item, "path", str, where, "")
+    if path and not path.startswith("/"):
+        raise BuildError(f'{FILE}: {where}.path must start with "/", not {path!r}')
+    attempts = _get(item, "attempts", int, where, None)
+    if attempts is not None and not 1 <= attempts <= 100:
+        raise BuildError(f"{FILE}: {where}.attempts must be between 1 and 100")
+    seconds = {k: _get(item, k, float, where, None) for k in ("timeout", "wait", "initialDelay")}
+    for k, v in seconds.items():
+        if v is not None and not 0 <= v <= 600:
+            raise BuildError(f"{FILE}: {where}.{k} must be between 0 and 600 seconds")
+    return HealthCheck(
+        name=_get(item, "name", str, where, ""),
+        path=path,
+        content=_get(item, "content", str, where, ""),
+        attempts=attempts,
+        timeout=seconds["timeout"],
+        wait=seconds["wait"],
+        initial_delay=seconds["initialDelay"] or 0.0,
+    )
+
+
+def _get(item: dict, key: str, kind: type, where: str, default: Any) -> Any:
+    value = item.get(key, default)
+    if value is None or value == default:
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        name = {str: "a string", int: "a whole number", float: "a number"}[kind]
+        raise BuildError(f"{FILE}: {where}.{key} must be {name}, not {json.dumps(value)}")
+    return value
