@@ -6,7 +6,7 @@ in `builder.kinds` with `detect`, `build`, `default_processes`; the order they
 are tried in is `builder.kinds.ORDER`.
 """
 
-from builder.appjson import AppJson, HealthCheck, read_app_json
+from builder.appjson import AppJson, CronJob, HealthCheck, read_app_json
 from builder.build import SLUG_PATH, BuildResult, build
 from builder.cache import app_cache
 from builder.checkout import checkout
@@ -28,4 +28,5 @@ __all__ = [
     "build",
     "checkout",
     "read_app_json",
+    "CronJob",
 ]

@@ -167,12 +167,17 @@ class LogBus:
 
     def event(self, app: str, text: str) -> None:
         """Record something the node did to `app` ("starting web.1 (v3)")."""
+        self.line(app, EVENT_SOURCE, text)
+
+    def line(self, app: str, source: str, text: str) -> None:
+        """Append one line as `app[source]`: an event, or the output of a one-off the
+        node runs for the app itself (a release phase, a cron job)."""
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         while True:
             applog = self._log(app)
             with applog.lock:
                 if not applog.gone:
-                    self._append(app, applog, f"{stamp} app[{EVENT_SOURCE}]: {text}")
+                    self._append(app, applog, f"{stamp} app[{source}]: {text}")
                     return
 
     def watch(self, key: InstanceKey) -> None:
