@@ -151,8 +151,10 @@ def test_formation_scales_the_first_deploy_only_and_the_users_scale_wins(world: 
     with w.state.change() as s:
         s.apps["a"].scale = {"bot": 1, "worker": 0}
     w.add(2)
-    w.activate(2, {"bot": 3, "worker": 2})
-    assert w.app().scale == {"bot": 1, "worker": 0}
+    with w.state.change() as s:  # v2 brings a type: it starts with one instance, as any
+        s.apps["a"].releases[-1].processes["clock"] = "python bot.py"
+    w.activate(2, {"bot": 3, "worker": 2, "clock": 3})
+    assert w.app().scale == {"bot": 1, "worker": 0, "clock": 1}
 
 
 def test_lines_are_split_across_chunks_and_bounded():
