@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from builder.crontab import parse_schedule
 from builder.errors import BuildError
 
 FILE = "app.json"
@@ -46,7 +47,7 @@ class HealthCheck:
 @dataclass(frozen=True)
 class CronJob:
     command: str
-    schedule: str  # five crontab fields, checked by peoplescloud.crontab when parsed
+    schedule: str  # five crontab fields (builder.crontab), checked when parsed
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,10 @@ def _cron(data: dict) -> tuple[CronJob, ...]:
         schedule = _get(job, "schedule", str, where, "")
         if not command.strip() or not schedule.strip():
             raise BuildError(f'{FILE}: {where} needs a "command" and a "schedule"')
+        try:
+            parse_schedule(schedule)
+        except BuildError as e:
+            raise BuildError(f"{FILE}: {where}: {e}") from None
         out.append(CronJob(command=command, schedule=schedule))
     return tuple(out)
 

@@ -24,6 +24,7 @@ import builder
 from gitserver.server import start_server
 from peoplescloud.bridge import every
 from peoplescloud.cluster import Cluster, LocalParts, open_cluster
+from peoplescloud.cron import CRON_EVERY, Cron
 from peoplescloud.dashboard_api import start_api
 from peoplescloud.dashboard_process import supervise
 from peoplescloud.deploy import Deployer
@@ -141,6 +142,7 @@ class Parts:
     reconciler: Reconciler
     logbus: LogBus
     cluster: Cluster
+    cron: Cron
 
     @property
     def local(self) -> LocalParts:
@@ -169,7 +171,7 @@ def build_node(settings: Settings) -> Parts:
     except BaseException:  # no kubo or Raft node outlives a start that did not finish
         asyncio.run(cluster.close())
         raise
-    return Parts(node, reconciler, logbus, cluster)
+    return Parts(node, reconciler, logbus, cluster, Cron(settings, cluster, reconciler, logbus))
 
 
 def web_upstreams(parts: Parts, app: str, local_only: bool) -> list[Upstream] | None:
@@ -285,7 +287,8 @@ async def start_node(
         cluster.describe(),
     )
     loops: list[asyncio.Future[None]] = [
-        asyncio.ensure_future(every(RECONCILE_EVERY, reconciler.tick, stop, wake))
+        asyncio.ensure_future(every(RECONCILE_EVERY, reconciler.tick, stop, wake)),
+        asyncio.ensure_future(every(CRON_EVERY, parts.cron.tick, stop)),
     ]
     return loops + cluster_loops
 
