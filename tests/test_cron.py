@@ -94,9 +94,7 @@ class CronRuntime(FakeRuntime):
 
 class World:
     def __init__(self, tmp_path: Path, max_oneoffs: int = 4) -> None:
-        self.settings = Settings(
-            home=tmp_path, name="n1", shares=Shares(max_oneoffs=max_oneoffs)
-        )
+        self.settings = Settings(home=tmp_path, name="n1", shares=Shares(max_oneoffs=max_oneoffs))
         self.state = State(tmp_path / "state.json")
         store = LocalStore(tmp_path / "store")
         slug = tmp_path / "slug"

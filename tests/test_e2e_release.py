@@ -144,3 +144,38 @@ def test_release_phase_scripts_and_formation(node_factory, tmp_path: Path):
     assert r.returncode == 0, r.stderr
     assert sum("app[release]: release sees" in x for x in logs(node)) == before + 1
     assert current(node) == ["v7"]
+
+
+def test_cron_jobs_are_listed_and_run(node_factory, tmp_path: Path):
+    node = node_factory("docker")
+    assert node.ssh("apps:create", APP).returncode == 0
+    assert node.ssh("config:set", APP, "GREETING=hi").returncode == 0
+    work = tmp_path / "work"
+    work.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=work, check=True)
+    jobs = [
+        {"command": 'echo "cron says $GREETING"', "schedule": "* * * * *"},
+        {"command": "echo never", "schedule": "0 0 1 1 *"},
+    ]
+    tree(work, "one", "bot: python3 -u bot.py\n", {"cron": jobs})
+    r = push(node, work, "with cron")
+    assert r.returncode == 0, r.stderr
+
+    r = node.ssh("cron", APP)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].split()[:2] == ["ID", "SCHEDULE"], r.stdout
+    assert "cron.1" in r.stdout and 'echo "cron says $GREETING"' in r.stdout
+    assert "-01-01T00:00:00Z" in r.stdout.splitlines()[2], r.stdout
+    # `* * * * *` runs within the minute (the scheduler looks every 5 s); bounded.
+    wait_for(
+        lambda: any("app[cron.1]: cron says hi" in x for x in logs(node)),
+        what="the cron job's output",
+        timeout=75,
+    )
+    assert any("app[pc]: cron.1 exited with code 0" in x for x in logs(node))
+
+    # A schedule that is not crontab fails the push, with where and why.
+    tree(work, "two", "bot: python3 -u bot.py\n", {"cron": [{"command": "x", "schedule": "* *"}]})
+    r = push(node, work, "bad cron")
+    assert r.returncode != 0
+    assert "app.json: cron[0]: schedule '* *' must have 5 fields" in r.stderr, r.stderr
