@@ -8,7 +8,7 @@ are tried in is `builder.kinds.ORDER`.
 
 from typing import TYPE_CHECKING, Any
 
-from builder.appjson import AppJson, HealthCheck, read_app_json
+from builder.appjson import AppJson, CronJob, HealthCheck, read_app_json
 from builder.build import SLUG_PATH, BuildResult, build
 from builder.cache import app_cache
 from builder.checkout import checkout
@@ -43,4 +43,5 @@ __all__ = [
     "build",
     "checkout",
     "read_app_json",
+    "CronJob",
 ]

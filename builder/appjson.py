@@ -1,8 +1,14 @@
 """The app.json at the top of a pushed tree: what a deploy reads from it.
 
-Only what People's Cloud acts on is kept, as typed data: for now the
-`healthchecks` of the web process, in the convention Dokku reads
-(`{"healthchecks": {"web": [{"type": "startup", "path": "/health", ...}]}}`).
+Only what People's Cloud acts on is kept, as typed data, in the conventions
+Heroku and Dokku read:
+- `healthchecks` of the web process
+  (`{"healthchecks": {"web": [{"type": "startup", "path": "/health", ...}]}}`);
+- `formation`: the initial scale per type (`{"web": {"quantity": 2}}`), used on
+  the app's first deploy only;
+- `scripts.dokku.predeploy` (before a new release starts) and
+  `scripts.dokku.postdeploy` or Heroku's `scripts.postdeploy` (once it runs);
+- `cron`: `[{"command": "...", "schedule": "*/5 * * * *"}]`.
 Every other key (Heroku's `env`, `addons`, ...) is ignored, so one app.json
 serves several platforms. A file that is not valid JSON, or a check with a
 value of the wrong type, fails the push with a reason that says where.
@@ -11,10 +17,11 @@ value of the wrong type, fails the push with a reason that says where.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from builder.crontab import parse_schedule
 from builder.errors import BuildError
 
 FILE = "app.json"
@@ -38,8 +45,22 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
+class CronJob:
+    command: str
+    schedule: str  # five crontab fields (builder.crontab), checked when parsed
+
+
+@dataclass(frozen=True)
 class AppJson:
     web_checks: tuple[HealthCheck, ...] = ()  # healthchecks.web of type "startup"
+    formation: dict[str, int] = field(default_factory=dict)  # type -> initial instances
+    predeploy: str = ""
+    postdeploy: str = ""
+    cron: tuple[CronJob, ...] = ()
+
+
+MAX_SCALE = 20  # as `ps:scale`
+MAX_CRON_JOBS = 20
 
 
 def read_app_json(tree: Path) -> AppJson:
@@ -70,7 +91,64 @@ def parse(data: Any) -> AppJson:
     if not isinstance(web, list):
         raise BuildError(f'{FILE}: "healthchecks.web" must be a list of checks')
     parsed = [_check(c, f"healthchecks.web[{i}]") for i, c in enumerate(web)]
-    return AppJson(web_checks=tuple(c for c in parsed if c is not None))
+    scripts = _object(data, "scripts", "scripts")
+    dokku = _object(scripts, "dokku", "scripts.dokku")
+    postdeploy = _get(dokku, "postdeploy", str, "scripts.dokku", "")
+    heroku = _get(scripts, "postdeploy", str, "scripts", "")
+    if postdeploy and heroku and postdeploy != heroku:
+        raise BuildError(
+            f"{FILE}: scripts.postdeploy and scripts.dokku.postdeploy differ; keep one of them"
+        )
+    return AppJson(
+        web_checks=tuple(c for c in parsed if c is not None),
+        formation=_formation(data),
+        predeploy=_get(dokku, "predeploy", str, "scripts.dokku", ""),
+        postdeploy=postdeploy or heroku,
+        cron=_cron(data),
+    )
+
+
+def _object(item: dict, key: str, where: str) -> dict:
+    value = item.get(key, {})
+    if not isinstance(value, dict):
+        raise BuildError(f'{FILE}: "{where}" must be an object ({{...}})')
+    return value
+
+
+def _formation(data: dict) -> dict[str, int]:
+    out = {}
+    for ptype, entry in _object(data, "formation", "formation").items():
+        where = f"formation.{ptype}"
+        if not isinstance(entry, dict):
+            raise BuildError(f'{FILE}: {where} must be an object, e.g. {{"quantity": 1}}')
+        quantity = _get(entry, "quantity", int, where, None)
+        if quantity is None:
+            continue  # Heroku's `size` alone: nothing this node acts on
+        if not 0 <= quantity <= MAX_SCALE:
+            raise BuildError(f"{FILE}: {where}.quantity must be between 0 and {MAX_SCALE}")
+        out[ptype] = quantity
+    return out
+
+
+def _cron(data: dict) -> tuple[CronJob, ...]:
+    jobs = data.get("cron", [])
+    if not isinstance(jobs, list) or len(jobs) > MAX_CRON_JOBS:
+        raise BuildError(f'{FILE}: "cron" must be a list of at most {MAX_CRON_JOBS} jobs')
+    out = []
+    for i, job in enumerate(jobs):
+        where = f"cron[{i}]"
+        if not isinstance(job, dict):
+            raise BuildError(f'{FILE}: {where} must be an object with "command" and "schedule"')
+        command = _get(job, "command", str, where, "")
+        schedule = _get(job, "schedule", str, where, "")
+        if not command.strip() or not schedule.strip():
+            raise BuildError(f'{FILE}: {where} needs a "command" and a "schedule"')
+        try:
+            parse_schedule(schedule)
+        except BuildError as e:
+            raise BuildError(f"{FILE}: {where}: {e}") from None
+        out.append(CronJob(command=command, schedule=schedule))
+    return tuple(out)
 
 
 def _check(item: Any, where: str) -> HealthCheck | None:

@@ -68,6 +68,16 @@ class ReleaseRow:
 
 
 @dataclass(frozen=True)
+class CronRow:
+    """One scheduled job of an app (app.json's `cron`), as `cron APP` shows it."""
+
+    id: str  # "cron.1": its name in the app's log
+    schedule: str
+    command: str
+    next_run: str  # RFC 3339 UTC; "" when it never runs
+
+
+@dataclass(frozen=True)
 class NodeRow:
     """One member of the swarm, as `swarm:nodes` shows it."""
 
@@ -151,6 +161,8 @@ class NodeService(Protocol):
         """The new release (None before the first push)."""
 
     def releases(self, user: str, app: str) -> list[ReleaseRow]: ...
+
+    def cron(self, user: str, app: str) -> list[CronRow]: ...
 
     # --- people: keys, users, sharing, the audit trail ---------------------
     def refused_login(self, openssh_public_key: str) -> None:

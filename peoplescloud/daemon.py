@@ -24,6 +24,7 @@ from gitserver.server import start_server
 from peoplescloud.bridge import every
 from peoplescloud.certs import start_tls
 from peoplescloud.cluster import Cluster, LocalParts, open_cluster
+from peoplescloud.cron import CRON_EVERY, Cron
 from peoplescloud.dashboard_api import start_api
 from peoplescloud.dashboard_process import supervise
 from peoplescloud.deploy import Deployer
@@ -161,6 +162,7 @@ class Parts:
     reconciler: Reconciler
     logbus: LogBus
     cluster: Cluster
+    cron: Cron
 
     @property
     def local(self) -> LocalParts:
@@ -189,7 +191,7 @@ def build_node(settings: Settings) -> Parts:
     except BaseException:  # no kubo or Raft node outlives a start that did not finish
         asyncio.run(cluster.close())
         raise
-    return Parts(node, reconciler, logbus, cluster)
+    return Parts(node, reconciler, logbus, cluster, Cron(settings, cluster, reconciler, logbus))
 
 
 def web_upstreams(parts: Parts, app: str, local_only: bool) -> list[Upstream] | None:
@@ -243,7 +245,7 @@ async def start_front(
         binary,
         front,
         lambda: front_routes(parts, hosts, settings.domain),
-        lambda app, line: logbus.event(app, line, "router"),
+        lambda app, line: logbus.line(app, "router", line),
     )
     await asyncio.to_thread(process.prepare)
     await process.start()
@@ -362,7 +364,7 @@ async def start_node(
         challenge=hosts.challenge,
         tls=tls,
         limits=settings.router,
-        on_request=(lambda app, line: logbus.event(app, line, "router"))
+        on_request=(lambda app, line: logbus.line(app, "router", line))
         if settings.router.logs
         else None,
         unix=str(front_socket) if nginx else None,
@@ -403,6 +405,7 @@ async def start_node(
     loops: list[asyncio.Future[None]] = [
         asyncio.ensure_future(every(RECONCILE_EVERY, reconciler.tick, stop, wake)),
         *(asyncio.ensure_future(c) for c in tls_loops),
+        asyncio.ensure_future(every(CRON_EVERY, parts.cron.tick, stop)),
     ]
     return loops + cluster_loops
 

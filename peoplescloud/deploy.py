@@ -21,6 +21,7 @@ from peoplescloud.errors import PCError
 from peoplescloud.health import budget
 from peoplescloud.locks import KeyedLocks
 from peoplescloud.logbus import LogBus
+from peoplescloud.phases import Phases
 from peoplescloud.processes import is_web, process_names
 from peoplescloud.quotas import UserSlots, limit_of
 from peoplescloud.reconciler import Reconciler
@@ -28,6 +29,7 @@ from peoplescloud.runtime.base import InstanceKey, image_repo
 from peoplescloud.settings import Settings
 from peoplescloud.state import KEEP_RELEASES, Release, now
 
+RELEASE_TYPE = "release"  # the Procfile type of Heroku's release phase
 SETTLE = 1.0  # seconds a new instance must keep running for its push to succeed
 BUILD_WAIT = 10.0  # seconds a push waits for one of the node's build slots
 
@@ -51,6 +53,7 @@ class Deployer:
         self.logbus = logbus
         self.executor = executor
         self.locks = locks or KeyedLocks()
+        self.phases = Phases(settings, reconciler, logbus)
         self._builds = threading.BoundedSemaphore(settings.build.max_concurrent)
         self._user_builds = UserSlots("builds")  # builds each user has going here
 
@@ -120,7 +123,7 @@ class Deployer:
         release = self._record(app, user, commit, cid, result, manifest)
         self.logbus.event(app, f"release {release.name} by {user}: {release.description}")
         self.cluster.wait_replicated(cid, say)
-        return self.activate(app, release.version, say)
+        return self.activate(app, release.version, say, manifest.formation)
 
     def _cache(self, app: str, user: str) -> Path:
         """The app's own build cache, never another app's (nor an earlier app's of
@@ -170,7 +173,12 @@ class Deployer:
                 slug=cid,
                 kind=result.kind,
                 stack=result.stack,
-                processes=dict(result.processes),
+                # `release` runs once per release (peoplescloud.phases), never as an instance
+                processes={t: c for t, c in result.processes.items() if t != RELEASE_TYPE},
+                release_command=result.processes.get(RELEASE_TYPE, ""),
+                predeploy=manifest.predeploy,
+                postdeploy=manifest.postdeploy,
+                cron=[asdict(j) for j in manifest.cron],
                 commit=commit,
                 pushed_by=user,
                 created=now(),
@@ -193,19 +201,30 @@ class Deployer:
         for cid in cids - in_use:
             self.store.unpin(cid)
 
-    def activate(self, app: str, version: int, say: Callable[[str], None]) -> str:
-        """Bring `version` up and wait until it runs; only then is it the current
-        release. Until then the current one serves on (its web instances are
-        replaced once the new ones are healthy); if it does not start, nothing
-        of it is left running. Call it holding `exclusive(app)`."""
+    def activate(
+        self,
+        app: str,
+        version: int,
+        say: Callable[[str], None],
+        formation: dict[str, int] | None = None,
+    ) -> str:
+        """Run `version`'s release phase, bring it up and wait until it runs; only
+        then is it the current release. Until then the current one serves on (its
+        web instances are replaced once the new ones are healthy); if its release
+        phase fails or it does not start, nothing of it is left running.
+        `formation`: app.json's initial scale, used if the app never ran a release.
+        Call it holding `exclusive(app)`."""
+        self.phases.before(self.state.read().app(app), version, say)
         with self.state.change() as snap:
             a = snap.app(app)
             previous, previous_scale = a.current, dict(a.scale)
             release = a.release(version)
             a.deploying = version
-            # New process types start with one instance, unless scaled before (to 0, say,
-            # by `ps:scale` before the first push); types gone from the Procfile go.
-            a.scale = {t: a.scale.get(t, 1) for t in release.processes}
+            # New process types start with one instance (app.json's formation on the
+            # first deploy), unless scaled before (to 0, say, by `ps:scale` before the
+            # first push); types gone from the Procfile go.
+            initial = (formation or {}) if previous is None else {}
+            a.scale = {t: a.scale.get(t, initial.get(t, 1)) for t in release.processes}
             ours = dict(a.scale)
         try:
             running = self.wait_running(app, release.name, say)
@@ -218,7 +237,8 @@ class Deployer:
             self.reconciler.reconcile()
             self.logbus.event(app, f"{release.name} did not start; v{previous} runs again")
             raise PCError(f"{e}; v{previous} runs again") from None
-        self._settle(app, version, current=True)
+        if self._settle(app, version, current=True):
+            self.phases.after(self.state.read().app(app), version, say)
         return running
 
     def _settle(self, app: str, version: int, current: bool) -> bool:

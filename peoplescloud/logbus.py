@@ -165,9 +165,13 @@ class LogBus:
     def _followers(self) -> dict[str, list[_Follower]]:
         return {app: applog.followers for app, applog in list(self._logs.items())}
 
-    def event(self, app: str, text: str, source: str = EVENT_SOURCE) -> None:
-        """Record something the node did to `app` ("starting web.1 (v3)"), or
-        what its router did for a request (`source` "router")."""
+    def event(self, app: str, text: str) -> None:
+        """Record something the node did to `app` ("starting web.1 (v3)")."""
+        self.line(app, EVENT_SOURCE, text)
+
+    def line(self, app: str, source: str, text: str) -> None:
+        """Append one line as `app[source]`: an event, or the output of a one-off the
+        node runs for the app itself (a release phase, a cron job)."""
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         while True:
             applog = self._log(app)

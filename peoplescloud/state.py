@@ -63,6 +63,14 @@ class Release:
     # app.json's startup health checks of `web` (builder.appjson.HealthCheck fields);
     # empty: the port must answer.
     web_checks: list[dict] = field(default_factory=list)
+    # Commands run once per new release, as one-offs in its slug (see peoplescloud.phases):
+    # app.json's scripts.dokku.predeploy, then the Procfile's `release` type (never
+    # scaled: it is not in `processes`), before any instance starts; app.json's
+    # postdeploy once the release runs.
+    predeploy: str = ""
+    release_command: str = ""
+    postdeploy: str = ""
+    cron: list[dict] = field(default_factory=list)  # app.json's cron (builder.appjson.CronJob)
 
     @property
     def name(self) -> str:

@@ -53,6 +53,9 @@ class FakeBus:
     def event(self, app: str, text: str) -> None:
         self.events.append(f"{app}: {text}")
 
+    def line(self, app: str, source: str, text: str) -> None:
+        self.events.append(f"{app}[{source}]: {text}")
+
     def watch(self, key: InstanceKey) -> None:
         pass
 

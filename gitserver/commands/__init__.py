@@ -120,6 +120,12 @@ COMMANDS: tuple[Command, ...] = (
         "releases", "APP", "list an app's releases (* marks the current one)", releases.releases
     ),
     Command(
+        "cron",
+        "APP",
+        "list an app's scheduled jobs (app.json cron) and their next run",
+        releases.cron,
+    ),
+    Command(
         "resources", "APP", "show the memory and CPU of each process instance", quota.resources
     ),
     Command(

@@ -40,3 +40,18 @@ async def rollback(ctx: Context, args: Args) -> int:
     ctx.out(f"-----> Rolled back {app} to {version}")
     ctx.out(f"-----> Release {release} running")
     return 0
+
+
+async def cron(ctx: Context, args: Args) -> int:
+    app = args.word("APP")
+    args.done()
+    rows = await ctx.call(ctx.service.cron, app)
+    if not rows:
+        ctx.out(f'-----> {app} has no cron jobs: add "cron" to its app.json and push')
+        return 0
+    for line in table(
+        ["ID", "SCHEDULE", "NEXT RUN (UTC)", "COMMAND"],
+        [(r.id, r.schedule, r.next_run or "never", r.command) for r in rows],
+    ):
+        ctx.out(line)
+    return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from peoplescloud.errors import NotFound, PCError, UsageError
 from peoplescloud.service.base import ServiceBase
@@ -83,7 +84,25 @@ class ConfigCommands(ServiceBase):
         """Config vars change with a new release of the same slug (as on Heroku), so
         the reconciler replaces the instances: a daemon killed half-way through still
         ends with every instance on the new environment. The new release's name
-        (None before the first push: there is nothing to restart)."""
+        (None before the first push: there is nothing to restart).
+
+        A release with a release phase runs it first, with the new config, under
+        the app's deploy lock; if it fails, the config stays as it was."""
+        a = self._app(user, app)
+        phased = a.current is not None and (a.release().release_command or a.release().predeploy)
+        if not phased:
+            return self._commit_config(user, app, description, edit)
+        with self.deployer.exclusive(app):
+            a = self.state.read().app(app)
+            trial = replace(a, config=dict(a.config))
+            edit(trial.config)  # a refusal (too big) comes before the phase runs
+            assert a.current is not None
+            self.deployer.phases.before(trial, a.current, lambda _line: None)
+            return self._commit_config(user, app, description, edit)
+
+    def _commit_config(
+        self, user: str, app: str, description: str, edit: Callable[[dict[str, str]], None]
+    ) -> str | None:
         with self.state.change() as s:
             a = s.app(app)
             edit(a.config)

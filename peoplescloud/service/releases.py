@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gitserver.service import NodeRow, ReleaseRow
+from gitserver.service import CronRow, NodeRow, ReleaseRow
+from peoplescloud.cron import job_rows, utc_now
 from peoplescloud.errors import NotFound, PCError, UsageError
 from peoplescloud.service.base import ServiceBase
 from peoplescloud.state import now
@@ -30,6 +31,9 @@ class ReleaseCommands(ServiceBase):
             )
             for r in reversed(a.releases)
         ]
+
+    def cron(self, user: str, app: str) -> list[CronRow]:
+        return job_rows(self._app(user, app), utc_now())
 
     def swarm_nodes(self, user: str) -> list[NodeRow]:
         return self.cluster.members()
