@@ -112,7 +112,7 @@ class Deployer:
                     )
                 except builder.BuildError as e:
                     raise PCError(f"build failed: {e}") from None
-                self._check_process_types(result.processes)
+                check_process_types(result.processes, self.settings.build.max_process_types)
                 cid = self.store.add(out)
                 self.store.pin(cid)
                 say(f"-----> Slug {cid[:19]} stored")
@@ -148,14 +148,6 @@ class Deployer:
             yield
         finally:
             self._builds.release()
-
-    def _check_process_types(self, processes: dict[str, str]) -> None:
-        most = self.settings.build.max_process_types
-        if len(processes) > most:
-            raise PCError(
-                f"build failed: {len(processes)} process types, more than this node's limit "
-                f"of {most} ([build] max_process_types); run related work in one process"
-            )
 
     def _record(
         self,
@@ -336,3 +328,12 @@ class Deployer:
                     f"{' (or not healthy)' if is_web(late) else ''}: see `logs {app}`"
                 )
             time.sleep(0.2)
+
+
+def check_process_types(processes: dict[str, str], most: int) -> None:
+    """Refuse a build with more process types than the node allows."""
+    if len(processes) > most:
+        raise PCError(
+            f"build failed: {len(processes)} process types, more than this node's limit "
+            f"of {most} ([build] max_process_types); run related work in one process"
+        )
