@@ -245,15 +245,12 @@ class RouterSettings(RouterLimits):
     front: str = "auto"
 
     def __post_init__(self) -> None:
+        # Every limit: seconds (floats) at least 0.1, sizes and counts (ints) at least 1.
+        limits = {f.name: f.default for f in fields(RouterLimits)}
         _numbers(
             self,
             "router",
-            header_timeout=(float, 0.1),
-            connect_timeout=(float, 0.1),
-            first_byte_timeout=(float, 0.1),
-            idle_timeout=(float, 0.1),
-            max_header_kb=(int, 1),
-            max_headers=(int, 1),
+            **{k: (type(v), 0.1 if isinstance(v, float) else 1) for k, v in limits.items()},
         )
         object.__setattr__(self, "logs", _bool(self.logs, "[router] logs"))
         if self.front not in ("auto", "nginx", "none"):

@@ -175,6 +175,10 @@ class ClientConnection(Relay, asyncio.Protocol):
         if (te is not None and te.strip().lower() != b"chunked") or ex.method == b"CONNECT":
             self.refuse = 501
             return
+        length = index.get(b"content-length", b"").strip()
+        if length.isdigit() and int(length) > self.limits.max_body_mb << 20:
+            self.refuse = 413  # said before a byte of it reaches the app
+            return
         if ex.upgrade is not None:
             ex.close_after = True  # unless the app says 101, the client expects a close
         if self.active is None and self.ready is None:
@@ -185,7 +189,11 @@ class ClientConnection(Relay, asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
-        if ex is None:
+        if ex is None or self.refuse:
+            return
+        ex.received += len(body)
+        if ex.received > self.limits.max_body_mb << 20:  # a chunked body past the limit
+            self.refuse = 413
             return
         if ex is self.active and ex.upstream is not None and not ex.done:
             ex.upstream.write(chunk(body) if ex.chunked else body)

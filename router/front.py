@@ -106,7 +106,7 @@ http {{
   keepalive_requests 10000;  # nginx's 1000 makes busy clients reconnect often
   send_timeout {_ms(limits.idle_timeout)};
   large_client_header_buffers 4 {header_kb}k;
-  client_max_body_size 0;
+  client_max_body_size {limits.max_body_mb}m;
   proxy_connect_timeout {_ms(limits.connect_timeout)};
   proxy_read_timeout {_ms(max(limits.first_byte_timeout, limits.idle_timeout))};
   proxy_send_timeout {_ms(limits.idle_timeout)};

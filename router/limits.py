@@ -21,6 +21,9 @@ class RouterLimits:
     idle_timeout: float = 60.0
     max_header_kb: int = 32  # the request line and headers together (then 431)
     max_headers: int = 100  # header fields in one request (then 431)
+    # A request's body, counted as it streams: a Content-Length over it is refused
+    # before anything reaches the app, a chunked body once it passes it (then 413).
+    max_body_mb: int = 100
 
     def tick(self) -> float:
         """How often deadlines are checked: often enough for the shortest timeout."""

@@ -19,6 +19,7 @@ def text_for(status: int, app: str) -> str:
         400: "bad request: the router could not read it as HTTP/1.1",
         404: f"no app named {app} here",
         408: "request timeout: the request took too long to arrive",
+        413: "request body too large for this node's router ([router] max_body_mb)",
         414: "request line too long",
         431: "request header fields too large (or too many)",
         501: "not supported by the router (Transfer-Encoding other than chunked, or CONNECT)",

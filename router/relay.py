@@ -36,6 +36,7 @@ class Exchange:
     chunked = False  # the request's body comes chunked
     index: dict[bytes, bytes] = {}  # noqa: RUF012 - lowercased name -> value (the last one)
     buffered = 0
+    received = 0  # bytes of the request's body so far (the body limit counts them)
     request_done = False
     app = ""
     address = ""

@@ -59,7 +59,8 @@ def test_the_config_maps_each_host_of_a_ready_app_to_its_instances(tmp_path: Pat
         "idle": (["idle.localhost"], []),  # no ready instance here: the Python router's
         "odd": (["bad host;evil", "odd.localhost"], ["127.0.0.1:5002"]),
     }
-    text = config(front_for(tmp_path, header_timeout=2.5, max_header_kb=16), routes)
+    front = front_for(tmp_path, header_timeout=2.5, max_header_kb=16, max_body_mb=7)
+    text = config(front, routes)
     assert "upstream pc_app_2 {\n    server 127.0.0.1:5000 max_fails=0;\n" in text
     backup = f"    server 127.0.0.1:5001 max_fails=0;\n    server unix:{tmp_path}/r.sock backup;\n"
     assert backup in text
@@ -70,6 +71,7 @@ def test_the_config_maps_each_host_of_a_ready_app_to_its_instances(tmp_path: Pat
     assert "evil" not in text and "    odd.localhost pc_app_1;\n" in text  # one bad name skipped
     assert "client_header_timeout 2500ms;" in text
     assert "large_client_header_buffers 4 16k;" in text
+    assert "client_max_body_size 7m;" in text  # nginx answers 413 past it
     assert "proxy_http_version 1.1;" in text and "proxy_buffering off;" in text
     assert f"access_log syslog:server=unix:{tmp_path}/log.sock,tag=pcfront" in text
     assert 'path="$pc_path" host=$http_host request_id=$pc_request_id' in text

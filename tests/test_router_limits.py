@@ -188,3 +188,34 @@ def test_a_silent_connection_is_closed_quietly_and_a_stalled_body_gets_408():
         assert (status, text) == (408, "request timeout: the request took too long to arrive")
         lines = r.wait_lines(1)
         assert "status=408" in lines[0][1]
+
+
+def test_a_body_over_max_body_mb_is_refused_with_413():
+    """A Content-Length over the limit never reaches the app; a chunked body is cut
+    with 413 once it passes the limit, and the app never sees it whole."""
+    one_mb = RouterLimits(max_body_mb=1)
+    with app_server() as (app, seen), router({"a": [Upstream(app)]}, limits=one_mb) as r:
+        head = b"POST /up HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: %d\r\n\r\n"
+        answer = parse(raw(r.port, head % (2 << 20)))  # says 2 MB, sends nothing
+        assert page_of(answer)[0] == 413 and answer[1]["connection"] == "close"
+        assert seen.requests == []
+
+        piece = b"x" * 65536
+        chunked = b"POST /up HTTP/1.1\r\nHost: a.localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+        chunked += b"%x\r\n%b\r\n" % (len(piece), piece) * 24  # 1.5 MB, no last chunk
+        with socket.create_connection(("127.0.0.1", r.port), timeout=10) as s:
+            with contextlib.suppress(OSError):  # the router may close while we send
+                s.sendall(chunked)
+            out = b""
+            with contextlib.suppress(OSError):
+                while data := s.recv(65536):
+                    out += data
+        assert out.startswith(b"HTTP/1.1 413 ")
+        assert all(len(req.get("body", b"")) < 2 << 20 for req in seen.requests)
+
+        under = b"y" * 1000  # within the limit: passes as before
+        ok = raw(
+            r.port,
+            (head % len(under)).replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n") + under,
+        )
+        assert parse(ok)[0] == 200
