@@ -10,7 +10,6 @@ from types import ModuleType
 from builder.cache import size_of
 from builder.errors import BuildError
 from builder.executor import DOWNLOAD_CACHES, Config, Executor, Say
-from builder.image import build_app
 from builder.kinds import ORDER, dockerfile
 from builder.procfile import read_procfile
 from builder.tree import check_tree
@@ -86,6 +85,8 @@ def _build_image(
     """A Dockerfile app: its Procfile's types run in the image, else the image's
     own command is the web process."""
     procfile = read_procfile(src)
+    from builder.image import build_app  # docker-py: only a Dockerfile app needs it
+
     image = build_app(executor, src, out, repo, archive, say)
     processes = procfile or ({"web": image.command} if image.command else {})
     if not processes:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from peoplescloud import docker_engine
 from peoplescloud.errors import RuntimeFailure
 from peoplescloud.runtime.base import Runtime
-from peoplescloud.runtime.docker import DockerRuntime
 from peoplescloud.runtime.process import ProcessRuntime
 from peoplescloud.runtime.sandbox import Limits
 from peoplescloud.settings import Settings
@@ -20,6 +18,10 @@ def open_runtime(settings: Settings, say: Callable[[str], None]) -> Runtime:
     Both enforce the lease the daemon keeps in `<run_dir>/lease/` (see runtime.lease)."""
     lease_dir = settings.lease_dir
     if settings.runtime != "process":
+        # docker-py only where Docker may be used: a process-runtime node is smaller.
+        from peoplescloud import docker_engine
+        from peoplescloud.runtime.docker import DockerRuntime
+
         client = docker_engine.connect(CONNECT_TIMEOUT)
         if client is not None:
             return DockerRuntime(client, settings.name, settings.build.stack_image, lease_dir)
