@@ -290,8 +290,8 @@ class ProcessRuntime:
         return _read_json(self._files(key)["handle"])
 
     def _is_current(self, handle: dict[str, Any]) -> bool:
-        """The instance of `handle` still runs and was not replaced."""
-        self._reap()
+        """The instance of `handle` still runs and was not replaced. (No reaping
+        here: a zombie reads as gone, and every log follower asks this often.)"""
         now = self._handle(_key(handle))
         return bool(now and now["id"] == handle["id"] and _alive(now))
 
