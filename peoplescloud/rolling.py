@@ -152,10 +152,12 @@ class WebInstances:
         deadline = time.monotonic() + budget(self.checks_of(key.app, key.release)) + 5
         while time.monotonic() < deadline:
             self.reconcile()
-            if self.web.serving(key) or key not in self._last:
-                return ""  # serves again, or is not wanted any more
+            # The failure first: a copy that failed its check is stopped by the pass,
+            # and then is not in `_last` either, which must not read as "not wanted".
             if why := self.web.failure(key):
                 return why  # (the passes start it again after a back-off)
+            if self.web.serving(key) or key not in self._last:
+                return ""  # serves again, or is not wanted any more
             time.sleep(0.1)
         return "it did not pass its health check in time"
 

@@ -187,7 +187,9 @@ def test_slow_stops_hold_up_neither_commands_nor_passes(tmp_path: Path):
     (tmp_path / "slug").mkdir()
     cid = store.add(tmp_path / "slug")
     with state.change() as s:
-        for name, ptype, n in (("flood", "bot", 3), ("calm", "web", 1)):
+        # calm's is a worker: a fake web instance has no port, so it would never pass the
+        # health check zero-downtime restarts wait for (and be stopped for failing it).
+        for name, ptype, n in (("flood", "bot", 3), ("calm", "worker", 1)):
             s.apps[name] = App(name=name, owner="ann", created="t", scale={ptype: n})
             s.apps[name].releases.append(replace(release(1, cid), processes={ptype: "run"}))
             s.apps[name].current = 1
@@ -223,7 +225,7 @@ def test_slow_stops_hold_up_neither_commands_nor_passes(tmp_path: Path):
     r.reconcile()  # the slots are free now: each started once more, no copy twice
     flood = sorted(p for a, p, *_ in runtime.started if a == "flood")
     assert flood == ["bot.1", "bot.1", "bot.2", "bot.2", "bot.3", "bot.3"]
-    assert [p for a, p, *_ in runtime.started if a == "calm"] == ["web.1", "web.1"]
+    assert [p for a, p, *_ in runtime.started if a == "calm"] == ["worker.1", "worker.1"]
     assert len(runtime.instances) == 4
     r.close()
 

@@ -161,10 +161,11 @@ def test_an_expired_lease_does_not_let_it_start(runtime, slug):
 
 @pytest.mark.parametrize("engine", [None, "a client"])
 def test_open_runtime_gives_the_runtime_the_nodes_lease_dir(monkeypatch, tmp_path, engine):
+    from peoplescloud import docker_engine
     from peoplescloud.runtime import select
     from peoplescloud.settings import Settings
 
-    monkeypatch.setattr(select.docker_engine, "connect", lambda timeout: engine)
+    monkeypatch.setattr(docker_engine, "connect", lambda timeout: engine)
     settings = Settings(name="n1", home=tmp_path)
     runtime = select.open_runtime(settings, lambda _: None)
     assert runtime.name == ("docker" if engine else "process")

@@ -360,11 +360,12 @@ def test_the_app_cannot_write_its_slug_or_read_the_nodes_files(make_runtime, slu
 @pytest.mark.parametrize("engine", [None, "a client"])
 @pytest.mark.parametrize("wanted", ["auto", "docker", "process"])
 def test_open_runtime_picks_by_settings_and_engine(monkeypatch, tmp_path, wanted, engine):
+    from peoplescloud import docker_engine
     from peoplescloud.errors import RuntimeFailure
     from peoplescloud.runtime import select
     from peoplescloud.settings import Settings
 
-    monkeypatch.setattr(select.docker_engine, "connect", lambda timeout: engine)
+    monkeypatch.setattr(docker_engine, "connect", lambda timeout: engine)
     settings = Settings(name="n1", home=tmp_path, runtime=wanted)
     said: list[str] = []
     if wanted == "docker" and engine is None:
