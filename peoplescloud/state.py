@@ -294,6 +294,7 @@ class StateStore(Protocol):
     def change(self) -> AbstractContextManager[Snapshot]: ...
     @property
     def version(self) -> int: ...  # changes whenever the state does (cheap: no copy)
+    def version_of(self, *fields: str) -> int: ...  # ... whenever one of these fields does
 
 
 class State:
@@ -330,6 +331,10 @@ class State:
         with self._lock:
             self._refresh()
             return self._version
+
+    def version_of(self, *fields: str) -> int:
+        """As `version`: a node alone changes its state seldom, so any change counts."""
+        return self.version
 
     def read(self) -> Snapshot:
         """A copy: readers can never change state behind `change()`'s back."""

@@ -78,6 +78,7 @@ class SnapshotMachine:
         self._lock = threading.Lock()
         self._data: dict = asdict(Snapshot())
         self._version = 0
+        self._touched: dict[str, int] = {}  # field -> the version that last changed it
         # (callback, the fields it cares about; None: all)
         self._listeners: list[tuple[Callable[[int], None], frozenset[str] | None]] = []
 
@@ -88,10 +89,11 @@ class SnapshotMachine:
             for name, key, old, _ in edits:
                 if self._get(name, key) != old:
                     return None
-            for name, key, _, new in edits:
-                self._put(name, key, new)
             self._version += 1
             version = self._version
+            for name, key, _, new in edits:
+                self._put(name, key, new)
+                self._touched[name] = version
         self._notify(version, frozenset(name for name, _, _, _ in edits))
         return version
 
@@ -117,12 +119,18 @@ class SnapshotMachine:
             self._version = data["version"]
             self._data = copy.deepcopy(data["data"])
             version = self._version
+            self._touched = dict.fromkeys(self._data, version)
         self._notify(version, None)  # a whole new state: every field may have changed
 
     @property
     def version(self) -> int:
         with self._lock:
             return self._version
+
+    def version_of(self, fields: frozenset[str]) -> int:
+        """The version that last changed one of `fields` (0: none ever did)."""
+        with self._lock:
+            return max((self._touched.get(name, 0) for name in fields), default=0)
 
     def read(self) -> tuple[int, dict]:
         """(version, a deep copy of the data)."""
@@ -170,6 +178,11 @@ class ReplicatedState:
     def version(self) -> int:
         """Number of changes applied on this member (cheap: no copy)."""
         return self._machine.version
+
+    def version_of(self, *fields: str) -> int:
+        """Changes whenever one of these fields of the snapshot does, and only then:
+        lease renewals change `members` every second, not `users` or `domains`."""
+        return self._machine.version_of(frozenset(fields))
 
     @contextmanager
     def change(self, timeout: float | None = None, queue: bool = True) -> Iterator[Snapshot]:

@@ -35,6 +35,9 @@ class FakeState:
     def read(self) -> Snapshot:
         return copy.deepcopy(self.snap)
 
+    def version_of(self, *fields: str) -> int:
+        return self.version
+
     @contextmanager
     def change(self, timeout: float | None = None, queue: bool = True) -> Iterator[Snapshot]:
         self.timeouts.append(timeout)

@@ -130,6 +130,35 @@ def test_the_host_table_follows_the_state_and_expires_challenges(node: Node):  #
     assert table.challenge("old") is None and table.challenge("nope") is None
 
 
+def test_the_host_table_reads_the_state_only_when_domains_or_challenges_change(
+    node: Node,  # noqa: F811
+):
+    reads = []
+    real_read = node.state.read
+
+    class Counting:  # the state a swarm member has: `members` changes at each lease renewal
+        version = 0
+        touched = 0
+
+        def version_of(self, *fields: str) -> int:
+            return self.touched if {"domains", "challenges"} & set(fields) else self.version
+
+        def read(self):
+            reads.append(1)
+            return real_read()
+
+    state = Counting()
+    table = HostTable(state)  # type: ignore[arg-type]
+    table.app_for("x.example.org")
+    for _ in range(5):
+        state.version += 1  # a lease renewal
+        table.app_for("x.example.org")
+    assert len(reads) == 1
+    node.domains_add("ann", "annbot", "x.example.org")
+    state.touched = state.version = 9
+    assert table.app_for("x.example.org") == "annbot" and len(reads) == 2
+
+
 def test_a_certificate_is_due_when_missing_expiring_or_its_back_off_passed():
     now = 1_000_000_000.0
     assert CertRecord(app="a").due(30, now)

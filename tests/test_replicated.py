@@ -287,6 +287,22 @@ def test_diff_and_apply_are_entry_by_entry():
     assert diff(new, new) == []
 
 
+def test_a_field_version_moves_only_when_that_field_changes():
+    # The router's domain table and the SSH key index rebuild on it: a lease
+    # renewal (members, every second) must not make them copy the whole state.
+    machine = SnapshotMachine()
+    _, base = machine.read()
+    with_user = {**base, "users": {"ann": {"name": "ann"}}}
+    assert machine.apply(diff(base, with_user)) == 1
+    renewed = {**with_user, "members": {"n1": {"name": "n1"}}}
+    assert machine.apply(diff(with_user, renewed)) == 2
+    assert machine.version_of(frozenset({"users"})) == 1
+    assert machine.version_of(frozenset({"users", "members"})) == 2
+    assert machine.version_of(frozenset({"domains"})) == 0
+    machine.load({"version": 7, "data": renewed})  # a whole new state: every field may differ
+    assert machine.version_of(frozenset({"users"})) == 7
+
+
 def test_a_command_sent_twice_is_applied_once():
     from swarm.raft import _Consumer
 

@@ -149,11 +149,11 @@ class ServiceBase:
 
     def user_for_key(self, openssh_public_key: str) -> str | None:
         """Asked for every key a client offers, before anything else: an index of the
-        keys, rebuilt when the state changed, not a copy of the state per key."""
+        keys, rebuilt when the users changed, not a copy of the state per key."""
         wanted = normalize_key(openssh_public_key)
         version, keys = self._keys
-        if version != self.state.version:
-            version = self.state.version  # before the read: the index is at least as new
+        if version != self.state.version_of("users"):
+            version = self.state.version_of("users")  # before the read: the index is as new
             keys = {}
             for user in self.state.read().users.values():
                 for key in user.keys:
