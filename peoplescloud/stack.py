@@ -124,12 +124,14 @@ def build_stack_image(
     say: Say,
     cache_dir: Path,
     stack: str = DEFAULT_STACK,
+    detail: Say | None = None,
 ) -> bool:
     """Make `image`, of the stack named `stack`, exist on the engine; False when
     it already did (nothing done).
 
     Imports the cached rootfs tarball when there is one, else builds it first
     (needs root, debootstrap and a reachable Debian mirror; a few minutes).
+    The tools' own output goes to `detail` (default: `say`).
     """
     if image_exists(client, image):
         return False
@@ -138,7 +140,7 @@ def build_stack_image(
     if tarball.exists():
         say(f"Using the cached root filesystem {tarball}")
     else:
-        build_rootfs(tarball, say, spec)
+        build_rootfs(tarball, say, spec, detail=detail)
     say(f"Importing {tarball} as {image}")
     repository, tag = split_tag(image)
     changes = [*COMMON_CHANGES, f"LABEL org.peoplescloud.stack={stack}"]
@@ -178,8 +180,12 @@ def split_tag(image: str) -> tuple[str, str]:
     return image, "latest"
 
 
-def build_rootfs(tarball: Path, say: Say, stack: Stack, mirror: str | None = None) -> None:
-    """Build a stack's root filesystem with debootstrap and write it to `tarball`."""
+def build_rootfs(
+    tarball: Path, say: Say, stack: Stack, mirror: str | None = None, detail: Say | None = None
+) -> None:
+    """Build a stack's root filesystem with debootstrap and write it to `tarball`
+    (the tools' output to `detail`, default `say`)."""
+    out = detail or say
     if os.geteuid() != 0:
         raise PCError("building the stack image needs root (debootstrap and chroot); run as root")
     if not shutil.which("debootstrap"):
@@ -189,7 +195,9 @@ def build_rootfs(tarball: Path, say: Say, stack: Stack, mirror: str | None = Non
     work = Path(tempfile.mkdtemp(prefix="stack-", dir=tarball.parent))
     root = work / "root"
     try:
-        wheels = _download_wheels(stack, work / "wheels", say)  # before minutes of debootstrap
+        if stack.wheels:  # before minutes of debootstrap
+            say("Downloading " + " ".join(stack.wheels) + " from PyPI")
+        wheels = _download_wheels(stack, work / "wheels", out)
         say(f"debootstrap {stack.name} from {mirror} (a few minutes)")
         _run(
             [
@@ -201,18 +209,19 @@ def build_rootfs(tarball: Path, say: Say, stack: Stack, mirror: str | None = Non
                 mirror,
                 *_debootstrap_script(stack.name),
             ],
-            say,
+            out,
         )
         with chroot_mounts(root):
             if stack.extra:
                 say("Installing " + " ".join(stack.extra) + " in the chroot")
-                _install_in_chroot(root, say, stack.extra)
+                _install_in_chroot(root, out, stack.extra)
             if wheels is not None:
-                _install_wheels(root, wheels, stack, say)
+                say("Installing " + " ".join(stack.wheels) + " in /opt/virtualenv")
+                _install_wheels(root, wheels, stack, out)
         _tidy(root)
         say(f"Writing {tarball}")
-        partial = tarball.with_suffix(".tar.partial")
-        _run(["tar", "--numeric-owner", "-C", str(root), "-cf", str(partial), "."], say)
+        partial = work / "rootfs.tar"  # this build's own: `pc stack build` may race a push
+        _run(["tar", "--numeric-owner", "-C", str(root), "-cf", str(partial), "."], out)
         partial.replace(tarball)
     finally:
         _remove_tree(work)
@@ -311,7 +320,10 @@ def _install_in_chroot(root: Path, say: Say, packages: tuple[str, ...]) -> None:
         "DEBIAN_FRONTEND": "noninteractive",
         "LANG": "C.UTF-8",
     }
+    # A testing suite's Release file says until when it is valid (a week); a host
+    # clock ahead of the mirror's would refuse it. The signature is still checked.
     apt = ["chroot", str(root), "apt-get", "-o", "Dpkg::Use-Pty=0", "-q"]
+    apt += ["-o", "Acquire::Check-Valid-Until=false"]
     _run([*apt, "update"], say, env=env)
     _run([*apt, "install", "-y", "--no-install-recommends", *packages], say, env=env)
     _run([*apt, "clean"], say, env=env)
@@ -324,7 +336,6 @@ def _download_wheels(stack: Stack, dest: Path, say: Say) -> Path | None:
     proxy CA); None when the stack needs none."""
     if not stack.wheels:
         return None
-    say("Downloading " + " ".join(stack.wheels) + " from PyPI")
     python = WHEELS_PYTHON[stack.name]
     argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check"]
     argv += ["--only-binary=:all:", "--python-version", python, "--dest", str(dest)]
@@ -338,7 +349,6 @@ def _install_wheels(root: Path, wheels: Path, stack: Stack, say: Say) -> None:
     inside = root / "tmp" / "pc-wheels"
     shutil.copytree(wheels, inside)
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-    say("Installing " + " ".join(stack.wheels) + " in /opt/virtualenv")
     _run(["chroot", str(root), "python3", "-m", "venv", "/opt/virtualenv"], say, env=env)
     pip = ["chroot", str(root), "/opt/virtualenv/bin/pip", "install", "--quiet", "--no-index"]
     _run([*pip, "--find-links", "/tmp/pc-wheels", *stack.wheels], say, env=env)
@@ -375,7 +385,10 @@ def _run(cmd: list[str], say: Say, env: dict[str, str] | None = None) -> None:
         errors="replace",
     ) as proc:
         assert proc.stdout is not None
+        last = ""
         for line in proc.stdout:
             say(line.rstrip("\n"))
+            last = line.strip() or last
     if proc.returncode != 0:
-        raise PCError(f"{cmd[0]} failed (exit {proc.returncode}): {' '.join(cmd)}")
+        said = f" (it said: {last})" if last else ""
+        raise PCError(f"{cmd[0]} failed (exit {proc.returncode}): {' '.join(cmd)}{said}")

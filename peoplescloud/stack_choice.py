@@ -59,9 +59,9 @@ class StackChooser:
             if image_exists(client, image):
                 return  # another push built it meanwhile
             say(f"-----> The {name} stack is not on this node yet: building {image} (first use)")
-            build_stack_image(
-                client, image, lambda line: say(INDENT + line), default_cache_dir(), name
-            )
+            # The steps only: thousands of apt lines would drown the push.
+            steps = lambda line: say(INDENT + line)  # noqa: E731
+            build_stack_image(client, image, steps, default_cache_dir(), name, detail=_quiet)
 
     def _host_offer(self) -> Offer:
         python = ".".join(self.executor.python_version().split(".")[:2])
@@ -72,3 +72,8 @@ class StackChooser:
             except OSError:
                 self._host_node = ""
         return Offer("host", python, self._host_node)
+
+
+def _quiet(line: str) -> None:
+    """Where the tools' output of a stack built for a push goes: nowhere (a
+    failure still names its last line)."""
