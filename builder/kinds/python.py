@@ -42,8 +42,9 @@ _INSTALL = (
 )
 # Python 2 (uv makes no Python 2 venvs): the stack's virtualenv, seeded offline
 # with the pip it embeds for 2.7 (20.3.4), which then installs the dependencies.
+# --copies: a Python 2 venv otherwise links stdlib modules (os.py) out of the slug.
 _INSTALL_PY2 = (
-    "virtualenv --quiet --no-download --no-periodic-update --python python2.7 .venv"
+    "virtualenv --quiet --no-download --no-periodic-update --copies --python python2.7 .venv"
     ' && exec .venv/bin/pip install "$@"'
 )
 
