@@ -60,7 +60,7 @@ def default_processes(tree: Path) -> dict[str, str]:
 def build(tree: Path, out: Path, cache: Path, executor: Executor, say: Say, config: Config) -> None:
     """Check the requested Python against the stack's, then install the
     dependencies into `out/.venv` (from the cache when they did not change)."""
-    check_python_version(tree, executor)
+    python = check_python_version(tree, executor)
     if (tree / "requirements.txt").is_file():
         install = ["-r", "requirements.txt"]
         local = names_local_paths(tree, tree / "requirements.txt")
@@ -71,7 +71,7 @@ def build(tree: Path, out: Path, cache: Path, executor: Executor, say: Say, conf
         install = ["."]
         key = None
 
-    python2 = executor.python_version().startswith("2.")
+    python2 = python.startswith("2.")  # only a stack asked for by version has Python 2
     if uv_binary() is None and not python2:
         raise BuildError("this node has no uv: reinstall it (pip install -e .)")
     script, tool = (_INSTALL_PY2, "pip install") if python2 else (_INSTALL, "uv pip install")
@@ -122,13 +122,18 @@ def names_local_paths(tree: Path, requirements: Path) -> bool:
     return False
 
 
-def check_python_version(tree: Path, executor: Executor) -> None:
+def check_python_version(tree: Path, executor: Executor) -> str:
     """Refuse a Python version request (see builder.versions) that the executor's
-    stack does not meet: the app would build against one Python and break on it."""
+    stack does not meet: the app would build against one Python and break on it.
+    Returns the stack's Python ("2.7") when asked for one, else "" (without
+    asking the stack: that is a container start)."""
     request = read_request(tree)
+    if request.python is None:
+        return ""
     have = ".".join(executor.python_version().split(".")[:2])
     if not python_fits(Offer("", have), request.python):
         raise BuildError(f"this stack has Python {have}; {request.python_from}")
+    return have
 
 
 def make_relocatable(venv: Path) -> None:
