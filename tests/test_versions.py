@@ -168,3 +168,13 @@ def test_stack_image_names() -> None:
     assert image_of(default, "bookworm") == default
     assert image_of(default, "forky") == "peoplescloud/stack:forky"
     assert image_of("reg:5000/stack:mine", "trixie") == "reg:5000/stack:trixie"
+
+
+def test_an_unknown_stack_name_lists_the_stacks() -> None:
+    from peoplescloud.errors import PCError
+    from peoplescloud.stack import stack_named
+
+    with pytest.raises(
+        PCError, match="no stack 'jessie': the stacks are bullseye, bookworm, trixie, forky"
+    ):
+        stack_named("jessie")
