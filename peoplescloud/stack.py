@@ -43,6 +43,7 @@ class Stack:
     packages: tuple[str, ...]  # installed by debootstrap
     extra: tuple[str, ...] = ()  # installed by apt-get in the chroot afterwards
     wheels: tuple[str, ...] = ()  # from PyPI into /opt/virtualenv (Python 2's virtualenv)
+    wheels_python: str = ""  # the suite's Python 3, which runs them
 
     @property
     def offer(self) -> Offer:
@@ -62,6 +63,7 @@ STACKS = {
             "",
             ("python2.7", "python3", "python3-venv", "ca-certificates"),
             wheels=("virtualenv==20.21.1",),
+            wheels_python="3.9",
         ),
         Stack("bookworm", "3.11", "18", PY3_PACKAGES, NODE_PACKAGES),
         Stack("trixie", "3.13", "20", PY3_PACKAGES, NODE_PACKAGES),
@@ -69,7 +71,6 @@ STACKS = {
     )
 }
 DEFAULT_STACK = "bookworm"  # what an app that asks for no version gets, as before stacks
-WHEELS_PYTHON = {"bullseye": "3.9"}  # the suite's Python 3, which runs virtualenv
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEBOOTSTRAP_SCRIPTS = Path("/usr/share/debootstrap/scripts")
 COMMON_CHANGES = (
@@ -336,9 +337,8 @@ def _download_wheels(stack: Stack, dest: Path, say: Say) -> Path | None:
     proxy CA); None when the stack needs none."""
     if not stack.wheels:
         return None
-    python = WHEELS_PYTHON[stack.name]
     argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check"]
-    argv += ["--only-binary=:all:", "--python-version", python, "--dest", str(dest)]
+    argv += ["--only-binary=:all:", "--python-version", stack.wheels_python, "--dest", str(dest)]
     _run([*argv, *stack.wheels], say)
     return dest
 
