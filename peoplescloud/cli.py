@@ -115,13 +115,19 @@ def cmd_doctor(args: argparse.Namespace) -> None:
 
 def cmd_stack_build(args: argparse.Namespace) -> None:
     from peoplescloud.docker_engine import connect
-    from peoplescloud.stack import DEFAULT_STACK, STACKS, build_stack_images, default_cache_dir
+    from peoplescloud.stack import (
+        DEFAULT_STACK,
+        STACKS,
+        build_stack_images,
+        default_cache_dir,
+        stack_named,
+    )
 
+    names = list(STACKS) if args.all else [stack_named(args.name or DEFAULT_STACK).name]
     s = config.load(Path(args.home) if args.home else None)
     client = connect()
     if client is None:
         raise PCError("no Docker engine answers: `apt-get install docker.io` and start dockerd")
-    names = list(STACKS) if args.all else [args.name or DEFAULT_STACK]
     say(f"-----> Stacks {', '.join(names)}: building what is missing, all at once")
     built = build_stack_images(
         client, s.build.stack_image, names, lambda line: say(f"       {line}"), default_cache_dir()

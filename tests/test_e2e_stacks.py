@@ -5,6 +5,7 @@ build --all`, which scripts/test runs)."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,23 @@ def test_apps_get_the_stack_their_versions_ask_for(node_factory, tmp_path: Path)
         " it offers Python 2.7, 3.11, 3.13, 3.14 and Node 18, 20, 24"
     ) in r.stderr
     assert node.git(work, "ls-remote", node.remote("nostack")).stdout.strip() == ""
+
+
+@pytest.mark.e2e
+def test_the_process_runtime_offers_the_hosts_python_only(node_factory, tmp_path: Path) -> None:
+    """No stack images there: a version the host's python3 is not fails in one line."""
+    node = node_factory("process")
+    host = subprocess.run(
+        ["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    work = make_repo(tmp_path, "py3-version-bot")
+    (work / ".python-version").write_text("2.7\n" if host != "2.7" else "3.13\n")
+    commit_all(work, "a python the host has not")
+    r = node.git(work, "push", node.remote("hostbot"), "main")
+    assert r.returncode != 0
+    assert "no stack on this node has that: .python-version asks for" in r.stderr
+    assert f"it offers Python {host}" in r.stderr
+    assert node.git(work, "ls-remote", node.remote("hostbot")).stdout.strip() == ""
