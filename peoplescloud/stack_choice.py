@@ -15,7 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import builder
+from builder.build import kind_of
 from builder.executor import INDENT
+from builder.kinds import dockerfile
 from builder.versions import Offer, choose, read_request
 from peoplescloud.settings import Settings
 from peoplescloud.stack import DEFAULT_STACK, STACKS, default_cache_dir, image_of
@@ -33,6 +35,8 @@ class StackChooser:
     def executor_for(self, src: Path, say: Say) -> builder.Executor:
         """The executor to build the checked-out tree `src` with; a BuildError
         (one line, naming what is offered) when no stack meets its requests."""
+        if kind_of(src) is dockerfile:
+            return self.executor  # its image brings its own Python and Node
         request = read_request(src)
         with_stack = getattr(self.executor, "with_stack", None)
         if with_stack is None:  # the host's own Python and Node

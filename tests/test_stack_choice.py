@@ -37,6 +37,7 @@ def chooser(executor: Any, stack_image: str = "peoplescloud/stack:bookworm") -> 
 def test_the_host_meets_its_own_python_and_refuses_others(tmp_path: Path) -> None:
     host = HostLike()
     said: list[str] = []
+    (tmp_path / "requirements.txt").write_text("six\n")
     assert chooser(host).executor_for(tmp_path, said.append) is host
     assert host.asked == 0 and said == []  # no request: nothing to check
     (tmp_path / ".python-version").write_text("3.11\n")
@@ -44,6 +45,22 @@ def test_the_host_meets_its_own_python_and_refuses_others(tmp_path: Path) -> Non
     (tmp_path / ".python-version").write_text("3.13\n")
     with pytest.raises(BuildError, match=r"asks for 3\.13; it offers Python 3\.11"):
         chooser(host).executor_for(tmp_path, said.append)
+
+
+class Stacked(HostLike):
+    def with_stack(self, image: str, python: str) -> Any:
+        raise AssertionError("a Dockerfile app gets no stack")
+
+
+def test_a_dockerfile_app_keeps_its_own_versions(tmp_path: Path) -> None:
+    """Its image brings its Python: a .python-version no stack has does not matter."""
+    (tmp_path / "Dockerfile").write_text("FROM peoplescloud/stack:bookworm\n")
+    (tmp_path / "Procfile").write_text("web: python3 -m http.server $PORT\n")
+    (tmp_path / ".python-version").write_text("3.12\n")
+    executor = Stacked()
+    said: list[str] = []
+    assert chooser(executor).executor_for(tmp_path, said.append) is executor
+    assert said == [] and executor.asked == 0
 
 
 @pytest.mark.docker
@@ -58,6 +75,7 @@ def test_a_missing_stack_is_built_on_first_use_and_said(tmp_path: Path) -> None:
     assert client is not None
     repo = f"peoplescloud/stack-test-{uuid.uuid4().hex[:8]}"
     executor = builder.DockerExecutor(client, f"{repo}:bookworm", "")
+    (tmp_path / "requirements.txt").write_text("six\n")
     (tmp_path / ".python-version").write_text("# comment\n3.13\n")
     said: list[str] = []
     try:
