@@ -55,7 +55,7 @@ def build(
     A Dockerfile app is built into an image tagged `image_repo` instead, its
     slug a marker (and with `archive_image`, the saved image: see builder.image).
     Raises BuildError, with a reason the pusher can act on."""
-    kind = dockerfile if dockerfile.wanted(src) else detect(src)
+    kind = kind_of(src)
     found = [name for name in (*kind.MARKERS, "Procfile") if (src / name).is_file()]
     say(f"-----> {kind.NAME} app detected ({', '.join(dict.fromkeys(found))})")
     if kind is dockerfile:
@@ -104,6 +104,12 @@ def _trim_downloads(cache: Path, limit: int) -> None:
         path = cache / name
         if path.is_dir() and not path.is_symlink() and size_of(path) > limit:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def kind_of(src: Path) -> ModuleType:
+    """The kind that builds the tree: the Dockerfile when app.json asks for it,
+    else the first of `ORDER` that recognises it."""
+    return dockerfile if dockerfile.wanted(src) else detect(src)
 
 
 def detect(tree: Path) -> ModuleType:

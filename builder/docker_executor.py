@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -78,7 +79,14 @@ class DockerExecutor:
         self.network = network
         # Which node's builds these are, so a node sweeps only its own leftovers.
         self.labels = {BUILD_LABEL: "1", **(labels or {})}
+        self.python = "python3"  # the stack's Python, as python_version() runs it
         self._python: str | None = None
+
+    def with_stack(self, image: str, python: str = "python3") -> DockerExecutor:
+        """This executor, on another stack image (`python`: its interpreter's name)."""
+        other = copy.copy(self)
+        other.stack, other.python, other._python = image, python, None
+        return other
 
     def identity(self) -> str:
         try:
@@ -91,7 +99,7 @@ class DockerExecutor:
     def python_version(self) -> str:
         if self._python is None:
             lines: list[str] = []
-            argv = ["python3", "-c", "import platform; print(platform.python_version())"]
+            argv = [self.python, "-c", "import platform; print(platform.python_version())"]
             self._run(argv, {}, lines.append)
             self._python = lines[-1].strip() if lines else ""
         return self._python

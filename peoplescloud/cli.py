@@ -115,17 +115,26 @@ def cmd_doctor(args: argparse.Namespace) -> None:
 
 def cmd_stack_build(args: argparse.Namespace) -> None:
     from peoplescloud.docker_engine import connect
-    from peoplescloud.stack import build_stack_image, default_cache_dir
+    from peoplescloud.stack import (
+        DEFAULT_STACK,
+        STACKS,
+        build_stack_images,
+        default_cache_dir,
+        stack_named,
+    )
 
+    names = list(STACKS) if args.all else [stack_named(args.name or DEFAULT_STACK).name]
     s = config.load(Path(args.home) if args.home else None)
     client = connect()
     if client is None:
         raise PCError("no Docker engine answers: `apt-get install docker.io` and start dockerd")
-    image = s.build.stack_image
-    if build_stack_image(client, image, lambda line: say(f"       {line}"), default_cache_dir()):
-        say(f"-----> Stack image {image} built")
-    else:
-        say(f"-----> Stack image {image} is already there")
+    say(f"-----> Stacks {', '.join(names)}: building what is missing, all at once")
+    built = build_stack_images(
+        client, s.build.stack_image, names, lambda line: say(f"       {line}"), default_cache_dir()
+    )
+    say(
+        f"-----> Built {', '.join(built)}" if built else "-----> Every stack image is already there"
+    )
 
 
 def cmd_user_add(args: argparse.Namespace) -> None:
@@ -198,9 +207,10 @@ def parser() -> argparse.ArgumentParser:
 
     stack = sub.add_parser("stack", help="the stack image builds and apps run in")
     stack_sub = stack.add_subparsers(dest="stack_command", required=True)
-    stack_sub.add_parser("build", help="build the stack image (no-op if present)").set_defaults(
-        func=cmd_stack_build
-    )
+    build = stack_sub.add_parser("build", help="build stack images (no-op for those present)")
+    build.add_argument("name", nargs="?", help="bullseye, bookworm (default), trixie or forky")
+    build.add_argument("--all", action="store_true", help="every stack, built at once")
+    build.set_defaults(func=cmd_stack_build)
 
     user = sub.add_parser("user", help="who may push")
     user_sub = user.add_subparsers(dest="user_command", required=True)

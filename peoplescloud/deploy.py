@@ -27,6 +27,7 @@ from peoplescloud.quotas import UserSlots, limit_of
 from peoplescloud.reconciler import Reconciler
 from peoplescloud.runtime.base import InstanceKey, image_repo
 from peoplescloud.settings import Settings
+from peoplescloud.stack_choice import StackChooser
 from peoplescloud.state import KEEP_RELEASES, Release, now
 
 RELEASE_TYPE = "release"  # the Procfile type of Heroku's release phase
@@ -52,6 +53,7 @@ class Deployer:
         self.reconciler = reconciler
         self.logbus = logbus
         self.executor = executor
+        self.stacks = StackChooser(settings, executor)
         self.locks = locks or KeyedLocks()
         self.phases = Phases(settings, reconciler, logbus)
         self._builds = threading.BoundedSemaphore(settings.build.max_concurrent)
@@ -97,11 +99,12 @@ class Deployer:
                     limit = self.settings.build.max_slug_mb
                     known = self.state.read().apps.get(app)  # none before a first push
                     config = known.config if known else {}  # collectstatic reads it
+                    executor = self.stacks.executor_for(src, say)
                     result = builder.build(
                         src,
                         out,
                         cache,
-                        self.executor,
+                        executor,
                         say,
                         max_slug_mb=limit,
                         config=config,

@@ -73,6 +73,7 @@ def instance_spec(
         path=builder.SLUG_PATH,
         image=release.image,
         user=release.user,
+        stack=release.stack,  # a rollback runs on the stack its release was built on
     )
 
 

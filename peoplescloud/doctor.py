@@ -22,7 +22,7 @@ from peoplescloud.runtime.base import Capabilities
 from peoplescloud.runtime.process import SHARED_NETWORK
 from peoplescloud.runtime.sandbox import probe
 from peoplescloud.settings import Settings
-from peoplescloud.stack import image_exists
+from peoplescloud.stack import DEFAULT_STACK, STACKS, image_exists, image_of
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ def checks(settings: Settings) -> list[Check]:
     client = connect(timeout=10)
     try:
         result = [check_docker(client), check_stack_image(client, settings.build.stack_image)]
+        result.append(check_other_stacks(client, settings.build.stack_image))
         result.append(check_tenants(settings, client is not None))
     finally:
         if client is not None:
@@ -113,6 +114,20 @@ def check_stack_image(client: docker.DockerClient | None, image: str) -> Check:
     if image_exists(client, image):
         return Check(name, True, f"{image} is present")
     return Check(name, False, f"{image} is missing", "pc stack build")
+
+
+def check_other_stacks(client: docker.DockerClient | None, default_image: str) -> Check:
+    """The stacks apps may ask for by version: optional, as a push builds a missing
+    one (minutes), but a swarm sibling does not (see Known gaps in the README)."""
+    name = "other stacks"
+    others = [n for n in STACKS if n != DEFAULT_STACK]
+    if client is None:
+        return Check(name, False, "no Docker engine", "pc stack build --all", required=False)
+    missing = [n for n in others if not image_exists(client, image_of(default_image, n))]
+    if not missing:
+        return Check(name, True, f"{', '.join(others)} are present")
+    detail = f"{', '.join(missing)} missing (a push that asks for one builds it)"
+    return Check(name, False, detail, "pc stack build --all", required=False)
 
 
 def check_firewall() -> Check:

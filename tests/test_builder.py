@@ -195,6 +195,35 @@ def test_other_python_version_is_refused(tmp_path: Path) -> None:
     assert str(e.value) == "this stack has Python 3.11; runtime.txt asks for 3.12"
 
 
+class CountingExecutor(FakeExecutor):
+    def __init__(self, python: str = "3.11.2") -> None:
+        super().__init__(python)
+        self.asked = 0
+
+    def python_version(self) -> str:
+        self.asked += 1  # a container start on the docker executor
+        return self.python
+
+
+def test_the_stacks_python_is_asked_only_for_a_version_request(tmp_path: Path) -> None:
+    executor = CountingExecutor()
+    assert check_python_version(tmp_path, executor) == "" and executor.asked == 0
+    (tmp_path / "runtime.txt").write_text("python-2.7.18\n")
+    assert check_python_version(tmp_path, CountingExecutor("2.7.18")) == "2.7"
+
+
+def test_a_python_2_stack_installs_with_virtualenv_and_pip(tmp_path: Path) -> None:
+    src, out, cache = tmp_path / "src", tmp_path / "out", tmp_path / "cache"
+    src.mkdir()
+    (src / "requirements.txt").write_text("six\n")
+    (src / "runtime.txt").write_text("python-2.7.18\n")
+    (src / "bot.py").write_text('print "hi"\n')
+    executor = FakeExecutor("2.7.18")
+    build(src, out, cache, executor, lambda line: None)
+    [step] = executor.steps
+    assert "virtualenv" in step[2] and "--python python2.7" in step[2] and "uv " not in step[2]
+
+
 def test_unreadable_runtime_txt_is_refused(tmp_path: Path) -> None:
     (tmp_path / "runtime.txt").write_text("3.11\n")
     with pytest.raises(BuildError, match="runtime.txt should hold .*python-3.11.x"):

@@ -6,12 +6,14 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker.errors
 import pytest
 
 from peoplescloud.doctor import (
     check_binary,
     check_docker,
     check_firewall,
+    check_other_stacks,
     check_port,
     check_stack_image,
     checks,
@@ -133,3 +135,20 @@ def test_stack_image_without_an_engine_says_build_it() -> None:
     check = check_stack_image(None, "peoplescloud/stack:bookworm")
     assert not check.ok
     assert check.fix == "pc stack build"
+
+
+def test_other_stacks_are_optional_and_named_when_missing() -> None:
+    class Engine:
+        """Has only the default stack's image."""
+
+        class images:  # noqa: N801 - docker-py's shape
+            @staticmethod
+            def get(name: str) -> object:
+                if name != "peoplescloud/stack:bookworm":
+                    raise docker.errors.ImageNotFound(name)
+                return object()
+
+    check = check_other_stacks(Engine(), "peoplescloud/stack:bookworm")  # type: ignore[arg-type]
+    assert not check.ok and not check.required
+    assert check.detail == "bullseye, trixie, forky missing (a push that asks for one builds it)"
+    assert check.fix == "pc stack build --all"

@@ -15,6 +15,7 @@ from peoplescloud.docker_engine import connect
 from peoplescloud.errors import PCError
 from peoplescloud.stack import (
     CHROOT_MOUNTS,
+    STACKS,
     build_rootfs,
     build_stack_image,
     cached_rootfs,
@@ -22,6 +23,7 @@ from peoplescloud.stack import (
     debian_mirror,
     default_cache_dir,
     image_exists,
+    image_of,
     split_tag,
 )
 from tests.conftest import STACK_IMAGE
@@ -40,7 +42,7 @@ def test_mirror_from_deb822_sources(tmp_path: Path) -> None:
         "Suites: bookworm bookworm-updates\n"
         "Components: main\n"
     )
-    assert debian_mirror((tmp_path,)) == "http://mirror.example.org/debian"
+    assert debian_mirror("bookworm", (tmp_path,)) == "http://mirror.example.org/debian"
 
 
 def test_mirror_from_one_line_sources(tmp_path: Path) -> None:
@@ -50,11 +52,21 @@ def test_mirror_from_one_line_sources(tmp_path: Path) -> None:
         "deb [arch=amd64 signed-by=/k.gpg] http://mirror.example.org/debian bookworm main\n"
     )
     (tmp_path / "b.list.disabled").write_text("deb http://other.example.org/debian bookworm main\n")
-    assert debian_mirror((tmp_path,)) == "http://mirror.example.org/debian"
+    assert debian_mirror("bookworm", (tmp_path,)) == "http://mirror.example.org/debian"
+
+
+def test_another_suite_uses_the_mirror_of_the_hosts_suite(tmp_path: Path) -> None:
+    """A mirror serves every release: forky's comes from the host's bookworm line,
+    never from a -security or -updates one (served elsewhere, or not a release)."""
+    (tmp_path / "a.list").write_text(
+        "deb http://security.example.org/debian-security bookworm-security main\n"
+        "deb http://mirror.example.org/debian bookworm main\n"
+    )
+    assert debian_mirror("forky", (tmp_path,)) == "http://mirror.example.org/debian"
 
 
 def test_mirror_defaults_to_debian_when_none_is_configured(tmp_path: Path) -> None:
-    assert debian_mirror((tmp_path / "missing.list",)) == "http://deb.debian.org/debian"
+    assert debian_mirror("bookworm", (tmp_path / "missing.list",)) == "http://deb.debian.org/debian"
 
 
 def test_split_tag() -> None:
@@ -83,7 +95,7 @@ def test_a_failed_rootfs_build_raises_and_leaves_nothing(tmp_path: Path) -> None
     tarball = tmp_path / "cache" / "stack-bookworm.tar"
     with pytest.raises(PCError, match="debootstrap failed"):
         # Port 9 (discard) on loopback: nothing answers, debootstrap fails at once.
-        build_rootfs(tarball, said.append, mirror="http://127.0.0.1:9/debian")
+        build_rootfs(tarball, said.append, STACKS["bookworm"], mirror="http://127.0.0.1:9/debian")
     assert list(tarball.parent.iterdir()) == []
     assert any("127.0.0.1:9" in line for line in said)
 
@@ -147,3 +159,39 @@ def test_the_image_runs_python_node_and_npm_as_a_non_root_user(
     assert venv == "venv-ok"
     assert node.startswith("v") and int(node[1:].split(".")[0]) >= 18
     assert npm.split(".")[0].isdigit()
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize(
+    ("stack", "python", "node"),
+    [("bullseye", "2.7", ""), ("trixie", "3.13", "v20."), ("forky", "3.14", "v24.")],
+)
+def test_each_stack_has_its_python_and_node(
+    client: docker.DockerClient, stack: str, python: str, node: str
+) -> None:
+    """Each stack's own versions; bullseye's Python 2 gets its venvs from virtualenv."""
+    image = image_of(STACK_IMAGE, stack)
+    if not image_exists(client, image):
+        pytest.fail(f"{image} is missing: pc stack build --all")
+    interpreter = "python2.7" if python == "2.7" else "python3"
+    make_venv = (
+        "virtualenv -q --no-download --python python2.7 /tmp/v"
+        if python == "2.7"
+        else "python3 -m venv /tmp/v"
+    )
+    script = (
+        f"{interpreter} -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'; "
+        f"{make_venv} && /tmp/v/bin/pip --version; node --version 2>/dev/null || echo no-node"
+    )
+    out = client.containers.run(
+        image,
+        ["sh", "-c", script],
+        user="10001",
+        environment={"HOME": "/tmp"},
+        network_mode="none",
+        remove=True,
+    )
+    found, pip, node_version = out.decode().split("\n")[:3]
+    assert found == python
+    assert f"(python {python})" in pip
+    assert node_version.startswith(node) if node else node_version == "no-node"

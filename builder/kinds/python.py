@@ -9,6 +9,7 @@ from builder.cache import cache_key, install_cached
 from builder.errors import BuildError
 from builder.executor import Config, Executor, Say, uv_binary
 from builder.tree import check_tree
+from builder.versions import Offer, python_fits, read_request
 
 NAME = "Python"
 KIND = "python"
@@ -19,9 +20,6 @@ BIN_DIRS = (".venv/bin",)  # put on PATH when the slug runs
 SYSTEM_LINKS = (".venv/bin/python*",)  # the venv's interpreter: /usr/bin/python3
 DEPENDENCY_FILES = ("requirements.txt", "pyproject.toml", "runtime.txt", ".python-version")
 
-# ASCII digits only: `\d` also matches "٣" and "３", which no Python is numbered with.
-_RUNTIME_TXT = re.compile(r"python-([0-9]+)\.([0-9]+)(\.[0-9x]+)?")
-_PYTHON_VERSION = re.compile(r"([0-9]+)\.([0-9]+)(\.[0-9]+)?")
 # A requirement naming a package of an index: a name, extras, then nothing, version
 # specifiers, markers, or `@` and a remote URL. Anything else (paths, `-e`, `-r`,
 # `file:`, options) may make the install read the app's own files.
@@ -42,6 +40,13 @@ _INSTALL = (
     " --no-index --find-links /usr/share/python-wheels pip; }"
     ' && exec uv pip install --python .venv/bin/python "$@"'
 )
+# Python 2 (uv makes no Python 2 venvs): the stack's virtualenv, seeded offline
+# with the pip it embeds for 2.7 (20.3.4), which then installs the dependencies.
+# --copies: a Python 2 venv otherwise links stdlib modules (os.py) out of the slug.
+_INSTALL_PY2 = (
+    "virtualenv --quiet --no-download --no-periodic-update --copies --python python2.7 .venv"
+    ' && exec .venv/bin/pip install "$@"'
+)
 
 
 def detect(tree: Path) -> bool:
@@ -55,7 +60,7 @@ def default_processes(tree: Path) -> dict[str, str]:
 def build(tree: Path, out: Path, cache: Path, executor: Executor, say: Say, config: Config) -> None:
     """Check the requested Python against the stack's, then install the
     dependencies into `out/.venv` (from the cache when they did not change)."""
-    check_python_version(tree, executor)
+    python = check_python_version(tree, executor)
     if (tree / "requirements.txt").is_file():
         install = ["-r", "requirements.txt"]
         local = names_local_paths(tree, tree / "requirements.txt")
@@ -66,12 +71,14 @@ def build(tree: Path, out: Path, cache: Path, executor: Executor, say: Say, conf
         install = ["."]
         key = None
 
-    if uv_binary() is None:
+    python2 = python.startswith("2.")  # only a stack asked for by version has Python 2
+    if uv_binary() is None and not python2:
         raise BuildError("this node has no uv: reinstall it (pip install -e .)")
+    script, tool = (_INSTALL_PY2, "pip install") if python2 else (_INSTALL, "uv pip install")
 
     def run_install() -> None:
-        shown = " ".join(["uv pip install", *install])
-        executor.run(["sh", "-c", _INSTALL, "sh", *install], out, cache, say, shown)
+        shown = " ".join([tool, *install])
+        executor.run(["sh", "-c", script, "sh", *install], out, cache, say, shown)
         if executor.slug_moves:
             check_tree(out, ".venv", SYSTEM_LINKS)  # before the host rewrites files in it
             make_relocatable(out / ".venv")
@@ -115,43 +122,18 @@ def names_local_paths(tree: Path, requirements: Path) -> bool:
     return False
 
 
-def check_python_version(tree: Path, executor: Executor) -> None:
-    """Refuse a runtime.txt or .python-version that asks for another major.minor
-    than the stack has: the app would build against one Python and break on it."""
-    wanted = _requested_python(tree)
-    if wanted is None:
-        return
+def check_python_version(tree: Path, executor: Executor) -> str:
+    """Refuse a Python version request (see builder.versions) that the executor's
+    stack does not meet: the app would build against one Python and break on it.
+    Returns the stack's Python ("2.7") when asked for one, else "" (without
+    asking the stack: that is a container start)."""
+    request = read_request(tree)
+    if request.python is None:
+        return ""
     have = ".".join(executor.python_version().split(".")[:2])
-    if wanted[1] != have:
-        raise BuildError(f"this stack has Python {have}; {wanted[0]} asks for {wanted[1]}")
-
-
-def _requested_python(tree: Path) -> tuple[str, str] | None:
-    """(file name, "3.11") of the first Python version request in the tree."""
-    for name, pattern in (("runtime.txt", _RUNTIME_TXT), (".python-version", _PYTHON_VERSION)):
-        path = tree / name
-        if not path.is_file():
-            continue
-        text = path.read_text(encoding="utf-8", errors="replace").strip()
-        if name == ".python-version":
-            text = _first_version_line(text)
-        match = pattern.fullmatch(text)
-        if match is None:
-            example = "python-3.11.x" if name == "runtime.txt" else "3.11"
-            raise BuildError(f"{name} should hold a Python version like {example}, not {text!r}")
-        return name, f"{match.group(1)}.{match.group(2)}"
-    return None
-
-
-def _first_version_line(text: str) -> str:
-    """The version a `.python-version` asks for, read as pyenv and uv read it: the
-    first line that is neither blank nor a `#` comment (`uv init` writes a comment
-    above the version). Further lines are pyenv's fallbacks: the first one rules."""
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            return line
-    return text
+    if not python_fits(Offer("", have), request.python):
+        raise BuildError(f"this stack has Python {have}; {request.python_from}")
+    return have
 
 
 def make_relocatable(venv: Path) -> None:

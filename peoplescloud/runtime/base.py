@@ -64,6 +64,7 @@ class InstanceSpec:
     # mounted (the slug holds the image's archive, for a node that lacks it).
     image: str = ""
     user: str = ""  # "uid:gid" for the image ("": the runtime's own unprivileged user)
+    stack: str = ""  # the release's stack image ("" or "host": the runtime's default)
 
     @property
     def ptype(self) -> str:

@@ -369,12 +369,13 @@ class DockerRuntime:
 
 
 def _command(spec: InstanceSpec, argv: list[str], stack: str) -> dict[str, Any]:
-    """The image and command of a container of the app: the stack's, or a
-    Dockerfile app's own image, whose ENTRYPOINT is replaced (else it would be
-    put before the command)."""
+    """The image and command of a container of the app: its release's stack (the
+    node's default stack for a release that names none, or was built on the
+    host), or a Dockerfile app's own image, whose ENTRYPOINT is replaced (else it
+    would be put before the command)."""
     if spec.image:
         return {"image": spec.image, "entrypoint": argv}
-    return {"image": stack, "command": argv}
+    return {"image": spec.stack if spec.stack not in ("", "host") else stack, "command": argv}
 
 
 def _path(spec: InstanceSpec) -> dict[str, str]:

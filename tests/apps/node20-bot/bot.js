@@ -1,0 +1,2 @@
+console.log("node says", process.version);
+setInterval(() => {}, 1000);
