@@ -11,8 +11,11 @@ the app's command as its child, passes `docker stop`'s signal on to every
 process of the container, reaps orphans, and ends the app once the node's lease
 passes (`peoplescloud.runtime.lease`); the lease directory is mounted read-only for it.
 
-The node's containers are on a network of its own (`pc_<node>`, made with its
-first container, removed with its last) where docker forwards nothing between
+The node's containers are on a network of its own (`pc_<node>`, made when the
+daemon starts or with the first container, kept between a stop and the start
+that replaces it: removing and making it again costs a replacement half a
+second; `sweep_network` removes it once no container uses it, when the daemon
+starts and stops) where docker forwards nothing between
 containers (`enable_icc=false`): one app cannot reach another's containers, nor
 its own other instances (as dynos on Heroku). The network is an ordinary
 bridge, so bots reach the internet; its Linux bridge is named for `firewall`,
@@ -140,7 +143,6 @@ class DockerRuntime:
         except docker.errors.DockerException as e:
             if (left := self._get(spec.key)) is not None:
                 self._remove(left)  # created but not started
-            self._drop_network()
             raise RuntimeFailure(f"could not start {spec.key}: {e}") from None
         return self._status(container)
 
@@ -151,7 +153,6 @@ class DockerRuntime:
         with contextlib.suppress(docker.errors.NotFound):  # gone meanwhile
             container.stop(timeout=math.ceil(timeout))
         self._remove(container)
-        self._drop_network()
 
     def status(self) -> list[InstanceStatus]:
         containers = self.client.containers.list(
@@ -208,7 +209,6 @@ class DockerRuntime:
                     **self._sandbox(spec),
                 )
         except docker.errors.DockerException as e:
-            self._drop_network()
             raise RuntimeFailure(f"could not run {argv[:1]} for {spec.app}: {e}") from None
         try:
             params = {"stdout": 1, "stderr": 1, "stream": 1, "stdin": int(stdin is not None)}
@@ -227,7 +227,6 @@ class DockerRuntime:
             return int(container.wait()["StatusCode"])
         finally:
             self._remove(container)
-            self._drop_network()
 
     @contextlib.contextmanager
     def holding_network(self) -> Iterator[str]:
@@ -236,9 +235,15 @@ class DockerRuntime:
         with self._network_lock:
             yield self._network()
 
+    def make_network(self) -> None:
+        """Make the node's network now, so that the first build or instance does
+        not wait for it."""
+        with self._network_lock:
+            self._network()
+
     def sweep_network(self) -> None:
-        """Remove the node's network when no container uses it (a daemon killed
-        between removing the last container and the network left it)."""
+        """Remove the node's network when no container uses it (at the daemon's
+        start and stop: it stays meanwhile, see the module's docstring)."""
         self._drop_network()
 
     # -- helpers --
