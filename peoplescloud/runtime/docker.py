@@ -138,11 +138,12 @@ class DockerRuntime:
         args["labels"] = {**spec.labels(), LABEL_SPEC: made}
         ready = None
         for old in self._slot(spec.app, spec.process):
-            if old.status == "created" and old.labels.get(LABEL_SPEC) == made:
+            labels = old.attrs.get("Labels") or {}
+            if old.status == "created" and labels.get(LABEL_SPEC) == made:
                 ready = old  # prepared for this very spec
             elif old.status != "running":
                 self._remove(old)  # exited, of this release or an older one
-            elif old.labels.get(LABEL_RELEASE) == spec.release:
+            elif labels.get(LABEL_RELEASE) == spec.release:
                 raise RuntimeFailure(f"{spec.key} is already running")
         return ready or self.client.containers.create(**args, network=self._network())
 
@@ -309,8 +310,8 @@ class DockerRuntime:
         """Remove the node's network once no container of the node is left."""
         with self._network_lock:
             mine = f"{LABEL_NODE}={self.node}"
-            if self.client.containers.list(all=True, filters={"label": mine}):
-                return
+            if self.client.containers.list(all=True, filters={"label": mine}, sparse=True):
+                return  # (sparse: no inspect per container, which a node with many would pay)
             for network in self._networks():
                 try:
                     network.remove()
@@ -340,10 +341,11 @@ class DockerRuntime:
         return images.sandbox(self.client, self.node, spec, box) if spec.image else box
 
     def _slot(self, app: str, process: str) -> list[Any]:
-        """This node's containers of `process` of `app`, of any release."""
+        """This node's containers of `process` of `app`, of any release, as the
+        engine lists them (sparse: their labels are in `attrs["Labels"]`)."""
         labels = [f"{LABEL_NODE}={self.node}", f"{LABEL_APP}={app}", f"{LABEL_PROCESS}={process}"]
-        found = self.client.containers.list(all=True, filters={"label": labels})
-        return [c for c in found if LABEL_ONEOFF not in c.labels]
+        found = self.client.containers.list(all=True, filters={"label": labels}, sparse=True)
+        return [c for c in found if LABEL_ONEOFF not in (c.attrs.get("Labels") or {})]
 
     def _get(self, key: InstanceKey) -> Any:
         try:
