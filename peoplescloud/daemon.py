@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,7 +184,8 @@ def build_node(settings: Settings) -> Parts:
             log.warning("%s", runtime.capabilities.owner_only())
         if (docker := as_docker(runtime)) is not None:
             sweep_containers(docker.client, settings.name)
-            docker.sweep_network()
+            docker.sweep_network()  # one left by an older version, made another way
+            docker.make_network()
         logbus = LogBus(settings.logs_dir, runtime)
         reconciler = Reconciler(settings, cluster, runtime, logbus)
         deployer = Deployer(settings, cluster, reconciler, logbus, make_executor(settings, runtime))
@@ -334,6 +336,9 @@ async def start_node(
     cluster_loops = [asyncio.ensure_future(c) for c in swarm_loops]
     started.callback(lambda: [f.cancel() for f in cluster_loops])  # for a start that fails
     await asyncio.to_thread(reconciler.reconcile)  # re-adopt what already runs
+    # What a build asks its executor first (the host's python3 and node versions):
+    # asked now, beside the start, so that the first push does not wait for it.
+    threading.Thread(target=_warm, args=(parts.node.deployer.executor,), daemon=True).start()
     ssh = await start_server(
         parts.node,
         settings.listen,
@@ -426,7 +431,14 @@ async def start_dashboard(
     started.push_async_callback(stop_dashboard)
 
 
+def _warm(executor: builder.Executor) -> None:
+    with contextlib.suppress(Exception):  # a push says what is wrong, with its context
+        executor.identity()
+
+
 async def close_parts(parts: Parts) -> None:
     parts.reconciler.close()
+    if (docker := as_docker(parts.node.runtime)) is not None:
+        await asyncio.to_thread(docker.sweep_network)  # kept if instances run on
     await parts.cluster.close()  # a swarm's kubo stops: the apps have their slugs already
     parts.logbus.close()

@@ -153,6 +153,7 @@ def test_a_container_reaches_neither_another_app_nor_the_nodes_ports(
         a = runtime.start(_web("app-a", node, slug))
         b = runtime.start(_web("app-b", node, slug))
         assert a.address and b.address
+        runtime.sweep_network()  # containers use it: it stays
         # Both serve: what fails below fails for the isolation, not for a dead app.
         other, other_port = published
         serving = [b.address, a.address, f"127.0.0.1:{other_port}"]
@@ -184,6 +185,7 @@ def test_a_container_reaches_neither_another_app_nor_the_nodes_ports(
     finally:
         for key in (InstanceKey("app-a", "web.1", "v1"), InstanceKey("app-b", "web.1", "v1")):
             runtime.stop(key, timeout=1)
+
     # The node's network goes with its last container.
     left = [n for n in client.networks.list(names=[runtime.network]) if n.name == runtime.network]
     assert not left

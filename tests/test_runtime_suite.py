@@ -478,6 +478,7 @@ class _FakeContainer:
     def __init__(self, labels: dict[str, str]):
         self.labels = labels
         self.short_id = "c" + str(len(labels))
+        self.status = "running"
         self.attrs = {
             "State": {"Running": True, "StartedAt": "2026-01-01T00:00:00.000Z"},
             "NetworkSettings": {"Ports": {}},

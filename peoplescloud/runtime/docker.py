@@ -11,8 +11,11 @@ the app's command as its child, passes `docker stop`'s signal on to every
 process of the container, reaps orphans, and ends the app once the node's lease
 passes (`peoplescloud.runtime.lease`); the lease directory is mounted read-only for it.
 
-The node's containers are on a network of its own (`pc_<node>`, made with its
-first container, removed with its last) where docker forwards nothing between
+The node's containers are on a network of its own (`pc_<node>`, made when the
+daemon starts or with the first container, removed with the last container; a
+bot's replacement is created before its old container goes (`prepare`), so the
+network stays: removing and making it again would cost the replacement half a
+second) where docker forwards nothing between
 containers (`enable_icc=false`): one app cannot reach another's containers, nor
 its own other instances (as dynos on Heroku). The network is an ordinary
 bridge, so bots reach the internet; its Linux bridge is named for `firewall`,
@@ -22,8 +25,11 @@ whose rules keep the containers away from the node's own ports.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -57,6 +63,8 @@ from peoplescloud.runtime.base import (
 )
 
 LABEL_ONEOFF = "peoplescloud.oneoff"  # one-off `run` containers: not instances
+LABEL_SPEC = "peoplescloud.spec"  # what an instance's container was created with (a hash)
+PREPARED_FOR = 60.0  # seconds a prepared container waits for its start, at most
 APP_USER = "10001:10001"
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 # `docker stop` signals the container's init, pc-shim, which passes it on to
@@ -103,11 +111,44 @@ class DockerRuntime:
         return f"pc_{self.node}_{key.app}_{key.process}_{key.release}"
 
     def start(self, spec: InstanceSpec) -> InstanceStatus:
+        try:
+            with self._network_lock:  # one creator at a time; the network stays meanwhile
+                container = self._made(spec)
+            container.start()
+            container.reload()
+        except docker.errors.DockerException as e:
+            if (left := self._get(spec.key)) is not None:
+                self._remove(left)  # created but not started
+            self._drop_network()
+            raise RuntimeFailure(f"could not start {spec.key}: {e}") from None
+        return _status(container)
+
+    def prepare(self, spec: InstanceSpec) -> None:
+        """Create the instance's container without starting it, while the one it
+        replaces stops: `start` then only starts it. Best effort: `start` makes
+        it again (and says why it cannot) if this did not work."""
+        with contextlib.suppress(docker.errors.DockerException, RuntimeFailure), self._network_lock:
+            self._made(spec)
+
+    def _made(self, spec: InstanceSpec) -> Any:
+        """The instance's container, created (with `_network_lock` held): the one
+        `prepare` made if it is still exactly what `spec` asks for, else a new one."""
+        args = {**self._create_args(spec), "labels": spec.labels()}
+        made = hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()
+        args["labels"] = {**spec.labels(), LABEL_SPEC: made}
+        ready = None
         for old in self._slot(spec.app, spec.process):
-            if old.status != "running":
+            labels = old.attrs.get("Labels") or {}
+            if old.status == "created" and labels.get(LABEL_SPEC) == made:
+                ready = old  # prepared for this very spec
+            elif old.status != "running":
                 self._remove(old)  # exited, of this release or an older one
-            elif old.labels.get(LABEL_RELEASE) == spec.release:
+            elif labels.get(LABEL_RELEASE) == spec.release:
                 raise RuntimeFailure(f"{spec.key} is already running")
+        return ready or self.client.containers.create(**args, network=self._network())
+
+    def _create_args(self, spec: InstanceSpec) -> dict[str, Any]:
+        """What the instance's container is created with (but its labels and network)."""
         env = {**spec.environment(WEB_PORT if spec.web else None), **_path(spec)}
         # pc-shim is the init (tini, docker's, is not needed: it does its part).
         sandbox = {**self._sandbox(spec), "init": False}
@@ -123,26 +164,14 @@ class DockerRuntime:
         ports: dict[str, Any] | None = (
             {f"{WEB_PORT}/tcp": ("127.0.0.1", None)} if spec.web else None
         )
-        try:
-            with self._network_lock:  # the network stays once the container is made
-                container = self.client.containers.create(
-                    **_command(spec, argv, self.image),
-                    name=self.container_name(spec.key),
-                    environment=env,
-                    labels=spec.labels(),
-                    ports=ports,
-                    log_config=LOG_CONFIG,
-                    network=self._network(),
-                    **sandbox,
-                )
-            container.start()
-            container.reload()
-        except docker.errors.DockerException as e:
-            if (left := self._get(spec.key)) is not None:
-                self._remove(left)  # created but not started
-            self._drop_network()
-            raise RuntimeFailure(f"could not start {spec.key}: {e}") from None
-        return self._status(container)
+        return dict(
+            **_command(spec, argv, self.image),
+            name=self.container_name(spec.key),
+            environment=env,
+            ports=ports,
+            log_config=LOG_CONFIG,
+            **sandbox,
+        )
 
     def stop(self, key: InstanceKey, timeout: float = 10) -> None:
         container = self._get(key)
@@ -158,12 +187,19 @@ class DockerRuntime:
             all=True, filters={"label": f"{LABEL_NODE}={self.node}"}, ignore_removed=True
         )
         # The node's one-offs and builds carry its label too (so it sweeps their
-        # leftovers), but they are no instances.
-        return [
-            self._status(c)
-            for c in containers
-            if LABEL_ONEOFF not in c.labels and BUILD_LABEL not in c.labels
-        ]
+        # leftovers), but they are no instances; nor is a container `prepare` made,
+        # until it starts (one its start never came for is removed after a while).
+        found = []
+        for c in containers:
+            if LABEL_ONEOFF in c.labels or BUILD_LABEL in c.labels:
+                continue
+            if c.status == "created":
+                if _age(c) > PREPARED_FOR:
+                    self._remove(c)
+                    self._drop_network()
+                continue
+            found.append(_status(c))
+        return found
 
     def logs(self, key: InstanceKey, follow: bool, cursor: str | None) -> Iterator[LogLine]:
         """Docker's own log, with timestamps; the cursor is docker's full-precision
@@ -172,7 +208,7 @@ class DockerRuntime:
             container = self._get(key)
             if container is None:
                 return
-            for line in self._read_logs(container, follow, cursor):
+            for line in _read_logs(container, follow, cursor):
                 cursor = line.cursor
                 yield line
             # A follow stream can end early (a broken connection): resume while it runs.
@@ -236,9 +272,16 @@ class DockerRuntime:
         with self._network_lock:
             yield self._network()
 
+    def make_network(self) -> None:
+        """Make the node's network now (at the daemon's start), so that the first
+        build or instance does not wait for it."""
+        with self._network_lock:
+            self._network()
+
     def sweep_network(self) -> None:
         """Remove the node's network when no container uses it (a daemon killed
-        between removing the last container and the network left it)."""
+        between removing the last container and the network left it; one that
+        stops with no container left)."""
         self._drop_network()
 
     # -- helpers --
@@ -267,8 +310,8 @@ class DockerRuntime:
         """Remove the node's network once no container of the node is left."""
         with self._network_lock:
             mine = f"{LABEL_NODE}={self.node}"
-            if self.client.containers.list(all=True, filters={"label": mine}):
-                return
+            if self.client.containers.list(all=True, filters={"label": mine}, sparse=True):
+                return  # (sparse: no inspect per container, which a node with many would pay)
             for network in self._networks():
                 try:
                     network.remove()
@@ -298,10 +341,11 @@ class DockerRuntime:
         return images.sandbox(self.client, self.node, spec, box) if spec.image else box
 
     def _slot(self, app: str, process: str) -> list[Any]:
-        """This node's containers of `process` of `app`, of any release."""
+        """This node's containers of `process` of `app`, of any release, as the
+        engine lists them (sparse: their labels are in `attrs["Labels"]`)."""
         labels = [f"{LABEL_NODE}={self.node}", f"{LABEL_APP}={app}", f"{LABEL_PROCESS}={process}"]
-        found = self.client.containers.list(all=True, filters={"label": labels})
-        return [c for c in found if LABEL_ONEOFF not in c.labels]
+        found = self.client.containers.list(all=True, filters={"label": labels}, sparse=True)
+        return [c for c in found if LABEL_ONEOFF not in (c.attrs.get("Labels") or {})]
 
     def _get(self, key: InstanceKey) -> Any:
         try:
@@ -331,42 +375,6 @@ class DockerRuntime:
             with contextlib.suppress(docker.errors.DockerException, OSError):
                 container.wait(condition="removed", timeout=30)
 
-    def _status(self, container: Any) -> InstanceStatus:
-        state = container.attrs["State"]
-        labels = container.labels
-        running = state["Running"]
-        address = None
-        bindings = (container.attrs["NetworkSettings"].get("Ports") or {}).get(f"{WEB_PORT}/tcp")
-        if running and bindings:
-            address = f"127.0.0.1:{bindings[0]['HostPort']}"
-        return InstanceStatus(
-            app=labels.get(LABEL_APP, ""),
-            process=labels.get(LABEL_PROCESS, ""),
-            release=labels.get(LABEL_RELEASE, ""),
-            running=running,
-            exit_code=None if running else state.get("ExitCode"),
-            started_at=state.get("StartedAt", "")[:19] + "Z",
-            address=address,
-            detail=container.short_id,
-            oom_killed=not running and bool(state.get("OOMKilled")),
-        )
-
-    def _read_logs(self, container: Any, follow: bool, cursor: str | None) -> Iterator[LogLine]:
-        since = None
-        if cursor:
-            # docker-py takes a float; step back a microsecond so rounding never
-            # skips a line, then drop what is not after the cursor.
-            seconds, nanos = _ts_key(cursor)
-            since = max(seconds + nanos / 1e9 - 1e-6, 1e-6)
-        try:
-            stream = container.logs(stream=True, follow=follow, timestamps=True, since=since)
-            for raw in _split_lines(stream):
-                line = _log_line(raw)
-                if line and (cursor is None or _ts_key(line.cursor) > _ts_key(cursor)):
-                    yield line
-        except docker.errors.NotFound:
-            return
-
 
 def _command(spec: InstanceSpec, argv: list[str], stack: str) -> dict[str, Any]:
     """The image and command of a container of the app: its release's stack (the
@@ -376,6 +384,50 @@ def _command(spec: InstanceSpec, argv: list[str], stack: str) -> dict[str, Any]:
     if spec.image:
         return {"image": spec.image, "entrypoint": argv}
     return {"image": spec.stack if spec.stack not in ("", "host") else stack, "command": argv}
+
+
+def _status(container: Any) -> InstanceStatus:
+    state = container.attrs["State"]
+    labels = container.labels
+    running = state["Running"]
+    address = None
+    bindings = (container.attrs["NetworkSettings"].get("Ports") or {}).get(f"{WEB_PORT}/tcp")
+    if running and bindings:
+        address = f"127.0.0.1:{bindings[0]['HostPort']}"
+    return InstanceStatus(
+        app=labels.get(LABEL_APP, ""),
+        process=labels.get(LABEL_PROCESS, ""),
+        release=labels.get(LABEL_RELEASE, ""),
+        running=running,
+        exit_code=None if running else state.get("ExitCode"),
+        started_at=state.get("StartedAt", "")[:19] + "Z",
+        address=address,
+        detail=container.short_id,
+        oom_killed=not running and bool(state.get("OOMKilled")),
+    )
+
+
+def _read_logs(container: Any, follow: bool, cursor: str | None) -> Iterator[LogLine]:
+    since = None
+    if cursor:
+        # docker-py takes a float; step back a microsecond so rounding never
+        # skips a line, then drop what is not after the cursor.
+        seconds, nanos = _ts_key(cursor)
+        since = max(seconds + nanos / 1e9 - 1e-6, 1e-6)
+    try:
+        stream = container.logs(stream=True, follow=follow, timestamps=True, since=since)
+        for raw in _split_lines(stream):
+            line = _log_line(raw)
+            if line and (cursor is None or _ts_key(line.cursor) > _ts_key(cursor)):
+                yield line
+    except docker.errors.NotFound:
+        return
+
+
+def _age(container: Any) -> float:
+    """Seconds since the container was created."""
+    seconds, nanos = _ts_key(container.attrs["Created"][:30].rstrip("Z") + "Z")
+    return time.time() - (seconds + nanos / 1e9)
 
 
 def _path(spec: InstanceSpec) -> dict[str, str]:
