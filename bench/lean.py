@@ -15,7 +15,11 @@
    0.05 s), while the containers that run it on any node are counted every
    0.2 s (never more than one). The killed node is started again between
    kills, and each kill comes 10 s after the bot came up: time for the others
-   to hold its slug, unpacked.
+   to hold its slug, unpacked. Each kill is broken down too (epoch times from
+   the killed node's lease file, the leader's log, the engine and docker's log
+   of the new container): kill to the lease's end, to placement elsewhere, to
+   the container's start, to the bot's first line, to that line in the node's
+   log; the table gives the median of each step.
 
 Everything is bounded in time and count, and every node, bot and container is
 cleaned up at the end, whatever happened.
@@ -23,7 +27,9 @@ cleaned up at the end, whatever happened.
 
 from __future__ import annotations
 
+import calendar
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -202,8 +208,50 @@ def log_size(node: NodeProc, app: str) -> int:
         return 0
 
 
+STEPS = ("lease ends", "placed elsewhere", "container started", "bot's first line", "seen")
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
+
+
+def docker_time(text: str) -> float:
+    """Epoch seconds of the engine's RFC 3339 time (nanoseconds, "Z")."""
+    whole, _, fraction = text.rstrip("Z").partition(".")
+    return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float(f"0.{fraction}")
+
+
+def placed_at(nodes: list[NodeProc], app: str, since: float) -> float | None:
+    """When a leader's log (local time) says the app's bot.1 was moved, first after `since`."""
+    found = []
+    for node in nodes:
+        for line in node.log.read_text(errors="replace").splitlines():
+            match = LOG_TIME.match(line)
+            if match and f"bot.1 of {app}:" in line and "moved to" in line:
+                at = time.mktime(time.strptime(match[1], "%Y-%m-%d %H:%M:%S")) + int(match[2]) / 1e3
+                found += [at] if at >= since else []
+    return min(found, default=None)
+
+
+def breakdown(
+    victim: NodeProc, others: list[NodeProc], app: str, killed: float, seen: float
+) -> list[float]:
+    """Seconds from the kill to each of STEPS (nan when not known)."""
+    import docker
+
+    nan = float("nan")
+    lease = victim.home / "run" / "lease" / "lease"
+    ends = float(lease.read_text()) if lease.exists() else nan
+    placed = placed_at(others, app, killed) or nan
+    started = first = nan
+    names = {n.name for n in others}
+    for c in docker.from_env().containers.list(filters={"label": f"peoplescloud.app={app}"}):
+        if c.labels.get("peoplescloud.node") in names:
+            started = docker_time(c.attrs["State"]["StartedAt"])
+            said = c.logs(timestamps=True).decode(errors="replace").splitlines()
+            first = docker_time(said[0].split(" ", 1)[0]) if said else nan
+    return [t - killed for t in (ends, placed, started, first, seen)]
+
+
 def failover(root: Path, key: Path) -> list[tuple[str, str]]:
-    times, most = [], []
+    times, most, steps = [], [], []
     with bot_swarm(root, key, "lean", "leanbot") as nodes:
         by_name = {n.name: n for n in nodes}
         first = nodes[0]
@@ -215,7 +263,7 @@ def failover(root: Path, key: Path) -> list[tuple[str, str]]:
             offsets = {n.name: log_size(n, "leanbot") for n in others}
             seen = []
             victim.kill()
-            killed = time.monotonic()
+            killed, killed_at = time.monotonic(), time.time()
             checks = 0
             while time.monotonic() - killed < 60:
                 if checks % 4 == 0:  # the engine every 0.2 s, the logs every 0.05 s
@@ -227,11 +275,13 @@ def failover(root: Path, key: Path) -> list[tuple[str, str]]:
             else:
                 raise SystemExit("the bot did not come back within 60 s")
             times.append(time.monotonic() - killed)
+            steps.append(breakdown(victim, others, "leanbot", killed_at, killed_at + times[-1]))
             for _ in range(10):  # a while longer: still never two
                 seen.append(copies(by_name, "leanbot"))
                 time.sleep(0.2)
             most.append(max(seen))
             print(f"kill {len(times)}: {times[-1]:.1f} s, copies seen at most {most[-1]}")
+            print("  " + ", ".join(f"{w} +{t:.2f}" for w, t in zip(STEPS, steps[-1], strict=True)))
             victim.start()
             first = others[0]
             wait(lambda a=first: a.pc("swarm", "status").stdout.count(" up ") == 3, "all up again")
@@ -241,6 +291,10 @@ def failover(root: Path, key: Path) -> list[tuple[str, str]]:
             f"{statistics.median(times):.1f} s ({min(times):.1f}, {max(times):.1f})",
         ),
         ("most copies seen at any check, each kill", ", ".join(map(str, most))),
+        (
+            "kill to each step (median): " + ", ".join(STEPS),
+            ", ".join(f"{statistics.median(col):.2f}" for col in zip(*steps, strict=True)) + " s",
+        ),
     ]
 
 

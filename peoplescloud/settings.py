@@ -186,11 +186,12 @@ class IpfsSettings:
             object.__setattr__(self, attr, _port(getattr(self, attr), f"[ipfs] {attr}"))
 
 
-# How long the watchdog next to an instance may take to end it once its node's
-# lease has passed (a look at the lease file, then SIGTERM to SIGKILL): a frozen
-# daemon's instances are surely gone this long after its lease.
-WATCHDOG_SECONDS = lease_watchdog.CHECK_EVERY + lease_watchdog.GRACE
-CLOCK_SLACK = 0.5  # seconds the members' clocks may disagree, and a stop may lag
+# How long after its node's lease ends an instance may still run: the watchdog
+# next to it (pc-shim) sends SIGTERM GRACE before the end and SIGKILL at the end,
+# so only its lag on a busy machine is left. A frozen daemon's instances are
+# surely gone this long after its lease.
+WATCHDOG_SECONDS = lease_watchdog.KILL_LAG
+CLOCK_SLACK = 0.5  # seconds the members' clocks may disagree
 
 
 @dataclass(frozen=True)
@@ -202,8 +203,9 @@ class SwarmSettings:
     # back and forced an election (pysyncobj has no pre-vote).
     lease_seconds: float = 3.0
     # Failover waits the lease's end plus this: a cut-off node stops its instances
-    # before its lease ends, a frozen one's watchdog within WATCHDOG_SECONDS after,
-    # and CLOCK_SLACK covers clocks. The lease is renewed four times per lease.
+    # before its lease ends, a frozen one's watchdog by its end (give or take
+    # WATCHDOG_SECONDS), and CLOCK_SLACK covers the clocks of the node that wrote
+    # the lease's end and of the one that reads it. Renewed four times per lease.
     margin_seconds: float = WATCHDOG_SECONDS + CLOCK_SLACK
     replication: int = 3  # nodes that pin each slug (fewer when the swarm is smaller)
 

@@ -54,12 +54,12 @@ def test_the_next_plan_is_due_when_a_members_lease_has_surely_passed(tmp_path: P
     snap = Snapshot(
         members={
             "n1": member("n1", lease=NOW + 2),
-            "n2": member("n2", lease=NOW - 1),  # suspect
+            "n2": member("n2", lease=NOW - margin / 2),  # suspect
             "n3": member("n3", lease=NOW - 100),  # down already: nothing more to wait for
         }
     )
     planner = Planner(s, FakeState(snap), clock=lambda: NOW)  # type: ignore[arg-type]
-    assert planner.next_change(snap) == pytest.approx(margin - 1)
+    assert planner.next_change(snap) == pytest.approx(margin / 2)
     del snap.members["n2"]
     assert planner.next_change(snap) == pytest.approx(2 + margin)
     del snap.members["n1"]
