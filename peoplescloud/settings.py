@@ -192,15 +192,22 @@ class IpfsSettings:
 # surely gone this long after its lease.
 WATCHDOG_SECONDS = lease_watchdog.KILL_LAG
 CLOCK_SLACK = 0.5  # seconds the members' clocks may disagree
+# A renewal starts every quarter lease and waits at most that long, so a node
+# whose renewals go through always has half a lease left on file; that must
+# outlast pc-shim's GRACE, or it would stop the instances of a healthy node.
+LEASE_MIN = 2 * lease_watchdog.GRACE + 0.5
 
 
 @dataclass(frozen=True)
 class SwarmSettings:
     """How the swarm decides: leases, failover, replication."""
 
-    # A node runs instances only while its lease holds. Shorter fails over sooner;
-    # 2 s was seen to lapse on a loaded 2-core machine when a frozen member came
-    # back and forced an election (pysyncobj has no pre-vote).
+    # A node runs instances only while its lease holds. Shorter fails over sooner,
+    # but a member's instances must ride out an election (a leader that died,
+    # or a frozen member that came back: pysyncobj has no pre-vote): its first
+    # renewal after `election_max` (1.5 s) must be agreed before pc-shim's
+    # SIGTERM, GRACE before the lease's end: 1.5 + 0.75 <= 3 - 0.5. 2.5 s fails
+    # that (1.5 + 0.625 > 2.0).
     lease_seconds: float = 3.0
     # Failover waits the lease's end plus this: a cut-off node stops its instances
     # before its lease ends, a frozen one's watchdog by its end (give or take
@@ -213,7 +220,7 @@ class SwarmSettings:
         _numbers(
             self,
             "swarm",
-            lease_seconds=(float, 1.0),
+            lease_seconds=(float, LEASE_MIN),
             margin_seconds=(float, WATCHDOG_SECONDS),  # must outlast the watchdog
             replication=(int, 1),
         )

@@ -49,9 +49,9 @@ class Lease:
 
     def renew(self) -> None:
         """Extend the lease by `lease_seconds`, or stop everything when it cannot be
-        renewed and ends within GRACE (when pc-shim would end them anyway).
-        Called every `renew_every` (a quarter of the lease), and waits no longer
-        than that for the swarm to agree."""
+        renewed and the next try would come after pc-shim begins to end them
+        anyway (GRACE before the lease's end). Called every `renew_every` (a
+        quarter of the lease), and waits no longer than that for the swarm to agree."""
         swarm = self.settings.swarm
         until = self.clock() + swarm.lease_seconds
         try:
@@ -63,7 +63,7 @@ class Lease:
                 member.lease_expires = until
                 s.members[self.me.name] = member
         except (NoQuorum, Conflict) as e:
-            if self.until and self.clock() > self.until - GRACE:
+            if self.until and self.clock() + swarm.renew_every > self.until - GRACE:
                 self.stop_all(f"lease not renewed ({e})")
             return
         self.until = until

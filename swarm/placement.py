@@ -18,7 +18,8 @@ renew. So a member is:
            (pc-shim ends them by the lease's end, even with the daemon frozen;
            the margin covers its lag and the clocks), and they are placed
            elsewhere. With the default lease (3 s, renewed every 0.75 s) and
-           margin (0.75 s), a dead node is down 3.0 to 3.75 s after it died.
+           margin (0.75 s), a dead node is down at most 3.75 s after it died
+           (less by what its last renewal's commit took).
 """
 
 from __future__ import annotations

@@ -27,7 +27,10 @@ LEASE_EXIT = 75  # the exit code of an instance ended because its lease passed
 # is replaced by an earlier end; failover does not wait on it. Only a node cut
 # off from its swarm gets here, as its daemon stops them itself GRACE before too.
 CHECK_EVERY = 0.5  # seconds between looks at the lease
-GRACE = 1.0  # seconds between SIGTERM and SIGKILL, which comes at the lease's end
+# Seconds between SIGTERM and SIGKILL, which comes at the lease's end. Short: an
+# instance is only ever ended so when its node is cut off, and the earlier the
+# SIGTERM, the less of the lease is left to ride out a slow commit or election.
+GRACE = 0.5
 # How late past the lease's end pc-shim's SIGKILL may land, and the killed
 # processes be gone, on a busy machine (a wake-up of poll(), a scan of /proc).
 KILL_LAG = 0.25
