@@ -44,8 +44,9 @@ class Lease:
         self.until = 0.0  # epoch seconds: instances may run until then
 
     def may_run(self) -> bool:
-        """The reconciler's gate: instances run only while the lease holds."""
-        return self.clock() < self.until
+        """The reconciler's gate: instances run only while the lease holds for more
+        than GRACE (pc-shim would not start one that close to the end)."""
+        return self.clock() < self.until - GRACE
 
     def renew(self) -> None:
         """Extend the lease by `lease_seconds`, or stop everything when it cannot be
