@@ -186,15 +186,12 @@ class IpfsSettings:
             object.__setattr__(self, attr, _port(getattr(self, attr), f"[ipfs] {attr}"))
 
 
-# How long after its node's lease ends an instance may still run: the watchdog
-# next to it (pc-shim) sends SIGTERM GRACE before the end and SIGKILL at the end,
-# so only its lag on a busy machine is left. A frozen daemon's instances are
-# surely gone this long after its lease.
+# How long past its node's lease an instance may still run (even with the daemon
+# frozen): pc-shim sends SIGKILL at the lease's end, so only its lag is left.
 WATCHDOG_SECONDS = lease_watchdog.KILL_LAG
 CLOCK_SLACK = 0.5  # seconds the members' clocks may disagree
-# A renewal starts every quarter lease and waits at most that long, so a node
-# whose renewals go through always has half a lease left on file; that must
-# outlast pc-shim's GRACE, or it would stop the instances of a healthy node.
+# Renewals start every quarter lease and wait at most that long: a node whose
+# renewals go through has half a lease on file, which must outlast pc-shim's GRACE.
 LEASE_MIN = 2 * lease_watchdog.GRACE + 0.5
 
 
@@ -202,17 +199,13 @@ LEASE_MIN = 2 * lease_watchdog.GRACE + 0.5
 class SwarmSettings:
     """How the swarm decides: leases, failover, replication."""
 
-    # A node runs instances only while its lease holds. Shorter fails over sooner,
-    # but a member's instances must ride out an election (a leader that died,
-    # or a frozen member that came back: pysyncobj has no pre-vote): its first
-    # renewal after `election_max` (1.5 s) must be agreed before pc-shim's
-    # SIGTERM, GRACE before the lease's end: 1.5 + 0.75 <= 3 - 0.5. 2.5 s fails
-    # that (1.5 + 0.625 > 2.0).
+    # Shorter fails over sooner, but instances must ride out an election (pysyncobj
+    # has no pre-vote): the first renewal after `election_max` must be agreed before
+    # pc-shim's SIGTERM: 1.5 + 0.75 <= 3 - GRACE. 2.5 s fails (1.5 + 0.625 > 2.0).
     lease_seconds: float = 3.0
-    # Failover waits the lease's end plus this: a cut-off node stops its instances
-    # before its lease ends, a frozen one's watchdog by its end (give or take
-    # WATCHDOG_SECONDS), and CLOCK_SLACK covers the clocks of the node that wrote
-    # the lease's end and of the one that reads it. Renewed four times per lease.
+    # Failover waits the lease's end plus this: a cut-off or frozen node's instances
+    # are gone by its end (give or take WATCHDOG_SECONDS), and CLOCK_SLACK covers
+    # the clocks of the node that wrote the end and of the one that reads it.
     margin_seconds: float = WATCHDOG_SECONDS + CLOCK_SLACK
     replication: int = 3  # nodes that pin each slug (fewer when the swarm is smaller)
 
