@@ -38,10 +38,26 @@ APPS = REPO / "tests" / "apps"  # the sample apps (data, not code)
 
 
 def free_port() -> int:
-    """A TCP port free on loopback right now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free on loopback right now: the OS picks it, or, with
+    PC_BENCH_PORTS=LOW-HIGH, the next free one in that range (several people
+    running benchmarks on one machine keep to ranges of their own)."""
+    span = os.environ.get("PC_BENCH_PORTS", "")
+    low, _, high = span.partition("-")
+    ports = range(int(low), int(high) + 1) if span else [0]
+    for port in ports:
+        if span and port in _given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            _given.add(s.getsockname()[1])
+            return s.getsockname()[1]
+    raise SystemExit(f"no free port left in PC_BENCH_PORTS={span}")
+
+
+_given: set[int] = set()  # handed out already (a node may not listen on them yet)
 
 
 def keygen(path: Path) -> Path:

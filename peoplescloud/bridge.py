@@ -87,24 +87,31 @@ async def every(
     stop: asyncio.Event,
     wake: asyncio.Event | None = None,
     executor: Executor | None = None,
+    steady: bool = False,
 ) -> None:
     """Run blocking `work` in a thread every `seconds` (at once when `wake` is set)
     until `stop`. Loops are separate so a slow one never delays another: a lease
     renewal never waits behind a slug fetch. `executor`: threads of its own (the
     default: the loop's shared pool), so that commands filling the pool cannot
-    hold the work up either."""
+    hold the work up either. `steady`: a round starts `seconds` after the last
+    one started (at once if that one took longer), not `seconds` after it ended:
+    a lease renewed every quarter lease stays so however slow its commits."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
     while not stop.is_set():
         waiters = [asyncio.ensure_future(stop.wait())]
         if wake is not None:
             waiters.append(asyncio.ensure_future(wake.wait()))
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        wait = max(0.0, began + seconds - loop.time()) if steady else seconds
+        await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
         for w in waiters:
             w.cancel()
         if stop.is_set():
             return
         if wake is not None:
             wake.clear()
+        began = loop.time()
         try:
-            await asyncio.get_running_loop().run_in_executor(executor, work)
+            await loop.run_in_executor(executor, work)
         except Exception:  # one bad round must not end the daemon
             log.exception("%s failed", getattr(work, "__qualname__", work))

@@ -186,24 +186,26 @@ class IpfsSettings:
             object.__setattr__(self, attr, _port(getattr(self, attr), f"[ipfs] {attr}"))
 
 
-# How long the watchdog next to an instance may take to end it once its node's
-# lease has passed (a look at the lease file, then SIGTERM to SIGKILL): a frozen
-# daemon's instances are surely gone this long after its lease.
-WATCHDOG_SECONDS = lease_watchdog.CHECK_EVERY + lease_watchdog.GRACE
-CLOCK_SLACK = 0.5  # seconds the members' clocks may disagree, and a stop may lag
+# How long past its node's lease an instance may still run (even with the daemon
+# frozen): pc-shim sends SIGKILL at the lease's end, so only its lag is left.
+WATCHDOG_SECONDS = lease_watchdog.KILL_LAG
+CLOCK_SLACK = 0.5  # seconds the members' clocks may disagree
+# Renewals start every quarter lease and wait at most that long: a node whose
+# renewals go through has half a lease on file, which must outlast pc-shim's GRACE.
+LEASE_MIN = 2 * lease_watchdog.GRACE + 0.5
 
 
 @dataclass(frozen=True)
 class SwarmSettings:
     """How the swarm decides: leases, failover, replication."""
 
-    # A node runs instances only while its lease holds. Shorter fails over sooner;
-    # 2 s was seen to lapse on a loaded 2-core machine when a frozen member came
-    # back and forced an election (pysyncobj has no pre-vote).
+    # Shorter fails over sooner, but instances must ride out an election (pysyncobj
+    # has no pre-vote): the first renewal after `election_max` must be agreed before
+    # pc-shim's SIGTERM: 1.5 + 0.75 <= 3 - GRACE. 2.5 s fails (1.5 + 0.625 > 2.0).
     lease_seconds: float = 3.0
-    # Failover waits the lease's end plus this: a cut-off node stops its instances
-    # before its lease ends, a frozen one's watchdog within WATCHDOG_SECONDS after,
-    # and CLOCK_SLACK covers clocks. The lease is renewed four times per lease.
+    # Failover waits the lease's end plus this: a cut-off or frozen node's instances
+    # are gone by its end (give or take WATCHDOG_SECONDS), and CLOCK_SLACK covers
+    # the clocks of the node that wrote the end and of the one that reads it.
     margin_seconds: float = WATCHDOG_SECONDS + CLOCK_SLACK
     replication: int = 3  # nodes that pin each slug (fewer when the swarm is smaller)
 
@@ -211,7 +213,7 @@ class SwarmSettings:
         _numbers(
             self,
             "swarm",
-            lease_seconds=(float, 1.0),
+            lease_seconds=(float, LEASE_MIN),
             margin_seconds=(float, WATCHDOG_SECONDS),  # must outlast the watchdog
             replication=(int, 1),
         )

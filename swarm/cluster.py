@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 PLAN_EVERY = 1.0  # seconds: placement and observation, at the latest
 MAINTAIN_EVERY = 3.0  # seconds: kubo connections and pins
+ELECTION_LOOK = 0.1  # seconds: how often a member looks whether it leads, while none does
 
 
 class _Started:
@@ -162,12 +163,17 @@ class SwarmCluster:
     def plan(self) -> float:
         """Placement on the leader, and what runs here for the others (a worker
         thread). Returns the seconds until a member's lease has surely passed:
-        the plan runs again then, so failover waits on nothing more."""
-        snap = self.state.read()
-        if self.state.leader() == self.me.raft:
+        the plan runs again then, so failover waits on nothing more. While the
+        leader is gone (it died with the node whose instances fail over), soon:
+        the member elected places them at once, not a round later."""
+        snap, leader = self.state.read(), self.state.leader()
+        if leader == self.me.raft:
             self.planner.decide(snap)
         self._publish(snap, self._parts().local)
-        return self.planner.next_change(snap)
+        wait = self.planner.next_change(snap)
+        if leader != self.me.raft and self.planner.leader_gone(snap, leader):
+            wait = min(wait, ELECTION_LOOK)
+        return wait
 
     def _publish(self, snap: Snapshot, local: LocalParts) -> None:
         """What this node's instances do, for the others (only when it changed)."""
@@ -229,7 +235,10 @@ class SwarmCluster:
         await loop.run_in_executor(self._ticker, self.tick)
         await loop.run_in_executor(self._planner, self.plan)  # and a first placement
         return [
-            every(self.settings.swarm.renew_every, self.tick, stop, executor=self._ticker),
+            # Steady: a slow commit must not space the renewals out (see `Lease.renew`).
+            every(
+                self.settings.swarm.renew_every, self.tick, stop, executor=self._ticker, steady=True
+            ),
             self._plan_loop(stop),
             every(MAINTAIN_EVERY, self.maintain, stop),
         ]

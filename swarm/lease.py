@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from peoplescloud.logbus import LogBus
 from peoplescloud.runtime.base import Runtime
-from peoplescloud.runtime.lease import write_lease
+from peoplescloud.runtime.lease import GRACE, write_lease
 from peoplescloud.settings import Settings
 from swarm.me import Me
 from swarm.raft import Conflict, NoQuorum
@@ -44,13 +44,15 @@ class Lease:
         self.until = 0.0  # epoch seconds: instances may run until then
 
     def may_run(self) -> bool:
-        """The reconciler's gate: instances run only while the lease holds."""
-        return self.clock() < self.until
+        """The reconciler's gate: instances run only while the lease holds for more
+        than GRACE (pc-shim would not start one that close to the end)."""
+        return self.clock() < self.until - GRACE
 
     def renew(self) -> None:
         """Extend the lease by `lease_seconds`, or stop everything when it cannot be
-        renewed and ends within a second. Called every `renew_every` (a quarter
-        of the lease), and waits no longer than that for the swarm to agree."""
+        renewed and the next try would come after pc-shim begins to end them
+        anyway (GRACE before the lease's end). Called every `renew_every` (a
+        quarter of the lease), and waits no longer than that for the swarm to agree."""
         swarm = self.settings.swarm
         until = self.clock() + swarm.lease_seconds
         try:
@@ -62,7 +64,7 @@ class Lease:
                 member.lease_expires = until
                 s.members[self.me.name] = member
         except (NoQuorum, Conflict) as e:
-            if self.until and self.clock() > self.until - 1:
+            if self.until and self.clock() + swarm.renew_every > self.until - GRACE:
                 self.stop_all(f"lease not renewed ({e})")
             return
         self.until = until

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from peoplescloud.deploy import KEEP_RELEASES
 from peoplescloud.settings import Settings
 from peoplescloud.state import Snapshot
-from swarm.placement import DOWN, holders, member_state, place, slugs_in_use
+from swarm.placement import DOWN, UP, holders, member_state, place, slugs_in_use
 from swarm.raft import Conflict, NoQuorum
 from swarm.replicated import ReplicatedState
 
@@ -91,6 +91,15 @@ class Planner:
             if member_state(m, now, margin) != DOWN
         ]
         return min(ends, default=now + float("inf")) - now
+
+    def leader_gone(self, snap: Snapshot, leader: str | None) -> bool:
+        """Whether the Raft leader (its address; None: an election is under way) is
+        no member that is up, while some member still is up or suspect: a new
+        leader is coming, and must place at once. (When every lease has surely
+        passed, nothing was agreed for that long: no majority, nothing to hurry.)"""
+        now, margin = self.clock(), self.settings.swarm.margin_seconds
+        states = {m.raft: member_state(m, now, margin) for m in snap.members.values()}
+        return states.get(leader or "") != UP and any(st != DOWN for st in states.values())
 
     def decide(self, snap: Snapshot) -> None:
         decided = plan(snap, self.settings, self.clock())

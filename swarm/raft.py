@@ -126,8 +126,9 @@ class RaftTimings:
     """How fast the group notices things, in seconds. The defaults suit machines on
     a LAN or a good internet link (round trips well under 100 ms); tests on
     loopback use much shorter ones. A new leader is elected within about
-    `election_max` of the last one's death: within a lease (3 s, renewed every
-    0.75 s), so a leader that dies takes no other member's instances down. Not
+    `election_max` of the last one's death: a member's next renewal after that
+    is agreed before its instances would be stopped (see SwarmSettings), so a
+    leader that dies takes no other member's instances down. Not
     shorter: a member starved of CPU for longer than `election_min` stands
     for election and stalls every commit meanwhile."""
 

@@ -1,6 +1,6 @@
 """pc-shim's own edges, driven directly (the runtimes' suites drive it through
-the runtimes): the lease (SIGTERM, SIGKILL after the grace, no file = no
-enforcement), signals, exit codes, log rotation, and its part as a container's
+the runtimes): the lease (SIGTERM the grace before its end, SIGKILL at it, no
+file = no enforcement), signals, exit codes, log rotation, and its part as a container's
 init, run here as PID 1 of a pid namespace of its own (`unshare`).
 
 Every wait is bounded; the lease checks run every 0.1 s to keep them short.
@@ -69,8 +69,8 @@ def app(files: dict[str, Path], mode: str) -> list[str]:
     return [sys.executable, "-u", str(files["log"].with_name("app.py")), mode]
 
 
-def test_a_passed_lease_sends_sigterm_then_sigkill_after_the_grace(program, files):
-    until = time.time() + 1
+def test_an_ending_lease_sends_sigterm_the_grace_before_its_end_then_sigkill(program, files):
+    until = time.time() + 2.5
     lease.write_lease(files["lease"], until)
     # A child in the background too: the lease ends every process of the group.
     shim_ = run(
@@ -85,13 +85,51 @@ def test_a_passed_lease_sends_sigterm_then_sigkill_after_the_grace(program, file
     assert lease.group_members(shim_.pid) == []  # the stubborn app and its sleep: killed
     term, end = (files["log"].with_name("bot.0.log").read_text().splitlines()[i] for i in (-2, -1))
     assert _seconds(end) - _seconds(term) >= 0.9  # the app had its grace (1 s) first
+    assert _seconds(end) >= until  # killed at the lease's end, not before
 
 
-def test_an_app_that_ends_on_sigterm_is_not_kept_waiting_for_the_grace(program, files):
-    lease.write_lease(files["lease"], time.time() + 1)
-    shim_ = run(program, files, app(files, "polite"), "-g", "60")
-    assert shim_.wait(timeout=30) == lease.LEASE_EXIT  # long before the 60 s grace
+@pytest.mark.parametrize("mode", ["stubborn", "polite"])
+def test_nothing_runs_past_the_leases_end_however_rarely_it_looks(program, files, mode):
+    """The swarm starts the instance elsewhere right after the lease's end (plus
+    clock slack): the shim must not wait for its next periodic look (60 s here)."""
+    until = time.time() + 2
+    lease.write_lease(files["lease"], until)
+    shim_ = run(program, files, app(files, mode), "-c", "60")
+    assert shim_.wait(timeout=30) == lease.LEASE_EXIT
+    assert time.time() < until + lease.KILL_LAG + 0.5  # (slack for a busy machine's wake-up)
+    assert "got SIGTERM" in logged(files)  # asked first, GRACE before the end
+
+
+def test_a_renewal_seen_before_the_grace_keeps_it_running(program, files):
+    """GRACE before the end it knows, the shim reads the lease again: a lease the
+    daemon renewed meanwhile goes on, with no SIGTERM."""
+    first_end = time.time() + 2
+    lease.write_lease(files["lease"], first_end)
+    shim_ = run(program, files, app(files, "polite"), "-c", "60")
+    try:
+        wait_for(lambda: "started" in logged(files), "the app to start", timeout=30)
+        lease.write_lease(files["lease"], first_end + 60)
+        time.sleep(max(0.0, first_end + 0.5 - time.time()))
+        assert shim_.poll() is None and "got SIGTERM" not in logged(files)
+    finally:
+        os.killpg(shim_.pid, signal.SIGKILL)
+        shim_.wait()
+
+
+def test_an_app_that_ends_on_sigterm_is_not_kept_waiting_for_the_lease_end(program, files):
+    until = time.time() + 3
+    lease.write_lease(files["lease"], until)
+    shim_ = run(program, files, app(files, "polite"), "-g", "2")
+    assert shim_.wait(timeout=30) == lease.LEASE_EXIT
+    assert time.time() < until - 0.5  # SIGTERM at until - 2, gone soon after
     assert logged(files)[-2] == "got SIGTERM"
+
+
+def test_a_lease_ending_within_the_grace_does_not_let_it_start(program, files):
+    lease.write_lease(files["lease"], time.time() + 0.8)  # (the grace is 1 s)
+    shim_ = run(program, files, ["sh", "-c", "echo ran"])
+    assert shim_.wait(timeout=30) == lease.LEASE_EXIT
+    assert "ran" not in logged(files)
 
 
 def test_no_lease_file_means_no_enforcement(program, files):
@@ -229,8 +267,8 @@ def test_as_init_it_reaps_orphans(program, unshare):
         outer.wait()
 
 
-def test_as_init_a_passed_lease_ends_every_process(program, unshare, files):
-    until = round(time.time() + 1, 3)  # as write_lease writes it
+def test_as_init_an_ending_lease_ends_every_process(program, unshare, files):
+    until = round(time.time() + 2.5, 3)  # as write_lease writes it
     lease.write_lease(files["lease"], until)
     outer = as_pid_1(program, "-L", str(files["lease"]), "-p", "bot.1", "--", "sh", "-c",
                      "trap '' TERM; echo ready; sleep 300 & wait")  # fmt: skip

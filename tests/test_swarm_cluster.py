@@ -114,3 +114,53 @@ def test_an_instance_no_member_can_take_says_so_in_ps(tmp_path: Path):
     assert cluster.failed_elsewhere("mybot", "bot.5") == (
         "not placed: no member has room for 512 MB and 0.25 CPU: n1 has 0 MB free"
     )
+
+
+def test_while_the_leader_is_gone_a_member_soon_looks_whether_it_leads(tmp_path: Path):
+    from swarm.cluster import ELECTION_LOOK, PLAN_EVERY
+
+    snap = Snapshot(members={"n1": member("n1", lease=1e12), "n2": member("n2", lease=1e12)})
+    snap.members["n2"].raft = "127.0.0.9:7002"
+    cluster, state, _ = make(tmp_path, snap)
+    state.leader_address = "127.0.0.9:7002"  # n2 leads, and its lease holds
+
+    async def life() -> tuple[float, float]:
+        stop = asyncio.Event()
+        loops = await cluster.start(local(cluster.settings), stop, lambda: None)
+        calm = cluster.plan()
+        state.snap.members["n2"].lease_expires = 1.0  # n2 died long ago: no leader now
+        hurried = cluster.plan()
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*loops), timeout=5)
+        await cluster.close()
+        return calm, hurried
+
+    calm, hurried = asyncio.run(life())
+    assert calm > PLAN_EVERY and hurried == ELECTION_LOOK
+
+
+def test_the_lease_is_renewed_every_quarter_lease_however_slow_each_renewal(tmp_path: Path):
+    """Renewals start a quarter lease apart, not a quarter lease after the last
+    one's commit came back (see tests/test_swarm_lease.py for why)."""
+    import time
+
+    cluster, _, _ = make(tmp_path)
+    began: list[float] = []
+
+    def slow_renewal() -> None:
+        began.append(time.monotonic())
+        time.sleep(0.5)  # a slow commit: most of the quarter lease (0.75 s)
+
+    async def life() -> None:
+        stop = asyncio.Event()
+        loops = await cluster.start(local(cluster.settings), stop, lambda: None)
+        cluster._parts().lease.renew = slow_renewal  # type: ignore[method-assign]
+        tasks = [asyncio.ensure_future(loop) for loop in loops]
+        await asyncio.sleep(2.4)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=5)
+        await cluster.close()
+
+    asyncio.run(life())
+    gaps = [b - a for a, b in zip(began, began[1:], strict=False)]
+    assert len(began) >= 3 and max(gaps) < 0.75 + 0.25, gaps  # not 0.75 + 0.5

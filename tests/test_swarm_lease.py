@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 from peoplescloud.runtime.base import InstanceKey, InstanceStatus
-from peoplescloud.runtime.lease import read_lease
+from peoplescloud.runtime.lease import GRACE, read_lease
 from peoplescloud.settings import SwarmSettings
 from peoplescloud.state import Snapshot
 from swarm.lease import Lease, stop_everything
@@ -107,8 +107,39 @@ def test_a_cut_off_member_stops_its_instances_at_once_not_one_by_one():
 
 def test_a_leader_election_fits_in_a_lease():
     """The leader dies just after a member renewed: the others elect a new one
-    within `election_max`, and the member's next try after that still comes
-    before it stops everything (when less than a try's wait is left)."""
+    within `election_max`, and the member's next try after that is agreed (a
+    quarter of a try's wait for the commit) before pc-shim's SIGTERM, GRACE
+    before the lease's end (the daemon stops everything then too)."""
     timings, swarm = RaftTimings(), SwarmSettings()
-    last_try_before_stopping = swarm.lease_seconds - swarm.renew_every
-    assert timings.election_max + swarm.renew_every <= last_try_before_stopping
+    stopped_at = swarm.lease_seconds - GRACE
+    assert timings.election_max + swarm.renew_every * 1.25 <= stopped_at
+
+
+def test_slow_commits_do_not_space_the_renewals_out():
+    """Each renewal starts a quarter lease after the last one started, however long
+    that one waited for its commit: then a lease renewed in time always has half
+    a lease left on file, more than pc-shim's GRACE (so it never stops the
+    instances of a node whose renewals go through)."""
+    import asyncio
+
+    from peoplescloud.bridge import every
+    from peoplescloud.runtime.lease import GRACE
+    from peoplescloud.settings import LEASE_MIN
+
+    started: list[float] = []
+
+    def slow_renewal() -> None:
+        started.append(time.monotonic())
+        time.sleep(0.2)  # a commit that takes most of the quarter lease
+
+    async def life() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.ensure_future(every(0.3, slow_renewal, stop, steady=True))
+        await asyncio.sleep(1.45)
+        stop.set()
+        await asyncio.wait_for(loop, 5)
+
+    asyncio.run(life())
+    gaps = [b - a for a, b in zip(started, started[1:], strict=False)]
+    assert len(started) >= 4 and max(gaps) < 0.3 + 0.1  # not 0.3 + 0.2
+    assert LEASE_MIN / 2 > GRACE

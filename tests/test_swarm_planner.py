@@ -54,12 +54,12 @@ def test_the_next_plan_is_due_when_a_members_lease_has_surely_passed(tmp_path: P
     snap = Snapshot(
         members={
             "n1": member("n1", lease=NOW + 2),
-            "n2": member("n2", lease=NOW - 1),  # suspect
+            "n2": member("n2", lease=NOW - margin / 2),  # suspect
             "n3": member("n3", lease=NOW - 100),  # down already: nothing more to wait for
         }
     )
     planner = Planner(s, FakeState(snap), clock=lambda: NOW)  # type: ignore[arg-type]
-    assert planner.next_change(snap) == pytest.approx(margin - 1)
+    assert planner.next_change(snap) == pytest.approx(margin / 2)
     del snap.members["n2"]
     assert planner.next_change(snap) == pytest.approx(2 + margin)
     del snap.members["n1"]
@@ -74,3 +74,21 @@ def test_an_instance_no_member_can_take_says_why(tmp_path: Path):
     assert decided.unplaced == {
         ("mybot", "bot.5"): "no member has room for 512 MB and 0.25 CPU: n1 has 0 MB free"
     }
+
+
+def test_a_leader_that_is_no_live_member_is_gone(tmp_path: Path):
+    """The leader died with the node whose instances fail over: the member elected
+    next must place them at once, so the others look soon whether they lead."""
+    snap = Snapshot(
+        members={
+            "n1": member("n1", lease=NOW + 2, raft="10.0.0.1:7002"),
+            "n2": member("n2", lease=NOW - 0.1, raft="10.0.0.2:7002"),  # its lease ended
+        }
+    )
+    planner = Planner(settings(tmp_path), FakeState(snap), clock=lambda: NOW)  # type: ignore[arg-type]
+    assert not planner.leader_gone(snap, "10.0.0.1:7002")
+    assert planner.leader_gone(snap, "10.0.0.2:7002")
+    assert planner.leader_gone(snap, None)  # an election under way
+    for m in snap.members.values():  # nothing agreed for a minute: no majority
+        m.lease_expires = NOW - 60
+    assert not planner.leader_gone(snap, None)

@@ -4,11 +4,12 @@ A node of a swarm may run its instances only until its lease ends. The daemon
 renews the lease through the consensus and writes its end (epoch seconds) into
 `<lease dir>/lease`, atomically. A frozen daemon cannot stop anything, so
 what supervises each instance (`pc-shim`, see runtime/shim/pc-shim.c: the
-process runtime's shim, the docker runtime's container init) reads that file
-every CHECK_EVERY seconds and ends the app once the lease has passed, with no
-help from the daemon: SIGTERM, SIGKILL after GRACE, exit code LEASE_EXIT. No
-lease file: no enforcement (a node alone, which needs no lease). This module
-writes the file and holds the rules pc-shim applies.
+process runtime's shim, the docker runtime's container init) ends the app by
+the lease's end, with no help from the daemon: it reads that file every
+CHECK_EVERY seconds and again GRACE before the end it last read, and if the end
+is still that close, SIGTERM then, SIGKILL at the end itself, exit code
+LEASE_EXIT. No lease file: no enforcement (a node alone, which needs no lease).
+This module writes the file and holds the rules pc-shim applies.
 """
 
 from __future__ import annotations
@@ -19,11 +20,20 @@ from pathlib import Path
 
 LEASE_FILE = "lease"
 LEASE_EXIT = 75  # the exit code of an instance ended because its lease passed
-# A frozen node's instances must be surely gone soon after its lease (failover
-# waits CHECK_EVERY + GRACE past it): look twice a second, then SIGTERM and
-# SIGKILL 1 s later. Only a node cut off from its swarm gets here.
+# A frozen node's instances are gone by its lease's end: pc-shim wakes GRACE
+# before the end it knows, reads the file again (the daemon renews every quarter
+# lease, so a live node's lease has moved on by then), and if not, SIGTERM, and
+# SIGKILL at the end. The periodic look only notices a lease file that appears or
+# is replaced by an earlier end; failover does not wait on it. Only a node cut
+# off from its swarm gets here, as its daemon stops them itself GRACE before too.
 CHECK_EVERY = 0.5  # seconds between looks at the lease
-GRACE = 1.0  # seconds between SIGTERM and SIGKILL when the lease passes
+# Seconds between SIGTERM and SIGKILL, which comes at the lease's end. Short: an
+# instance is only ever ended so when its node is cut off, and the earlier the
+# SIGTERM, the less of the lease is left to ride out a slow commit or election.
+GRACE = 0.5
+# How late past the lease's end pc-shim's SIGKILL may land, and the killed
+# processes be gone, on a busy machine (a wake-up of poll(), a scan of /proc).
+KILL_LAG = 0.25
 
 
 def make_lease_dir(lease_dir: Path) -> Path:

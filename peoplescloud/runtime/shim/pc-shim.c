@@ -4,13 +4,17 @@
  *           [-o LOG_BASE [-n FIRST] [-r BYTES]] [-x EXIT_FILE] [-e ENV_FD] -- COMMAND...
  *
  * It runs COMMAND as its child and waits for it, and:
- *  - ends it once the node's lease passes, with no help from the daemon (which
- *    may be frozen or dead): every CHECK seconds it reads LEASE_DIR/lease (the
- *    lease's end, epoch seconds); once that has passed, SIGTERM to the
- *    instance's processes, SIGKILL to what is left after GRACE seconds, the line
- *    "lease expired at ...: this node may no longer run PROCESS" and exit code
- *    75. No lease file: no enforcement (a node alone). A file it cannot read or
- *    parse counts as long expired. The same rules as peoplescloud/runtime/lease.py.
+ *  - ends it by the time the node's lease ends, with no help from the daemon
+ *    (which may be frozen or dead). LEASE_DIR/lease holds the lease's end
+ *    (epoch seconds); it is read every CHECK seconds and again right at the end
+ *    less GRACE (a renewal may have moved it on meanwhile). Once the end is less
+ *    than GRACE seconds away: SIGTERM to the instance's processes, SIGKILL to
+ *    what is left at the end itself, the line "lease expired at ...: this node
+ *    may no longer run PROCESS" and exit code 75. So nothing of the instance
+ *    runs past the lease's end, however CHECK is set: the swarm starts it
+ *    elsewhere right after that end (plus clock slack). No lease file: no
+ *    enforcement (a node alone). A file it cannot read or parse counts as long
+ *    expired. The same rules as peoplescloud/runtime/lease.py.
  *  - with -o (the process runtime): timestamps each line of the command's
  *    stdout+stderr into LOG_BASE.<n>.log, from n = FIRST; past BYTES it goes on
  *    in n+1 and removes n-1 (one old file is kept). It opens the next file only
@@ -93,10 +97,9 @@ static double read_lease(void) {
     return end == text || *end ? 0 : until;
 }
 
-/* Whether the lease has passed; its end in *until. */
-static int lease_passed(double *until) {
-    *until = read_lease();
-    return *until >= 0 && clock_now(CLOCK_REALTIME) > *until;
+/* Whether the lease ends within GRACE (or has ended): time to stop. */
+static int lease_ending(double until) {
+    return until >= 0 && clock_now(CLOCK_REALTIME) > until - grace;
 }
 
 static void log_open(void) {
@@ -284,8 +287,8 @@ int main(int argc, char **argv) {
     if (sfd < 0) fail("signalfd");
     if (log_base) log_open();
 
-    double until;
-    int ended = lease_passed(&until); /* passed already: the command never starts */
+    double until = read_lease();
+    int ended = lease_ending(until); /* ending already: the command never starts */
     if (!ended) {
         if (log_base && pipe2(out, O_CLOEXEC) < 0) fail("pipe");
         child = fork();
@@ -309,27 +312,32 @@ int main(int argc, char **argv) {
     }
 
     int reading = out[0] >= 0;
-    double now, check_at = 0, kill_at = 0;
+    double now, check_at = clock_now(CLOCK_MONOTONIC) + check_every, wait;
     if (ended) goto done;
     for (;;) {
         now = clock_now(CLOCK_MONOTONIC);
-        if (ended) { /* the lease passed: wait for every process, not just the child */
+        if (ended) { /* the lease is ending: wait for every process, not just the child */
             if (!others_alive()) break;
-            if (now >= kill_at) signal_others(SIGKILL);
+            if (clock_now(CLOCK_REALTIME) >= until) signal_others(SIGKILL);
+            wait = until - clock_now(CLOCK_REALTIME);
+            wait = wait > 0 && wait < 0.1 ? wait : 0.1;
         } else {
             reap();
             if (child_status != -1 && !reading) break;
-            if (now >= check_at) {
+            if (now >= check_at || lease_ending(until)) { /* the end as of now */
                 check_at = now + check_every;
-                if (lease_passed(&until)) {
+                until = read_lease();
+                if (lease_ending(until)) {
                     ended = 1;
-                    kill_at = now + grace;
                     signal_others(SIGTERM);
                     continue;
                 }
             }
+            wait = check_at - now; /* and no later than GRACE before the end */
+            if (until >= 0 && until - grace - clock_now(CLOCK_REALTIME) < wait)
+                wait = until - grace - clock_now(CLOCK_REALTIME);
         }
-        int wait_ms = ended ? 100 : (int)((check_at - now) * 1000) + 1;
+        int wait_ms = wait > 0 ? (int)(wait * 1000) + 1 : 0;
         struct pollfd polled[2] = {{sfd, POLLIN, 0}, {reading ? out[0] : -1, POLLIN, 0}};
         if (poll(polled, 2, wait_ms) < 0 && errno != EINTR) fail("poll");
         if (polled[0].revents) on_signals(sfd);
