@@ -201,7 +201,8 @@ def test_python_bot_on_the_host_runs_from_another_path(tmp_path: Path) -> None:
         ["python3", "-c", code], cwd=moved, env=env, capture_output=True, text=True, check=True
     )
     assert found.stdout.split() == ["1.17.0", str(moved / ".venv")]
+    # `run APP pip freeze`: the stack's pip, run by the moved venv's python, lists the venv
     pip = subprocess.run(
-        ["pip", "--version"], cwd=moved, env=env, capture_output=True, text=True, check=True
+        ["pip", "freeze"], cwd=moved, env=env, capture_output=True, text=True, check=True
     )
-    assert str(moved / ".venv") in pip.stdout
+    assert pip.stdout.split() == ["six==1.17.0"]

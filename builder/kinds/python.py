@@ -30,14 +30,18 @@ _INDEX_REQUIREMENT = re.compile(
 _HARMLESS_OPTIONS = re.compile(r"(-i|--index-url|--extra-index-url|--trusted-host)(\s|=)\S+")
 
 # One step, so one container: a venv made by uv (a second, where `python3 -m venv`
-# spends seconds installing pip), the stack's own pip put in from Debian's local
-# wheel when there is one (so `run APP pip freeze` works as with a plain venv),
-# then the app's dependencies ("$@") with uv. A fixed script: the app's input
-# only ever arrives as arguments.
+# spends seconds installing pip), then the app's dependencies ("$@") with uv. For
+# `run APP pip freeze`, `.venv/bin/pip` is a two-line script running the stack's
+# own pip from Debian's wheel with the venv's python (pip runs from its wheel):
+# putting pip itself in was 500 of the venv's 520 files, a third of the install
+# step, copied and hashed again by every later push. A fixed script: the app's
+# input only ever arrives as arguments.
 _INSTALL = (
     "uv venv --quiet --python python3 .venv"
-    " && { [ ! -d /usr/share/python-wheels ] || uv pip install --quiet --python .venv/bin/python"
-    " --no-index --find-links /usr/share/python-wheels pip; }"
+    " && for w in /usr/share/python-wheels/pip-*.whl; do"
+    ' [ ! -f "$w" ] || printf \'#!/bin/sh\\nexec "${0%%/*}/python" %s/pip "$@"\\n\' "$w"'
+    " > .venv/bin/pip; done"
+    " && { [ ! -f .venv/bin/pip ] || { chmod 755 .venv/bin/pip && ln -s pip .venv/bin/pip3; }; }"
     ' && exec uv pip install --python .venv/bin/python "$@"'
 )
 # Python 2 (uv makes no Python 2 venvs): the stack's virtualenv, seeded offline
