@@ -61,6 +61,7 @@ from peoplescloud.runtime.base import (
     search_path,
     shell_script,
 )
+from peoplescloud.runtime.stacks import StackImages
 
 LABEL_ONEOFF = "peoplescloud.oneoff"  # one-off `run` containers: not instances
 LABEL_SPEC = "peoplescloud.spec"  # what an instance's container was created with (a hash)
@@ -102,6 +103,7 @@ class DockerRuntime:
         self.lease_dir = lease_dir
         self.network = f"pc_{node}"  # '_' is in no node name: no other node's
         self.app_images = images.AppImages(client, node)  # Dockerfile apps' (the reconciler's)
+        self.stacks = StackImages(client, image)  # a release's stack missing here: built
         # Held while the network is made and a container put on it, or it is removed.
         self._network_lock = threading.Lock()
 
@@ -111,6 +113,8 @@ class DockerRuntime:
         return f"pc_{self.node}_{key.app}_{key.process}_{key.release}"
 
     def start(self, spec: InstanceSpec) -> InstanceStatus:
+        if not spec.image:
+            self.stacks.need(_stack_image(spec, self.image))
         try:
             with self._network_lock:  # one creator at a time; the network stays meanwhile
                 container = self._made(spec)
@@ -227,6 +231,8 @@ class DockerRuntime:
         """A one-off container like `docker run --rm -i` (`-it` with a terminal),
         attached before it starts."""
         tty = terminal is not None
+        if not spec.image:
+            self.stacks.need(_stack_image(spec, self.image))
         try:
             with self._network_lock:
                 container = self.client.containers.create(
@@ -383,7 +389,12 @@ def _command(spec: InstanceSpec, argv: list[str], stack: str) -> dict[str, Any]:
     would be put before the command)."""
     if spec.image:
         return {"image": spec.image, "entrypoint": argv}
-    return {"image": spec.stack if spec.stack not in ("", "host") else stack, "command": argv}
+    return {"image": _stack_image(spec, stack), "command": argv}
+
+
+def _stack_image(spec: InstanceSpec, default: str) -> str:
+    """The stack image the release runs in: its own, or the node's default."""
+    return spec.stack if spec.stack not in ("", "host") else default
 
 
 def _status(container: Any) -> InstanceStatus:
