@@ -49,6 +49,7 @@ from peoplescloud.runtime.base import (
     search_path,
     shell_script,
 )
+from peoplescloud.runtime.handles import Handles
 
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 POLL = 0.2  # seconds between looks at a growing log or a dying process group
@@ -82,6 +83,7 @@ class ProcessRuntime:
         self.log_bytes = log_mb << 20
         self.sandbox, self._why = sandbox.probe(uid)
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # to reap what we started
+        self._handles = Handles(self.run_dir, _alive)  # status()'s reads, cached
 
     @property
     def capabilities(self) -> Capabilities:
@@ -175,12 +177,9 @@ class ProcessRuntime:
 
     def status(self) -> list[InstanceStatus]:
         self._reap()
-        out = []
-        for path in sorted(self.run_dir.glob("*/*.json")):
-            handle = _read_json(path)
-            if handle and handle.get("node") == self.node:
-                out.append(self._status(handle))
-        return out
+        handles = [h for h in self._handles.read() if h.get("node") == self.node]
+        running = self._handles.running(handles)
+        return [self._status(h, running[h["id"]]) for h in handles]
 
     def logs(self, key: InstanceKey, follow: bool, cursor: str | None) -> Iterator[LogLine]:
         """The instance's log files, oldest first. The cursor is '<instance id>:<file
@@ -303,8 +302,8 @@ class ProcessRuntime:
             elif what != "dir":
                 path.unlink(missing_ok=True)
 
-    def _status(self, handle: dict[str, Any]) -> InstanceStatus:
-        running = _alive(handle)
+    def _status(self, handle: dict[str, Any], running: bool | None = None) -> InstanceStatus:
+        running = _alive(handle) if running is None else running
         exit_code = None
         if not running:
             text = _read_text(self._files(_key(handle))["exit"])
