@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from peoplescloud.runtime.handles import Handles
+from peoplescloud.runtime.handles import Handles, Watch
 from peoplescloud.runtime.process import _alive, _start_time
 
 
@@ -61,3 +61,33 @@ def test_an_ended_shim_reads_as_ended_and_its_pidfd_is_closed(tmp_path: Path):
         child.kill()
         child.wait()
     handles.close()
+
+
+def test_a_followers_watch_sees_the_end_and_a_replaced_handle(tmp_path: Path):
+    path = tmp_path / "app" / "bot.1@v1.json"
+    children = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    try:
+        first, second = (handle_of(c, str(i)) for i, c in enumerate(children))
+        write(path, first)
+
+        def current(handle: dict) -> bool:
+            now = json.loads(path.read_text()) if path.exists() else None
+            return bool(now and now["id"] == handle["id"] and _alive(now))
+
+        watch = Watch(path, first, lambda: current(first))
+        assert watch.fd is not None and watch()
+        write(path, second)  # another instance of the slot: its follower is done
+        assert not watch()
+        watch.close()
+        write(path, first)
+        watch = Watch(path, first, lambda: current(first))
+        children[0].kill()
+        deadline = time.monotonic() + 5
+        while watch() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not watch()  # the shim ended: seen by its pidfd, the handle unchanged
+        watch.close()
+    finally:
+        for c in children:
+            c.kill()
+            c.wait()

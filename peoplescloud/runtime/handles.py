@@ -118,3 +118,47 @@ def _load(path: str) -> Handle | None:
     except (FileNotFoundError, NotADirectoryError, ValueError):
         return None
     return handle if isinstance(handle, dict) and "id" in handle else None
+
+
+class Watch:
+    """Whether one instance still runs and was not replaced, for its log follower,
+    which asks at every look: a stat of the handle file and a poll of the shim's
+    pidfd, where `current()` (the full look: read the handle, then /proc) is asked
+    only when the handle file changed, or always where no pidfd can be had."""
+
+    def __init__(self, path: os.PathLike[str], handle: Handle, current: Callable[[], bool]) -> None:
+        self.path = path
+        self.current = current
+        self.stamp = _stamp(path)
+        self.fd: int | None = None
+        try:
+            self.fd = os.pidfd_open(handle["pid"])
+        except (OSError, AttributeError, KeyError, TypeError):
+            return
+        if not current():  # checked after the pidfd is open: it is the handle's shim
+            self.close()
+
+    def __call__(self) -> bool:
+        if self.fd is None:
+            return self.current()
+        stamp = _stamp(self.path)
+        if stamp != self.stamp:
+            if not self.current():
+                return False
+            self.stamp = stamp  # rewritten, still this instance's
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        return not poller.poll(0)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _stamp(path: os.PathLike[str]) -> _Stamp | None:
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)

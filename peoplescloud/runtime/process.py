@@ -49,7 +49,7 @@ from peoplescloud.runtime.base import (
     search_path,
     shell_script,
 )
-from peoplescloud.runtime.handles import Handles
+from peoplescloud.runtime.handles import Handles, Watch
 
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 POLL = 0.2  # seconds between looks at a growing log or a dying process group
@@ -188,7 +188,18 @@ class ProcessRuntime:
         handle = self._handle(key)
         if handle is None:
             return
-        base = self._files(key)["log"]
+        files = self._files(key)
+        watch = Watch(files["handle"], handle, lambda: self._is_current(handle)) if follow else None
+        try:
+            yield from self._read_logs(files["log"], handle, cursor, watch)
+        finally:
+            if watch is not None:
+                watch.close()
+
+    def _read_logs(
+        self, base: Path, handle: dict[str, Any], cursor: str | None, watch: Watch | None
+    ) -> Iterator[LogLine]:
+        """`logs()`'s reading; following while `watch()` says the instance runs."""
         number, start = _parse_cursor(cursor, handle["id"])
         kept = _log_numbers(base)
         if not kept:
@@ -212,7 +223,7 @@ class ProcessRuntime:
                     # Whatever the shim wrote here came before it opened the next file
                     # or before the instance ended: look first, then read once more.
                     rotated = _log_file(base, number + 1).exists()
-                    gone = not follow or not self._is_current(handle)
+                    gone = watch is None or not watch()
                     pending += log.read()
                     *lines, pending = pending.split(b"\n")
                     for raw in lines:
