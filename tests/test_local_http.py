@@ -80,3 +80,13 @@ def test_a_lone_daemon_imports_no_swarm_aiohttp_or_dulwich():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_swarm_daemon_loads_dulwich_only_for_git():
+    """Issue 12: the swarm's parts load dulwich with the first repo copy or check."""
+    code = (
+        "import sys, peoplescloud.daemon, swarm.entry, swarm.cluster\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'dulwich', 'httpx'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
