@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from dulwich.objects import Blob, Commit, Tree
-from dulwich.repo import Repo
+if TYPE_CHECKING:  # dulwich loads with the first checkout: an idle daemon needs none
+    from dulwich.objects import Blob, Tree
+    from dulwich.repo import Repo
 
 from builder.errors import BuildError
 
@@ -48,6 +49,9 @@ def checkout(repo_path: Path, commit: str, dest: Path, max_bytes: int | None = N
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
         raise BuildError(f"checkout destination {dest} is not empty")
+    from dulwich.objects import Commit
+    from dulwich.repo import Repo
+
     with Repo(str(repo_path)) as repo:
         try:
             obj = repo[commit.encode("ascii")]
@@ -58,7 +62,7 @@ def checkout(repo_path: Path, commit: str, dest: Path, max_bytes: int | None = N
         links: list[str] = []
         root_fd = os.open(dest, _DIR_FLAGS)
         try:
-            tree = cast(Tree, repo[obj.tree])  # a commit's tree
+            tree = cast("Tree", repo[obj.tree])  # a commit's tree
             _write_tree(repo, tree, root_fd, "", links, _Budget(max_bytes))
         finally:
             os.close(root_fd)
@@ -78,7 +82,7 @@ def _write_tree(
             os.mkdir(name, 0o755, dir_fd=dir_fd)
             sub_fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
             try:  # a directory entry names a tree
-                sub = cast(Tree, repo[entry.sha])
+                sub = cast("Tree", repo[entry.sha])
                 _write_tree(repo, sub, sub_fd, rel + "/", links, budget)
             finally:
                 os.close(sub_fd)
@@ -103,6 +107,8 @@ def _write_tree(
 
 
 def _blob(repo: Repo, sha: bytes) -> Blob:
+    from dulwich.objects import Blob
+
     obj = repo[sha]
     if not isinstance(obj, Blob):
         kind = obj.type_name.decode()

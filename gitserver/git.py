@@ -32,15 +32,13 @@ from dulwich.server import (
 )
 
 from gitserver.packscan import PackScanner, PushTooLarge, mb
+from gitserver.server import RECEIVE
 from gitserver.service import NodeService
 from peoplescloud.errors import PCError
 from peoplescloud.locks import KeyedLocks
 
 log = logging.getLogger(__name__)
 
-RECEIVE = "git-receive-pack"
-UPLOAD = "git-upload-pack"
-GIT_COMMANDS = {RECEIVE, UPLOAD}
 DEPLOY_REFS = {Ref(b"refs/heads/main"), Ref(b"refs/heads/master")}
 
 Deploy = Callable[[str, Callable[[str], None]], str]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import asyncssh
 
-from gitserver import commands, git
+from gitserver import commands
 from gitserver.channel import WRITE_TIMEOUT, write_from_thread
 from gitserver.service import NodeService
 from peoplescloud.bridge import LoopBridge, in_thread
@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 SHELL_MESSAGE = "This server runs commands, not shells: try `ssh ... help`.\n"
 
 KEEPALIVE_SECONDS = 30
+RECEIVE = "git-receive-pack"
+UPLOAD = "git-upload-pack"
+GIT_COMMANDS = {RECEIVE, UPLOAD}  # served by gitserver.git, loaded at the first one
 MAX_UNKNOWN_KEYS = 3  # a connection's unknown keys recorded (clients offer several)
 
 
@@ -214,7 +217,9 @@ async def _dispatch(
     except ValueError as e:
         io.write_stderr(f" !     cannot split the command: {e}\n".encode())
         return 2
-    if argv[0] in git.GIT_COMMANDS and len(argv) == 2:
+    if argv[0] in GIT_COMMANDS and len(argv) == 2:
+        from gitserver import git  # dulwich loads with the first git command, not before
+
         return await in_thread(
             git.serve,
             service,

@@ -93,7 +93,7 @@ def cmd_daemon(args: argparse.Namespace) -> None:
 
     s = config.load(Path(args.home) if args.home else None)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=LOG_FORMAT)
-    for chatty in ("asyncssh", "httpx", "dulwich"):  # lines per session, kubo call, push
+    for chatty in ("asyncssh", "dulwich"):  # lines per session, push
         logging.getLogger(chatty).setLevel(logging.WARNING)
     run(s)
 

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -21,10 +20,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from peoplescloud.bridge import in_pool
 from peoplescloud.errors import Forbidden, NotFound, PCError, UsageError
+from peoplescloud.local_http import Answer, LocalServer, Request, Routes
 from peoplescloud.processes import ptype_of
 from peoplescloud.resources import instance_size
 from peoplescloud.service import Node
@@ -76,19 +74,18 @@ class UsageSeries:
             await asyncio.sleep(SAMPLE_EVERY)
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(data), status=status, content_type="application/json")
+def _json(data: Any, status: int = 200) -> Answer:
+    return Answer(status, data)
 
 
-def _error(status: int, reason: str) -> web.Response:
+def _error(status: int, reason: str) -> Answer:
     return _json({"error": reason}, status)
 
 
-def make_app(node: Node, series: UsageSeries | None = None) -> web.Application:
+def make_routes(node: Node, usage: UsageSeries) -> Routes:
     sessions = node.sessions
-    usage = series or UsageSeries(node)
 
-    async def login(request: web.Request) -> web.Response:
+    async def login(request: Request) -> Answer:
         body = await _body(request)
         token = body.get("token")
         if not isinstance(token, str) or not token:
@@ -102,10 +99,10 @@ def make_app(node: Node, series: UsageSeries | None = None) -> web.Application:
         return _json({"user": user, "session": session, "seconds": seconds})
 
     def authed(
-        handler: Callable[[web.Request, str], Awaitable[Any]],
-    ) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def wrapped(request: web.Request) -> web.Response:
-            scheme, _, session = request.headers.get("Authorization", "").partition(" ")
+        handler: Callable[[Request, str], Awaitable[Any]],
+    ) -> Callable[[Request], Awaitable[Answer]]:
+        async def wrapped(request: Request) -> Answer:
+            scheme, _, session = request.headers.get("authorization", "").partition(" ")
             user = sessions.user_of(session) if scheme == "Bearer" and session else None
             if user is None:
                 return _error(401, "not logged in: run `ssh ... dashboard:login` for a link")
@@ -128,25 +125,25 @@ def make_app(node: Node, series: UsageSeries | None = None) -> web.Application:
 
         return wrapped
 
-    async def whoami(request: web.Request, user: str) -> Any:
+    async def whoami(request: Request, user: str) -> Any:
         admin = await in_pool(node.is_admin, user)  # a state read: off the event loop
         return {"user": user, "node": node.node_name, "admin": admin}
 
-    async def logout(request: web.Request, user: str) -> Any:
-        _, _, session = request.headers["Authorization"].partition(" ")
+    async def logout(request: Request, user: str) -> Any:
+        _, _, session = request.headers["authorization"].partition(" ")
         sessions.end(session)
         return {"ok": True}
 
-    async def apps(request: web.Request, user: str) -> Any:
+    async def apps(request: Request, user: str) -> Any:
         return await in_pool(_apps, node, user)
 
-    async def app_detail(request: web.Request, user: str) -> Any:
+    async def app_detail(request: Request, user: str) -> Any:
         app = request.match_info["app"]
         detail = await in_pool(_app_detail, node, user, app)
         detail["logs"] = await _tail(node, user, app, 50)
         return detail
 
-    async def logs(request: web.Request, user: str) -> Any:
+    async def logs(request: Request, user: str) -> Any:
         app = request.match_info["app"]
         try:
             tail = min(max(int(request.query.get("tail", "100")), 1), MAX_TAIL)
@@ -154,13 +151,13 @@ def make_app(node: Node, series: UsageSeries | None = None) -> web.Application:
             raise UsageError("tail must be a number") from None
         return {"lines": await _tail(node, user, app, tail)}
 
-    async def nodes(request: web.Request, user: str) -> Any:
+    async def nodes(request: Request, user: str) -> Any:
         return await in_pool(_nodes, node, user)
 
-    async def usage_series(request: web.Request, user: str) -> Any:
+    async def usage_series(request: Request, user: str) -> Any:
         return {"every": SAMPLE_EVERY, "samples": list(usage.samples)}
 
-    async def events(request: web.Request, user: str) -> Any:
+    async def events(request: Request, user: str) -> Any:
         app = request.match_info["app"]
         try:
             n = min(max(int(request.query.get("n", "50")), 1), MAX_EVENTS)
@@ -168,7 +165,7 @@ def make_app(node: Node, series: UsageSeries | None = None) -> web.Application:
             raise UsageError("n must be a number") from None
         return {"events": await in_pool(_events, node, user, app, n)}
 
-    async def sharing(request: web.Request, user: str) -> Any:
+    async def sharing(request: Request, user: str) -> Any:
         body = await _body(request)
         app = request.match_info["app"]
         add, remove = body.get("add"), body.get("remove")
@@ -180,13 +177,13 @@ def make_app(node: Node, series: UsageSeries | None = None) -> web.Application:
             raise UsageError('the body must be {"add": USER} or {"remove": USER}')
         return {"ok": True, "collaborators": await in_pool(node.sharing, user, app)}
 
-    async def users(request: web.Request, user: str) -> Any:
+    async def users(request: Request, user: str) -> Any:
         return [asdict(u) for u in await in_pool(node.users, user)]
 
-    async def quotas(request: web.Request, user: str) -> Any:
+    async def quotas(request: Request, user: str) -> Any:
         return await in_pool(_quotas, node, user)
 
-    async def restart(request: web.Request, user: str) -> Any:
+    async def restart(request: Request, user: str) -> Any:
         body = await _body(request)
         ptype = body.get("type") or None
         if ptype is not None and not isinstance(ptype, str):
@@ -194,7 +191,7 @@ def make_app(node: Node, series: UsageSeries | None = None) -> web.Application:
         await in_pool(node.restart, user, request.match_info["app"], ptype)
         return {"ok": True}
 
-    async def scale(request: web.Request, user: str) -> Any:
+    async def scale(request: Request, user: str) -> Any:
         body = await _body(request)
         counts = body.get("counts")
         if not isinstance(counts, dict) or not counts:
@@ -204,7 +201,7 @@ def make_app(node: Node, series: UsageSeries | None = None) -> web.Application:
         await in_pool(node.scale, user, request.match_info["app"], counts)
         return {"ok": True}
 
-    async def rollback(request: web.Request, user: str) -> Any:
+    async def rollback(request: Request, user: str) -> Any:
         body = await _body(request)
         version = body.get("version")
         if not isinstance(version, str) or not version:
@@ -212,44 +209,33 @@ def make_app(node: Node, series: UsageSeries | None = None) -> web.Application:
         release = await in_pool(node.rollback, user, request.match_info["app"], version)
         return {"ok": True, "release": release}
 
-    api = web.Application(client_max_size=MAX_BODY)
-    api.add_routes(
-        [
-            web.post("/login", login),
-            web.get("/whoami", authed(whoami)),
-            web.post("/logout", authed(logout)),
-            web.get("/apps", authed(apps)),
-            web.get("/apps/{app}", authed(app_detail)),
-            web.get("/apps/{app}/logs", authed(logs)),
-            web.get("/nodes", authed(nodes)),
-            web.get("/series", authed(usage_series)),
-            web.get("/users", authed(users)),
-            web.get("/quotas", authed(quotas)),
-            web.get("/apps/{app}/events", authed(events)),
-            web.post("/apps/{app}/sharing", authed(sharing)),
-            web.post("/apps/{app}/restart", authed(restart)),
-            web.post("/apps/{app}/scale", authed(scale)),
-            web.post("/apps/{app}/rollback", authed(rollback)),
-        ]
-    )
-
-    async def sampling(app: web.Application) -> Any:
-        task = asyncio.ensure_future(usage.run())
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    if series is None:
-        api.cleanup_ctx.append(sampling)
+    api = Routes()
+    for method, pattern, handler in [
+        ("POST", "/login", login),
+        ("GET", "/whoami", authed(whoami)),
+        ("POST", "/logout", authed(logout)),
+        ("GET", "/apps", authed(apps)),
+        ("GET", "/apps/{app}", authed(app_detail)),
+        ("GET", "/apps/{app}/logs", authed(logs)),
+        ("GET", "/nodes", authed(nodes)),
+        ("GET", "/series", authed(usage_series)),
+        ("GET", "/users", authed(users)),
+        ("GET", "/quotas", authed(quotas)),
+        ("GET", "/apps/{app}/events", authed(events)),
+        ("POST", "/apps/{app}/sharing", authed(sharing)),
+        ("POST", "/apps/{app}/restart", authed(restart)),
+        ("POST", "/apps/{app}/scale", authed(scale)),
+        ("POST", "/apps/{app}/rollback", authed(rollback)),
+    ]:
+        api.add(method, pattern, handler)
     return api
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
+async def _body(request: Request) -> dict[str, Any]:
+    if not request.body:
         return {}
     try:
-        body = await request.json()
+        body = json.loads(request.body)
     except ValueError:
         raise UsageError("the body must be JSON") from None
     if not isinstance(body, dict):
@@ -336,17 +322,11 @@ async def _tail(node: Node, user: str, app: str, n: int) -> list[str]:
     return lines[-n:]
 
 
-async def start_api(node: Node, path: Path) -> web.AppRunner:
-    """Serve the local API on the Unix socket `path`, readable by the daemon's user only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    runner = web.AppRunner(make_app(node), access_log=None)  # no token reaches a log
-    await runner.setup()
-    old = os.umask(0o177)  # the socket is made 0600: no moment when others may connect
-    try:
-        site = web.UnixSite(runner, str(path))
-        await site.start()
-    finally:
-        os.umask(old)
-    os.chmod(path, 0o600)
-    return runner
+async def start_api(node: Node, path: Path) -> LocalServer:
+    """Serve the local API on the Unix socket `path`, readable by the daemon's user only
+    (no access log: no token reaches a log)."""
+    usage = UsageSeries(node)
+    server = LocalServer(make_routes(node, usage), MAX_BODY)
+    await server.start(path)
+    server.tasks.append(asyncio.ensure_future(usage.run()))
+    return server

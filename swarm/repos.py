@@ -16,22 +16,22 @@ import secrets
 import shutil
 import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dulwich.errors import NotGitRepository
-from dulwich.objects import ObjectID
-from dulwich.refs import Ref
-from dulwich.repo import Repo
-
-from gitserver import git
 from peoplescloud.errors import PCError
 
-# The branches that deploy, as gitserver says; main before master.
-DEPLOY_REFS = tuple(sorted(git.DEPLOY_REFS))
+if TYPE_CHECKING:  # dulwich loads with the first copy or check, not in an idle daemon
+    from dulwich.repo import Repo
+
 REFS_FIRST = ("HEAD", "packed-refs", "refs")  # a ref is written after its objects
 
 
 def has_commit(repo: Path, commit: str) -> bool:
     """Whether the bare repo at `repo` holds `commit`."""
+    from dulwich.errors import NotGitRepository
+    from dulwich.objects import ObjectID
+    from dulwich.repo import Repo
+
     try:
         with Repo(str(repo)) as r:
             return ObjectID(commit.encode()) in r.object_store
@@ -55,6 +55,10 @@ def tar_repo(repo: Path, out: Path) -> None:
 def merge_repo(archive: Path, dest: Path, commit: str) -> None:
     """Merge the repo in `archive` (from `tar_repo`) into the bare repo at `dest`
     (created if missing), provided the copy holds `commit`; else change nothing."""
+    from dulwich.errors import NotGitRepository
+    from dulwich.objects import ObjectID
+    from dulwich.repo import Repo
+
     staging = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}")
     try:
         with tarfile.open(archive) as tar:
@@ -76,16 +80,21 @@ def merge_repo(archive: Path, dest: Path, commit: str) -> None:
 def _merge_refs(copy: Repo, here: Repo, commit: bytes) -> None:
     """Branches this repo lacks come from the copy; the deployed branch moves to
     the release's commit unless a push moved it meanwhile."""
+    from dulwich.refs import Ref
+
+    from gitserver import git
+
+    deploy_refs = sorted(git.DEPLOY_REFS)  # the branches that deploy; main before master
     ours = here.refs.as_dict()
     for ref, sha in copy.refs.as_dict().items():
         if not ref.startswith(b"refs/heads/") or sha not in here.object_store:
             continue
         if ref not in ours:
             here.refs.add_if_new(Ref(ref), sha)
-        elif ref in DEPLOY_REFS and sha == commit and ours[ref] != sha:
+        elif ref in deploy_refs and sha == commit and ours[ref] != sha:
             here.refs.set_if_equals(Ref(ref), ours[ref], sha)
     if b"HEAD" not in here.refs.as_dict():  # a new repo's HEAD names no branch yet
-        for ref in DEPLOY_REFS:
+        for ref in deploy_refs:
             if ref in here.refs.as_dict():
                 here.refs.set_symbolic_ref(Ref(b"HEAD"), Ref(ref))
                 break

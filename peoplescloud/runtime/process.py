@@ -49,6 +49,7 @@ from peoplescloud.runtime.base import (
     search_path,
     shell_script,
 )
+from peoplescloud.runtime.handles import Handles, Watch
 
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 POLL = 0.2  # seconds between looks at a growing log or a dying process group
@@ -82,6 +83,7 @@ class ProcessRuntime:
         self.log_bytes = log_mb << 20
         self.sandbox, self._why = sandbox.probe(uid)
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # to reap what we started
+        self._handles = Handles(self.run_dir, _alive)  # status()'s reads, cached
 
     @property
     def capabilities(self) -> Capabilities:
@@ -175,12 +177,9 @@ class ProcessRuntime:
 
     def status(self) -> list[InstanceStatus]:
         self._reap()
-        out = []
-        for path in sorted(self.run_dir.glob("*/*.json")):
-            handle = _read_json(path)
-            if handle and handle.get("node") == self.node:
-                out.append(self._status(handle))
-        return out
+        handles = [h for h in self._handles.read() if h.get("node") == self.node]
+        running = self._handles.running(handles)
+        return [self._status(h, running[h["id"]]) for h in handles]
 
     def logs(self, key: InstanceKey, follow: bool, cursor: str | None) -> Iterator[LogLine]:
         """The instance's log files, oldest first. The cursor is '<instance id>:<file
@@ -189,7 +188,18 @@ class ProcessRuntime:
         handle = self._handle(key)
         if handle is None:
             return
-        base = self._files(key)["log"]
+        files = self._files(key)
+        watch = Watch(files["handle"], handle, lambda: self._is_current(handle)) if follow else None
+        try:
+            yield from self._read_logs(files["log"], handle, cursor, watch)
+        finally:
+            if watch is not None:
+                watch.close()
+
+    def _read_logs(
+        self, base: Path, handle: dict[str, Any], cursor: str | None, watch: Watch | None
+    ) -> Iterator[LogLine]:
+        """`logs()`'s reading; following while `watch()` says the instance runs."""
         number, start = _parse_cursor(cursor, handle["id"])
         kept = _log_numbers(base)
         if not kept:
@@ -213,7 +223,7 @@ class ProcessRuntime:
                     # Whatever the shim wrote here came before it opened the next file
                     # or before the instance ended: look first, then read once more.
                     rotated = _log_file(base, number + 1).exists()
-                    gone = not follow or not self._is_current(handle)
+                    gone = watch is None or not watch()
                     pending += log.read()
                     *lines, pending = pending.split(b"\n")
                     for raw in lines:
@@ -303,8 +313,8 @@ class ProcessRuntime:
             elif what != "dir":
                 path.unlink(missing_ok=True)
 
-    def _status(self, handle: dict[str, Any]) -> InstanceStatus:
-        running = _alive(handle)
+    def _status(self, handle: dict[str, Any], running: bool | None = None) -> InstanceStatus:
+        running = _alive(handle) if running is None else running
         exit_code = None
         if not running:
             text = _read_text(self._files(_key(handle))["exit"])

@@ -10,8 +10,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from dulwich.repo import Repo
-
 from peoplescloud.cluster import Cluster
 from peoplescloud.deploy import Deployer
 from peoplescloud.errors import Forbidden, NotFound, PCError
@@ -181,6 +179,8 @@ class ServiceBase:
         path = self.settings.repo_path(app)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
+            from dulwich.repo import Repo  # here: a lone idle daemon needs no dulwich
+
             Repo.init_bare(path, mkdir=True)
         return path
 
