@@ -25,12 +25,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import docker
-import docker.errors
+from typing import TYPE_CHECKING
 
 from builder.versions import Offer
 from peoplescloud.errors import PCError
+
+# docker-py only where an image is looked up: a lone process-runtime node reads
+# the stack table (which Python a push may ask for) and never the engine.
+if TYPE_CHECKING:
+    import docker
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ Say = Callable[[str], None]
 
 def image_exists(client: docker.DockerClient, image: str) -> bool:
     """True when the engine already has `image` (by name or id)."""
+    import docker.errors
+
     try:
         client.images.get(image)
     except docker.errors.ImageNotFound:

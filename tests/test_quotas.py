@@ -270,7 +270,7 @@ def test_a_container_over_its_memory_is_oom_killed_and_its_log_says_so(tmp_path:
     with state.change() as s:
         app = App(name="hog", owner="ann", created="t", scale={"bot": 1})
         app.releases.append(
-            Release(1, "hogslug", "procfile", "img", {"bot": HOG}, "c", "ann", "t", "")
+            Release(1, "hogslug", "procfile", "", {"bot": HOG}, "c", "ann", "t", "")
         )
         app.current = 1
         app.resources = {"*": {"memory_mb": 64}}

@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-
-import docker
+from typing import TYPE_CHECKING
 
 from peoplescloud.errors import RuntimeFailure
 from peoplescloud.stack import (
@@ -24,6 +23,9 @@ from peoplescloud.stack import (
     image_exists,
     split_tag,
 )
+
+if TYPE_CHECKING:
+    import docker
 
 log = logging.getLogger(__name__)
 
