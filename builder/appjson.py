@@ -23,6 +23,7 @@ from typing import Any
 
 from builder.crontab import parse_schedule
 from builder.errors import BuildError
+from builder.jsonfile import read_json
 
 FILE = "app.json"
 MAX_BYTES = 256 * 1024  # an app.json is a few lines; a huge one is a mistake
@@ -70,15 +71,7 @@ def read_app_json(tree: Path) -> AppJson:
         return AppJson()
     if not path.is_file() or path.stat().st_size > MAX_BYTES:
         raise BuildError(f"{FILE} must be a JSON file of at most {MAX_BYTES // 1024} KB")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise BuildError(f"{FILE} is not UTF-8 text: save it as UTF-8") from None
-    except json.JSONDecodeError as e:
-        raise BuildError(
-            f"{FILE} line {e.lineno} column {e.colno}: {e.msg}; fix the JSON and push again"
-        ) from None
-    return parse(data)
+    return parse(read_json(path))
 
 
 def parse(data: Any) -> AppJson:

@@ -12,7 +12,6 @@ Debian's, so a request is met when some release of the stack's major.minor
 
 from __future__ import annotations
 
-import json
 import re
 import tomllib
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from pathlib import Path
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from builder.errors import BuildError
+from builder.jsonfile import read_json
 
 # ASCII digits only: `\d` also matches "٣" and "３", which no Python is numbered with.
 _RUNTIME_TXT = re.compile(r"python-([0-9]+)\.([0-9]+)(\.[0-9x]+)?")
@@ -151,10 +151,7 @@ def _node_request(tree: Path) -> str | None:
     path = tree / "package.json"
     if not path.is_file():
         return None
-    try:
-        package = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BuildError(f"package.json is not valid JSON: {e}") from None
+    package = read_json(path)
     engines = package.get("engines") if isinstance(package, dict) else None
     wanted = engines.get("node") if isinstance(engines, dict) else None
     return wanted.strip() if isinstance(wanted, str) and wanted.strip() else None

@@ -71,7 +71,7 @@ def test_app_json_asking_for_a_missing_dockerfile_or_malformed_is_refused(tmp_pa
     with pytest.raises(BuildError, match="no Dockerfile"):
         kind_of(src)
     (src / "app.json").write_text('{\n  "stack": "container",\n}\n')
-    with pytest.raises(BuildError, match="app.json is not valid JSON: .*line 3"):
+    with pytest.raises(BuildError, match="app.json line 3 column"):
         kind_of(src)
 
 

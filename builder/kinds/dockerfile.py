@@ -10,10 +10,10 @@ is no slug to install into (see `builder.build`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from builder.errors import BuildError
+from builder.jsonfile import read_json
 
 NAME = "Dockerfile"
 KIND = "dockerfile"
@@ -37,10 +37,7 @@ def wanted(tree: Path) -> bool:
     path = tree / "app.json"
     if not path.is_file():
         return False
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BuildError(f"app.json is not valid JSON: {e}") from None
+    manifest = read_json(path)
     if not isinstance(manifest, dict) or manifest.get("stack") != CONTAINER_STACK:
         return False
     if not detect(tree):

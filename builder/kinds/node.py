@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from builder.cache import cache_key, install_cached
 from builder.errors import BuildError
 from builder.executor import Config, Executor, Say
+from builder.jsonfile import read_json
 
 BIN_DIRS = ("node_modules/.bin",)  # put on PATH when the slug runs
 NAME = "Node"
@@ -94,10 +94,7 @@ def _specs(deps: dict) -> list[str]:
 
 
 def _package(tree: Path) -> dict:
-    try:
-        package = json.loads((tree / "package.json").read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BuildError(f"package.json is not valid JSON: {e}") from None
+    package = read_json(tree / "package.json")
     if not isinstance(package, dict):
         raise BuildError("package.json should hold a JSON object")
     return package
