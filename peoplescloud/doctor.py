@@ -117,8 +117,8 @@ def check_stack_image(client: docker.DockerClient | None, image: str) -> Check:
 
 
 def check_other_stacks(client: docker.DockerClient | None, default_image: str) -> Check:
-    """The stacks apps may ask for by version: optional, as a push builds a missing
-    one (minutes), but a swarm sibling does not (see Known gaps in the README)."""
+    """The stacks apps may ask for by version: optional, as a push or an instance
+    placed here builds a missing one, but that takes minutes (a failover waits)."""
     name = "other stacks"
     others = [n for n in STACKS if n != DEFAULT_STACK]
     if client is None:
