@@ -66,10 +66,21 @@ class _Response:
         self.writer.close()
 
 
-async def _post(address: str, path: str, raw: bytes, headers: dict[str, str]) -> _Response:
-    """Send the request and read the answer's head (OSError, _Broken)."""
+async def _post(
+    address: str,
+    path: str,
+    raw: bytes,
+    headers: dict[str, str],
+    connect_timeout: float | None = None,
+    read_timeout: float | None = None,
+) -> _Response:
+    """Send the request and read the answer's head (OSError, _Broken, TimeoutError).
+
+    `connect_timeout` bounds the connection; `read_timeout` the rest (None: no bound).
+    """
     host, _, port = address.rpartition(":")
-    reader, writer = await asyncio.open_connection(host.strip("[]"), int(port), limit=1 << 16)
+    connecting = asyncio.open_connection(host.strip("[]"), int(port), limit=1 << 16)
+    reader, writer = await asyncio.wait_for(connecting, connect_timeout)
     response = _Response(reader, writer)
     try:
         head = f"POST {path} HTTP/1.1\r\nHost: {address}\r\n"
@@ -81,8 +92,9 @@ async def _post(address: str, path: str, raw: bytes, headers: dict[str, str]) ->
         }.items():
             head += f"{name}: {value}\r\n"
         writer.write(head.encode() + b"\r\n" + raw)
-        await writer.drain()
-        await response.read_head()
+        async with asyncio.timeout(read_timeout):
+            await writer.drain()
+            await response.read_head()
     except BaseException:
         response.close()
         raise
@@ -188,9 +200,9 @@ class PeerClient:
         label = f"{node} ({address})"
         raw, headers = self._prepare(node, route, body, None)
         try:
-            # The request and the answer's head are bounded by the connect timeout.
-            post = _post(address, f"/peer/{route}", raw, headers)
-            response = await asyncio.wait_for(post, connect_timeout)
+            response = await _post(
+                address, f"/peer/{route}", raw, headers, connect_timeout, read_timeout
+            )
         except TimeoutError:
             raise PeerError(f"{label} did not answer in time") from None
         except (OSError, _Broken):
