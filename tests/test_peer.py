@@ -1,4 +1,4 @@
-"""The peer API: real aiohttp servers on 127.0.0.1 (port 0) and real clients."""
+"""The peer API: real servers on 127.0.0.1 (port 0), our client and an independent one (aiohttp)."""
 
 import asyncio
 import contextlib
