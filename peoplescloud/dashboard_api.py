@@ -22,7 +22,7 @@ from typing import Any
 
 from peoplescloud.bridge import in_pool
 from peoplescloud.errors import Forbidden, NotFound, PCError, UsageError
-from peoplescloud.local_http import Answer, LocalServer, Request, Routes
+from peoplescloud.local_http import Answer, HttpServer, Request, Routes
 from peoplescloud.processes import ptype_of
 from peoplescloud.resources import instance_size
 from peoplescloud.service import Node
@@ -232,10 +232,11 @@ def make_routes(node: Node, usage: UsageSeries) -> Routes:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    if not request.body:
+    raw = await request.read()
+    if not raw:
         return {}
     try:
-        body = json.loads(request.body)
+        body = json.loads(raw)
     except ValueError:
         raise UsageError("the body must be JSON") from None
     if not isinstance(body, dict):
@@ -322,11 +323,11 @@ async def _tail(node: Node, user: str, app: str, n: int) -> list[str]:
     return lines[-n:]
 
 
-async def start_api(node: Node, path: Path) -> LocalServer:
+async def start_api(node: Node, path: Path) -> HttpServer:
     """Serve the local API on the Unix socket `path`, readable by the daemon's user only
     (no access log: no token reaches a log)."""
     usage = UsageSeries(node)
-    server = LocalServer(make_routes(node, usage), MAX_BODY)
-    await server.start(path)
+    server = HttpServer(make_routes(node, usage), MAX_BODY)
+    await server.start_unix(path)
     server.tasks.append(asyncio.ensure_future(usage.run()))
     return server

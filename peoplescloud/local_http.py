@@ -1,19 +1,21 @@
-"""A small HTTP/1.1 server on a Unix socket, for the daemon's local API: one
-request per connection, JSON answers, bodies with a Content-Length only.
+"""A small HTTP/1.1 server on asyncio streams, for the daemon's local API (a Unix
+socket) and the swarm's peer API (TCP): one request per connection, bodies with a
+Content-Length only, read when the handler asks (so it may check the headers
+first), JSON or raw answers, and streamed answers in chunked encoding.
 
-Why not aiohttp: its import alone is about 11 MB of the daemon's RSS, and a
-lone node needs it for nothing else (only the swarm's peer API uses it). The
-local API's one client (`dashboard.local`, `http.client`) sends one request
-per connection, so this server reads one, answers and closes.
+Why not aiohttp: its import alone is about 10 MB of the daemon's RSS. Both APIs'
+clients (`dashboard.local`, `swarm.peer_client`) send one request per
+connection, so this server reads one, answers and closes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -24,6 +26,7 @@ log = logging.getLogger("pc.dashboard")
 
 MAX_HEAD = 16 * 1024  # request line and headers
 READ_TIMEOUT = 10.0  # seconds a client may take to send its request
+LINGER = 1.0  # seconds to drop a refused request's body (see _linger)
 
 
 @dataclass
@@ -32,14 +35,28 @@ class Request:
     path: str
     query: dict[str, str]
     headers: dict[str, str]  # names in lower case
-    body: bytes
+    length: int  # of the body, at most the server's max_body
+    reader: asyncio.StreamReader
     match_info: dict[str, str] = field(default_factory=dict)
+    body_read: asyncio.Event = field(default_factory=asyncio.Event)
+    _body: bytes | None = None
+
+    async def read(self) -> bytes:
+        """The body (read once, on the first call: a handler may refuse before)."""
+        if self._body is None:
+            self._body = await asyncio.wait_for(self.reader.readexactly(self.length), READ_TIMEOUT)
+            self.body_read.set()
+        return self._body
 
 
 @dataclass
 class Answer:
+    """`data` is JSON; or bytes sent as they are; or an AsyncIterator of chunks,
+    streamed (chunked encoding) as they come."""
+
     status: int
     data: Any
+    content_type: str = "application/json"
 
 
 Handler = Callable[[Request], Awaitable[Answer]]
@@ -83,7 +100,7 @@ class Routes:
         raise HTTPError(404, f"no such call: {path}")
 
 
-async def read_request(reader: asyncio.StreamReader, max_body: int) -> Request:
+async def read_head(reader: asyncio.StreamReader, max_body: int) -> Request:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.LimitOverrunError:
@@ -108,36 +125,61 @@ async def read_request(reader: asyncio.StreamReader, max_body: int) -> Request:
         raise HTTPError(400, "a bad Content-Length") from None
     if not 0 <= length <= max_body:
         raise HTTPError(413, f"the body may have at most {max_body} bytes")
-    body = await reader.readexactly(length)
     url = urlsplit(target)
-    return Request(method, url.path, dict(parse_qsl(url.query)), headers, body)
+    return Request(method, url.path, dict(parse_qsl(url.query)), headers, length, reader)
 
 
-def _answer_bytes(answer: Answer) -> bytes:
-    body = json.dumps(answer.data).encode()
+def _head(answer: Answer, length: str) -> bytes:
     try:
         phrase = HTTPStatus(answer.status).phrase
     except ValueError:
         phrase = "Unknown"
-    head = (
+    return (
         f"HTTP/1.1 {answer.status} {phrase}\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n"
+        f"Content-Type: {answer.content_type}\r\n"
+        f"{length}\r\n"
         "Connection: close\r\n\r\n"
-    )
-    return head.encode() + body
+    ).encode()
 
 
-class LocalServer:
-    """Serves `routes` on a Unix socket readable by the daemon's user only."""
+async def _send(writer: asyncio.StreamWriter, answer: Answer) -> None:
+    """Write `answer`. A stream whose iterator fails ends without its last (empty)
+    chunk, so the client sees a broken stream, never one that looks complete."""
+    if not isinstance(answer.data, AsyncIterator):
+        body = answer.data if isinstance(answer.data, bytes) else json.dumps(answer.data).encode()
+        writer.write(_head(answer, f"Content-Length: {len(body)}") + body)
+        await writer.drain()
+        return
+    chunks = answer.data
+    try:
+        writer.write(_head(answer, "Transfer-Encoding: chunked"))
+        async for chunk in chunks:
+            data = chunk.encode() if isinstance(chunk, str) else chunk
+            if data:
+                writer.write(b"%x\r\n%b\r\n" % (len(data), data))
+                await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
-    def __init__(self, routes: Routes, max_body: int) -> None:
+
+class HttpServer:
+    """Serves `routes` on a Unix socket (the daemon's user only) or a TCP port.
+
+    A client that goes away (closes its end) cancels its handler and ends its stream.
+    """
+
+    def __init__(self, routes: Routes, max_body: int, name: str = "local API") -> None:
         self.routes = routes
         self.max_body = max_body
-        self.server: asyncio.AbstractServer | None = None
+        self.name = name  # in the log
+        self.server: asyncio.Server | None = None
         self.tasks: list[asyncio.Future[Any]] = []  # cancelled at cleanup
 
-    async def start(self, path: Path) -> None:
+    async def start_unix(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
         old = os.umask(0o177)  # the socket is made 0600: no moment when others may connect
@@ -146,6 +188,15 @@ class LocalServer:
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
+
+    async def start_tcp(self, host: str, port: int) -> None:
+        self.server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of each TCP socket it listens on."""
+        assert self.server is not None
+        return [s.getsockname()[:2] for s in self.server.sockets]
 
     async def cleanup(self) -> None:
         for task in self.tasks:
@@ -158,19 +209,65 @@ class LocalServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
-                request = await asyncio.wait_for(read_request(reader, self.max_body), READ_TIMEOUT)
+                request = await asyncio.wait_for(read_head(reader, self.max_body), READ_TIMEOUT)
                 handler, request.match_info = self.routes.find(request.method, request.path)
-                answer = await handler(request)
             except HTTPError as e:
-                answer = Answer(e.status, {"error": str(e)})
+                await _send(writer, Answer(e.status, {"error": str(e)}))
+                return
             except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
                 return  # the client went away or never finished: nobody to answer
-            except Exception:
-                log.exception("dashboard: a local API call failed")
-                answer = Answer(500, {"error": "the node failed on this call; see its log"})
-            writer.write(_answer_bytes(answer))
-            await writer.drain()
+            work = asyncio.ensure_future(self._answer(handler, request, writer))
+            gone = asyncio.ensure_future(_closed(request))
+            try:
+                await asyncio.wait([work, gone], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+                if not work.done():  # the client went away: stop working for it
+                    work.cancel()
+                await asyncio.gather(work, gone, return_exceptions=True)
+            if request.length and not request.body_read.is_set():
+                await _linger(reader)
         except ConnectionError:
             pass
         finally:
             writer.close()
+
+    async def _answer(
+        self, handler: Handler, request: Request, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            answer = await handler(request)
+        except HTTPError as e:
+            answer = Answer(e.status, {"error": str(e)})
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            return  # the client went away or never sent its body
+        except Exception:
+            log.exception("%s: a call to %s failed", self.name, request.path)
+            answer = Answer(500, {"error": "the node failed on this call; see its log"})
+        try:
+            await _send(writer, answer)
+        except ConnectionError:
+            pass  # the client went away
+        except Exception:
+            log.exception("%s: the answer to %s broke off", self.name, request.path)
+
+
+async def _closed(request: Request) -> None:
+    """Return when the client closes its end (it sends nothing after its request)."""
+    if request.length:
+        await request.body_read.wait()  # the handler reads the body (or refuses it) first
+    try:
+        while await request.reader.read(1 << 12):
+            pass
+    except ConnectionError:
+        pass
+
+
+async def _linger(reader: asyncio.StreamReader) -> None:
+    """Drop, for a second at most, the body of a request refused without reading it:
+    closing with unread bytes would reset the connection, and the client could
+    lose the answer."""
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        async with asyncio.timeout(LINGER):
+            while await reader.read(1 << 16):
+                pass

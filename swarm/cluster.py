@@ -28,12 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 from gitserver.service import NodeRow
 from peoplescloud.bridge import LoopBridge, every
 from peoplescloud.cluster import Cluster, LocalParts, Loop, Slot
 from peoplescloud.errors import PCError
+from peoplescloud.local_http import HttpServer
 from peoplescloud.runtime.base import InstanceKey, InstanceStatus
 from peoplescloud.settings import Settings
 from peoplescloud.state import Release, Snapshot, State
@@ -88,7 +87,7 @@ class SwarmCluster:
         self.planner = Planner(settings, state)
         self.membership = Membership(self.me, identity, state)
         self._started: _Started | None = None
-        self._runner: web.AppRunner | None = None  # the peer API's server
+        self._runner: HttpServer | None = None  # the peer API's server
         self._admission: asyncio.Future[SwarmIdentity] | None = None
         self._left: Callable[[], None] = lambda: None  # stops the daemon
         # The lease's own thread: it never waits behind commands in the shared pool,

@@ -2,7 +2,7 @@
 `peoplescloud.cluster.swarm_entry`): the cluster of a swarm node, the `pc swarm`
 commands, a request to this node's daemon, and the doctor's checks.
 
-Heavy imports (Raft, kubo, aiohttp) wait until they are needed: `pc` loads this
+Heavy imports (Raft, kubo) wait until they are needed: `pc` loads this
 module on every run to register its commands.
 """
 

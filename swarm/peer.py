@@ -24,8 +24,7 @@ A handler returns JSON-able data, or an async iterator of `bytes`/`str` chunks
 which is streamed as it comes (`logs -f`, `run` output). Checks that can fail
 (unknown app, ...) belong before the iterator is returned, so they become an
 error answer rather than a broken stream. When the client goes away the
-iterator is closed, provided the server runs with `handler_cancellation=True`
-(as `start_peer_server` does).
+iterator is closed (peoplescloud.local_http cancels the handler).
 
 This module is the protocol both ends share (signatures, sealing, the replay
 guard, errors); swarm/peer_server.py answers requests, swarm/peer_client.py

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
-
-import aiohttp
 
 from swarm.invite import Invite
 from swarm.peer import (
@@ -22,8 +21,88 @@ from swarm.peer import (
 )
 
 
+class _Broken(Exception):
+    """The connection failed or closed mid-answer."""
+
+
+class _Response:
+    """One HTTP/1.1 answer on its own connection (the server closes it after)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.status = 0
+        self.headers: dict[str, str] = {}
+
+    async def read_head(self) -> None:
+        try:
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            self.status = int(lines[0].split(" ")[1])
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError):
+            raise _Broken from None
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            self.headers[name.strip().lower()] = value.strip()
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        """The body as it comes; _Broken if it ends before it says it is complete."""
+        try:
+            if self.headers.get("transfer-encoding") == "chunked":
+                while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                    yield await self.reader.readexactly(size)
+                    await self.reader.readexactly(2)
+                await self.reader.readuntil(b"\r\n")  # the final chunk's end
+            elif "content-length" in self.headers:
+                yield await self.reader.readexactly(int(self.headers["content-length"]))
+            else:
+                raise _Broken  # every answer of the peer API says where it ends
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            raise _Broken from None
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.chunks()])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def _post(
+    address: str,
+    path: str,
+    raw: bytes,
+    headers: dict[str, str],
+    connect_timeout: float | None = None,
+    read_timeout: float | None = None,
+) -> _Response:
+    """Send the request and read the answer's head (OSError, _Broken, TimeoutError).
+
+    `connect_timeout` bounds the connection; `read_timeout` the rest (None: no bound).
+    """
+    host, _, port = address.rpartition(":")
+    connecting = asyncio.open_connection(host.strip("[]"), int(port), limit=1 << 16)
+    reader, writer = await asyncio.wait_for(connecting, connect_timeout)
+    response = _Response(reader, writer)
+    try:
+        head = f"POST {path} HTTP/1.1\r\nHost: {address}\r\n"
+        for name, value in {
+            **headers,
+            "Content-Type": "application/json",
+            "Content-Length": str(len(raw)),
+            "Connection": "close",
+        }.items():
+            head += f"{name}: {value}\r\n"
+        writer.write(head.encode() + b"\r\n" + raw)
+        async with asyncio.timeout(read_timeout):
+            await writer.drain()
+            await response.read_head()
+    except BaseException:
+        response.close()
+        raise
+    return response
+
+
 class PeerClient:
-    """Signs and sends this node's requests to its siblings (one connection pool)."""
+    """Signs and sends this node's requests to its siblings (a connection each)."""
 
     def __init__(
         self,
@@ -35,7 +114,6 @@ class PeerClient:
         self.node_name = node_name
         self.secret_provider = secret_provider
         self.clock = clock
-        self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> PeerClient:
         return self
@@ -44,14 +122,7 @@ class PeerClient:
         await self.close()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        return self._session
+        """Nothing to release: every request has its own connection."""
 
     def _prepare(
         self, node: str, route: str, body: Any, invite: Invite | None
@@ -85,16 +156,15 @@ class PeerClient:
         label = f"{node} ({address})"
         raw, headers = self._prepare(node, route, body, invite)
         try:
-            async with self._http().post(
-                f"http://{address}/peer/{route}",
-                data=raw,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout),
-            ) as response:
-                status, answer = response.status, await response.read()
+            async with asyncio.timeout(timeout):
+                response = await _post(address, f"/peer/{route}", raw, headers)
+                try:
+                    status, answer = response.status, await response.read()
+                finally:
+                    response.close()
         except TimeoutError:
             raise PeerError(f"{label} did not answer within {timeout:g} s") from None
-        except aiohttp.ClientError:
+        except (OSError, _Broken):
             raise PeerUnreachable(f"{label} does not answer") from None
         if status != 200:
             raise _refusal(node, status, answer)
@@ -129,29 +199,39 @@ class PeerClient:
         """
         label = f"{node} ({address})"
         raw, headers = self._prepare(node, route, body, None)
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
-        )
         try:
-            response = await self._http().post(
-                f"http://{address}/peer/{route}", data=raw, headers=headers, timeout=timeout
+            response = await _post(
+                address, f"/peer/{route}", raw, headers, connect_timeout, read_timeout
             )
         except TimeoutError:
             raise PeerError(f"{label} did not answer in time") from None
-        except aiohttp.ClientError:
+        except (OSError, _Broken):
             raise PeerError(f"{label} does not answer") from None
+        chunks = response.chunks()
         try:
             try:
                 if response.status != 200:
                     raise _refusal(node, response.status, await response.read())
-                chunks = response.content if lines else response.content.iter_chunked(1 << 16)
-                async for chunk in chunks:
-                    yield chunk
+                rest = b""
+                while True:
+                    try:
+                        chunk = await asyncio.wait_for(anext(chunks), read_timeout)
+                    except StopAsyncIteration:
+                        break
+                    if not lines:
+                        yield chunk
+                        continue
+                    *whole, rest = (rest + chunk).split(b"\n")
+                    for line in whole:
+                        yield line + b"\n"
+                if rest:
+                    yield rest
             except TimeoutError:
                 raise PeerError(f"{label} stopped sending for {read_timeout:g} s") from None
-            except aiohttp.ClientError:
+            except (OSError, _Broken):
                 raise PeerError(f"{label} broke off the stream") from None
         finally:
+            await chunks.aclose()
             response.close()  # a stream is never reused: closing tells the sibling to stop
 
 

@@ -11,9 +11,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
-
 from peoplescloud.errors import PCError
+from peoplescloud.local_http import Answer, HttpServer, Request, Routes
 from peoplescloud.settings import NODE_NAME_RE
 from swarm.peer import (
     BAD_SIGNATURE,
@@ -48,8 +47,8 @@ class _Refused(Exception):
         self.status, self.reason = status, reason
 
 
-def _error(status: int, reason: str, exit_code: int = 1) -> web.Response:
-    return web.json_response({"error": reason, "exit_code": exit_code}, status=status)
+def _error(status: int, reason: str, exit_code: int = 1) -> Answer:
+    return Answer(status, {"error": reason, "exit_code": exit_code})
 
 
 class PeerServer:
@@ -88,12 +87,12 @@ class PeerServer:
         self.clock = clock
         self.nonces = NonceCache()
 
-    def app(self) -> web.Application:
-        application = web.Application(client_max_size=MAX_BODY)
-        application.router.add_post("/peer/{route}", self.handle)
-        return application
+    def app(self) -> HttpServer:
+        routes = Routes()
+        routes.add("POST", "/peer/{route}", self.handle)
+        return HttpServer(routes, MAX_BODY, name="peer API")
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: Request) -> Answer:
         route = request.match_info["route"]
         # Everything is checked before the body is read (it is signed by its hash),
         # so a stranger gets no byte buffered; the body is bounded (MAX_BODY) too.
@@ -102,7 +101,7 @@ class PeerServer:
         except _Refused as refused:
             return _error(refused.status, refused.reason)
         body = await request.read()
-        if body_hash(body) != request.headers[H_BODY]:
+        if body_hash(body) != request.headers[H_BODY.lower()]:
             return _error(401, BAD_SIGNATURE)
         try:
             data = json.loads(body) if body else None
@@ -123,15 +122,17 @@ class PeerServer:
         if isinstance(answer, AsyncIterator):
             if route in self.invite_handlers:
                 raise TypeError(f"invite route {route} cannot stream: its answer is encrypted")
-            return await self._stream(request, answer)
-        raw = json.dumps(answer).encode()
+            # Sent as it comes; an iterator that fails aborts the connection (see
+            # local_http._send) so the client sees a broken stream.
+            return Answer(200, answer, "application/octet-stream")
         if route in self.invite_handlers:
             key = join_response_key(invite_key)
-            raw = seal(key, raw, request.headers[H_SIGNATURE].encode())
-            return web.Response(body=raw, content_type="application/octet-stream")
-        return web.Response(body=raw, content_type="application/json")
+            aad = request.headers[H_SIGNATURE.lower()].encode()
+            raw = seal(key, json.dumps(answer).encode(), aad)
+            return Answer(200, raw, "application/octet-stream")
+        return Answer(200, answer)
 
-    def _authenticate(self, request: web.Request, route: str) -> tuple[str, str, bytes]:
+    def _authenticate(self, request: Request, route: str) -> tuple[str, str, bytes]:
         """(sender, invite id, invite key) of a request that passes every check, or _Refused.
 
         The invite key is kept for sealing the answer: once the handler redeemed
@@ -139,9 +140,10 @@ class PeerServer:
         """
         h = request.headers
         sender, ts, nonce, signature, digest = (
-            h.get(name, "") for name in (H_SENDER, H_TIMESTAMP, H_NONCE, H_SIGNATURE, H_BODY)
+            h.get(name.lower(), "")
+            for name in (H_SENDER, H_TIMESTAMP, H_NONCE, H_SIGNATURE, H_BODY)
         )
-        invite_id = h.get(H_INVITE, "")
+        invite_id = h.get(H_INVITE.lower(), "")
         if not (sender and ts and nonce and signature and digest):
             raise _Refused(401, "unsigned request")
         well_formed = (
@@ -191,40 +193,18 @@ class PeerServer:
             raise _Refused(401, "replayed request")
         return sender, invite_id, invite_key
 
-    async def _stream(
-        self, request: web.Request, chunks: AsyncIterator[bytes | str]
-    ) -> web.StreamResponse:
-        """Send chunks as they come. An iterator that fails aborts the connection
-        (the exception propagates to aiohttp, which logs it) so the client sees a
-        broken stream, never one that looks complete."""
-        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        await response.prepare(request)
-        try:
-            async for chunk in chunks:
-                await response.write(chunk.encode() if isinstance(chunk, str) else chunk)
-        except ConnectionResetError:
-            return response  # the client went away
-        finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        await response.write_eof()
-        return response
-
 
 def make_peer_app(
     secret_provider: Callable[[], bytes],
     is_member: Callable[[str], bool],
     handlers: dict[str, MemberHandler],
     **options: Any,
-) -> web.Application:
-    """The peer API as an aiohttp application (options: see `PeerServer`)."""
+) -> HttpServer:
+    """The peer API's server, not yet listening (options: see `PeerServer`)."""
     return PeerServer(secret_provider, is_member, handlers, **options).app()
 
 
-async def start_peer_server(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Serve `app` until `runner.cleanup()`; a client that goes away ends its stream."""
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
+async def start_peer_server(app: HttpServer, host: str, port: int) -> HttpServer:
+    """Serve `app` until `app.cleanup()`; a client that goes away ends its stream."""
+    await app.start_tcp(host, port)
+    return app

@@ -13,10 +13,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from peoplescloud.cluster import LocalParts
 from peoplescloud.errors import Forbidden, NotFound
+from peoplescloud.local_http import HttpServer
 from peoplescloud.names import check_app_name, check_public_key, check_user_name
 from swarm.identity import SwarmIdentity
 from swarm.membership import Membership
@@ -109,8 +108,8 @@ class NodeRoutes:
 
 def peer_app(
     identity: SwarmIdentity, state: ReplicatedState, membership: Membership, node: NodeRoutes
-) -> web.Application:
-    """The peer API as an aiohttp application: members only, but `join` (an invite)."""
+) -> HttpServer:
+    """The peer API's server: members only, but `join` (an invite)."""
     return make_peer_app(
         lambda: identity.secret_bytes,
         lambda name: name in state.read().members,

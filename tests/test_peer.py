@@ -1,10 +1,11 @@
-"""The peer API: real aiohttp servers on 127.0.0.1 (port 0) and real clients."""
+"""The peer API: real servers on 127.0.0.1 (port 0), our client and an independent one (aiohttp)."""
 
 import asyncio
 import contextlib
 import dataclasses
 import json
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -274,10 +275,21 @@ def test_unreachable_node_is_named():
 
 
 def test_address_that_is_not_a_peer_api():
+    async def not_found(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found")
+        await writer.drain()
+        writer.close()
+
     async def scenario(address: str) -> None:
         async with PeerClient("node2", lambda: SECRET) as client:
-            with pytest.raises(PeerError, match="node1 answered HTTP 404: is this a People's"):
+            with pytest.raises(PeerError, match="^node1: no such call: /peer/a/b$"):
                 await client.call("node1", address, "a/b", {})
+            other = await asyncio.start_server(not_found, "127.0.0.1", 0)
+            port = other.sockets[0].getsockname()[1]
+            async with other:
+                with pytest.raises(PeerError, match="node1 answered HTTP 404: is this a People's"):
+                    await client.call("node1", f"127.0.0.1:{port}", "echo", {})
 
     run_with_server(scenario)
 
@@ -565,3 +577,27 @@ def test_nonce_cache_forgets_after_its_window_and_stays_bounded():
     assert cache.add("c") and not cache.add("b")
     now[0] = 90
     assert cache.add("a")
+
+
+def test_a_refused_body_does_not_lose_the_answer():
+    """A request refused before its body is read still gets its answer: the server
+    drops the unread body before closing (closing on it resets the connection)."""
+
+    def send(address: str) -> bytes:
+        host, _, port = address.rpartition(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            body = b"x" * (1 << 20)
+            s.sendall(b"POST /peer/echo HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body))
+            time.sleep(0.3)  # the answer is sent, and the socket closed without linger
+            s.sendall(body)
+            got = b""
+            while chunk := s.recv(1 << 16):
+                got += chunk
+            return got
+
+    async def scenario(address: str) -> None:
+        answer = await asyncio.to_thread(send, address)
+        assert answer.startswith(b"HTTP/1.1 401 ")
+        assert b'"unsigned request"' in answer
+
+    run_with_server(scenario)
